@@ -1,0 +1,3 @@
+from stylebatch.cli import entry_point
+
+entry_point()

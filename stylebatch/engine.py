@@ -1,0 +1,220 @@
+"""One pair, start to finish: images → StyleTransferModule → Lightning Trainer fit (resuming from
+the pair's checkpoint if there is one) → the output image, written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import torch
+import torchvision
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from stylebatch import __version__
+from stylebatch.atomic import atomic_write, fault_point
+from stylebatch.config import Config
+from stylebatch.images import fit_size, load_image, resize, save_image, to_pil, to_tensor
+from stylebatch.module import LBFGS_MAX_ITER, StyleTransferModule
+from stylebatch.vgg import VGGFeatures
+
+log = logging.getLogger(__name__)
+
+# Lightning is chatty for a process that runs hundreds of one-device fits; keep its warnings only.
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+for _pattern in (
+    ".*does not have many workers.*",
+    ".*module\\(s\\) in eval mode.*",
+    ".*resuming from a checkpoint that ended before the epoch ended.*",
+    ".*`training_step` returned.*",
+    ".*LeafSpec.*",
+):
+    warnings.filterwarnings("ignore", _pattern)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the pair fails and no NaN state is ever checkpointed."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, but written to a temp file in the checkpoint's own directory, then
+    fsync + os.replace: a kill mid-write leaves the previous checkpoint intact. Loads with
+    weights_only=True: a checkpoint is data, never code."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda fh: torch.save(checkpoint, fh))
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+@dataclass
+class PairHooks:
+    """How the runner watches and steers one fit."""
+
+    should_stop: Callable[[], bool] = lambda: False  # a signal arrived: checkpoint and stop
+    on_progress: Callable[[int, dict[str, float]], None] = lambda n, losses: None  # at each log interval
+    on_checkpoint: Callable[[int], None] = lambda n: None  # after each checkpoint is safely on disk
+
+
+class _BudgetCallback(L.Callback):
+    """Counts the budget in loss evaluations, checkpoints every `checkpoint_every` evaluations (at
+    the first optimizer-step boundary past it), watches for NaN, and stops on request."""
+
+    def __init__(self, cfg: Config, ckpt_path: Path, hooks: PairHooks):
+        self.cfg, self.ckpt_path, self.hooks = cfg, ckpt_path, hooks
+        self.last_saved = 0
+        self.last_logged = 0
+        self.interrupted = False
+
+    def on_train_start(self, trainer: L.Trainer, module: StyleTransferModule) -> None:
+        self.last_saved = self.last_logged = module.evaluations
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: StyleTransferModule, batch: Any, batch_idx: int) -> None:
+        if self.cfg.optimizer == "lbfgs":
+            # Never plan more evaluations than the budget has left (the line search may still
+            # finish its bracket, so the run can end a few evaluations past it; the count is exact).
+            remaining = self.cfg.steps - module.evaluations
+            group = trainer.optimizers[0].param_groups[0]
+            group["max_eval"] = max(1, min(LBFGS_MAX_ITER * 5 // 4, remaining))
+
+    def _check_finite(self, module: StyleTransferModule) -> dict[str, float]:
+        losses = {k: float(v.sum()) for k, v in module.last_losses.items()}
+        if not all(math.isfinite(v) for v in losses.values()) or not torch.isfinite(module.target).all():
+            raise NonFiniteLossError(
+                f"loss became non-finite after {module.evaluations} evaluations ({losses}); "
+                "try a lower lr, or optimizer: lbfgs"
+            )
+        return losses
+
+    def _save(self, trainer: L.Trainer, module: StyleTransferModule) -> None:
+        self._check_finite(module)  # a NaN state is never saved
+        trainer.save_checkpoint(self.ckpt_path)
+        fault_point("after_checkpoint")
+        self.last_saved = module.evaluations
+        self.hooks.on_checkpoint(module.evaluations)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: StyleTransferModule, *args: Any) -> None:
+        n = module.evaluations
+        if n - self.last_logged >= self.cfg.log_every or n >= self.cfg.steps:
+            self.hooks.on_progress(n, self._check_finite(module))
+            self.last_logged = n
+        if n >= self.cfg.steps:
+            trainer.should_stop = True
+        elif self.hooks.should_stop():
+            self._save(trainer, module)
+            self.interrupted = True
+            trainer.should_stop = True
+        elif n - self.last_saved >= self.cfg.checkpoint_every:
+            self._save(trainer, module)
+
+
+@dataclass
+class PairResult:
+    evaluations: int
+    losses: dict[str, float]
+    seconds: float
+    interrupted: bool
+    output_sha256: str | None = None
+
+
+def _trainer_kwargs(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        return {"accelerator": "gpu", "devices": [device.index or 0]}
+    return {"accelerator": "cpu", "devices": 1}
+
+
+def prepare_inputs(content_path: Path, style_path: Path, cfg: Config) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Load and resize: content to `size` (longer side, aspect kept), style to the same longer side."""
+    content = load_image(content_path, cfg.max_pixels)
+    style = load_image(style_path, cfg.max_pixels)
+    out_wh = fit_size(*content.rgb.size, cfg.size)
+    alpha = resize(content.alpha, out_wh) if content.alpha is not None else None
+    c = to_tensor(resize(content.rgb, out_wh))
+    s = to_tensor(resize(style.rgb, fit_size(*style.rgb.size, cfg.size)))
+    return c, s, alpha
+
+
+def valid_checkpoint(path: Path, budget: int) -> bool:
+    """A checkpoint is resumed only if it loads and is short of the budget; otherwise it is removed."""
+    if not path.exists():
+        return False
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ok = int(ckpt["stylebatch"]["evaluations"]) < budget
+    except Exception as e:  # noqa: BLE001 (corrupt file: any unpickling error)
+        log.warning("%s: unreadable checkpoint (%s); starting the pair over", path, e)
+        ok = False
+    if not ok:
+        path.unlink(missing_ok=True)
+    return ok
+
+
+def stylize_pair(
+    *,
+    content: Path,
+    style: Path,
+    cfg: Config,
+    vgg: VGGFeatures,
+    device: torch.device,
+    ckpt_path: Path,
+    output: Path,
+    metadata: dict[str, Any],
+    hooks: PairHooks | None = None,
+) -> PairResult:
+    """Optimise one pair to its evaluation budget (resuming from `ckpt_path` if valid), then write
+    `output` atomically. On a stop request it checkpoints and returns `interrupted=True`."""
+    hooks = hooks or PairHooks()
+    start = time.perf_counter()
+    c, s, alpha = prepare_inputs(content, style, cfg)
+    module = StyleTransferModule(vgg, c.to(device), s.to(device), cfg)
+    callback = _BudgetCallback(cfg, ckpt_path, hooks)
+    trainer = L.Trainer(
+        **_trainer_kwargs(device),
+        max_epochs=-1,
+        max_steps=cfg.steps,  # a safety net: every optimizer step evaluates at least once
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[callback],
+        plugins=[AtomicCheckpointIO()],
+    )
+    resume = str(ckpt_path) if valid_checkpoint(ckpt_path, cfg.steps) else None
+    try:
+        trainer.fit(module, ckpt_path=resume)
+    except SIGTERMException:
+        # Lightning raises this after our callback has checkpointed on the same SIGTERM.
+        callback.interrupted = True
+    losses = {k: float(v.sum()) for k, v in module.last_losses.items()}
+    if callback.interrupted or module.evaluations < cfg.steps:
+        return PairResult(module.evaluations, losses, time.perf_counter() - start, interrupted=True)
+
+    image = to_pil(module.target)
+    if alpha is not None:
+        image.putalpha(alpha)  # a content image with transparency keeps it
+    meta = {**metadata, "evaluations": module.evaluations, "losses": losses}
+    data = save_image(image, output, text={"stylebatch": json.dumps(meta, sort_keys=True, default=str)})
+    return PairResult(
+        module.evaluations, losses, time.perf_counter() - start, False, hashlib.sha256(data).hexdigest()
+    )
+
+
+def versions() -> dict[str, str]:
+    return {
+        "stylebatch": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "lightning": L.__version__,
+    }

@@ -1,0 +1,48 @@
+"""Exit codes and the errors that reach the user as one clear line.
+
+The exit-code table lives here once; the CLI and the README both read it.
+"""
+
+from __future__ import annotations
+
+EXIT_CODES: dict[int, str] = {
+    0: "every pair done",
+    1: "finished, but some pairs failed (see `stylebatch status`)",
+    2: "invalid input or usage, refused before any work",
+    3: "interrupted (signal); run the same command again to resume",
+    4: "the output directory is locked by another running job",
+    70: "internal error (a bug: please report it with the traceback from --debug)",
+}
+EXIT_OK, EXIT_FAILED_PAIRS, EXIT_INVALID, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_INTERNAL = 0, 1, 2, 3, 4, 70
+
+
+class StylebatchError(Exception):
+    """An error the user can fix; printed as one line (or one line per problem), no traceback."""
+
+    exit_code = EXIT_INVALID
+
+    def __init__(self, message: str | list[str]):
+        self.problems = [message] if isinstance(message, str) else list(message)
+        super().__init__("\n".join(self.problems))
+
+
+class ConfigError(StylebatchError):
+    """A config key, type or value is wrong."""
+
+
+class ManifestError(StylebatchError):
+    """The manifest (or a file it names) is invalid; lists every problem found."""
+
+
+class ImageError(StylebatchError):
+    """An image file cannot be used (missing, not an image, truncated, too large)."""
+
+
+class WeightsError(StylebatchError):
+    """The VGG weights cannot be obtained or are not valid VGG19 weights."""
+
+
+class LockedError(StylebatchError):
+    """Another job holds the output directory."""
+
+    exit_code = EXIT_LOCKED

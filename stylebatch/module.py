@@ -1,0 +1,130 @@
+"""`StyleTransferModule`: one pair (or a batch of same-size pairs) as a LightningModule.
+
+The optimised image is the module's only parameter; the frozen VGG is shared, registered so
+Lightning moves it with the module, and left out of checkpoints (it is rebuilt, not saved).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from stylebatch.config import Config
+from stylebatch.losses import content_loss, gram_matrix, style_loss, total_variation
+from stylebatch.vgg import VGGFeatures
+
+LBFGS_MAX_ITER = 20  # inner iterations per optimizer step: the granularity of stops and checkpoints
+
+
+class _Forever(IterableDataset):
+    """The data of an optimisation whose only 'data' is its parameter: a constant, forever.
+    The evaluation budget, not the loader, ends the run."""
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        while True:
+            yield torch.zeros(())
+
+
+class StyleTransferModule(L.LightningModule):
+    """Gatys et al. (2016): optimise the pixels of `target` so its VGG features match the content
+    image's at `content_layer` and its Gram matrices match the style image's at `style_layers`.
+
+    content, style: (B, 3, H, W) and (B, 3, h, w) in [0, 1], already on the device; the content and
+    style features are computed here, once per pair (two VGG passes), never per step.
+    """
+
+    def __init__(self, vgg: VGGFeatures, content: torch.Tensor, style: torch.Tensor, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.vgg = vgg
+        self.strict_loading = False  # checkpoints hold the image and optimizer, not the VGG
+        self.evaluations = 0  # loss evaluations (forward+backward); the unit of `steps`
+
+        with torch.no_grad():
+            content_target = vgg(content, [cfg.content_layer])[cfg.content_layer]
+            style_feats = vgg(style, list(cfg.style_layers))
+        grams = {name: gram_matrix(style_feats[name]) for name in cfg.style_layers}
+        self.register_buffer("content_target", content_target, persistent=False)
+        for name, g in grams.items():
+            self.register_buffer(f"gram_{name}", g, persistent=False)
+
+        # Departure from the paper: with `normalize_losses`, each term is divided by its target's
+        # mean square (per image), making it a relative error. The paper's absolute losses depend on
+        # the network's activation scale (4th power for Grams), so weights tuned on one VGG fail on
+        # another; relative errors keep one preset meaningful across networks.
+        def norm(t: torch.Tensor) -> torch.Tensor:
+            if not cfg.normalize_losses:
+                return torch.ones(t.shape[0], device=t.device)
+            return 1.0 / t.pow(2).flatten(1).mean(1).clamp_min(1e-12)  # (B,)
+
+        self.register_buffer("content_norm", norm(content_target), persistent=False)
+        self.layer_weights = {name: cfg.style_layers[name] * norm(g) for name, g in grams.items()}
+
+        if cfg.init == "content":
+            init = content.clone()
+        else:  # white noise, as in the paper; seeded so a pair is reproducible
+            gen = torch.Generator().manual_seed(cfg.seed)
+            init = torch.rand(content.shape, generator=gen).to(content.device)
+        self.target = nn.Parameter(init)
+        self.last_losses: dict[str, torch.Tensor] = {}
+
+    def style_grams(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, f"gram_{name}") for name in self.cfg.style_layers}
+
+    def losses(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-image (B,) losses of `image`: content, style, tv and the weighted total."""
+        cfg = self.cfg
+        feats = self.vgg(image, cfg.layers_used)
+        c = content_loss(feats[cfg.content_layer], self.content_target) * self.content_norm
+        s = style_loss(feats, self.style_grams(), self.layer_weights)
+        total = cfg.content_weight * c + cfg.style_weight * s
+        out = {"content": c, "style": s}
+        if cfg.tv_weight:
+            out["tv"] = total_variation(image)
+            total = total + cfg.tv_weight * out["tv"]
+        out["total"] = total
+        return out
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.evaluations += 1
+        losses = self.losses(self.target)
+        self.last_losses = {k: v.detach() for k, v in losses.items()}
+        for key in ("content", "style", "total"):
+            self.log(key, losses[key].sum().detach(), on_step=True, on_epoch=False, batch_size=1)
+        # Per-pair losses are summed, not averaged: each image's gradient is then exactly its own
+        # pair's, so a batch of B pairs optimises like B separate runs.
+        return losses["total"].sum()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Pixel validity: Adam steps are clamped to [0, 1] after each step. L-BFGS is left
+        # unconstrained (clamping would corrupt its curvature pairs); only the saved output is clamped.
+        if self.cfg.optimizer == "adam":
+            with torch.no_grad():
+                self.target.clamp_(0, 1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam([self.target], lr=cfg.learning_rate)
+        return torch.optim.LBFGS(
+            [self.target],
+            lr=cfg.learning_rate,
+            max_iter=LBFGS_MAX_ITER,
+            history_size=cfg.lbfgs_history,
+            line_search_fn=None if cfg.lbfgs_line_search == "none" else cfg.lbfgs_line_search,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Forever(), batch_size=None)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Keep the frozen VGG (76 MiB) out: it is rebuilt from the weights, not saved per pair.
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("vgg.")}
+        checkpoint["stylebatch"] = {"evaluations": self.evaluations}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.evaluations = int(checkpoint["stylebatch"]["evaluations"])

@@ -1,0 +1,189 @@
+"""A frozen VGG19 used only as a feature extractor, with layers addressed by name.
+
+torchvision's `vgg19().features` uses in-place ReLUs, so a hook on `conv4_2` silently returns
+`relu4_2`. We rebuild the stack with out-of-place ReLUs: `conv4_2` is the pre-activation and
+`relu4_2` the post-activation, as named.
+
+Weights: `imagenet` (torchvision's VGG19_Weights.IMAGENET1K_V1, cached where torch.hub caches),
+a local file (a full torchvision vgg19 state dict or features only; float16 accepted), or
+`random` (seeded, for tests and dry runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+import torchvision
+from torchvision.models import VGG19_Weights
+
+from stylebatch.errors import WeightsError
+
+# torchvision's VGG19 "E" configuration: channels per conv, "M" = max pool.
+_VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
+
+
+def _layer_names() -> list[str]:
+    """Names of the 37 modules of torchvision's vgg19().features, in order."""
+    names, block, conv = [], 1, 1
+    for item in _VGG19_CFG:
+        if item == "M":
+            names.append(f"pool{block}")
+            block, conv = block + 1, 1
+        else:
+            names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
+            conv += 1
+    return names
+
+
+LAYER_NAMES: list[str] = _layer_names()
+LAYER_INDEX: dict[str, int] = {name: i for i, name in enumerate(LAYER_NAMES)}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_WEIGHTS_SEED = 0
+
+
+def min_input_size(layers: list[str]) -> int:
+    """Smallest image side for which every named layer still has at least one position:
+    each pool before the deepest layer halves (floors) the side."""
+    deepest = max(LAYER_INDEX[name] for name in layers)
+    pools = sum(1 for name in LAYER_NAMES[:deepest] if name.startswith("pool"))
+    return 2**pools
+
+
+class VGGFeatures(nn.Module):
+    """VGG19 `features` truncated after the deepest layer it is asked for, frozen, with ImageNet
+    normalisation inside. `forward(x, layers)` takes RGB in [0, 1] and returns {name: features}."""
+
+    def __init__(self, features: nn.Sequential, deepest: str = "pool5"):
+        super().__init__()
+        stop = LAYER_INDEX[deepest] + 1
+        layers = [nn.ReLU(inplace=False) if isinstance(m, nn.ReLU) else m for m in list(features)[:stop]]
+        self.layers = nn.Sequential(*layers)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # Frozen: eval mode and no gradients for the weights (detach() would do nothing here).
+        self.eval().requires_grad_(False)
+        self.forward_calls = 0  # counted so tests can check targets are computed once per pair
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    def forward(self, image: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+        self.forward_calls += 1
+        wanted = {LAYER_INDEX[name]: name for name in layers}
+        last = max(wanted)
+        if last >= self.depth:
+            raise ValueError(f"layer {wanted[last]} is deeper than this network ({LAYER_NAMES[self.depth - 1]})")
+        x = (image - self.mean) / self.std
+        out = {}
+        for i, module in enumerate(self.layers[: last + 1]):
+            x = module(x)
+            if i in wanted:
+                out[wanted[i]] = x
+        return out
+
+    def train(self, mode: bool = True) -> "VGGFeatures":
+        # Lightning calls model.train() at fit start; the extractor stays in eval mode regardless.
+        return super().train(False)
+
+
+def imagenet_cache_path() -> Path:
+    """Where torchvision looks for (and downloads) the ImageNet VGG19 weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(VGG19_Weights.IMAGENET1K_V1.url)
+
+
+def _features_state_dict(state: dict, source: str) -> dict[str, torch.Tensor]:
+    """Accept a full torchvision vgg19 state dict (`features.N.*`, classifier ignored) or features
+    only (`N.*`); cast to float32; check names, shapes and finiteness."""
+    if not isinstance(state, dict) or not state:
+        raise WeightsError(f"{source}: not a VGG19 state dict (expected a mapping of tensor names)")
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    feats = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
+    reference = torchvision.models.vgg19().features.state_dict()  # shapes only; no download
+    missing = sorted(set(reference) - set(feats), key=lambda k: int(k.split(".")[0]))
+    unexpected = sorted(set(feats) - set(reference))
+    if missing or unexpected:
+        detail = f"missing {missing[:4]}" if missing else f"unexpected {unexpected[:4]}"
+        raise WeightsError(f"{source}: not VGG19 feature weights ({detail})")
+    out = {}
+    for key, ref in reference.items():
+        t = feats[key]
+        if not isinstance(t, torch.Tensor) or t.shape != ref.shape:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise WeightsError(f"{source}: '{key}' has shape {shape}, VGG19 needs {tuple(ref.shape)}")
+        t = t.float()
+        if not torch.isfinite(t).all():
+            raise WeightsError(f"{source}: '{key}' contains NaN or infinite values")
+        out[key] = t
+    return out
+
+
+def _load_imagenet() -> dict:
+    path = imagenet_cache_path()
+    try:
+        return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    except Exception as e:  # noqa: BLE001 (network and hash errors come in many types)
+        raise WeightsError(
+            f"cannot obtain the ImageNet VGG19 weights ({type(e).__name__}: {e}). "
+            f"Download {VGG19_Weights.IMAGENET1K_V1.url} on a machine with internet and copy it to {path}, "
+            f"or run with --weights PATH (a VGG19 state dict) or --weights random (untrained, for testing)"
+        ) from None
+
+
+def weights_identity(weights: str) -> str:
+    """What identifies the network in a pair's id: `imagenet`, `random:<seed>` or the file's sha256."""
+    if weights in ("imagenet", "random"):
+        return "random:%d" % RANDOM_WEIGHTS_SEED if weights == "random" else "imagenet"
+    digest = hashlib.sha256()
+    with open(weights, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def check_weights_path(weights: str) -> str | None:
+    """A problem with `--weights` that can be seen without loading, or None."""
+    if weights in ("imagenet", "random"):
+        return None
+    path = Path(weights)
+    if not path.exists():
+        return f"--weights {weights}: no such file (use imagenet, random or a path to a VGG19 state dict)"
+    if not path.is_file():
+        return f"--weights {weights}: not a file"
+    return None
+
+
+def load_vgg(weights: str = "imagenet", layers: list[str] | None = None) -> VGGFeatures:
+    """Build the frozen extractor, truncated after the deepest of `layers` (all of them if None)."""
+    if weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            features = torchvision.models.vgg19().features  # torchvision's own (Kaiming) init, seeded
+    else:
+        features = torchvision.models.vgg19().features
+        if weights == "imagenet":
+            state, source = _load_imagenet(), "imagenet weights"
+        else:
+            problem = check_weights_path(weights)
+            if problem:
+                raise WeightsError(problem)
+            try:
+                state = torch.load(weights, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 (corrupt zip, pickle refusal, EOF...)
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise WeightsError(
+                    f"--weights {weights}: cannot be loaded as a tensor file ({first[:200]}); "
+                    "only plain state dicts are accepted (torch.load weights_only=True)"
+                ) from None
+            source = f"--weights {weights}"
+        features.load_state_dict(_features_state_dict(state, source))
+    deepest = max(layers, key=LAYER_INDEX.__getitem__) if layers else LAYER_NAMES[-1]
+    return VGGFeatures(features, deepest)
+
