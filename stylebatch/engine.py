@@ -145,19 +145,18 @@ def prepare_inputs(content_path: Path, style_path: Path, cfg: Config) -> tuple[t
     return c, s, alpha
 
 
-def valid_checkpoint(path: Path, budget: int) -> bool:
-    """A checkpoint is resumed only if it loads and is short of the budget; otherwise it is removed."""
+def read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The pair's checkpoint if it loads; an unreadable one is removed (the pair then starts over)."""
     if not path.exists():
-        return False
+        return None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        ok = int(ckpt["stylebatch"]["evaluations"]) < budget
+        int(ckpt["stylebatch"]["evaluations"])
+        return ckpt
     except Exception as e:  # noqa: BLE001 (corrupt file: any unpickling error)
         log.warning("%s: unreadable checkpoint (%s); starting the pair over", path, e)
-        ok = False
-    if not ok:
         path.unlink(missing_ok=True)
-    return ok
+        return None
 
 
 def stylize_pair(
@@ -191,13 +190,21 @@ def stylize_pair(
         callbacks=[callback],
         plugins=[AtomicCheckpointIO()],
     )
-    resume = str(ckpt_path) if valid_checkpoint(ckpt_path, cfg.steps) else None
-    try:
-        trainer.fit(module, ckpt_path=resume)
-    except SIGTERMException:
-        # Lightning raises this after our callback has checkpointed on the same SIGTERM.
-        callback.interrupted = True
-    losses = {k: float(v.sum()) for k, v in module.last_losses.items()}
+    ckpt = read_checkpoint(ckpt_path)
+    if ckpt is not None and ckpt["stylebatch"]["evaluations"] >= cfg.steps:
+        # A finished pair's kept checkpoint (keep_checkpoints): its image is final, nothing to optimise.
+        module.on_load_checkpoint(ckpt)
+        with torch.no_grad():
+            module.target.copy_(ckpt["state_dict"]["target"].to(module.target.device))
+    else:
+        try:
+            trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt is not None else None)
+        except SIGTERMException:
+            # Lightning raises this after our callback has checkpointed on the same SIGTERM.
+            callback.interrupted = True
+        if cfg.keep_checkpoints and not callback.interrupted and module.evaluations >= cfg.steps:
+            trainer.save_checkpoint(ckpt_path)  # the final float image and optimizer state
+    losses = {k: float(v.sum()) for k, v in module.last_losses.items()} or module.restored_losses
     if callback.interrupted or module.evaluations < cfg.steps:
         return PairResult(module.evaluations, losses, time.perf_counter() - start, interrupted=True)
 

@@ -107,7 +107,7 @@ def resize(img: Image.Image, wh: tuple[int, int]) -> Image.Image:
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """PIL RGB → float tensor (1, 3, H, W) in [0, 1]."""
     data = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # (H, W, 3)
-    return data.permute(2, 0, 1).unsqueeze(0).float().div(255)
+    return data.permute(2, 0, 1).unsqueeze(0).float().div(255).contiguous()
 
 
 def to_pil(tensor: torch.Tensor) -> Image.Image:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up (or reuse) .venv, install stylebatch with its test extra, run the test suite.
+# pip reads this machine's own configuration (e.g. /etc/xdg/pip constraints and local wheels).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+# torch and torchvision first, as a matched pair: a lone torchvision upgrade would pull another torch.
+.venv/bin/python -m pip install -q "torch>=2.4" "torchvision>=0.19" 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -c "import stylebatch, torch, torchvision, lightning; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'lightning', lightning.__version__)"
+# --durations (in pyproject's addopts) prints the slowest tests.
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,84 @@
+"""Tiny jobs for runner tests: deterministic images, manifests, in-process and real CLI runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Small but real: conv5_1 needs 16 px, so 32 px leaves two pools of room. Adam and L-BFGS pairs,
+# checkpoints every 10 evaluations of 30, so a run has several checkpoints to be killed between.
+TINY = {"size": 32, "steps": 30, "checkpoint_every": 10, "log_every": 5, "keep_checkpoints": True}
+
+
+def make_image(path: Path, seed: int, size: tuple[int, int] = (40, 30), mode: str = "RGB") -> Path:
+    """A smooth random image (low-frequency pattern plus noise), the same for the same seed."""
+    g = torch.Generator().manual_seed(seed)
+    w, h = size
+    low = torch.rand(3, max(2, h // 8), max(2, w // 8), generator=g)
+    img = torch.nn.functional.interpolate(low[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    img = (0.8 * img + 0.2 * torch.rand(3, h, w, generator=g)).clamp(0, 1)
+    arr = (img.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).convert(mode).save(path)
+    return path
+
+
+def tiny_job(root: Path, pairs: list[dict[str, Any]] | None = None, defaults: dict[str, Any] | None = None,
+             **top: Any) -> Path:
+    """Write images and a manifest under `root`; returns the manifest path."""
+    images = root / "images"
+    for i, name in enumerate(["a.png", "b.png", "s1.png", "s2.png"]):
+        if not (images / name).exists():
+            make_image(images / name, seed=i, size=(40, 30) if i % 2 == 0 else (30, 40))
+    if pairs is None:
+        pairs = [
+            {"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam", "lr": 0.05},
+            {"content": "images/b.png", "style": "images/s2.png", "optimizer": "lbfgs", "lbfgs_history": 5},
+        ]
+    manifest = {"output_dir": "out", "defaults": {**TINY, **(defaults or {})}, "pairs": pairs, **top}
+    path = root / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return path
+
+
+def records(out_dir: Path) -> dict[str, dict[str, Any]]:
+    pairs = out_dir / ".stylebatch" / "pairs"
+    found = {}
+    for d in sorted(pairs.iterdir()) if pairs.is_dir() else []:
+        f = d / "state.json"
+        if f.exists():
+            found[d.name] = json.loads(f.read_text())
+    return found
+
+
+def final_target(out_dir: Path, name: str) -> torch.Tensor:
+    """The float image of a finished pair (kept with keep_checkpoints)."""
+    ckpt = torch.load(out_dir / ".stylebatch" / "pairs" / name / "last.ckpt", weights_only=True)
+    return ckpt["state_dict"]["target"]
+
+
+def temp_files(out_dir: Path) -> list[Path]:
+    return [p for p in out_dir.rglob("*") if ".tmp." in p.name]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STYLEBATCH_")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def run_subprocess(args: list[str], cwd: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    """The real console entry point, in a fresh process (`python -m stylebatch`)."""
+    return subprocess.run([sys.executable, "-m", "stylebatch", *args], cwd=cwd, env=cli_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
