@@ -35,8 +35,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None] | by
             os.fsync(fh.fileno())
         fault_point(f"tmp:{path.suffix.lstrip('.')}")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, str(tmp)):
+            e.filename = str(path)  # the message names the file being written, not its temp
         raise
     _fsync_dir(path.parent)
 
@@ -70,10 +72,12 @@ _fault_hits: dict[str, int] = {}
 def fault_point(name: str) -> None:
     """Crash-test hook. With STYLEBATCH_FAULT=<name>[@<n>] the n-th (default first) time the process
     reaches the point it writes STYLEBATCH_FAULT_MARKER (so a test can tell the fault really fired)
-    and SIGKILLs itself: no cleanup, no finally blocks, as a power cut or OOM kill would."""
+    and SIGKILLs itself: no cleanup, no finally blocks, as a power cut or OOM kill would.
+    With a trailing `!raise` it raises OSError there instead (a failure the run must isolate)."""
     spec = os.environ.get("STYLEBATCH_FAULT")
     if not spec:
         return
+    spec, raise_instead = spec.removesuffix("!raise"), spec.endswith("!raise")
     want, _, nth = spec.partition("@")
     if want != name:
         return
@@ -83,4 +87,6 @@ def fault_point(name: str) -> None:
     marker = os.environ.get("STYLEBATCH_FAULT_MARKER")
     if marker:
         Path(marker).write_text(name)
+    if raise_instead:
+        raise OSError(f"injected fault at {name}")
     os.kill(os.getpid(), signal.SIGKILL)

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import time
 import traceback
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class RunOptions:
     skip_invalid: bool = False
     break_lock: bool = False
     device: str = "cpu"
+    sync_timeout: float = 600.0  # seconds a rank waits for rank 0's plan (or for a worker to start)
 
 
 class Reporter:
@@ -47,6 +49,7 @@ class Reporter:
     def pair_start(self, pair: Pair, steps_done: int) -> None: ...
     def pair_progress(self, pair: Pair, evaluations: int, losses: dict[str, float]) -> None: ...
     def pair_end(self, pair: Pair, status: str, detail: str = "") -> None: ...
+    def waiting(self, ranks: list[int], counts: dict[str, int]) -> None: ...
 
 
 class StopFlag:
@@ -55,8 +58,9 @@ class StopFlag:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
-    def __init__(self):
+    def __init__(self, on_signal: Any = None):
         self.signum: int | None = None
+        self.on_signal = on_signal
         self._previous: dict[int, Any] = {}
 
     def __bool__(self) -> bool:
@@ -65,8 +69,11 @@ class StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        first = self.signum is None
         self.signum = signum
         log.warning("received %s: checkpointing the current pair and stopping", signal.Signals(signum).name)
+        if first and self.on_signal is not None:
+            self.on_signal(signum)
 
     def install(self) -> None:
         for sig in self.SIGNALS:
@@ -83,18 +90,19 @@ def pair_metadata(job: Job, pair: Pair, weights_id: str) -> dict[str, Any]:
     return {
         "name": pair.name,
         "id": pair.id,
-        "content": str(pair.content),
-        "style": str(pair.style),
+        "content": str(pair.content.resolve()),  # absolute: `run --from` finds them from anywhere
+        "style": str(pair.style.resolve()),
         "content_sha256": sha256_file(pair.content),
         "style_sha256": sha256_file(pair.style),
         "weights": weights_id,
+        "weights_source": job.weights if job.weights in ("imagenet", "random") else str(Path(job.weights).resolve()),
         "config": pair.config.to_dict(),
         "versions": versions(),
     }
 
 
 def _output_path(job: Job, pair: Pair) -> Path:
-    return job.output_dir / f"{pair.name}.png"
+    return job.output_dir / f"{pair.name}.{pair.config.format}"
 
 
 def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions) -> bool:
@@ -110,7 +118,8 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions) -> bool:
     status = record.get("status")
     if status == "done":
         out = _output_path(job, pair)
-        if out.is_file() and sha256_file(out) == record.get("output_sha256"):
+        same_encoding = record.get("encoding", {"format": "png"}) == pair.config.encoding()
+        if same_encoding and out.is_file() and sha256_file(out) == record.get("output_sha256"):
             return False
         log.info("%s: output missing or changed since it was written; redoing the pair", pair.name)
         state.update(pair.name, status="pending", steps_done=0, attempts=0)
@@ -120,30 +129,187 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions) -> bool:
     return True
 
 
-def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None) -> int:
-    """Run every valid pair of `job` (invalid ones are recorded as failed) and return the exit code."""
+def assign(pairs: list[Pair], world: int) -> list[list[Pair]]:
+    """Balance pairs over `world` workers by estimated cost (pixels x steps): the costliest first,
+    each to the least-loaded worker (ties by name and rank, so the plan is deterministic)."""
+    shares: list[list[Pair]] = [[] for _ in range(world)]
+    load = [0] * world
+    for pair in sorted(pairs, key=lambda p: (-p.cost, p.name)):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        shares[rank].append(pair)
+        load[rank] += max(pair.cost, 1)
+    return shares
+
+
+def launch(accelerator: str, devices: str, num_nodes: int, sync_timeout: float):
+    """Start the workers with Lightning Fabric, or return None for a single process.
+
+    On a workstation Fabric's launcher re-executes this command once per extra device; under
+    torchrun or srun it launches nothing and reads the cluster environment. No DDP: pairs are
+    independent, so the process group is used only for the plan's broadcast and barriers.
+    """
+    from datetime import timedelta
+
+    from lightning.fabric import Fabric
+    from lightning.fabric.strategies import DDPStrategy
+
+    external_world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1)
+    if devices in ("1", 1) and num_nodes == 1 and external_world == 1:
+        return None
+    if external_world > 1 and devices in ("1", 1, "auto"):
+        # torchrun / srun: one process per task is already running; take the layout from them.
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or external_world)
+        devices, num_nodes = per_node, max(1, external_world // per_node)
+    strategy = DDPStrategy(start_method="popen", timeout=timedelta(seconds=sync_timeout))
+    fabric = Fabric(accelerator=accelerator, devices=devices if devices == "auto" else int(devices),
+                    num_nodes=num_nodes, strategy=strategy)
+    fabric.launch()
+    return fabric
+
+
+def _log_rank(fabric: Any) -> None:
+    if fabric is not None:
+        log.info("rank %d of %d on %s, cluster environment %s", fabric.global_rank, fabric.world_size, HOST,
+                 type(fabric.strategy.cluster_environment).__name__)
+
+
+def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric: Any = None) -> int:
+    """Run every valid pair of `job` (invalid ones are recorded as failed) and return the exit code.
+
+    With `fabric` (several workers), rank 0 alone does everything stateful (lock, --fresh, weights
+    download, planning), broadcasts the plan, works its own share, waits for the others through the
+    shared state, and computes the exit code; other ranks run their share and return 0.
+    """
+    if fabric is not None and fabric.global_rank != 0:
+        return _worker(fabric, job, opts)
     reporter = reporter or Reporter()
     state = JobState(job.output_dir)
     job.output_dir.mkdir(parents=True, exist_ok=True)
-    stop = StopFlag()
+    world = fabric.world_size if fabric is not None else 1
+    stop = StopFlag(on_signal=lambda signum: _forward_stop(fabric, state, signum))
     with state.lock(opts.break_lock):
-        _open_log(state, rank=0)
-        if opts.fresh and (state.root / "pairs").exists():
-            shutil.rmtree(state.root / "pairs")
-        removed = remove_stale_temps(job.output_dir)
-        if removed:
-            log.info("removed %d temp file(s) left by an interrupted run", removed)
-        _write_job_file(job, state)
-        _record_invalid(job, state)
-        vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
-        plan = [p for p in job.valid_pairs if needs_work(job, state, p, opts)]
+        try:
+            _open_log(state, rank=0)
+            _log_rank(fabric)
+            if opts.fresh and (state.root / "pairs").exists():
+                shutil.rmtree(state.root / "pairs")
+            removed = remove_stale_temps(job.output_dir)
+            if removed:
+                log.info("removed %d temp file(s) left by an interrupted run", removed)
+            for leftover in (state.root / "ranks", state.root / "stop"):
+                shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+            _write_job_file(job, state)
+            _record_invalid(job, state)
+            vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
+            plan = [p for p in job.valid_pairs if needs_work(job, state, p, opts)]
+            shares = assign(plan, world)
+        except BaseException as e:
+            if fabric is not None:
+                fabric.broadcast({"abort": str(e)}, src=0)  # let the workers exit 0 instead of hanging
+            raise
+        if fabric is not None:
+            fabric.broadcast({"shares": [[p.name for p in share] for share in shares]}, src=0)
         reporter.start(len(job.pairs), len(job.valid_pairs) - len(plan), len(plan))
+        log.info("plan: %s", {r: [p.name for p in share] for r, share in enumerate(shares)})
         stop.install()
         try:
-            run_pairs(job, plan, vgg, torch.device(opts.device), state, stop, reporter, rank=0)
+            run_pairs(job, shares[0], vgg, _rank_device(fabric, opts), state, stop, reporter, rank=0)
+            if world > 1:
+                _wait_for_workers(state, world, opts.sync_timeout, reporter, job)
         finally:
             stop.restore()
+    if stop.signum == signal.SIGUSR1 and os.environ.get("SLURM_JOB_ID"):
+        _requeue(os.environ["SLURM_JOB_ID"])
     return exit_code(job, state, interrupted=bool(stop))
+
+
+def _rank_device(fabric: Any, opts: RunOptions) -> torch.device:
+    return fabric.device if fabric is not None else torch.device(opts.device)
+
+
+def _worker(fabric: Any, job: Job, opts: RunOptions) -> int:
+    """A rank other than 0: take its share of the broadcast plan, run it, report through the state."""
+    rank = fabric.global_rank
+    state = JobState(job.output_dir)
+    msg = fabric.broadcast(None, src=0)
+    if "abort" in msg:
+        return 0  # rank 0 reports the problem and sets the exit code
+    _open_log(state, rank=rank)
+    _log_rank(fabric)
+    by_name = {p.name: p for p in job.valid_pairs}
+    mine = [by_name[name] for name in msg["shares"][rank]]
+    stop = StopFlag()
+    rank_file = state.root / "ranks" / f"rank{rank}.json"
+    rank_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(rank_file, json.dumps({**state.owner(rank), "status": "running"}).encode())
+    stop.install()
+    try:
+        vgg = load_vgg(job.weights, job.layers_used)  # rank 0 already downloaded it: from the cache
+        run_pairs(job, mine, vgg, fabric.device, state, stop, Reporter(), rank=rank)
+    except StylebatchError as e:
+        log.error("rank %d: %s", rank, e)
+    finally:
+        stop.restore()
+        atomic_write(rank_file, json.dumps({**state.owner(rank), "status": "finished"}).encode())
+    return 0  # always 0: Lightning's launcher kills every process when one exits non-zero
+
+
+def _forward_stop(fabric: Any, state: JobState, signum: int) -> None:
+    """Rank 0 passes a stop on: to the workers it launched, and through a stop file to any others."""
+    try:
+        atomic_write(state.root / "stop", str(signum).encode())
+    except OSError:
+        pass
+    launcher = getattr(getattr(fabric, "strategy", None), "launcher", None)
+    for proc in getattr(launcher, "procs", []):
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+
+def _wait_for_workers(state: JobState, world: int, timeout: float, reporter: Reporter, job: Job) -> None:
+    """Rank 0 waits (by polling the shared state, not a collective that would time out on a long
+    job) until every worker has finished, died, or never started within `timeout`."""
+    start = time.monotonic()
+    while True:
+        waiting = []
+        for rank in range(1, world):
+            path = state.root / "ranks" / f"rank{rank}.json"
+            try:
+                info = json.loads(path.read_text())
+            except (OSError, ValueError):
+                info = None
+            if info is None:
+                if time.monotonic() - start < timeout:
+                    waiting.append(rank)
+                else:
+                    log.error("rank %d never started; its pairs stay pending for the next run", rank)
+            elif info["status"] == "running" and effective_status(info) == "running":
+                waiting.append(rank)
+            elif info["status"] == "running":
+                log.error("rank %d (pid %s on %s) is gone; its unfinished pairs resume on the next run",
+                          rank, info.get("pid"), info.get("host"))
+        if not waiting:
+            return
+        reporter.waiting(waiting, summarize_job(job, state))
+        time.sleep(0.5)
+
+
+def summarize_job(job: Job, state: JobState) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for pair in job.valid_pairs:
+        record = state.read(pair.name)
+        status = effective_status(record) if record else "pending"
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def _requeue(job_id: str) -> None:
+    """Under SLURM, rank 0 alone asks for the requeue once every worker has checkpointed."""
+    try:
+        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+        log.info("scontrol requeue %s: exit %d %s", job_id, result.returncode, result.stderr.strip())
+    except (OSError, subprocess.SubprocessError) as e:
+        log.error("could not requeue SLURM job %s: %s", job_id, e)
 
 
 def run_pairs(
@@ -154,7 +320,7 @@ def run_pairs(
     vgg.to(device)
     weights_id = weights_identity(job.weights)
     for i, pair in enumerate(plan):
-        if stop:
+        if stop or (state.root / "stop").exists():
             break
         if i:
             fault_point("between_pairs")
@@ -184,8 +350,11 @@ def _run_one(
     def on_checkpoint(n: int) -> None:
         state.update(pair.name, steps_done=n, heartbeat=time.time())
 
-    hooks = PairHooks(should_stop=lambda: bool(stop), on_progress=on_progress, on_checkpoint=on_checkpoint)
+    stop_file = state.root / "stop"  # written by rank 0 when it is signalled: reaches workers on any node
+    hooks = PairHooks(should_stop=lambda: bool(stop) or stop_file.exists(), on_progress=on_progress,
+                      on_checkpoint=on_checkpoint)
     try:
+        fault_point(f"pair:{pair.name}")
         result = stylize_pair(
             content=pair.content, style=pair.style, cfg=pair.config, vgg=vgg, device=device,
             ckpt_path=state.checkpoint_path(pair.name), output=_output_path(job, pair),
@@ -194,7 +363,8 @@ def _run_one(
     except (StylebatchError, NonFiniteLossError, OSError) as e:
         _fail(state, pair, reporter, str(e).splitlines()[0] if isinstance(e, StylebatchError) else f"{e}")
         return
-    except torch.cuda.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError as e:
+        e.__traceback__ = None  # its frames hold the pair's tensors: drop them so _free_memory frees them
         w, h = pair.out_size or (0, 0)
         _fail(state, pair, reporter, f"out of memory at {w}x{h}; lower 'size' or use optimizer: adam")
         _free_memory(device)
@@ -211,6 +381,7 @@ def _run_one(
         state.checkpoint_path(pair.name).unlink(missing_ok=True)
     state.update(
         pair.name, status="done", steps_done=result.evaluations, output_sha256=result.output_sha256,
+        encoding=pair.config.encoding(),
         losses=result.losses, seconds=round(time.time() - started, 3), finished=time.time(),
     )
     log.info("%s: done, %d evaluations, %.1fs, losses %s", pair.name, result.evaluations, result.seconds, result.losses)
@@ -262,9 +433,10 @@ def _record_invalid(job: Job, state: JobState) -> None:
 def _write_job_file(job: Job, state: JobState) -> None:
     data = {
         "manifest": str(job.manifest),
+        "cwd": os.getcwd(),  # what relative paths below are relative to
         "weights": job.weights,
         "pairs": [
-            {"name": p.name, "id": p.id, "content": str(p.content), "style": str(p.style),
+            {"name": p.name, "id": p.id, "entry": p.entry, "content": str(p.content), "style": str(p.style),
              "config": p.config.to_dict() if p.config else None}
             for p in job.pairs
         ],
