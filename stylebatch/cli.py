@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run (or resume) every pair of a manifest")
     job_args(run, manifest_optional=True)
     run.add_argument("--from", dest="from_image", metavar="IMAGE",
-                     help="instead of a manifest: make an output again from the settings it carries")
+                     help="instead of a manifest: make an output again from the settings it carries "
+                          "(into --out, default ./reproduced)")
     run.add_argument("--fresh", action="store_true", help="forget previous progress and start over")
     run.add_argument("--retry-failed", action="store_true", help="retry pairs that used up max_attempts")
     run.add_argument("--skip-invalid", action="store_true", help="run the valid pairs, record invalid ones as failed")
@@ -263,7 +264,7 @@ def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
     from stylebatch.config import FIELDS
-    from stylebatch.provenance import input_checks, read_metadata
+    from stylebatch.provenance import input_checks, input_files, read_metadata
 
     meta = read_metadata(args.image)
     checks = input_checks(meta)
@@ -271,9 +272,9 @@ def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
         out.print_json(json.dumps({**meta, "input_checks": checks}, default=str))
         return 0
     lines = [f"{args.image}", f"  name         {meta.get('name')}", f"  pair id      {meta.get('id')}"]
-    for role in ("content", "style"):
-        lines.append(f"  {role:<12} {meta.get(role)}")
-        lines.append(f"  {'':<12} sha256 {meta.get(role + '_sha256')} ({checks[role]})")
+    for role, path, sha in input_files(meta):
+        lines.append(f"  {role:<12} {path}")
+        lines.append(f"  {'':<12} sha256 {sha} ({checks[role]})")
     lines.append(f"  weights      {meta.get('weights_source', '')} ({meta.get('weights')})")
     lines.append(f"  evaluations  {meta.get('evaluations')}")
     lines.append("  losses       " + ", ".join(f"{k} {v:.6g}" for k, v in (meta.get("losses") or {}).items()))
@@ -284,7 +285,7 @@ def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
     lines.append("  config       (* differs from the default)")
     for key, value in meta["config"].items():
         f = FIELDS.get(key)
-        default = None if f is None else f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = f and (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
         lines.append(f"  {'*' if f is None or value != default else ' '} {key:<18} {value}")
     out.print("\n".join(lines), soft_wrap=True, markup=False, highlight=False)
     if any(state != "ok" for state in checks.values()):

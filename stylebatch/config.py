@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,10 +31,10 @@ PAPER_STYLE_LAYERS = {"conv1_1": 1.0, "conv2_1": 1.0, "conv3_1": 1.0, "conv4_1":
 
 
 def _field(default: Any, doc: str, *, identity: bool = True, choices: tuple = (), ge: float | None = None,
-           gt: float | None = None):
+           gt: float | None = None, le: float | None = None):
     """A dataclass field with its doc and bounds. `identity=False` marks bookkeeping keys that never
     change pixels, so changing them does not rerun finished pairs."""
-    meta = {"doc": doc, "identity": identity, "choices": choices, "ge": ge, "gt": gt}
+    meta = {"doc": doc, "identity": identity, "choices": choices, "ge": ge, "gt": gt, "le": le}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -69,8 +71,67 @@ class Config:
         True,
         "Divide each loss term by its target's mean square, so the weights mean the same on any network.",
     )
-    init: str = _field("content", "Starting image: `content` or `noise` (seeded).", choices=("content", "noise"))
-    seed: int = _field(0, "Random seed for noise init (and anything else random in a pair).")
+    init: str = _field(
+        "content",
+        "Starting image: `content`, `noise` (uniform, seeded), `style_stats` (Gaussian noise with the style's "
+        "per-channel mean and std, seeded) or an image file (relative to the manifest; resized to the output). "
+        "With `scales` it starts the first scale.",
+    )
+    style_blend: Union[list[float], None] = _field(
+        None,
+        "Blend weights of several styles (`style: [a.jpg, b.jpg]` in a pair; in a grid one style entry "
+        "`{blend: [a.jpg, b.jpg], weights: [0.7, 0.3]}`), one per style, normalised to sum 1; the Gram "
+        "targets are blended. Empty: equal weights.",
+    )
+    style_scale: float = _field(
+        1.0, "Style image's longer side as a multiple of the output's (at every scale); unused with `style_size`.",
+        gt=0,
+    )
+    style_size: Union[int, None] = _field(
+        None, "Fixed longer side of the style image(s) in pixels, at every scale; empty: use `style_scale`.", ge=1
+    )
+    preserve_color: str = _field(
+        "none",
+        "Colour control (Gatys et al. 2017, sec. 5): `none`; `luminance` (transfer on luminance only, the "
+        "style's luminance matched to the content's mean and std, then the content's Cb/Cr put back); "
+        "`histogram` (the style's colours given the content's mean and covariance before transfer, by the "
+        "symmetric/optimal-transport linear map); `post` (YCbCr: Y from the output, Cb/Cr from the content).",
+        choices=("none", "luminance", "histogram", "post"),
+    )
+    pooling: str = _field(
+        "max",
+        "VGG pooling: `max`, or `avg` (2x2 average pooling times 2.0, so activations keep roughly their "
+        "magnitude). Job-level: every pair of a job must use the same value.",
+        choices=("max", "avg"),
+    )
+    scales: Union[list[int], dict[str, float], None] = _field(
+        None,
+        "Coarse-to-fine: the longer sides of the passes run before the final one at `size`, ascending, each "
+        "below `size` (`[128, 256]`), or `{factor: 2, min: 128}` for size/factor, size/factor^2, ... down to "
+        "min. Each pass starts from the previous result upsampled, with the targets recomputed at its size. "
+        "`steps` is the total budget, split evenly over the passes (the final one gets any remainder).",
+    )
+    ema_decay: float = _field(
+        0.0,
+        "Iterate averaging: if > 0, the output is the (bias-corrected) exponential moving average of the "
+        "image after each optimizer step, restarted at each scale. 0: the last iterate.",
+        ge=0, le=0.9999,
+    )
+    save_every: int = _field(
+        0,
+        "Also save the image every N loss evaluations (at the first optimizer step past each multiple) to "
+        "`.stylebatch/pairs/<name>/iter_<n>.png`. 0: never.",
+        identity=False, ge=0,
+    )
+    seed: int = _field(
+        0, "Random seed for noise init (and anything else random in a pair).", ge=-(2**63), le=2**64 - 1
+    )  # torch.manual_seed's range
+    batch_size: int = _field(
+        1,
+        "Optimise up to N same-size Adam pairs together in one VGG pass (L-BFGS pairs always run alone). "
+        "Results match separate runs to float rounding, not bit for bit.",
+        identity=False, ge=1,
+    )
     checkpoint_every: int = _field(
         50, "Save a resumable checkpoint every N loss evaluations.", identity=False, ge=1
     )
@@ -81,6 +142,17 @@ class Config:
     log_every: int = _field(10, "Record losses (and check for NaN) every N loss evaluations.", identity=False, ge=1)
     max_pixels: int = _field(
         50_000_000, "Refuse input images with more pixels than this (read from the header).", identity=False, ge=1
+    )
+    # Encoding only: the optimised float image is the same, so a change re-encodes a kept checkpoint
+    # (or redoes the pair when none is kept) through the output's name and the record's `encoding`.
+    format: str = _field(
+        "png",
+        "Output file format, 8 bits per channel: `png` (lossless; settings in a text chunk), `jpg` or `webp` "
+        "(settings in the EXIF UserComment; jpg drops transparency). 16-bit output is not supported.",
+        identity=False, choices=("png", "jpg", "webp"),
+    )
+    quality: int = _field(
+        95, "JPEG/WebP quality, 1-100 (webp at 100 is lossless); ignored for png.", identity=False, ge=1, le=100
     )
 
     @property
@@ -93,12 +165,38 @@ class Config:
     def layers_used(self) -> list[str]:
         return [self.content_layer, *self.style_layers]
 
+    @property
+    def scale_sizes(self) -> list[int]:
+        """Longer side of each coarse-to-fine pass, ascending; the last is `size` (one pass without `scales`)."""
+        if isinstance(self.scales, dict):
+            factor, low = self.scales.get("factor", 2.0), self.scales.get("min", 1.0)
+            coarse, s = [], self.size / factor
+            while factor > 1 and round(s) >= max(low, 1) and len(coarse) < 32:
+                coarse.insert(0, round(s))
+                s /= factor
+            return coarse + [self.size]
+        return [*(self.scales or []), self.size]
+
+    def style_side(self, side: int) -> int:
+        """Longer side of the style image(s) in a pass whose output's longer side is `side`."""
+        return self.style_size or max(1, round(self.style_scale * side))
+
+    @property
+    def scale_ends(self) -> list[int]:
+        """Cumulative evaluation budget at the end of each pass: `steps` split evenly, remainder last."""
+        n = len(self.scale_sizes)
+        return [self.steps * (k + 1) // n for k in range(n)]
+
     def identity(self) -> dict[str, Any]:
         """The keys that change pixels: part of a pair's id."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["identity"]}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def encoding(self) -> dict[str, Any]:
+        """How the output is encoded (its record keeps this, so a change re-encodes it)."""
+        return {"format": "png"} if self.format == "png" else {"format": self.format, "quality": self.quality}
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -110,6 +208,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "empty"
+    if typing.get_origin(tp) is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
     if typing.get_origin(tp) is dict:
         k, v = typing.get_args(tp)
         return f"mapping of {_type_name(k)} to {_type_name(v)}"
@@ -126,6 +226,14 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
         return False, value
     if tp is type(None):
         return value is None, None
+    if typing.get_origin(tp) is list:
+        (et,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            return False, value
+        items = [_coerce(v, et) for v in value]
+        if not all(ok for ok, _ in items):
+            return False, value
+        return True, [v for _, v in items]
     if typing.get_origin(tp) is dict:
         kt, vt = typing.get_args(tp)
         if not isinstance(value, dict):
@@ -165,12 +273,14 @@ def check_value(key: str, value: Any) -> tuple[list[str], Any]:
         choices = ", ".join(f.metadata["choices"])
         problems.append(f"'{key}' must be one of {choices}, got {value!r}{did_you_mean(value, f.metadata['choices'])}")
     ge, gt = f.metadata["ge"], f.metadata["gt"]
-    if isinstance(value, float) and value != value:
-        problems.append(f"'{key}' must be a number, got NaN")
+    if isinstance(value, float) and not math.isfinite(value):
+        problems.append(f"'{key}' must be a finite number, got {value!r}")
     elif ge is not None and value is not None and value < ge:
         problems.append(f"'{key}' must be >= {ge}, got {value!r}")
     elif gt is not None and value is not None and value <= gt:
         problems.append(f"'{key}' must be > {gt}, got {value!r}")
+    elif f.metadata.get("le") is not None and value is not None and value > f.metadata["le"]:
+        problems.append(f"'{key}' must be <= {f.metadata['le']}, got {value!r}")
     if key == "content_layer" and value not in LAYER_INDEX:
         problems.append(f"'content_layer': unknown VGG19 layer '{value}'{did_you_mean(value, LAYER_INDEX)}")
     if key == "style_layers":
@@ -179,9 +289,39 @@ def check_value(key: str, value: Any) -> tuple[list[str], Any]:
         for name, weight in value.items():
             if name not in LAYER_INDEX:
                 problems.append(f"'style_layers': unknown VGG19 layer '{name}'{did_you_mean(name, LAYER_INDEX)}")
-            elif weight < 0:
-                problems.append(f"'style_layers': weight of '{name}' must be >= 0, got {weight}")
+            elif not math.isfinite(weight) or weight < 0:
+                problems.append(f"'style_layers': weight of '{name}' must be a finite number >= 0, got {weight}")
+    if key == "init" and value not in INIT_MODES and not Path(value).suffix:
+        problems.append(f"'init' must be {', '.join(INIT_MODES)} or an image file path, got {value!r}"
+                        f"{did_you_mean(value, INIT_MODES)}")
+    if key == "style_blend" and value is not None:
+        if not value or not all(math.isfinite(w) and w >= 0 for w in value) or sum(value) <= 0:
+            problems.append(f"'style_blend' must be one finite weight >= 0 per style, not all 0, got {value!r}")
+        else:
+            value = [w / sum(value) for w in value]  # normalised: [7, 3] and [0.7, 0.3] are the same pair
+    if key == "scales" and isinstance(value, list):
+        if not value or any(v < 1 for v in value) or any(b <= a for a, b in zip(value, value[1:])):
+            problems.append(f"'scales' must be ascending sizes >= 1 (the final pass at 'size' is implied), got {value!r}")
+    elif key == "scales" and isinstance(value, dict):
+        if set(value) != {"factor", "min"}:
+            problems.append(f"'scales' as a mapping takes exactly 'factor' and 'min', got {sorted(value)}")
+        elif not (math.isfinite(value["factor"]) and value["factor"] > 1) or not (math.isfinite(value["min"]) and value["min"] >= 1):
+            problems.append(f"'scales': factor must be > 1 and min >= 1, got {value!r}")
     return problems, value
+
+
+INIT_MODES = ("content", "noise", "style_stats")
+
+
+def cross_check(cfg: Config) -> list[str]:
+    """Problems between keys, once every layer is merged."""
+    problems = []
+    if isinstance(cfg.scales, list) and cfg.scales and cfg.scales[-1] >= cfg.size:
+        problems.append(f"'scales' {cfg.scales}: each coarse pass must be smaller than 'size' {cfg.size} "
+                        "(the final pass at 'size' is implied)")
+    elif cfg.steps < len(cfg.scale_sizes):
+        problems.append(f"'steps' {cfg.steps} is fewer than the {len(cfg.scale_sizes)} passes of 'scales'")
+    return problems
 
 
 def resolve(layers: list[tuple[str, dict[str, Any]]]) -> Config:
@@ -197,7 +337,10 @@ def resolve(layers: list[tuple[str, dict[str, Any]]]) -> Config:
                 values[key] = value
     if problems:
         raise ConfigError(problems)
-    return Config(**values)
+    cfg = Config(**values)
+    if problems := cross_check(cfg):
+        raise ConfigError(problems)
+    return cfg
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -211,6 +354,28 @@ class _NoAliasLoader(yaml.SafeLoader):
                 None, None, "YAML aliases (*name) are not allowed; write the values out", event.start_mark
             )
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001
+        """Refuse a key given twice in one mapping (PyYAML silently keeps the last)."""
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    if key_node.value in first:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key '{key_node.value}' given twice (first on line {first[key_node.value]})",
+                            key_node.start_mark,
+                        )
+                    first[key_node.value] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+# YAML 1.1 (PyYAML) reads `1e4` and `1.0e4` as text; accept them as numbers, as YAML 1.2 and people do.
+_NoAliasLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def load_yaml(text: str, source: str) -> Any:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import math
+import platform
 import time
 import warnings
 from dataclasses import dataclass
@@ -14,15 +15,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
+import PIL
 import torch
 import torchvision
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from stylebatch import __version__
+from stylebatch import __version__, controls
 from stylebatch.atomic import atomic_write, fault_point
 from stylebatch.config import Config
-from stylebatch.images import fit_size, load_image, resize, save_image, to_pil, to_tensor
+from stylebatch.curves import CURVE_FILE, CurveWriter
+from stylebatch.images import save_image
 from stylebatch.module import LBFGS_MAX_ITER, StyleTransferModule
 from stylebatch.vgg import VGGFeatures
 
@@ -69,10 +72,14 @@ class PairHooks:
 
 class _BudgetCallback(L.Callback):
     """Counts the budget in loss evaluations, checkpoints every `checkpoint_every` evaluations (at
-    the first optimizer-step boundary past it), watches for NaN, and stops on request."""
+    the first optimizer-step boundary past it), watches for NaN, logs the losses (to `curve` and
+    the hooks) each time the count passes a multiple of `log_every`, and stops on request.
 
-    def __init__(self, cfg: Config, ckpt_path: Path, hooks: PairHooks):
-        self.cfg, self.ckpt_path, self.hooks = cfg, ckpt_path, hooks
+    Logging at multiples, not every `log_every` since the last log, keeps the log points of a
+    resumed fit where the uninterrupted one had them, so the two loss curves are the same."""
+
+    def __init__(self, cfg: Config, ckpt_path: Path, hooks: PairHooks, curve: CurveWriter | None = None):
+        self.cfg, self.ckpt_path, self.hooks, self.curve = cfg, ckpt_path, hooks, curve
         self.last_saved = 0
         self.last_logged = 0
         self.interrupted = False
@@ -84,7 +91,7 @@ class _BudgetCallback(L.Callback):
         if self.cfg.optimizer == "lbfgs":
             # Never plan more evaluations than the budget has left (the line search may still
             # finish its bracket, so the run can end a few evaluations past it; the count is exact).
-            remaining = self.cfg.steps - module.evaluations
+            remaining = module.scale_end - module.evaluations  # the pass's end (cfg.steps with one pass)
             group = trainer.optimizers[0].param_groups[0]
             group["max_eval"] = max(1, min(LBFGS_MAX_ITER * 5 // 4, remaining))
 
@@ -99,17 +106,22 @@ class _BudgetCallback(L.Callback):
 
     def _save(self, trainer: L.Trainer, module: StyleTransferModule) -> None:
         self._check_finite(module)  # a NaN state is never saved
+        if self.curve is not None:
+            self.curve.sync()  # a checkpoint on disk always has its curve rows on disk
         trainer.save_checkpoint(self.ckpt_path)
         fault_point("after_checkpoint")
         self.last_saved = module.evaluations
         self.hooks.on_checkpoint(module.evaluations)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: StyleTransferModule, *args: Any) -> None:
-        n = module.evaluations
-        if n - self.last_logged >= self.cfg.log_every or n >= self.cfg.steps:
-            self.hooks.on_progress(n, self._check_finite(module))
+        n, every = module.evaluations, self.cfg.log_every
+        if n // every > self.last_logged // every or n >= module.scale_end:
+            losses = self._check_finite(module)
+            if self.curve is not None:
+                self.curve.append(n, losses)
+            self.hooks.on_progress(n, losses)
             self.last_logged = n
-        if n >= self.cfg.steps:
+        if n >= module.scale_end:
             trainer.should_stop = True
         elif self.hooks.should_stop():
             self._save(trainer, module)
@@ -134,15 +146,12 @@ def _trainer_kwargs(device: torch.device) -> dict[str, Any]:
     return {"accelerator": "cpu", "devices": 1}
 
 
-def prepare_inputs(content_path: Path, style_path: Path, cfg: Config) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """Load and resize: content to `size` (longer side, aspect kept), style to the same longer side."""
-    content = load_image(content_path, cfg.max_pixels)
-    style = load_image(style_path, cfg.max_pixels)
-    out_wh = fit_size(*content.rgb.size, cfg.size)
-    alpha = resize(content.alpha, out_wh) if content.alpha is not None else None
-    c = to_tensor(resize(content.rgb, out_wh))
-    s = to_tensor(resize(style.rgb, fit_size(*style.rgb.size, cfg.size)))
-    return c, s, alpha
+def prepare_inputs(content_path: Path, style_path: Path | list[Path], cfg: Config) -> tuple[torch.Tensor, Any, Any]:
+    """The final pass's inputs: content at `size` (longer side, aspect kept), style(s) at `style_size` or
+    `style_scale` x `size`, colour-controlled (controls.pass_inputs); a blend's styles as a list; alpha."""
+    inputs = controls.pass_inputs(controls.load_images(content_path, style_path, cfg), cfg)
+    styles = inputs.styles if isinstance(style_path, (list, tuple)) else inputs.styles[0]
+    return inputs.content, styles, inputs.alpha
 
 
 def read_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -159,10 +168,25 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _trainer(device: torch.device, cfg: Config, callbacks: list[L.Callback]) -> L.Trainer:
+    return L.Trainer(
+        **_trainer_kwargs(device),
+        max_epochs=-1,
+        max_steps=cfg.steps,  # a safety net: every optimizer step evaluates at least once
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
 def stylize_pair(
     *,
     content: Path,
-    style: Path,
+    style: Path | list[Path],
     cfg: Config,
     vgg: VGGFeatures,
     device: torch.device,
@@ -172,47 +196,63 @@ def stylize_pair(
     hooks: PairHooks | None = None,
 ) -> PairResult:
     """Optimise one pair to its evaluation budget (resuming from `ckpt_path` if valid), then write
-    `output` atomically. On a stop request it checkpoints and returns `interrupted=True`."""
+    `output` atomically. On a stop request it checkpoints and returns `interrupted=True`.
+
+    With `scales`, one fit per pass, each starting from the previous pass's result upsampled, with the
+    targets recomputed at its size; evaluations count on across passes, and the checkpoint records
+    the pass (`scale`), so a resumed pair continues inside the pass it was in."""
     hooks = hooks or PairHooks()
     start = time.perf_counter()
-    c, s, alpha = prepare_inputs(content, style, cfg)
-    module = StyleTransferModule(vgg, c.to(device), s.to(device), cfg)
-    callback = _BudgetCallback(cfg, ckpt_path, hooks)
-    trainer = L.Trainer(
-        **_trainer_kwargs(device),
-        max_epochs=-1,
-        max_steps=cfg.steps,  # a safety net: every optimizer step evaluates at least once
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[callback],
-        plugins=[AtomicCheckpointIO()],
-    )
+    images = controls.load_images(content, style, cfg)
     ckpt = read_checkpoint(ckpt_path)
-    if ckpt is not None and ckpt["stylebatch"]["evaluations"] >= cfg.steps:
-        # A finished pair's kept checkpoint (keep_checkpoints): its image is final, nothing to optimise.
-        module.on_load_checkpoint(ckpt)
-        with torch.no_grad():
-            module.target.copy_(ckpt["state_dict"]["target"].to(module.target.device))
-    else:
-        try:
-            trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt is not None else None)
-        except SIGTERMException:
-            # Lightning raises this after our callback has checkpointed on the same SIGTERM.
-            callback.interrupted = True
-        if cfg.keep_checkpoints and not callback.interrupted and module.evaluations >= cfg.steps:
-            trainer.save_checkpoint(ckpt_path)  # the final float image and optimizer state
+    done = int(ckpt["stylebatch"]["evaluations"]) if ckpt is not None else 0
+    first = int(ckpt["stylebatch"].get("scale", 0)) if ckpt is not None else 0
+    if ckpt is None and cfg.save_every:
+        controls.clear_snapshots(ckpt_path.parent)
+    curve = CurveWriter(ckpt_path.with_name(CURVE_FILE))  # follows the checkpoint: see curves.py
+    if done < cfg.steps:
+        curve.restart(at=done)
+    interrupted, previous = False, None
+    try:
+        for k in range(first, len(cfg.scale_sizes)):
+            inputs = controls.pass_inputs(images, cfg, k)
+            resume = ckpt is not None and k == first
+            init = None if resume else controls.initial_image(images, cfg, inputs, previous)
+            module = StyleTransferModule(vgg, inputs.content.to(device), [s.to(device) for s in inputs.styles],
+                                         cfg, init=init)
+            module.scale, module.scale_end, module.evaluations = k, cfg.scale_ends[k], done
+            if resume and done >= module.scale_end:
+                # A finished pass (a finished pair's kept checkpoint): its image is final, nothing to optimise.
+                module.on_load_checkpoint(ckpt)
+                module.load_state_dict(ckpt["state_dict"], strict=False)
+            else:
+                callback = _BudgetCallback(cfg, ckpt_path, hooks, curve)
+                extra = [controls.SnapshotCallback(cfg.save_every, ckpt_path.parent, inputs, cfg)] if cfg.save_every else []
+                trainer = _trainer(device, cfg, [callback, *extra])
+                try:
+                    trainer.fit(module, ckpt_path=str(ckpt_path) if resume else None)
+                except SIGTERMException:
+                    # Lightning raises this after our callback has checkpointed on the same SIGTERM.
+                    callback.interrupted = True
+                if callback.interrupted or module.evaluations < module.scale_end:
+                    interrupted = True
+                    break
+                if cfg.keep_checkpoints and module.evaluations >= cfg.steps:
+                    trainer.save_checkpoint(ckpt_path)  # the final float image and optimizer state
+            done, previous = module.evaluations, module.result()
+    finally:
+        curve.close()
     losses = {k: float(v.sum()) for k, v in module.last_losses.items()} or module.restored_losses
-    if callback.interrupted or module.evaluations < cfg.steps:
+    if interrupted or module.evaluations < cfg.steps:
         return PairResult(module.evaluations, losses, time.perf_counter() - start, interrupted=True)
 
-    image = to_pil(module.target)
-    if alpha is not None:
-        image.putalpha(alpha)  # a content image with transparency keeps it
-    meta = {**metadata, "evaluations": module.evaluations, "losses": losses}
-    data = save_image(image, output, text={"stylebatch": json.dumps(meta, sort_keys=True, default=str)})
+    image = controls.render(module.result(), inputs, cfg)  # post-hoc colour, 8 bits, the content's alpha
+    meta = {**metadata, "evaluations": module.evaluations, "losses": losses, "device": device.type,
+            "output_size": list(image.size), "encoding": cfg.encoding(), "versions": versions()}
+    if device.type == "cpu":
+        meta["cpu_threads"] = torch.get_num_threads()  # CPU float results depend on it (`run --from` uses it)
+    text = {"stylebatch": json.dumps(meta, sort_keys=True, default=str)}  # ASCII: json escapes the rest
+    data = save_image(image, output, text=text, format=cfg.format, quality=cfg.quality)
     return PairResult(
         module.evaluations, losses, time.perf_counter() - start, False, hashlib.sha256(data).hexdigest()
     )
@@ -224,4 +264,6 @@ def versions() -> dict[str, str]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "lightning": L.__version__,
+        "pillow": PIL.__version__,
+        "python": platform.python_version(),
     }

@@ -1,18 +1,23 @@
 """Images in and out: safe decoding (pixel limit from the header, EXIF orientation, odd modes),
-resizing, tensor conversion and atomic saving with settings in PNG text chunks."""
+resizing, tensor conversion and atomic saving (png, jpg, webp; 8 bits) with the settings in a PNG text
+chunk or the EXIF UserComment."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
+import re
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from stylebatch.atomic import atomic_write
 from stylebatch.errors import ImageError
@@ -26,25 +31,55 @@ class LoadedImage:
     alpha: Image.Image | None  # mode L, when the file has transparency
 
 
-def _open_checked(path: Path, max_pixels: int) -> Image.Image:
-    """Open (header only) and refuse before any pixel is decoded if the image is too large."""
-    if not path.exists():
-        raise ImageError(f"{path}: file not found")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a directory, expected an image file")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: empty file (0 bytes)")
+@contextlib.contextmanager
+def _strict_pil(max_pixels: int) -> Iterator[None]:
+    """For one decode: PIL's own bomb check at `max_pixels`, raised as an error (never a warning),
+    and truncated files refused (LOAD_TRUNCATED_IMAGES off, whatever another library set)."""
+    saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = max_pixels, False
     try:
         with warnings.catch_warnings():
-            # PIL's own bomb check only warns below 2x its limit; make it an error, never a warning.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        if isinstance(e, UnidentifiedImageError):
-            raise ImageError(f"{path}: not an image PIL can read") from None
-        raise ImageError(f"{path}: image too large ({e})") from None
-    except OSError as e:
-        raise ImageError(f"{path}: cannot be read ({e})") from None
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _too_many_pixels(path: Path, e: Exception, max_pixels: int) -> str:
+    """PIL's bomb check (at max_pixels, see _strict_pil), said as our own header check says it."""
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    pixels = f"{int(found.group(1)):,} pixels" if found else _first_line(e)
+    return f"{path}: {pixels} exceeds max_pixels {max_pixels:,} (refused from the header, before decoding)"
+
+
+def _open_checked(path: Path, max_pixels: int) -> Image.Image:
+    """Open (header only) and refuse before any pixel is decoded if the image is too large.
+    Call inside `_strict_pil`."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte, a loop of links...
+        raise ImageError(f"{path}: cannot be read ({_first_line(e)})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"{path}: is a directory, expected an image file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the open forever, a device never ends
+        raise ImageError(f"{path}: not a regular file, expected an image file")
+    if st.st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image PIL can read") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ImageError(_too_many_pixels(path, e, max_pixels)) from None
+    except Exception as e:  # noqa: BLE001 (a hostile header can raise many types)
+        raise ImageError(f"{path}: cannot be read ({_first_line(e)})") from None
     w, h = img.size
     if w * h > max_pixels:
         img.close()
@@ -56,10 +91,10 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
 
 
 def _to_rgb_alpha(img: Image.Image, path: Path) -> LoadedImage:
-    if getattr(img, "n_frames", 1) > 1:
-        log.info("%s: animated image with %d frames; using the first", path, img.n_frames)
-        img.seek(0)
-    img = ImageOps.exif_transpose(img)  # honour the camera's orientation tag
+    try:
+        img = ImageOps.exif_transpose(img)  # honour the camera's orientation tag
+    except Exception as e:  # noqa: BLE001 (a malformed EXIF block: keep the pixels as stored)
+        log.warning("%s: unreadable EXIF orientation (%s); using the image as stored", path, _first_line(e))
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit greyscale: convert("L") would clip everything above 255 to white; scale instead.
@@ -77,15 +112,23 @@ def _to_rgb_alpha(img: Image.Image, path: Path) -> LoadedImage:
 def load_image(path: str | Path, max_pixels: int) -> LoadedImage:
     """Fully decode an image file into RGB (+ alpha); every failure is one ImageError line."""
     path = Path(path)
-    img = _open_checked(path, max_pixels)
-    try:
-        with img:
-            img.load()  # a truncated file only fails here, on full decode
-            return _to_rgb_alpha(img, path)
-    except ImageError:
-        raise
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: cannot be decoded ({e})") from None
+    with _strict_pil(max_pixels):
+        img = _open_checked(path, max_pixels)
+        try:
+            with img:
+                if getattr(img, "is_animated", False):  # asks for a second frame only, never counts them
+                    log.info("%s: animated image; using its first frame", path)
+                    img.seek(0)
+                img.load()  # a truncated file only fails here, on full decode
+                return _to_rgb_alpha(img, path)
+        except ImageError:
+            raise
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:  # a later frame's size
+            raise ImageError(_too_many_pixels(path, e, max_pixels)) from None
+        except MemoryError:
+            raise ImageError(f"{path}: not enough memory to decode it; lower max_pixels or use a smaller file") from None
+        except Exception as e:  # noqa: BLE001 (a hostile file can make a decoder raise many types)
+            raise ImageError(f"{path}: cannot be decoded ({_first_line(e)})") from None
 
 
 def check_image(path: str | Path, max_pixels: int) -> tuple[int, int]:
@@ -117,13 +160,34 @@ def to_pil(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(data.numpy())
 
 
-def save_image(img: Image.Image, path: str | Path, text: dict[str, str] | None = None) -> bytes:
-    """Encode as PNG (with `text` in tEXt chunks) and write atomically; returns the bytes written."""
-    info = PngImagePlugin.PngInfo()
-    for key, value in (text or {}).items():
-        info.add_text(key, value)
+EXIF_IFD, EXIF_USER_COMMENT = 0x8769, 0x9286
+USER_COMMENT_ASCII = b"ASCII\0\0\0"  # the EXIF UserComment character-code prefix
+
+
+def save_image(img: Image.Image, path: str | Path, text: dict[str, str] | None = None, format: str = "png",
+               quality: int = 95) -> bytes:
+    """Encode (8 bits per channel) and write atomically; returns the bytes written.
+
+    png: lossless, `text` in tEXt chunks. jpg/webp: `quality` 1-100 (webp at 100 is lossless); the
+    `text` values (ASCII JSON) go into the EXIF UserComment, one `key=value` per line. JPEG has no
+    alpha: a transparent content's alpha is dropped there."""
     buf = io.BytesIO()
-    img.save(buf, format="PNG", pnginfo=info)
+    if format == "png":
+        info = PngImagePlugin.PngInfo()
+        for key, value in (text or {}).items():
+            info.add_text(key, value)
+        img.save(buf, format="PNG", pnginfo=info)
+    else:
+        exif = Image.Exif()
+        if text:
+            comment = "\n".join(f"{k}={v}" for k, v in text.items())
+            exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = USER_COMMENT_ASCII + comment.encode("ascii", "replace")
+        if format == "jpg":
+            img.convert("RGB").save(buf, format="JPEG", quality=quality, exif=exif.tobytes())
+        elif format == "webp":
+            img.save(buf, format="WEBP", quality=quality, lossless=quality == 100, exif=exif.tobytes())
+        else:
+            raise ValueError(f"unknown image format {format!r}")
     data = buf.getvalue()
     atomic_write(path, data)
     return data

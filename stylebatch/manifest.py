@@ -11,11 +11,16 @@
       style: ["images/*.jpg"]
       style_weight: [10, 100, 1000]
 
+A style blend is a list in a pair (`style: [a.jpg, b.jpg]`, weights in `style_blend`) and, in a grid,
+one entry of the style list written `{blend: [a.jpg, b.jpg], weights: [0.7, 0.3]}` (a plain list there
+means alternatives); its output is named `<content>__<a>+<b>` (with the weights when given).
+
 Every problem is collected (never the first only), each naming the manifest, the entry and the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import itertools
@@ -34,6 +39,7 @@ from stylebatch.vgg import LAYER_INDEX, check_weights_path, min_input_size, weig
 
 TOP_KEYS = ("output_dir", "weights", "defaults", "pairs", "grid")
 PAIR_KEYS = ("content", "style", "name")
+MAX_NAME_BYTES = 200  # file systems allow 255 bytes; the temp file's name adds a prefix and a suffix
 
 
 @dataclass
@@ -46,6 +52,16 @@ class Pair:
     problems: list[str] = field(default_factory=list)
     out_size: tuple[int, int] | None = None  # (w, h)
     id: str = ""
+    styles: list[Path] = field(default_factory=list)  # a blend's style files (`style` is the first)
+
+    @property
+    def style_files(self) -> list[Path]:
+        return self.styles or [self.style]
+
+    @property
+    def style_arg(self) -> Path | list[Path]:
+        """What the engine takes: one style path, or a blend's list."""
+        return list(self.styles) if len(self.styles) > 1 else self.style
 
     @property
     def label(self) -> str:
@@ -104,6 +120,8 @@ def _format_value(value: Any) -> str:
         return f"{value:g}"
     if isinstance(value, dict):
         return "-".join(f"{k}{_format_value(v)}" for k, v in value.items())
+    if isinstance(value, str) and ("/" in value or "\\" in value):  # a file (init: images/x.jpg): its stem
+        return Path(value).stem
     return str(value)
 
 
@@ -114,6 +132,9 @@ def _check_name(name: Any) -> str | None:
         return f"'name' {name!r} must not contain '/', '\\' or '..' (outputs stay inside output_dir)"
     if name.startswith("."):
         return f"'name' {name!r} must not start with '.' (reserved for {STATE_DIR})"
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME_BYTES:
+        return f"'name' is {size} bytes long, at most {MAX_NAME_BYTES} fit a file name"
     return None
 
 
@@ -134,8 +155,14 @@ def _raw_entries(data: dict[str, Any], base: Path, src: str, problems: list[str]
             value = raw.get(key)
             if value is None:
                 problems.append(f"{where}: missing '{key}'")
+            elif isinstance(value, list) and key == "style":  # a blend: weights in style_blend
+                if len(value) < 1 or not all(isinstance(v, str) and v for v in value):
+                    problems.append(f"{where}: 'style' as a blend must be a list of file paths, got {value!r}")
+                    raw[key] = None
+                else:
+                    raw[key] = [base / v for v in value] if len(value) > 1 else base / value[0]
             elif isinstance(value, list):
-                problems.append(f"{where}: '{key}' must be one file path (style blends are not supported yet)")
+                problems.append(f"{where}: '{key}' must be one file path")
                 raw[key] = None
             elif not isinstance(value, str) or not value:
                 problems.append(f"{where}: '{key}' must be a file path, got {value!r}")
@@ -156,22 +183,72 @@ def _raw_entries(data: dict[str, Any], base: Path, src: str, problems: list[str]
         if not isinstance(values, list) or not values:
             problems.append(f"{where}: must be a non-empty list of values")
             continue
-        if key in ("content", "style"):
+        if key == "style":
+            axes[key] = []
+            for i, v in enumerate(values):
+                axes[key] += [_grid_blend(base, v, f"{where}[{i}]", problems)] if isinstance(v, dict) else \
+                    _expand_paths(base, [v], where, problems)
+        elif key == "content":
             axes[key] = _expand_paths(base, values, where, problems)
         elif key == "name":
             problems.append(f"{where}: grid outputs are named automatically; 'name' is not allowed here")
+        elif key not in cfgmod.FIELDS:  # said once here, not once per grid entry
+            problems.append(f"{where}: unknown key '{key}'{cfgmod.did_you_mean(key, [*PAIR_KEYS, *cfgmod.FIELDS])}")
         else:
             axes[key] = values
     for key in ("content", "style"):
         if key not in grid:
             problems.append(f"{src}: grid: missing '{key}'")
+    if "style" in axes:
+        axes["style"] = [v for v in axes["style"] if v is not None]
+        if not axes["style"]:
+            del axes["style"]
     if "content" not in axes or "style" not in axes:
         return entries
     varied = [k for k, v in axes.items() if k not in ("content", "style") and len(v) > 1]
     keys = list(axes)
     for n, combo in enumerate(itertools.product(*(axes[k] for k in keys))):
-        entries.append((f"grid[{n}]", dict(zip(keys, combo)), varied))
+        raw = dict(zip(keys, combo))
+        if isinstance(raw["style"], _Blend):
+            blend = raw["style"]
+            raw["style"] = blend.paths
+            if blend.weights is not None:
+                raw["style_blend"] = blend.weights
+        entries.append((f"grid[{n}]", raw, varied))
     return entries
+
+
+@dataclass
+class _Blend:
+    """A grid's `{blend: [a, b], weights: [...]}` style entry: one value of the style axis."""
+
+    paths: list[Path]
+    weights: list[Any] | None
+
+
+def _grid_blend(base: Path, value: dict[str, Any], where: str, problems: list[str]) -> _Blend | None:
+    extra = sorted(set(value) - {"blend", "weights"})
+    paths, weights = value.get("blend"), value.get("weights")
+    if extra:
+        problems.append(f"{where}: a blend entry takes 'blend' and 'weights', not {extra}")
+    elif not isinstance(paths, list) or len(paths) < 2 or not all(isinstance(p, str) and p for p in paths):
+        problems.append(f"{where}: 'blend' must list at least two style files, got {paths!r}")
+    elif weights is not None and (not isinstance(weights, list) or len(weights) != len(paths)):
+        problems.append(f"{where}: 'weights' must list one weight per style of the blend, got {weights!r}")
+    else:
+        return _Blend([base / p for p in paths], weights)
+    return None
+
+
+def _style_stem(style: Path | list[Path], weights: Any) -> str:
+    """`a` for one style; `a+b` for a blend, `a-0.7+b-0.3` when its weights were given."""
+    if not isinstance(style, list):
+        return Path(style).stem
+    ok = isinstance(weights, list) and len(weights) == len(style) and all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights) and sum(weights) > 0
+    if not ok:
+        return "+".join(p.stem for p in style)
+    return "+".join(f"{p.stem}-{w / sum(weights):g}" for p, w in zip(style, weights))
 
 
 class _FileChecker:
@@ -201,13 +278,27 @@ class _FileChecker:
         return self._hashes[path]
 
 
-def pair_id(content_sha: str, style_sha: str, weights_id: str, cfg: Config) -> str:
-    """Covers the inputs' bytes, the network and the pixel-changing config keys; not bookkeeping."""
-    payload = {"content": content_sha, "style": style_sha, "weights": weights_id, "config": cfg.identity()}
+def pair_id(content_sha: str, style_sha: str | list[str], weights_id: str, cfg: Config,
+            init_sha: str | None = None) -> str:
+    """Covers the inputs' bytes (every style of a blend, an init image), the network and the
+    pixel-changing config keys (blend weights included); not bookkeeping, not the init file's path."""
+    identity = cfg.identity()
+    if init_sha is not None:
+        identity["init"] = f"sha256:{init_sha}"
+    payload = {"content": content_sha, "style": style_sha, "weights": weights_id, "config": identity}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _check_output_dir(path: Path) -> str | None:
+    try:
+        return _output_dir_problem(path)
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte, a loop of links...
+        return f"output_dir {path}: unusable ({e})"
+
+
+def _output_dir_problem(path: Path) -> str | None:
+    if "\0" in str(path):
+        return f"output_dir {str(path)!r}: unusable (contains a NUL byte)"
     if path.exists() and not path.is_dir():
         return f"output_dir {path}: exists and is not a directory"
     parent = path
@@ -305,25 +396,52 @@ def load_job(
     files = _FileChecker()
     for entry, raw, varied in _raw_entries(data, base, src, problems):
         pair_keys = {k: v for k, v in raw.items() if k not in PAIR_KEYS}
+        unknown = [k for k in pair_keys if k not in cfgmod.FIELDS] if entry.startswith("pairs") else []
         content, style = raw.get("content"), raw.get("style")
         name = raw.get("name")
         if name is None and content is not None and style is not None:
-            name = f"{Path(content).stem}__{Path(style).stem}"
+            name = f"{Path(content).stem}__{_style_stem(style, raw.get('style_blend'))}"
             name += "".join(f"__{k}-{_format_value(raw[k])}" for k in varied)
-        pair = Pair(str(name), content, style, None, entry)
+        styles = style if isinstance(style, list) else []
+        pair = Pair(str(name), content, styles[0] if styles else style, None, entry, styles=styles)
         where = f"{src}: {pair.label}"
         if problem := _check_name(name):
             pair.problems.append(f"{where}: {problem}")
+        for key in unknown:  # suggest pair keys (content, style, name) as well as config keys
+            pair.problems.append(f"{where}: unknown key '{key}'{cfgmod.did_you_mean(key, [*PAIR_KEYS, *cfgmod.FIELDS])}")
+            del pair_keys[key]
         try:
             pair.config = cfgmod.resolve(layers + [(where, pair_keys), ("--set", sets or {})])
         except ConfigError as e:
             pair.problems += [p if p.startswith(src) or p.startswith("--set") else f"{where}: {p}" for p in e.problems]
+        if pair.config is not None and pair.config.init not in cfgmod.INIT_MODES:
+            # An init image, like content and style, is relative to the manifest.
+            pair.config = dataclasses.replace(pair.config, init=os.path.abspath(base / pair.config.init))
+        if pair.config is not None and style is not None and (problem := _blend_problem(pair)):
+            pair.problems.append(f"{where}: {problem}")
         if content is None or style is None:
             pair.problems.append(f"{where}: needs both content and style")
         job.pairs.append(pair)
         if pair.config is None or content is None or style is None or not check_files:
             continue
         _check_pair_files(pair, files, where, job.weights)
+
+    # Pooling is job-level: the pairs of a job share one network (and may be optimised as one batch).
+    poolings = sorted({p.config.pooling for p in job.pairs if p.config is not None})
+    if len(poolings) > 1:
+        problems.append(f"{src}: 'pooling' is job-level, but the pairs use {', '.join(poolings)}; "
+                        "set it once in defaults, the preset or --set")
+
+    # An output must never overwrite an input (output_dir next to the images, a name like an input's).
+    inputs = {_resolved(p) for pair in job.pairs for p in (pair.content, *pair.style_files, *_init_file(pair))
+              if p is not None} - {None}
+    for pair in job.pairs:
+        if pair.config is None or _check_name(pair.name):
+            continue
+        output = job.output_dir / f"{pair.name}.{getattr(pair.config, 'format', 'png')}"
+        if _resolved(output) in inputs:
+            pair.problems.append(f"{src}: {pair.label}: output {output} would overwrite an input image; "
+                                 "set 'name' or another output_dir")
 
     # Duplicate output names are refused, each entry named.
     seen: dict[str, Pair] = {}
@@ -341,10 +459,35 @@ def load_job(
     return job
 
 
+def _blend_problem(pair: Pair) -> str | None:
+    n, blend = len(pair.style_files), pair.config.style_blend
+    if blend is not None and len(blend) != n:
+        return f"'style_blend' has {len(blend)} weight(s) for {n} style file(s)"
+    return None
+
+
+def _init_file(pair: Pair) -> list[Path]:
+    """The pair's init image, as a one-item list, or [] for content/noise/style_stats."""
+    if pair.config is None or pair.config.init in cfgmod.INIT_MODES:
+        return []
+    return [Path(pair.config.init)]
+
+
+def _resolved(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
 def _check_pair_files(pair: Pair, files: _FileChecker, where: str, weights: str) -> None:
     cfg = pair.config
     sizes = {}
-    for role, path in (("content", pair.content), ("style", pair.style)):
+    styles = pair.style_files
+    roles = [("content", pair.content)] + [("style" if len(styles) == 1 else f"style[{i}]", p)
+                                             for i, p in enumerate(styles)]
+    roles += [("init", p) for p in _init_file(pair)]
+    for role, path in roles:
         wh, err = files.size(path, cfg.max_pixels)
         if err:
             pair.problems.append(f"{where}: {role}: {err}")
@@ -353,15 +496,30 @@ def _check_pair_files(pair: Pair, files: _FileChecker, where: str, weights: str)
         return
     need = min_input_size(cfg.layers_used)
     pair.out_size = fit_size(*sizes["content"], cfg.size)
-    style_size = fit_size(*sizes["style"], cfg.size)
-    for role, wh in (("output", pair.out_size), ("style", style_size)):
-        if min(wh) < need:
+    # The largest images are those of the final pass; the smallest, those of the first.
+    first, last = cfg.scale_sizes[0], cfg.size
+    style_roles = [r for r, _ in roles if r.startswith("style")]
+    biggest = [("output", pair.out_size)] + [(r, fit_size(*sizes[r], cfg.style_side(last))) for r in style_roles]
+    smallest = [("output", fit_size(*sizes["content"], first))]
+    smallest += [(r, fit_size(*sizes[r], cfg.style_side(first))) for r in style_roles]
+    for role, wh in biggest:
+        if wh[0] * wh[1] > cfg.max_pixels:
             pair.problems.append(
-                f"{where}: size {cfg.size} makes the {role} {wh[0]}x{wh[1]}, but layer "
+                f"{where}: size {cfg.size} makes the {role} {wh[0]}x{wh[1]} = {wh[0] * wh[1]:,} pixels, "
+                f"above max_pixels {cfg.max_pixels:,}; lower 'size'"
+            )
+            return
+    for role, wh in smallest:
+        if min(wh) < need:
+            at = f"size {cfg.size}" if first == last else f"the first scale ({first})"
+            pair.problems.append(
+                f"{where}: {at} makes the {role} {wh[0]}x{wh[1]}, but layer "
                 f"{max(cfg.layers_used, key=LAYER_INDEX.__getitem__)} needs at least {need} px on each side; "
-                "raise 'size'"
+                "raise 'size'" + (" or the first scale" if first != last else "")
             )
             return
     if not pair.problems and check_weights_path(weights) is None:
         wid = files.weights_id(weights)
-        pair.id = pair_id(files.sha256(pair.content), files.sha256(pair.style), wid, cfg)
+        style_sha = [files.sha256(p) for p in styles] if len(styles) > 1 else files.sha256(styles[0])
+        init_sha = files.sha256(Path(cfg.init)) if _init_file(pair) else None
+        pair.id = pair_id(files.sha256(pair.content), style_sha, wid, cfg, init_sha)

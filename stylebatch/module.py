@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from stylebatch.config import Config
-from stylebatch.losses import content_loss, gram_matrix, style_loss, total_variation
+from stylebatch.controls import blended_grams
+from stylebatch.losses import content_loss, style_loss, total_variation
 from stylebatch.vgg import VGGFeatures
 
 LBFGS_MAX_ITER = 20  # inner iterations per optimizer step: the granularity of stops and checkpoints
@@ -37,17 +38,19 @@ class StyleTransferModule(L.LightningModule):
     style features are computed here, once per pair (two VGG passes), never per step.
     """
 
-    def __init__(self, vgg: VGGFeatures, content: torch.Tensor, style: torch.Tensor, cfg: Config):
+    def __init__(self, vgg: VGGFeatures, content: torch.Tensor, style: torch.Tensor | list[torch.Tensor],
+                 cfg: Config, init: torch.Tensor | None = None):
         super().__init__()
         self.cfg = cfg
         self.vgg = vgg
         self.strict_loading = False  # checkpoints hold the image and optimizer, not the VGG
         self.evaluations = 0  # loss evaluations (forward+backward); the unit of `steps`
+        self.scale = 0  # coarse-to-fine: index of this module's pass in cfg.scale_sizes (engine sets it)
+        self.scale_end = cfg.steps  # evaluation count at which this pass ends (engine sets it)
 
         with torch.no_grad():
-            content_target = vgg(content, [cfg.content_layer])[cfg.content_layer]
-            style_feats = vgg(style, list(cfg.style_layers))
-        grams = {name: gram_matrix(style_feats[name]) for name in cfg.style_layers}
+            content_target = vgg(content, [cfg.content_layer], pooling=cfg.pooling)[cfg.content_layer]
+        grams = blended_grams(vgg, style, cfg)  # one style, or several with cfg.style_blend
         self.register_buffer("content_target", content_target, persistent=False)
         for name, g in grams.items():
             self.register_buffer(f"gram_{name}", g, persistent=False)
@@ -64,13 +67,19 @@ class StyleTransferModule(L.LightningModule):
         self.register_buffer("content_norm", norm(content_target), persistent=False)
         self.layer_weights = {name: cfg.style_layers[name] * norm(g) for name, g in grams.items()}
 
-        if cfg.init == "content":
-            init = content.clone()
-        else:  # white noise, as in the paper; seeded so a pair is reproducible
+        if init is not None:  # style_stats, an image file, or the previous scale's result (controls.py)
+            init = init.to(content).clone(memory_format=torch.contiguous_format)
+        elif cfg.init == "noise":  # white noise, as in the paper; seeded so a pair is reproducible
             gen = torch.Generator().manual_seed(cfg.seed)
             init = torch.rand(content.shape, generator=gen).to(content.device)
+        else:
+            init = content.clone(memory_format=torch.contiguous_format)  # L-BFGS views grads flat
         self.target = nn.Parameter(init)
+        if cfg.ema_decay > 0:  # persistent buffers: the average is in every checkpoint
+            self.register_buffer("ema", torch.zeros_like(init))
+            self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long, device=init.device))
         self.last_losses: dict[str, torch.Tensor] = {}
+        self.restored_losses: dict[str, float] = {}  # from a checkpoint, until the first evaluation
 
     def style_grams(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, f"gram_{name}") for name in self.cfg.style_layers}
@@ -78,7 +87,7 @@ class StyleTransferModule(L.LightningModule):
     def losses(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-image (B,) losses of `image`: content, style, tv and the weighted total."""
         cfg = self.cfg
-        feats = self.vgg(image, cfg.layers_used)
+        feats = self.vgg(image, cfg.layers_used, pooling=cfg.pooling)
         c = content_loss(feats[cfg.content_layer], self.content_target) * self.content_norm
         s = style_loss(feats, self.style_grams(), self.layer_weights)
         total = cfg.content_weight * c + cfg.style_weight * s
@@ -99,12 +108,27 @@ class StyleTransferModule(L.LightningModule):
         # pair's, so a batch of B pairs optimises like B separate runs.
         return losses["total"].sum()
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
         # Pixel validity: Adam steps are clamped to [0, 1] after each step. L-BFGS is left
         # unconstrained (clamping would corrupt its curvature pairs); only the saved output is clamped.
+        # Clamped here, inside the step, not in on_train_batch_end: Lightning runs the callbacks'
+        # on_train_batch_end (the budget callback's checkpoint) before the module's, so a clamp there
+        # came after the checkpoint was written, and a resumed run started from unclamped pixels.
         if self.cfg.optimizer == "adam":
             with torch.no_grad():
                 self.target.clamp_(0, 1)
+        if self.cfg.ema_decay > 0:  # iterate averaging: one iterate per optimizer step
+            with torch.no_grad():
+                self.ema.mul_(self.cfg.ema_decay).add_(self.target, alpha=1 - self.cfg.ema_decay)
+                self.ema_steps += 1
+
+    def result(self) -> torch.Tensor:
+        """The image this pass yields: the bias-corrected EMA of the iterates with `ema_decay`
+        (sum_i (1-d) d^(t-i) x_i / (1 - d^t) over the t optimizer steps so far), else the last iterate."""
+        if self.cfg.ema_decay > 0 and int(self.ema_steps) > 0:
+            return self.ema / (1 - self.cfg.ema_decay ** int(self.ema_steps))
+        return self.target.detach()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -124,7 +148,10 @@ class StyleTransferModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Keep the frozen VGG (76 MiB) out: it is rebuilt from the weights, not saved per pair.
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("vgg.")}
-        checkpoint["stylebatch"] = {"evaluations": self.evaluations}
+        losses = {k: float(v.sum()) for k, v in self.last_losses.items()}
+        checkpoint["stylebatch"] = {"evaluations": self.evaluations, "losses": losses, "scale": self.scale}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.evaluations = int(checkpoint["stylebatch"]["evaluations"])
+        self.scale = int(checkpoint["stylebatch"].get("scale", 0))
+        self.restored_losses = dict(checkpoint["stylebatch"].get("losses", {}))

@@ -98,6 +98,8 @@ def pair_metadata(job: Job, pair: Pair, weights_id: str) -> dict[str, Any]:
         "weights_source": job.weights if job.weights in ("imagenet", "random") else str(Path(job.weights).resolve()),
         "config": pair.config.to_dict(),
         "versions": versions(),
+        **({"styles": [str(p.resolve()) for p in pair.styles],  # a blend: every style file
+            "styles_sha256": [sha256_file(p) for p in pair.styles]} if len(pair.styles) > 1 else {}),
     }
 
 
@@ -356,7 +358,7 @@ def _run_one(
     try:
         fault_point(f"pair:{pair.name}")
         result = stylize_pair(
-            content=pair.content, style=pair.style, cfg=pair.config, vgg=vgg, device=device,
+            content=pair.content, style=pair.style_arg, cfg=pair.config, vgg=vgg, device=device,
             ckpt_path=state.checkpoint_path(pair.name), output=_output_path(job, pair),
             metadata=pair_metadata(job, pair, weights_id), hooks=hooks,
         )

@@ -2,12 +2,14 @@
 
 Layout under the output directory:
 
-    <output_dir>/<name>.png                    outputs, named for people
+    <output_dir>/<name>.png                    outputs, named for people (.jpg/.webp with `format`)
     <output_dir>/.stylebatch/job.json          the resolved job, for reproduction
     <output_dir>/.stylebatch/lock              flock held by the running job (rank 0)
     <output_dir>/.stylebatch/logs/*.log        one log per process
     <output_dir>/.stylebatch/pairs/<name>/state.json   status, steps, attempts, owner, error, sha256
     <output_dir>/.stylebatch/pairs/<name>/last.ckpt    Lightning checkpoint (target + optimizer)
+    <output_dir>/.stylebatch/pairs/<name>/losses.csv   loss curve, kept in step with last.ckpt (curves.py)
+    <output_dir>/.stylebatch/report/                   `stylebatch report`: report.html, contact_sheet.png
 
 Only the worker that owns a pair writes its record, always atomically.
 """

@@ -42,6 +42,15 @@ def _layer_names() -> list[str]:
 LAYER_NAMES: list[str] = _layer_names()
 LAYER_INDEX: dict[str, int] = {name: i for i, name in enumerate(LAYER_NAMES)}
 
+# `pooling: avg` replaces each 2x2 max pool by a 2x2 average pool times this gain, so activations keep
+# roughly their magnitude (a window's mean is below its max). 2.0 is crowsonkb/style-transfer-pytorch's
+# factor for torchvision's ImageNet VGG19. We measured, pool by pool through the averaged network, the
+# gain that makes mean(avg pool) equal mean(max pool) on five example images at 256 px: 1.3-2.2 (mean
+# 1.8) on the trained VGG weights here (../shared/weights/vgg19_hed_features.pth), 1.2-1.5 on random
+# weights. The spread between images is as large as between networks, so a per-network measured gain
+# would depend on the image it was measured on; one fixed factor it is. Pools hold no weights, so one
+# network serves both modes: the choice is made per forward pass.
+AVG_POOL_GAIN = 2.0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_WEIGHTS_SEED = 0
@@ -49,9 +58,9 @@ RANDOM_WEIGHTS_SEED = 0
 
 def min_input_size(layers: list[str]) -> int:
     """Smallest image side for which every named layer still has at least one position:
-    each pool before the deepest layer halves (floors) the side."""
+    each pool up to and including the deepest layer halves (floors) the side."""
     deepest = max(LAYER_INDEX[name] for name in layers)
-    pools = sum(1 for name in LAYER_NAMES[:deepest] if name.startswith("pool"))
+    pools = sum(1 for name in LAYER_NAMES[: deepest + 1] if name.startswith("pool"))
     return 2**pools
 
 
@@ -74,7 +83,7 @@ class VGGFeatures(nn.Module):
     def depth(self) -> int:
         return len(self.layers)
 
-    def forward(self, image: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, layers: list[str], pooling: str = "max") -> dict[str, torch.Tensor]:
         self.forward_calls += 1
         wanted = {LAYER_INDEX[name]: name for name in layers}
         last = max(wanted)
@@ -83,7 +92,10 @@ class VGGFeatures(nn.Module):
         x = (image - self.mean) / self.std
         out = {}
         for i, module in enumerate(self.layers[: last + 1]):
-            x = module(x)
+            if pooling == "avg" and isinstance(module, nn.MaxPool2d):
+                x = nn.functional.avg_pool2d(x, module.kernel_size, module.stride) * AVG_POOL_GAIN
+            else:
+                x = module(x)
             if i in wanted:
                 out[wanted[i]] = x
         return out
@@ -106,7 +118,8 @@ def _features_state_dict(state: dict, source: str) -> dict[str, torch.Tensor]:
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     feats = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
-    reference = torchvision.models.vgg19().features.state_dict()  # shapes only; no download
+    with torch.device("meta"):  # shapes only: nothing allocated or initialised, no download
+        reference = torchvision.models.vgg19().features.state_dict()
     missing = sorted(set(reference) - set(feats), key=lambda k: int(k.split(".")[0]))
     unexpected = sorted(set(feats) - set(reference))
     if missing or unexpected:
@@ -167,7 +180,10 @@ def load_vgg(weights: str = "imagenet", layers: list[str] | None = None) -> VGGF
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
             features = torchvision.models.vgg19().features  # torchvision's own (Kaiming) init, seeded
     else:
-        features = torchvision.models.vgg19().features
+        # Every parameter is overwritten by the loaded weights: build on the meta device instead of
+        # allocating and randomly initialising a whole VGG19 (classifier included, ~550 MB) first.
+        with torch.device("meta"):
+            features = torchvision.models.vgg19().features
         if weights == "imagenet":
             state, source = _load_imagenet(), "imagenet weights"
         else:
@@ -183,7 +199,9 @@ def load_vgg(weights: str = "imagenet", layers: list[str] | None = None) -> VGGF
                     "only plain state dicts are accepted (torch.load weights_only=True)"
                 ) from None
             source = f"--weights {weights}"
-        features.load_state_dict(_features_state_dict(state, source))
+        checked = _features_state_dict(state, source)
+        features = features.to_empty(device="cpu")
+        features.load_state_dict(checked)
     deepest = max(layers, key=LAYER_INDEX.__getitem__) if layers else LAYER_NAMES[-1]
     return VGGFeatures(features, deepest)
 

@@ -1,0 +1,277 @@
+"""Speed and memory of the engine against the hardware floor, on the current device.
+
+    python scripts/bench.py                      # CPU here: sizes 128 256 512
+    python scripts/bench.py --sizes 256 --evals 5
+    python scripts/bench.py --out bench.txt      # also write the table to a file
+
+For each size it prints: seconds per loss evaluation (forward + backward to the image, the unit of
+`steps`), peak memory (RSS high-water mark on CPU, torch.cuda.max_memory_allocated on GPU),
+checkpoint bytes per pair (Adam and L-BFGS), the FLOPs of one evaluation (analytic, cross-checked
+with torch.utils.flop_counter.FlopCounterMode) and the floor = FLOPs / the device's measured peak
+(best of several runs of a 3x3 conv 256->256 on 1x256x64x64 and a 4096^2 fp32 matmul). Then pairs
+per hour end to end on a small manifest (load, save, checkpoints included). The output format is
+stable so runs compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from stylebatch.config import Config  # noqa: E402
+from stylebatch.module import StyleTransferModule  # noqa: E402
+from stylebatch.vgg import LAYER_INDEX, LAYER_NAMES, _VGG19_CFG, load_vgg  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_time(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up (allocations, kernel selection)
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def measure_peak(device: torch.device, repeats: int) -> dict[str, float]:
+    """FLOP/s of fixed reference kernels; the best is the device's practical peak."""
+    out = {}
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device).requires_grad_(False)
+    x = torch.randn(1, 256, 64, 64, device=device)
+    flops = 2 * 256 * 256 * 9 * 64 * 64
+    out["conv3x3 fp32"] = flops / best_time(lambda: conv(x), device, repeats)
+    n = 4096
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    out["matmul4096 fp32"] = 2 * n**3 / best_time(lambda: a @ b, device, max(2, repeats // 2))
+    if device.type == "cuda":
+        a16, b16 = a.bfloat16(), b.bfloat16()
+        out["matmul4096 bf16"] = 2 * n**3 / best_time(lambda: a16 @ b16, device, repeats)
+    return out
+
+
+def analytic_flops(h: int, w: int, cfg: Config) -> float:
+    """Convs up to the deepest used layer: forward 2*Cin*Cout*9*H*W each, backward to the input
+    the same again (weights frozen: no weight gradient), plus the Gram matmuls (forward and
+    backward) and nothing for ReLU/pool (memory-bound, negligible FLOPs)."""
+    deepest = max(LAYER_INDEX[n] for n in cfg.layers_used)
+    total, cin, hh, ww, i = 0.0, 3, h, w, 0
+    for item in _VGG19_CFG:
+        if i > deepest:
+            break
+        if item == "M":
+            hh, ww, i = hh // 2, ww // 2, i + 1
+            continue
+        conv_flops = 2 * cin * item * 9 * hh * ww
+        # the first conv's backward to its input is needed too (the input is the optimised image)
+        total += conv_flops * 2
+        if LAYER_NAMES[i] in cfg.style_layers:
+            total += 3 * 2 * item * item * hh * ww  # G = F F^T forward, dG/dF backward (2 matmuls)
+        cin, i = item, i + 2
+    return total
+
+
+def counted_flops(module: StyleTransferModule) -> float:
+    with FlopCounterMode(display=False) as counter:
+        module.losses(module.target)["total"].sum().backward()
+    module.target.grad = None
+    return float(counter.get_total_flops())
+
+
+def rss_hwm_reset() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+    except OSError:
+        pass
+
+
+def rss_hwm_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def checkpoint_bytes(module: StyleTransferModule, optimizer: str, cfg: Config) -> int:
+    """Bytes of what a checkpoint holds after a few steps: image + optimizer state (no VGG)."""
+    module.cfg = Config(**{**cfg.to_dict(), "optimizer": optimizer})
+    opt = module.configure_optimizers()
+
+    def closure():
+        opt.zero_grad()
+        loss = module.losses(module.target)["total"].sum()
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"target": module.target.detach()}, "optimizer_states": [opt.state_dict()]}, buf)
+    return buf.tell()
+
+
+def bench_size(size: int, vgg, device: torch.device, cfg: Config, evals: int) -> dict[str, float]:
+    h, w = size * 3 // 4, size  # a 4:3 landscape, like most photos
+    gen = torch.Generator().manual_seed(0)
+    content = torch.rand(1, 3, h, w, generator=gen).to(device)
+    style = torch.rand(1, 3, h, w, generator=gen).to(device)
+    rss_hwm_reset()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    module = StyleTransferModule(vgg, content, style, cfg).to(device)
+
+    def evaluation():
+        module.losses(module.target)["total"].sum().backward()
+        module.target.grad = None
+
+    seconds = best_time(evaluation, device, evals)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss_hwm_mib()
+    flops = analytic_flops(h, w, cfg)
+    counted = counted_flops(module) if device.type == "cpu" or size <= 512 else float("nan")
+    ckpt_adam = checkpoint_bytes(module, "adam", cfg)
+    ckpt_lbfgs = checkpoint_bytes(module, "lbfgs", cfg)
+    return {"h": h, "w": w, "seconds": seconds, "peak_mib": peak, "flops": flops, "counted": counted,
+            "ckpt_adam": ckpt_adam, "ckpt_lbfgs": ckpt_lbfgs}
+
+
+def pairs_per_hour(device: str, pairs: int, size: int, steps: int, batch_size: int = 1) -> float:
+    """End to end through the CLI on a small manifest: load, optimise, checkpoint, save."""
+    from PIL import Image
+
+    from stylebatch.cli import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        manifest = _write_manifest(root, pairs, size, steps, batch_size)
+        t = time.perf_counter()
+        code = main(["run", str(manifest), "--weights", "random", "--accelerator", device])
+        elapsed = time.perf_counter() - t
+        assert code == 0 and len(list((root / "out").glob("*.png"))) == pairs
+        Image.open(next((root / "out").glob("*.png"))).verify()
+    return pairs / elapsed * 3600
+
+
+def _write_manifest(root: Path, pairs: int, size: int, steps: int, batch_size: int = 1) -> Path:
+    images = REPO / "manifests" / "images"
+    contents = ["chelsea.jpg", "coffee.jpg"]  # same aspect ratio (3:2): batchable together
+    styles = ["great_wave.jpg", "starry_night.jpg", "composition_vii.jpg"]
+    lines = ["output_dir: out", "defaults: {size: %d, steps: %d, optimizer: adam, checkpoint_every: %d, batch_size: %d}"
+             % (size, steps, max(1, steps // 2), batch_size), "pairs:"]
+    for i in range(pairs):
+        lines.append(f"  - {{content: {images / contents[i % 2]}, style: {images / styles[i % 3]}, name: p{i}, seed: {i}}}")
+    path = root / f"m{batch_size}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def per_pair_overhead(pairs: int = 20, size: int = 32, steps: int = 10) -> tuple[float, float]:
+    """(seconds per pair end to end, seconds per pair outside the optimisation steps) on tiny pairs:
+    validation, image loading, Trainer construction, targets, checkpoints, saving, state records."""
+    from stylebatch.cli import main as cli_main
+
+    cfg = Config(optimizer="adam", size=size)
+    vgg = load_vgg("random", cfg.layers_used)
+    content = torch.rand(1, 3, size * 2 // 3, size)
+    module = StyleTransferModule(vgg, content, content, cfg)
+
+    def evaluation():
+        module.losses(module.target)["total"].sum().backward()
+        module.target.grad = None
+
+    t_eval = best_time(evaluation, torch.device("cpu"), 10)
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = _write_manifest(Path(tmp), pairs, size, steps)
+        t = time.perf_counter()
+        assert cli_main(["run", str(manifest), "--weights", "random", "--accelerator", "cpu"]) == 0
+        per_pair = (time.perf_counter() - t) / pairs
+    return per_pair, per_pair - steps * t_eval
+
+
+def workers_pairs_per_hour(devices: int, pairs: int, size: int, steps: int) -> float:
+    """Pairs per hour with `devices` CPU worker processes (Lightning Fabric), process start included."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = _write_manifest(Path(tmp), pairs, size, steps)
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "stylebatch", "run", str(manifest), "--weights", "random",
+                        "--accelerator", "cpu", "--devices", str(devices)], check=True, cwd=tmp,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
+        return pairs / (time.perf_counter() - t) * 3600
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--evals", type=int, default=5, help="timed evaluations per size (best is kept)")
+    parser.add_argument("--weights", default="random")
+    parser.add_argument("--e2e-pairs", type=int, default=6)
+    parser.add_argument("--e2e-size", type=int, default=128)
+    parser.add_argument("--e2e-steps", type=int, default=20)
+    parser.add_argument("--workers", type=int, nargs="*", default=[], help="also measure pairs/hour with N CPU workers")
+    parser.add_argument("--overhead", action="store_true", help="also measure per-pair overhead on 20 tiny pairs")
+    parser.add_argument("--out", help="also write the report to this file")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sizes = args.sizes or ([128, 256, 512, 1024] if device.type == "cuda" else [128, 256, 512])
+    cfg = Config(optimizer="adam")
+    vgg = load_vgg(args.weights, cfg.layers_used).to(device)
+    lines = []
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+    say(f"# stylebatch bench: {name}, torch {torch.__version__}, weights {args.weights}")
+    peaks = measure_peak(device, repeats=5)
+    for kernel, value in peaks.items():
+        say(f"peak {kernel:<16} {value / 1e9:10.1f} GFLOP/s")
+    peak = max(v for k, v in peaks.items() if "bf16" not in k)
+    say(f"floor uses the best fp32 peak: {peak / 1e9:.1f} GFLOP/s")
+    say()
+    say("| size | HxW | s/eval | floor s | ratio | GFLOP analytic | GFLOP counted | peak MiB | ckpt Adam KiB | ckpt L-BFGS KiB |")
+    say("|---|---|---|---|---|---|---|---|---|---|")
+    for size in sizes:
+        r = bench_size(size, vgg, device, cfg, args.evals)
+        floor = r["flops"] / peak
+        say(f"| {size} | {r['h']}x{r['w']} | {r['seconds']:.4f} | {floor:.4f} | {r['seconds'] / floor:.2f} | "
+            f"{r['flops'] / 1e9:.2f} | {r['counted'] / 1e9:.2f} | {r['peak_mib']:.0f} | "
+            f"{r['ckpt_adam'] / 1024:.0f} | {r['ckpt_lbfgs'] / 1024:.0f} |")
+    say()
+    pph = pairs_per_hour(device.type if device.type == "cpu" else "gpu", args.e2e_pairs, args.e2e_size, args.e2e_steps)
+    say(f"end to end, {args.e2e_pairs} pairs at {args.e2e_size} px x {args.e2e_steps} Adam evaluations, "
+        f"unbatched: {pph:.0f} pairs/hour")
+    for n in args.workers:
+        pph = workers_pairs_per_hour(n, args.e2e_pairs, args.e2e_size, args.e2e_steps)
+        say(f"end to end with {n} CPU worker process(es), {args.e2e_pairs} pairs at {args.e2e_size} px x "
+            f"{args.e2e_steps} evaluations: {pph:.0f} pairs/hour")
+    if args.overhead:
+        per_pair, overhead = per_pair_overhead()
+        say(f"per-pair overhead (20 pairs, 32 px, 10 Adam evaluations): {per_pair * 1000:.0f} ms per pair, "
+            f"of which {overhead * 1000:.0f} ms outside the optimisation steps")
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""What an output says about itself, and a one-pair job that makes it again.
+
+Every output carries one JSON object (see `engine.stylize_pair` and `runner.pair_metadata`): the
+pair's name and id, the absolute content/style paths and their sha256, the weights' identity and
+source, the effective config (every key), the evaluations and final losses, the output size, the
+device type and the versions of stylebatch, torch, torchvision, lightning, Pillow and Python.
+PNG keeps it in a tEXt chunk named `stylebatch`; jpg/webp in the EXIF UserComment as
+`stylebatch=<json>`.
+
+`stylebatch inspect IMAGE` prints it; `stylebatch run --from IMAGE` rebuilds the pair from it and
+refuses if an input or the weights are no longer the bytes that made the image.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from stylebatch import config as cfgmod
+from stylebatch.errors import StylebatchError
+from stylebatch.images import EXIF_IFD, EXIF_USER_COMMENT, USER_COMMENT_ASCII
+from stylebatch.manifest import Job, Pair, _check_pair_files, _FileChecker
+from stylebatch.state import sha256_file
+from stylebatch.vgg import check_weights_path, weights_identity
+
+KEY = "stylebatch"
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The settings an output was made with; StylebatchError when the file has none."""
+    path = Path(path)
+    if not path.is_file():
+        raise StylebatchError(f"{path}: no such file")
+    try:
+        with Image.open(path) as img:
+            text = dict(getattr(img, "text", None) or {}) if img.format == "PNG" else _exif_text(img)
+    except (UnidentifiedImageError, OSError) as e:
+        raise StylebatchError(f"{path}: not an image PIL can read ({e})") from None
+    if KEY not in text:
+        raise StylebatchError(f"{path}: carries no stylebatch settings (not a stylebatch output, or re-saved by "
+                              "another program that dropped them)")
+    try:
+        meta = json.loads(text[KEY])
+    except ValueError as e:
+        raise StylebatchError(f"{path}: its stylebatch settings are not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise StylebatchError(f"{path}: its stylebatch settings are incomplete")
+    return meta
+
+
+def _exif_text(img: Image.Image) -> dict[str, str]:
+    raw = img.getexif().get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT)
+    if not isinstance(raw, bytes) or not raw.startswith(USER_COMMENT_ASCII):
+        return {}
+    lines = raw[len(USER_COMMENT_ASCII):].decode("ascii", "replace").split("\n")
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def recorded_threads(path: str | Path) -> int | None:
+    """The CPU thread count an output was made with (CPU float results depend on it), if recorded."""
+    try:
+        threads = read_metadata(path).get("cpu_threads")
+    except StylebatchError:
+        return None
+    return int(threads) if isinstance(threads, int) and threads > 0 else None
+
+
+def input_files(meta: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    """(role, path, recorded sha256) of every input file: content, style, or a blend's styles."""
+    found = [("content", meta.get("content") or "", meta.get("content_sha256"))]
+    if isinstance(meta.get("styles"), list):
+        hashes = meta.get("styles_sha256") or [None] * len(meta["styles"])
+        found += [(f"style[{i}]", path, sha) for i, (path, sha) in enumerate(zip(meta["styles"], hashes))]
+    else:
+        found.append(("style", meta.get("style") or "", meta.get("style_sha256")))
+    return found
+
+
+def input_checks(meta: dict[str, Any]) -> dict[str, str]:
+    """Per input (content, style or style[i]): 'ok', 'missing' or 'changed' (the sha256 differs)."""
+    out = {}
+    for role, path, sha in input_files(meta):
+        if not path or not Path(path).is_file():
+            out[role] = "missing"
+        else:
+            out[role] = "ok" if sha256_file(Path(path)) == sha else "changed"
+    return out
+
+
+def _weights_for(meta: dict[str, Any], weights: str | None, image: Path) -> str:
+    """The weights to rebuild with: --weights if given, else the recorded source; refuses a network
+    whose identity is not the recorded one."""
+    want = meta.get("weights", "")
+    source = weights or meta.get("weights_source")
+    if source is None:  # an output written before weights_source was recorded
+        source = "random" if str(want).startswith("random") else "imagenet" if want == "imagenet" else None
+    if source is None:
+        raise StylebatchError(f"{image}: made with weights {want}; pass --weights with that file")
+    if problem := check_weights_path(source):
+        raise StylebatchError(f"{image}: made with weights {source}, which is not available here ({problem}); "
+                              "pass --weights with a copy of that file")
+    if weights_identity(source) != want:
+        raise StylebatchError(f"{image}: made with weights {want}, but {source} is {weights_identity(source)}; "
+                              "that would not reproduce it")
+    return source
+
+
+def job_from_image(image: str | Path, out: str | Path, weights: str | None = None,
+                   sets: dict[str, Any] | None = None) -> Job:
+    """A one-pair job that reproduces `image` into `out` (same name, inputs and config; `sets`
+    override config keys, which of course makes it a variation, not a reproduction). Like
+    `load_job`, it never raises for user errors: a job that cannot be built has no pairs and says why."""
+    image = Path(image)
+    try:
+        return _job_from_image(image, Path(out), weights, sets)
+    except StylebatchError as e:
+        return Job(image, Path(out), weights or "imagenet", [], e.problems)
+
+
+def _job_from_image(image: Path, out: Path, weights: str | None, sets: dict[str, Any] | None) -> Job:
+    meta = read_metadata(image)
+    checks = input_checks(meta)
+    paths = {role: path for role, path, _ in input_files(meta)}
+    bad = [f"{role} {paths[role]} is {state}" + (" (its sha256 differs from the one recorded)"
+                                                 if state == "changed" else "")
+           for role, state in checks.items() if state != "ok"]
+    if bad:
+        raise StylebatchError([f"{image}: cannot reproduce: {b}" for b in bad])
+    source = _weights_for(meta, weights, image)
+    where = f"{image} (recorded settings)"
+    cfg = cfgmod.resolve([(where, meta["config"]), ("--set", sets or {})])
+    pair = Pair(str(meta["name"]), Path(meta["content"]), Path(meta["style"]), cfg, entry=f"--from {image.name}",
+                styles=[Path(p) for p in meta.get("styles", [])])  # a blend's every style
+    _check_pair_files(pair, _FileChecker(), where, source)
+    job = Job(image, Path(out), source, [pair], [])
+    if pair.id and meta.get("id") and pair.id != meta["id"] and not sets:
+        job.problems.append(f"{where}: the rebuilt pair id {pair.id} differs from the recorded {meta['id']}")
+    return job

@@ -1,0 +1,49 @@
+"""Shared fixtures: one random-weight VGG19 per session and a factory for tiny image files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylebatch.vgg import VGGFeatures, load_vgg
+
+# One intra-op thread for the whole session, here and (through the inherited OMP_NUM_THREADS) in the
+# CLI subprocesses tests start. Tests use tiny tensors, where a second thread gains nothing, and with
+# other processes on the cores OpenMP's spinning workers made fits 10-40x slower. Both sides must
+# agree: results are bit-identical only at the same thread count (reduction order), and resume tests
+# compare a subprocess run against an in-process one.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def vgg() -> VGGFeatures:
+    """The full (pool5-deep) extractor with the seeded random weights. Shared: building VGG19 takes
+    seconds. It is frozen, so tests cannot change it; read `forward_calls` as a difference."""
+    return load_vgg("random")
+
+
+@pytest.fixture
+def make_image(tmp_path: Path) -> Callable[..., Path]:
+    """make_image(name, size=(w, h), seed=0, mode="RGB") -> path of a small, smooth random image.
+    The format follows the suffix (.png, .jpg, ...); the file goes into the test's tmp_path."""
+
+    def make(name: str = "image.png", size: tuple[int, int] = (32, 32), seed: int = 0, mode: str = "RGB") -> Path:
+        rng = np.random.default_rng(seed)
+        w, h = size
+        coarse = rng.integers(0, 256, size=(max(2, h // 4), max(2, w // 4), 3), dtype=np.uint8)
+        img = Image.fromarray(coarse, "RGB").resize((w, h), Image.Resampling.BILINEAR)
+        noise = rng.integers(-20, 21, size=(h, w, 3))  # some high frequencies for the Gram matrices
+        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.int64) + noise, 0, 255).astype(np.uint8), "RGB")
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.convert(mode).save(path)
+        return path
+
+    return make
