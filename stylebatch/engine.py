@@ -258,6 +258,109 @@ def stylize_pair(
     )
 
 
+@dataclass
+class Member:
+    """One pair of a batch: what stylize_pair takes for it."""
+
+    content: Path
+    style: Path | list[Path]
+    cfg: Config
+    ckpt_path: Path
+    output: Path
+    metadata: dict[str, Any]
+    hooks: PairHooks
+
+
+class _FanOut:
+    """Curve writer and hooks of a batch: hands each member its own image's losses (the callback
+    sees the batch's sums)."""
+
+    def __init__(self, members: list[Member], module: StyleTransferModule):
+        self.members, self.module = members, module
+        self.curves = [CurveWriter(m.ckpt_path.with_name(CURVE_FILE)) for m in members]
+
+    def _mine(self, i: int) -> dict[str, float]:
+        return {k: float(v[i]) for k, v in self.module.last_losses.items()}
+
+    def append(self, n: int, losses: dict[str, float]) -> None:
+        for i, curve in enumerate(self.curves):
+            curve.append(n, self._mine(i))
+
+    def sync(self) -> None:
+        for curve in self.curves:
+            curve.sync()
+
+    def close(self) -> None:
+        for curve in self.curves:
+            curve.close()
+
+    def hooks(self) -> PairHooks:
+        return PairHooks(
+            should_stop=lambda: any(m.hooks.should_stop() for m in self.members),
+            on_progress=lambda n, _: [m.hooks.on_progress(n, self._mine(i)) for i, m in enumerate(self.members)],
+            on_checkpoint=lambda n: [m.hooks.on_checkpoint(n) for m in self.members],
+        )
+
+
+def stylize_batch(members: list[Member], vgg: VGGFeatures, device: torch.device) -> list[PairResult]:
+    """Optimise same-size Adam pairs together (see batching.py): one module, one VGG pass per
+    step, per-pair losses summed, per-pair checkpoints; then each output written as stylize_pair
+    would. Members resume together from their checkpoints (all at the same count) or start over."""
+    from stylebatch.batching import MemberCheckpointIO, stack
+
+    start = time.perf_counter()
+    cfg = members[0].cfg
+    ckpts = [read_checkpoint(m.ckpt_path) for m in members]
+    counts = {int(c["stylebatch"]["evaluations"]) if c is not None else -1 for c in ckpts}
+    resume = len(counts) == 1 and -1 not in counts
+    if not resume:  # a partial or mixed set of checkpoints cannot be joined: the batch starts over
+        for m in members:
+            m.ckpt_path.unlink(missing_ok=True)
+    parts, modules = [], []
+    for m in members:
+        images = controls.load_images(m.content, m.style, m.cfg)
+        inputs = controls.pass_inputs(images, m.cfg, 0)
+        init = controls.initial_image(images, m.cfg, inputs, None)
+        modules.append(StyleTransferModule(vgg, inputs.content.to(device), [s.to(device) for s in inputs.styles],
+                                           m.cfg, init=init))
+        parts.append(inputs)
+    module = stack(modules)
+    fan = _FanOut(members, module)
+    done = counts.pop() if resume else 0
+    for curve in fan.curves:
+        curve.restart(at=done)
+    callback = _BudgetCallback(cfg, members[0].ckpt_path, fan.hooks(), fan)
+    trainer = L.Trainer(
+        **_trainer_kwargs(device), max_epochs=-1, max_steps=cfg.steps, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[callback],
+        plugins=[MemberCheckpointIO([m.ckpt_path for m in members])],
+    )
+    try:
+        trainer.fit(module, ckpt_path=str(members[0].ckpt_path) if resume else None)
+    except SIGTERMException:
+        callback.interrupted = True
+    finally:
+        fan.close()
+    seconds = time.perf_counter() - start
+    if callback.interrupted or module.evaluations < cfg.steps:
+        return [PairResult(module.evaluations, fan._mine(i), seconds, interrupted=True) for i in range(len(members))]
+    if cfg.keep_checkpoints:
+        trainer.save_checkpoint(members[0].ckpt_path)  # one final file per member
+    results = []
+    for i, (m, inputs) in enumerate(zip(members, parts)):
+        losses = fan._mine(i)
+        image = controls.render(module.result()[i : i + 1], inputs, m.cfg)
+        batch = [Path(x.output).stem for x in members]
+        meta = {**m.metadata, "evaluations": module.evaluations, "losses": losses, "device": device.type,
+                "output_size": list(image.size), "encoding": m.cfg.encoding(), "versions": versions(), "batch": batch}
+        if device.type == "cpu":
+            meta["cpu_threads"] = torch.get_num_threads()
+        data = save_image(image, m.output, text={"stylebatch": json.dumps(meta, sort_keys=True, default=str)},
+                          format=m.cfg.format, quality=m.cfg.quality)
+        results.append(PairResult(module.evaluations, losses, seconds, False, hashlib.sha256(data).hexdigest()))
+    return results
+
+
 def versions() -> dict[str, str]:
     return {
         "stylebatch": __version__,

@@ -24,7 +24,8 @@ import torch
 
 from stylebatch.atomic import atomic_write, fault_point, remove_stale_temps
 from stylebatch.errors import EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StylebatchError
-from stylebatch.engine import NonFiniteLossError, PairHooks, stylize_pair, versions
+from stylebatch.batching import group
+from stylebatch.engine import Member, NonFiniteLossError, PairHooks, stylize_batch, stylize_pair, versions
 from stylebatch.manifest import Job, Pair
 from stylebatch.state import HOST, JobState, effective_status, sha256_file
 from stylebatch.vgg import VGGFeatures, load_vgg, weights_identity
@@ -131,15 +132,17 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions) -> bool:
     return True
 
 
-def assign(pairs: list[Pair], world: int) -> list[list[Pair]]:
-    """Balance pairs over `world` workers by estimated cost (pixels x steps): the costliest first,
-    each to the least-loaded worker (ties by name and rank, so the plan is deterministic)."""
+def assign(pairs: list[Pair], world: int, recorded: dict[str, list[str]] | None = None) -> list[list[Pair]]:
+    """Balance pairs over `world` workers by estimated cost (pixels x steps): batches (see
+    batching.group) stay whole; the costliest first, each to the least-loaded worker (ties by name
+    and rank, so the plan is deterministic)."""
     shares: list[list[Pair]] = [[] for _ in range(world)]
     load = [0] * world
-    for pair in sorted(pairs, key=lambda p: (-p.cost, p.name)):
+    batches = group(pairs, recorded or {})
+    for batch in sorted(batches, key=lambda b: (-sum(p.cost for p in b), b[0].name)):
         rank = min(range(world), key=lambda r: (load[r], r))
-        shares[rank].append(pair)
-        load[rank] += max(pair.cost, 1)
+        shares[rank] += batch
+        load[rank] += max(sum(p.cost for p in batch), 1)
     return shares
 
 
@@ -204,7 +207,8 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             _record_invalid(job, state)
             vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
             plan = [p for p in job.valid_pairs if needs_work(job, state, p, opts)]
-            shares = assign(plan, world)
+            recorded = {p.name: (state.read(p.name) or {}).get("batch") for p in plan}
+            shares = assign(plan, world, {name: members for name, members in recorded.items() if members})
         except BaseException as e:
             if fabric is not None:
                 fabric.broadcast({"abort": str(e)}, src=0)  # let the workers exit 0 instead of hanging
@@ -318,27 +322,31 @@ def run_pairs(
     job: Job, plan: list[Pair], vgg: VGGFeatures, device: torch.device, state: JobState, stop: StopFlag,
     reporter: Reporter, rank: int,
 ) -> None:
-    """One worker's loop over its pairs; a pair's failure never stops the others."""
+    """One worker's loop over its pairs (in batches, see batching.py); a failure never stops the others."""
     vgg.to(device)
     weights_id = weights_identity(job.weights)
-    for i, pair in enumerate(plan):
+    recorded = {p.name: (state.read(p.name) or {}).get("batch") for p in plan}
+    batches = group(plan, {name: members for name, members in recorded.items() if members})
+    for i, batch in enumerate(batches):
         if stop or (state.root / "stop").exists():
             break
         if i:
             fault_point("between_pairs")
-        _run_one(job, pair, vgg, device, state, stop, reporter, rank, weights_id)
+        if len(batch) == 1:
+            _run_one(job, batch[0], vgg, device, state, stop, reporter, rank, weights_id)
+        else:
+            _run_batch(job, batch, vgg, device, state, stop, reporter, rank, weights_id)
 
 
-def _run_one(
-    job: Job, pair: Pair, vgg: VGGFeatures, device: torch.device, state: JobState, stop: StopFlag,
-    reporter: Reporter, rank: int, weights_id: str,
-) -> None:
+def _begin(job: Job, pair: Pair, state: JobState, stop: StopFlag, reporter: Reporter, rank: int,
+           batch: list[str] | None = None) -> tuple[PairHooks, float]:
+    """Mark a pair running (owner, attempt, batch membership) and make the hooks that watch it."""
     record = state.read(pair.name) or {}
-    attempts = int(record.get("attempts", 0)) + 1
     started = time.time()
     state.write(pair.name, {
-        **record, "id": pair.id, "status": "running", "attempts": attempts, "steps": pair.config.steps,
-        "started": started, "error": None, "output": _output_path(job, pair).name, **state.owner(rank),
+        **record, "id": pair.id, "status": "running", "attempts": int(record.get("attempts", 0)) + 1,
+        "steps": pair.config.steps, "started": started, "error": None, "output": _output_path(job, pair).name,
+        "batch": batch, **state.owner(rank),
     })
     reporter.pair_start(pair, int(record.get("steps_done", 0)))
     last_beat = [time.monotonic()]
@@ -355,26 +363,10 @@ def _run_one(
     stop_file = state.root / "stop"  # written by rank 0 when it is signalled: reaches workers on any node
     hooks = PairHooks(should_stop=lambda: bool(stop) or stop_file.exists(), on_progress=on_progress,
                       on_checkpoint=on_checkpoint)
-    try:
-        fault_point(f"pair:{pair.name}")
-        result = stylize_pair(
-            content=pair.content, style=pair.style_arg, cfg=pair.config, vgg=vgg, device=device,
-            ckpt_path=state.checkpoint_path(pair.name), output=_output_path(job, pair),
-            metadata=pair_metadata(job, pair, weights_id), hooks=hooks,
-        )
-    except (StylebatchError, NonFiniteLossError, OSError) as e:
-        _fail(state, pair, reporter, str(e).splitlines()[0] if isinstance(e, StylebatchError) else f"{e}")
-        return
-    except torch.cuda.OutOfMemoryError as e:
-        e.__traceback__ = None  # its frames hold the pair's tensors: drop them so _free_memory frees them
-        w, h = pair.out_size or (0, 0)
-        _fail(state, pair, reporter, f"out of memory at {w}x{h}; lower 'size' or use optimizer: adam")
-        _free_memory(device)
-        return
-    except Exception as e:  # noqa: BLE001 (isolate the pair; the traceback goes to the log)
-        log.error("%s: internal error\n%s", pair.name, traceback.format_exc())
-        _fail(state, pair, reporter, f"internal error: {type(e).__name__}: {e}")
-        return
+    return hooks, started
+
+
+def _conclude(job: Job, pair: Pair, state: JobState, reporter: Reporter, result: Any, started: float) -> None:
     if result.interrupted:
         state.update(pair.name, status="interrupted", steps_done=result.evaluations, heartbeat=time.time())
         reporter.pair_end(pair, "interrupted")
@@ -388,6 +380,73 @@ def _run_one(
     )
     log.info("%s: done, %d evaluations, %.1fs, losses %s", pair.name, result.evaluations, result.seconds, result.losses)
     reporter.pair_end(pair, "done")
+
+
+def _run_one(
+    job: Job, pair: Pair, vgg: VGGFeatures, device: torch.device, state: JobState, stop: StopFlag,
+    reporter: Reporter, rank: int, weights_id: str,
+) -> None:
+    hooks, started = _begin(job, pair, state, stop, reporter, rank)
+    try:
+        fault_point(f"pair:{pair.name}")
+        result = stylize_pair(
+            content=pair.content, style=pair.style_arg, cfg=pair.config, vgg=vgg, device=device,
+            ckpt_path=state.checkpoint_path(pair.name), output=_output_path(job, pair),
+            metadata=pair_metadata(job, pair, weights_id), hooks=hooks,
+        )
+    except torch.cuda.OutOfMemoryError as e:
+        e.__traceback__ = None  # its frames hold the pair's tensors: drop them so _free_memory frees them
+        w, h = pair.out_size or (0, 0)
+        _fail(state, pair, reporter, f"out of memory at {w}x{h}; lower 'size' or use optimizer: adam")
+        _free_memory(device)
+        return
+    except Exception as e:  # noqa: BLE001 (isolate the pair)
+        _fail(state, pair, reporter, _reason(pair, e))
+        return
+    _conclude(job, pair, state, reporter, result, started)
+
+
+def _run_batch(
+    job: Job, batch: list[Pair], vgg: VGGFeatures, device: torch.device, state: JobState, stop: StopFlag,
+    reporter: Reporter, rank: int, weights_id: str,
+) -> None:
+    """Same-size Adam pairs optimised together; out of memory retries them one by one."""
+    names = [p.name for p in batch]
+    begun = [_begin(job, p, state, stop, reporter, rank, batch=names) for p in batch]
+    members = [
+        Member(p.content, p.style_arg, p.config, state.checkpoint_path(p.name), _output_path(job, p),
+               pair_metadata(job, p, weights_id), hooks)
+        for p, (hooks, _) in zip(batch, begun)
+    ]
+    try:
+        for p in batch:
+            fault_point(f"pair:{p.name}")
+        results = stylize_batch(members, vgg, device)
+    except torch.cuda.OutOfMemoryError as e:
+        e.__traceback__ = None
+        _free_memory(device)
+        log.warning("batch %s: out of memory; running its pairs one by one", names)
+        for p in batch:
+            state.update(p.name, batch=None, attempts=max(0, int((state.read(p.name) or {}).get("attempts", 1)) - 1))
+            _run_one(job, p, vgg, device, state, stop, reporter, rank, weights_id)
+        return
+    except Exception as e:  # noqa: BLE001 (isolate the batch from the rest of the job)
+        for p in batch:
+            _fail(state, p, reporter, _reason(p, e))
+        return
+    for p, result, (_, started) in zip(batch, results, begun):
+        _conclude(job, p, state, reporter, result, started)
+
+
+def _reason(pair: Pair, e: Exception) -> str:
+    """One line for a pair's record: the user's error as it is, anything else as an internal error
+    (with the traceback in the log)."""
+    if isinstance(e, StylebatchError):
+        return str(e).splitlines()[0]
+    if isinstance(e, (NonFiniteLossError, OSError)):
+        return str(e)
+    log.error("%s: internal error\n%s", pair.name, traceback.format_exc())
+    return f"internal error: {type(e).__name__}: {e}"
 
 
 def _fail(state: JobState, pair: Pair, reporter: Reporter, message: str) -> None:
