@@ -225,6 +225,7 @@ def main() -> int:
     parser.add_argument("--e2e-pairs", type=int, default=6)
     parser.add_argument("--e2e-size", type=int, default=128)
     parser.add_argument("--e2e-steps", type=int, default=20)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="end-to-end runs at these batch sizes")
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="also measure pairs/hour with N CPU workers")
     parser.add_argument("--overhead", action="store_true", help="also measure per-pair overhead on 20 tiny pairs")
     parser.add_argument("--out", help="also write the report to this file")
@@ -257,9 +258,12 @@ def main() -> int:
             f"{r['flops'] / 1e9:.2f} | {r['counted'] / 1e9:.2f} | {r['peak_mib']:.0f} | "
             f"{r['ckpt_adam'] / 1024:.0f} | {r['ckpt_lbfgs'] / 1024:.0f} |")
     say()
-    pph = pairs_per_hour(device.type if device.type == "cpu" else "gpu", args.e2e_pairs, args.e2e_size, args.e2e_steps)
-    say(f"end to end, {args.e2e_pairs} pairs at {args.e2e_size} px x {args.e2e_steps} Adam evaluations, "
-        f"unbatched: {pph:.0f} pairs/hour")
+    accel = device.type if device.type == "cpu" else "gpu"
+    for bs in args.batch_sizes:
+        pph = pairs_per_hour(accel, args.e2e_pairs, args.e2e_size, args.e2e_steps, batch_size=bs)
+        label = "unbatched" if bs == 1 else f"batch_size {bs}"
+        say(f"end to end, {args.e2e_pairs} pairs at {args.e2e_size} px x {args.e2e_steps} Adam evaluations, "
+            f"{label}: {pph:.0f} pairs/hour")
     for n in args.workers:
         pph = workers_pairs_per_hour(n, args.e2e_pairs, args.e2e_size, args.e2e_steps)
         say(f"end to end with {n} CPU worker process(es), {args.e2e_pairs} pairs at {args.e2e_size} px x "

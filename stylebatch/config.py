@@ -126,6 +126,12 @@ class Config:
     seed: int = _field(
         0, "Random seed for noise init (and anything else random in a pair).", ge=-(2**63), le=2**64 - 1
     )  # torch.manual_seed's range
+    precision: str = _field(
+        "32",
+        "`32`, or `bf16`: VGG convolutions in bfloat16 autocast (GPU speed-up; Grams and losses stay fp32). "
+        "Use with Adam; L-BFGS's line search is not shown to cope.",
+        choices=("32", "bf16"),
+    )
     batch_size: int = _field(
         1,
         "Optimise up to N same-size Adam pairs together in one VGG pass (L-BFGS pairs always run alone). "

@@ -140,10 +140,11 @@ class PairResult:
     output_sha256: str | None = None
 
 
-def _trainer_kwargs(device: torch.device) -> dict[str, Any]:
+def _trainer_kwargs(device: torch.device, cfg: Config | None = None) -> dict[str, Any]:
+    precision = "bf16-mixed" if cfg is not None and cfg.precision == "bf16" else "32-true"
     if device.type == "cuda":
-        return {"accelerator": "gpu", "devices": [device.index or 0]}
-    return {"accelerator": "cpu", "devices": 1}
+        return {"accelerator": "gpu", "devices": [device.index or 0], "precision": precision}
+    return {"accelerator": "cpu", "devices": 1, "precision": precision}
 
 
 def prepare_inputs(content_path: Path, style_path: Path | list[Path], cfg: Config) -> tuple[torch.Tensor, Any, Any]:
@@ -170,7 +171,7 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
 
 def _trainer(device: torch.device, cfg: Config, callbacks: list[L.Callback]) -> L.Trainer:
     return L.Trainer(
-        **_trainer_kwargs(device),
+        **_trainer_kwargs(device, cfg),
         max_epochs=-1,
         max_steps=cfg.steps,  # a safety net: every optimizer step evaluates at least once
         logger=False,
@@ -331,7 +332,7 @@ def stylize_batch(members: list[Member], vgg: VGGFeatures, device: torch.device)
         curve.restart(at=done)
     callback = _BudgetCallback(cfg, members[0].ckpt_path, fan.hooks(), fan)
     trainer = L.Trainer(
-        **_trainer_kwargs(device), max_epochs=-1, max_steps=cfg.steps, logger=False, enable_checkpointing=False,
+        **_trainer_kwargs(device, cfg), max_epochs=-1, max_steps=cfg.steps, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[callback],
         plugins=[MemberCheckpointIO([m.ckpt_path for m in members])],
     )

@@ -87,14 +87,19 @@ class StyleTransferModule(L.LightningModule):
     def losses(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-image (B,) losses of `image`: content, style, tv and the weighted total."""
         cfg = self.cfg
-        feats = self.vgg(image, cfg.layers_used, pooling=cfg.pooling)
-        c = content_loss(feats[cfg.content_layer], self.content_target) * self.content_norm
-        s = style_loss(feats, self.style_grams(), self.layer_weights)
-        total = cfg.content_weight * c + cfg.style_weight * s
-        out = {"content": c, "style": s}
-        if cfg.tv_weight:
-            out["tv"] = total_variation(image)
-            total = total + cfg.tv_weight * out["tv"]
+        feats = self.vgg(image, cfg.layers_used, pooling=cfg.pooling)  # bf16 convs under `precision: bf16`
+        # Grams and losses always in fp32: a Gram sums H*W products, which bf16's 8-bit mantissa
+        # cannot carry. Autocast is switched off here (a .float() inside autocast is not enough:
+        # the matmul would be cast back down).
+        with torch.autocast(device_type=image.device.type, enabled=False):
+            feats = {k: v.float() for k, v in feats.items()}
+            c = content_loss(feats[cfg.content_layer], self.content_target) * self.content_norm
+            s = style_loss(feats, self.style_grams(), self.layer_weights)
+            total = cfg.content_weight * c + cfg.style_weight * s
+            out = {"content": c, "style": s}
+            if cfg.tv_weight:
+                out["tv"] = total_variation(image.float())
+                total = total + cfg.tv_weight * out["tv"]
         out["total"] = total
         return out
 

