@@ -82,3 +82,28 @@ def run_subprocess(args: list[str], cwd: Path, timeout: float = 240, **env: str)
     """The real console entry point, in a fresh process (`python -m stylebatch`)."""
     return subprocess.run([sys.executable, "-m", "stylebatch", *args], cwd=cwd, env=cli_env(**env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_with_sigterm_at(manifest: Path, evaluation: int, *args: str) -> tuple[int, bool]:
+    """`stylebatch run` in process, sending itself SIGTERM once a fit reaches `evaluation` loss
+    evaluations (as a scheduler's pre-emption would). Returns (exit code, whether it fired)."""
+    import signal
+
+    import pytest
+
+    from stylebatch import engine
+    from stylebatch.cli import main
+
+    original = engine._BudgetCallback.on_train_batch_end
+    fired: list[bool] = []
+
+    def send_sigterm_once(self, trainer, module, *rest):
+        if module.evaluations == evaluation and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, trainer, module, *rest)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine._BudgetCallback, "on_train_batch_end", send_sigterm_once)
+        code = main(["run", str(manifest), *args])
+    return code, bool(fired)

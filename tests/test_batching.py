@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from stylebatch.batching import batch_key, group, join_checkpoints, split_checkpoint, stack
+from stylebatch.cli import main
 from stylebatch.config import Config
 from stylebatch.module import StyleTransferModule
 from stylebatch.vgg import load_vgg
+from tests.jobkit import final_target, records, run_with_sigterm_at, temp_files, tiny_job
 
 CFG = Config(optimizer="adam", lr=0.05, size=32, steps=8, batch_size=3, style_layers={"conv1_1": 1.0, "conv2_1": 1.0, "conv3_1": 1.0}, content_layer="conv2_2")
 
@@ -103,15 +106,6 @@ def test_grouping_rules() -> None:
 
 # --- end to end through the runner ---------------------------------------------------------------
 
-import os  # noqa: E402
-import signal  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-from stylebatch.cli import main  # noqa: E402
-from tests.jobkit import final_target, records, temp_files, tiny_job  # noqa: E402
-
 FOUR = [{"content": "images/a.png", "style": s, "name": f"q{i}", "seed": i, "init": "noise", "optimizer": "adam",
          "lr": 0.05} for i, s in enumerate(["images/s1.png", "images/s2.png", "images/s1.png", "images/s2.png"])]
 
@@ -141,20 +135,8 @@ def test_interrupted_batch_resumes_with_same_members_bit_identical(tmp_path: Pat
 
     root = tmp_path / "interrupted"
     manifest = _batched_job(root, 3)
-    from stylebatch import engine
-
-    original = engine._BudgetCallback.on_train_batch_end
-    fired = []
-
-    def sigterm_at_13(self, trainer, module, *args):
-        if module.evaluations == 13 and not fired:
-            fired.append(True)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, trainer, module, *args)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine._BudgetCallback, "on_train_batch_end", sigterm_at_13)
-        assert main(["run", str(manifest), "--weights", "random"]) == 3
+    code, fired = run_with_sigterm_at(manifest, 13, "--weights", "random")
+    assert code == 3
     recs = records(root / "out")
     assert fired and all(recs[f"q{i}"]["status"] == "interrupted" and recs[f"q{i}"]["steps_done"] == 13 for i in range(3))
     # per-pair checkpoints, one slice each

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import signal
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from stylebatch.cli import main
 from stylebatch.curves import CurveWriter, read_curve
-from tests.jobkit import records, run_subprocess, tiny_job
+from tests.jobkit import records, run_subprocess, run_with_sigterm_at, tiny_job
 
 NAMES = ("a__s1", "b__s2")
 # log_every 4 against checkpoint_every 10: a resume starts between log points (at 10, or 13 after
@@ -66,20 +65,8 @@ def test_uninterrupted_curve_has_a_row_per_log_interval(uninterrupted: dict[str,
 
 def test_sigterm_resume_gives_the_same_curve(tmp_path: Path, uninterrupted: dict[str, str]) -> None:
     manifest = tiny_job(tmp_path, defaults=CURVE_JOB)
-    from stylebatch import engine
-
-    original = engine._BudgetCallback.on_train_batch_end
-    fired = []
-
-    def send_sigterm_once(self, trainer, module, *args):
-        if module.evaluations == 13 and not fired:
-            fired.append(True)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, trainer, module, *args)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine._BudgetCallback, "on_train_batch_end", send_sigterm_once)
-        assert main(["run", str(manifest), "--weights", "random"]) == 3
+    code, fired = run_with_sigterm_at(manifest, 13, "--weights", "random")
+    assert code == 3
     assert fired and records(tmp_path / "out")["a__s1"]["steps_done"] == 13
     assert main(["run", str(manifest), "--weights", "random"]) == 0
     assert _curves(tmp_path / "out") == uninterrupted

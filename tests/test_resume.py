@@ -4,7 +4,6 @@ result is bit-identical to an uninterrupted run, with no temp files and every pa
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from stylebatch.cli import main
-from tests.jobkit import cli_env, final_target, records, run_subprocess, temp_files, tiny_job
+from tests.jobkit import cli_env, final_target, records, run_subprocess, run_with_sigterm_at, temp_files, tiny_job
 
 NAMES = ("a__s1", "b__s2")
 
@@ -104,20 +103,8 @@ def test_sigterm_in_process_checkpoints_and_exits_3(tmp_path: Path, baseline: di
     """SIGTERM: the current pair checkpoints, is marked interrupted, the job exits 3, and the
     rerun ends bit-identical to the uninterrupted run."""
     manifest = tiny_job(tmp_path)
-    from stylebatch import engine
-
-    original = engine._BudgetCallback.on_train_batch_end
-    fired = []
-
-    def send_sigterm_once(self, trainer, module, *args):
-        if module.evaluations == 13 and not fired:
-            fired.append(True)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, trainer, module, *args)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine._BudgetCallback, "on_train_batch_end", send_sigterm_once)
-        assert main(["run", str(manifest), "--weights", "random"]) == 3
+    code, fired = run_with_sigterm_at(manifest, 13, "--weights", "random")
+    assert code == 3
     assert fired
     recs = records(tmp_path / "out")
     assert recs["a__s1"]["status"] == "interrupted" and recs["a__s1"]["steps_done"] == 13
