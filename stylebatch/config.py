@@ -298,7 +298,7 @@ def check_value(key: str, value: Any) -> tuple[list[str], Any]:
             elif not math.isfinite(weight) or weight < 0:
                 problems.append(f"'style_layers': weight of '{name}' must be a finite number >= 0, got {weight}")
     if key == "init" and value not in INIT_MODES and not Path(value).suffix:
-        problems.append(f"'init' must be {', '.join(INIT_MODES)} or an image file path, got {value!r}"
+        problems.append(f"'init' must be one of {', '.join(INIT_MODES)} or an image file path, got {value!r}"
                         f"{did_you_mean(value, INIT_MODES)}")
     if key == "style_blend" and value is not None:
         if not value or not all(math.isfinite(w) and w >= 0 for w in value) or sum(value) <= 0:

@@ -352,8 +352,12 @@ def _file_path_too_long(root: Path):
     return {"content": "images/" + "x" * 300 + ".png"}, ["content", "xxxx.png", "cannot be read"]
 
 
-def _file_list_of_styles(root: Path):
-    return {"style": ["images/s1.png", "images/s2.png"]}, ["'style' must be one file path"]
+def _file_list_of_styles(root: Path):  # a blend (style_blend) is a list; each of its files is checked
+    return {"style": ["images/s1.png", "images/gone.png"]}, ["style[1]", "gone.png", "file not found"]
+
+
+def _file_list_of_contents(root: Path):
+    return {"content": ["images/a.png", "images/b.png"]}, ["'content' must be one file path"]
 
 
 def _file_not_a_path(root: Path):

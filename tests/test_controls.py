@@ -4,9 +4,7 @@ intermediate images, alpha; plus the example manifests and presets. Random weigh
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from stylebatch.losses import total_variation
 from stylebatch.manifest import load_job
 from stylebatch.module import StyleTransferModule
 from stylebatch.vgg import AVG_POOL_GAIN
-from tests.jobkit import REPO, final_target, records, tiny_job
+from tests.jobkit import REPO, final_target, records, run_with_sigterm_at, tiny_job
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode"),
@@ -276,19 +274,8 @@ def test_scales_sizes_and_a_resume_mid_scale_matches_the_uninterrupted_run(tmp_p
     # SIGTERM in the middle of the second pass of the first pair, then the same command again.
     root = tmp_path / "resumed"
     manifest = tiny_job(root, defaults=SCALED)
-    original = engine._BudgetCallback.on_train_batch_end
-    fired = []
-
-    def sigterm_at_15(self, trainer, module, *args):
-        if module.evaluations == 15 and not fired:
-            fired.append(module.scale)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, trainer, module, *args)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine._BudgetCallback, "on_train_batch_end", sigterm_at_15)
-        assert main(["run", str(manifest), "--weights", "random"]) == 3
-    assert fired == [1]
+    code, fired = run_with_sigterm_at(manifest, 15, "--weights", "random")
+    assert fired and code == 3
     ckpt = torch.load(root / "out" / ".stylebatch" / "pairs" / "a__s1" / "last.ckpt", weights_only=True)
     assert ckpt["stylebatch"]["scale"] == 1 and ckpt["stylebatch"]["evaluations"] == 15
     assert ckpt["state_dict"]["target"].shape[-2:] == (18, 24) and int(ckpt["state_dict"]["ema_steps"]) == 5
