@@ -186,6 +186,10 @@ def per_pair_overhead(pairs: int = 20, size: int = 32, steps: int = 10) -> tuple
     validation, image loading, Trainer construction, targets, checkpoints, saving, state records."""
     from stylebatch.cli import main as cli_main
 
+    # One thread for both measurements: tiny convolutions gain nothing from a second one, and on a
+    # busy machine OpenMP's spinning workers make them erratic (both sides must match anyway).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     cfg = Config(optimizer="adam", size=size)
     vgg = load_vgg("random", cfg.layers_used)
     content = torch.rand(1, 3, size * 2 // 3, size)
@@ -201,6 +205,7 @@ def per_pair_overhead(pairs: int = 20, size: int = 32, steps: int = 10) -> tuple
         t = time.perf_counter()
         assert cli_main(["run", str(manifest), "--weights", "random", "--accelerator", "cpu"]) == 0
         per_pair = (time.perf_counter() - t) / pairs
+    torch.set_num_threads(threads)
     return per_pair, per_pair - steps * t_eval
 
 

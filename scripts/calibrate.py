@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,11 +28,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stylebatch.config import PRESET_DIR, load_preset, parse_set, resolve  # noqa: E402
-from stylebatch.engine import prepare_inputs, stylize_pair  # noqa: E402
+from stylebatch.config import PRESET_DIR, Config, load_preset, parse_set, resolve  # noqa: E402
+from stylebatch.engine import NonFiniteLossError, prepare_inputs, stylize_pair  # noqa: E402
 from stylebatch.images import load_image, resize, to_tensor  # noqa: E402
 from stylebatch.module import StyleTransferModule  # noqa: E402
-from stylebatch.vgg import LAYER_INDEX, load_vgg  # noqa: E402
+from stylebatch.vgg import LAYER_INDEX, VGGFeatures, check_weights_path, load_vgg  # noqa: E402
 
 SHARED_WEIGHTS = REPO.parent / "shared" / "weights" / "vgg19_hed_features.pth"
 MAX_STYLE_RATIO = 0.2
@@ -57,7 +56,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.weights = ["random"] + ([str(SHARED_WEIGHTS)] if SHARED_WEIGHTS.is_file() else [])
     if not args.presets:
         args.presets = sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+    for weights in args.weights:
+        if problem := check_weights_path(weights):
+            p.error(problem)
     return args
+
+
+def preset_config(preset: str, args: argparse.Namespace) -> Config:
+    """The preset as a pair would get it, at the calibration's size and budget (and any --set)."""
+    return resolve([load_preset(preset), ("calibration", {"size": args.size, "steps": args.steps}),
+                    ("--set", parse_set(args.sets))])
 
 
 def short_name(weights: str) -> str:
@@ -71,24 +79,28 @@ def score(module: StyleTransferModule, image: torch.Tensor) -> tuple[float, floa
     return float(losses["content"].sum()), float(losses["style"].sum())
 
 
-def calibrate_one(preset: str, weights: str, vgg, args: argparse.Namespace, outdir: Path) -> dict:
-    cfg = resolve([load_preset(preset), ("calibration", {"size": args.size, "steps": args.steps}),
-                   ("--set", parse_set(args.sets))])
-    output = outdir / f"{preset}__{short_name(weights)}.png"
-    result = stylize_pair(content=args.content, style=args.style, cfg=cfg, vgg=vgg, device=torch.device("cpu"),
-                          ckpt_path=outdir / f".{output.stem}.ckpt", output=output,
-                          metadata={"preset": preset, "weights": weights})
-    (outdir / f".{output.stem}.ckpt").unlink(missing_ok=True)
+def calibrate_one(preset: str, weights: str, vgg: VGGFeatures, args: argparse.Namespace, outdir: Path) -> dict:
+    """Fit one (preset, weights) with `stylize_pair`, then score the saved output."""
+    cfg = preset_config(preset, args)
+    output = outdir / f"{Path(preset).stem}__{short_name(weights)}.png"
+    with tempfile.TemporaryDirectory() as work:  # the fit's checkpoint and loss curve, thrown away
+        result = stylize_pair(content=args.content, style=args.style, cfg=cfg, vgg=vgg,
+                              device=torch.device("cpu"), ckpt_path=Path(work) / "last.ckpt", output=output,
+                              metadata={"preset": preset, "weights": weights})
+    if result.interrupted:
+        raise RuntimeError(f"{preset} / {weights}: the fit stopped after {result.evaluations} evaluations")
 
-    # Score the saved file against targets built exactly as the fit built them (prepare_inputs):
-    # `content` is already at the output's size; the style image is resized to that exact size too.
-    out = to_tensor(load_image(output, cfg.max_pixels).rgb)  # (1, 3, H, W)
-    content, style, _ = prepare_inputs(args.content, args.style, cfg)
+    # Score the saved file against the targets the fit's last pass optimised towards (prepare_inputs:
+    # content at the output's size, style at its own size); the content and style images themselves
+    # are scored resized to the output's exact size.
+    out = to_tensor(load_image(output, cfg.max_pixels).rgb)  # (1, 3, H, W), what the user gets
     h, w = out.shape[-2:]
+    content_at_out = to_tensor(resize(load_image(args.content, cfg.max_pixels).rgb, (w, h)))
     style_at_out = to_tensor(resize(load_image(args.style, cfg.max_pixels).rgb, (w, h)))
+    content, style, _ = prepare_inputs(args.content, args.style, cfg)
     module = StyleTransferModule(vgg, content, style, cfg)
     out_c, out_s = score(module, out)
-    _, content_s = score(module, content)
+    _, content_s = score(module, content_at_out)
     style_c, _ = score(module, style_at_out)
     style_ratio, content_ratio = out_s / content_s, out_c / style_c
     return {
@@ -103,11 +115,11 @@ def calibrate_one(preset: str, weights: str, vgg, args: argparse.Namespace, outd
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(0)
-    configs = [resolve([load_preset(p), ("--set", {})]) for p in args.presets]
+    configs = [preset_config(p, args) for p in args.presets]  # every preset checked before any fit
     layers = sorted({name for cfg in configs for name in cfg.layers_used}, key=LAYER_INDEX.__getitem__)
     print(f"content {args.content.name}, style {args.style.name}, {args.size} px, {args.steps} evaluations; "
           f"pass: style ratio <= {MAX_STYLE_RATIO}, content ratio <= {MAX_CONTENT_RATIO}")
-    header = (f"{'preset':<10} {'weights':<22} {'evals':>5} {'style ratio':>11} {'content ratio':>13} "
+    header = (f"{'preset':<12} {'weights':<18} {'evals':>5} {'style ratio':>11} {'content ratio':>13} "
               f"{'result':>6} {'seconds':>7}   (out style / content's style, out content / style's content)")
     print(header)
     rows = []
@@ -117,9 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         for weights in args.weights:
             vgg = load_vgg(weights, layers)
             for preset in args.presets:
-                r = calibrate_one(preset, weights, vgg, args, outdir)
+                try:
+                    r = calibrate_one(preset, weights, vgg, args, outdir)
+                except NonFiniteLossError as e:
+                    print(f"{preset:<12} {short_name(weights):<18} FAIL: {e}", flush=True)
+                    rows.append({"ok": False})
+                    continue
                 rows.append(r)
-                print(f"{r['preset']:<10} {r['weights']:<22} {r['evals']:>5} {r['style_ratio']:>11.4f} "
+                print(f"{r['preset']:<12} {r['weights']:<18} {r['evals']:>5} {r['style_ratio']:>11.4f} "
                       f"{r['content_ratio']:>13.4f} {'PASS' if r['ok'] else 'FAIL':>6} {r['seconds']:>7.1f}   "
                       f"({r['out_style']:.4g} / {r['content_style']:.4g}, "
                       f"{r['out_content']:.4g} / {r['style_content']:.4g})", flush=True)
