@@ -8,7 +8,6 @@ if [ ! -x .venv/bin/python ]; then
     echo "creating .venv"
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 # torch and torchvision first, as a matched pair: a lone torchvision upgrade would pull another torch.
 .venv/bin/python -m pip install -q "torch>=2.4" "torchvision>=0.19" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "is ignored" || true
