@@ -18,11 +18,11 @@ import lightning as L
 import PIL
 import torch
 import torchvision
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from stylebatch import __version__, controls
-from stylebatch.atomic import atomic_write, fault_point
+from stylebatch.atomic import fault_point
+from stylebatch.batching import MemberCheckpointIO
 from stylebatch.config import Config
 from stylebatch.curves import CURVE_FILE, CurveWriter
 from stylebatch.images import save_image
@@ -46,19 +46,6 @@ for _pattern in (
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the pair fails and no NaN state is ever checkpointed."""
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO, but written to a temp file in the checkpoint's own directory, then
-    fsync + os.replace: a kill mid-write leaves the previous checkpoint intact. Loads with
-    weights_only=True: a checkpoint is data, never code."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda fh: torch.save(checkpoint, fh))
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
 @dataclass
@@ -169,7 +156,9 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _trainer(device: torch.device, cfg: Config, callbacks: list[L.Callback]) -> L.Trainer:
+def _trainer(device: torch.device, cfg: Config, callbacks: list[L.Callback], ckpt_paths: list[Path]) -> L.Trainer:
+    """One-device Trainer for a pair (or a batch): checkpoints written atomically, one file per
+    member, in the checkpoint's own directory (MemberCheckpointIO, see batching.py)."""
     return L.Trainer(
         **_trainer_kwargs(device, cfg),
         max_epochs=-1,
@@ -180,7 +169,7 @@ def _trainer(device: torch.device, cfg: Config, callbacks: list[L.Callback]) -> 
         enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[MemberCheckpointIO(ckpt_paths)],
     )
 
 
@@ -229,7 +218,7 @@ def stylize_pair(
             else:
                 callback = _BudgetCallback(cfg, ckpt_path, hooks, curve)
                 extra = [controls.SnapshotCallback(cfg.save_every, ckpt_path.parent, inputs, cfg)] if cfg.save_every else []
-                trainer = _trainer(device, cfg, [callback, *extra])
+                trainer = _trainer(device, cfg, [callback, *extra], [ckpt_path])
                 try:
                     trainer.fit(module, ckpt_path=str(ckpt_path) if resume else None)
                 except SIGTERMException:
@@ -307,7 +296,7 @@ def stylize_batch(members: list[Member], vgg: VGGFeatures, device: torch.device)
     """Optimise same-size Adam pairs together (see batching.py): one module, one VGG pass per
     step, per-pair losses summed, per-pair checkpoints; then each output written as stylize_pair
     would. Members resume together from their checkpoints (all at the same count) or start over."""
-    from stylebatch.batching import MemberCheckpointIO, stack
+    from stylebatch.batching import stack
 
     start = time.perf_counter()
     cfg = members[0].cfg
@@ -331,11 +320,7 @@ def stylize_batch(members: list[Member], vgg: VGGFeatures, device: torch.device)
     for curve in fan.curves:
         curve.restart(at=done)
     callback = _BudgetCallback(cfg, members[0].ckpt_path, fan.hooks(), fan)
-    trainer = L.Trainer(
-        **_trainer_kwargs(device, cfg), max_epochs=-1, max_steps=cfg.steps, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[callback],
-        plugins=[MemberCheckpointIO([m.ckpt_path for m in members])],
-    )
+    trainer = _trainer(device, cfg, [callback], [m.ckpt_path for m in members])
     try:
         trainer.fit(module, ckpt_path=str(members[0].ckpt_path) if resume else None)
     except SIGTERMException:
