@@ -6,6 +6,26 @@ from __future__ import annotations
 import torch
 
 
+class _Gram(torch.autograd.Function):
+    """G = X·Xᵀ·scale for X (B, C, N), or Xᵀ·X·scale for X (B, N, C) (`positions_first`), with a
+    backward of one matmul: dX = (dG + dGᵀ)·X·scale. Autograd's own backward of bmm(X, Xᵀ) runs two
+    matmuls (one per operand) and then adds two X-sized gradients, a full extra pass over the largest
+    activations (conv1_1 at 256 px: 64 x 49152). The scale is applied to the C x C matrices only."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float, positions_first: bool) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.scale, ctx.positions_first = scale, positions_first
+        xt = x.transpose(1, 2)
+        return torch.bmm(xt, x).mul_(scale) if positions_first else torch.bmm(x, xt).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        sym = (grad + grad.transpose(1, 2)).mul_(ctx.scale)  # (B, C, C)
+        return (torch.bmm(x, sym) if ctx.positions_first else torch.bmm(sym, x)), None, None
+
+
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """G = F·Fᵀ / (H·W) for features (B, C, H, W) → (B, C, C).
 
@@ -13,10 +33,15 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     mean outer product of the feature vectors, independent of image size: a style image of another
     size than the output gives comparable targets. Dividing by C as well (as some tools do) would
     only rescale each layer, which `normalize_losses` makes irrelevant anyway.
+
+    Channels-last features (the extractor's layout) are read as (B, H·W, C) without a copy, and the
+    gradient comes back in the same layout; other layouts as (B, C, H·W).
     """
     b, c, h, w = features.shape
-    f = features.reshape(b, c, h * w)  # (B, C, HW)
-    return torch.bmm(f, f.transpose(1, 2)) / (h * w)  # (B, C, C)
+    if features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous():
+        x = features.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view: NHWC memory is (B, HW, C)
+        return _Gram.apply(x, 1.0 / (h * w), True)
+    return _Gram.apply(features.reshape(b, c, h * w), 1.0 / (h * w), False)
 
 
 def mse_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,22 @@ def test_gram_of_eight_4x4_feature_maps_by_hand():
     assert torch.equal(gram_matrix(tiled), g)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gram_gradient_matches_autograd_reference(layout):
+    """The Gram's one-matmul backward equals autograd's own gradient of the einsum reference (float64,
+    both memory layouts), passes gradcheck, and hands back the features' layout: a speed change
+    (bench: 0.290 -> 0.262 s per evaluation at 256 px here) that must leave every gradient unchanged."""
+    gen = torch.Generator().manual_seed(5)
+    f = torch.randn(2, 6, 5, 7, generator=gen, dtype=torch.float64).to(memory_format=layout).requires_grad_()
+    upstream = torch.randn(2, 6, 6, generator=gen, dtype=torch.float64)  # not symmetric on purpose
+    (gram_matrix(f) * upstream).sum().backward()
+    ours, f.grad = f.grad, None
+    (ref_gram(f) * upstream).sum().backward()
+    assert torch.allclose(ours, f.grad, rtol=1e-12, atol=1e-12)
+    assert ours.is_contiguous(memory_format=layout)
+    assert torch.autograd.gradcheck(gram_matrix, (f.detach().requires_grad_(),))
+
+
 def test_content_loss_matches_reference(feats):
     image_feats, target_feats = feats
     for name in LAYERS:
