@@ -165,7 +165,8 @@ def test_content_only_lbfgs_from_noise_cuts_content_loss_99_percent(pair):
     first, last = pair.saved_output_losses(run)
     assert first["content"] > 0.5  # noise starts far from the content (relative error)
     assert last["content"] <= 0.01 * first["content"], (first, last)
-    # L-BFGS is unconstrained; the file is the clamped, 8-bit image of the final iterate.
+    # L-BFGS is clamped to [0, 1] after each optimizer step (not inside one); the file is the
+    # 8-bit image of the final iterate.
     expected = to_tensor(to_pil(run.module.target))
     assert torch.equal(to_tensor(load_image(pair.output, run.cfg.max_pixels).rgb), expected)
 
