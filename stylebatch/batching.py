@@ -24,14 +24,25 @@ from torch import nn
 from stylebatch.atomic import atomic_write
 
 
+def batch_limit(pair: Any) -> int:
+    """How many pairs like this one may share a batch: `batch_size`, fewer where the batch's pixels
+    would pass `batch_pixels` (memory grows with the pixels of the whole batch), at least 1."""
+    cfg = pair.config
+    if not pair.out_size:
+        return 1
+    w, h = pair.out_size
+    return min(cfg.batch_size, max(1, cfg.batch_pixels // (w * h)))
+
+
 def batch_key(pair: Any) -> str | None:
     """Pairs with equal keys may share a module: Adam, same output size, same evaluation budget and
     pixel-changing settings except the seed (each image has its own noise). None: never batched."""
     cfg = pair.config
-    if cfg.optimizer != "adam" or cfg.batch_size <= 1 or getattr(cfg, "scales", None):
+    limit = batch_limit(pair)
+    if cfg.optimizer != "adam" or limit <= 1 or getattr(cfg, "scales", None):
         return None
     ident = {k: v for k, v in cfg.identity().items() if k != "seed"}
-    return json.dumps([pair.out_size, cfg.batch_size, ident], sort_keys=True, default=str)
+    return json.dumps([pair.out_size, limit, ident], sort_keys=True, default=str)
 
 
 def group(pairs: list[Any], recorded: dict[str, list[str]]) -> list[list[Any]]:
@@ -47,6 +58,8 @@ def group(pairs: list[Any], recorded: dict[str, list[str]]) -> list[list[Any]]:
         if all(m in by_name and m not in taken for m in members) and len({batch_key(by_name[m]) for m in members}) == 1:
             batches.append([by_name[m] for m in members])
             taken.update(members)
+    # A batch takes the place of its first member, so the plan's order (costliest first) holds and a
+    # lone batchable pair runs where it would have unbatched.
     open_batches: dict[str, list[Any]] = {}
     for pair in pairs:
         if pair.name in taken:
@@ -55,12 +68,13 @@ def group(pairs: list[Any], recorded: dict[str, list[str]]) -> list[list[Any]]:
         if key is None:
             batches.append([pair])
             continue
-        current = open_batches.setdefault(key, [])
-        current.append(pair)
-        if len(current) == pair.config.batch_size:
+        current = open_batches.get(key)
+        if current is None:
+            current = open_batches[key] = []
             batches.append(current)
-            open_batches[key] = []
-    batches += [b for b in open_batches.values() if b]
+        current.append(pair)
+        if len(current) == batch_limit(pair):
+            del open_batches[key]
     return batches
 
 

@@ -410,7 +410,10 @@ def _run_batch(
     job: Job, batch: list[Pair], vgg: VGGFeatures, device: torch.device, state: JobState, stop: StopFlag,
     reporter: Reporter, rank: int, weights_id: str,
 ) -> None:
-    """Same-size Adam pairs optimised together; out of memory retries them one by one."""
+    """Same-size Adam pairs optimised together. If the batch fails (out of memory, or any error of
+    one member: an image changed since validation, an unwritable output), its pairs are run again
+    one by one, each from its own checkpoint: the faulty pair fails with its own reason and the
+    others finish, as they would have unbatched."""
     names = [p.name for p in batch]
     begun = [_begin(job, p, state, stop, reporter, rank, batch=names) for p in batch]
     members = [
@@ -422,20 +425,24 @@ def _run_batch(
         for p in batch:
             fault_point(f"pair:{p.name}")
         results = stylize_batch(members, vgg, device)
-    except torch.cuda.OutOfMemoryError as e:
-        e.__traceback__ = None
-        _free_memory(device)
-        log.warning("batch %s: out of memory; running its pairs one by one", names)
-        for p in batch:
-            state.update(p.name, batch=None, attempts=max(0, int((state.read(p.name) or {}).get("attempts", 1)) - 1))
-            _run_one(job, p, vgg, device, state, stop, reporter, rank, weights_id)
+    except Exception as e:  # noqa: BLE001 (isolate the faulty member from the rest of the batch)
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            why = "out of memory"
+        else:
+            log.warning("batch %s failed:\n%s", names, traceback.format_exc())
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        e.__traceback__ = None  # its frames hold the batch's tensors: let _free_memory free them
+        results = None
+    if results is not None:
+        for p, result, (_, started) in zip(batch, results, begun):
+            _conclude(job, p, state, reporter, result, started)
         return
-    except Exception as e:  # noqa: BLE001 (isolate the batch from the rest of the job)
-        for p in batch:
-            _fail(state, p, reporter, _reason(p, e))
-        return
-    for p, result, (_, started) in zip(batch, results, begun):
-        _conclude(job, p, state, reporter, result, started)
+    _free_memory(device)
+    log.warning("batch %s: %s; running its pairs one by one", names, why)
+    for p in batch:
+        # The batch's attempt does not count: each pair's own run below is its attempt.
+        state.update(p.name, batch=None, attempts=max(0, int((state.read(p.name) or {}).get("attempts", 1)) - 1))
+        _run_one(job, p, vgg, device, state, stop, reporter, rank, weights_id)
 
 
 def _reason(pair: Pair, e: Exception) -> str:

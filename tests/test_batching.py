@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from stylebatch.batching import batch_key, group, join_checkpoints, split_checkpoint, stack
+from stylebatch.batching import batch_key, batch_limit, group, join_checkpoints, split_checkpoint, stack
 from stylebatch.cli import main
 from stylebatch.config import Config
 from stylebatch.module import StyleTransferModule
@@ -97,11 +97,30 @@ def test_grouping_rules() -> None:
     batches = [[p.name for p in b] for b in group(pairs, recorded={})]
     assert ["a0", "a1", "a2"] in batches and ["a3", "a4"] in batches  # chunks of batch_size, seeds may differ
     assert ["lbfgs"] in batches and ["big"] in batches and ["other_weight"] in batches  # never mixed
+    # Each batch takes its first member's place: the plan's order (costliest first) is kept.
+    assert batches == [["a0", "a1", "a2"], ["a3", "a4"], ["lbfgs"], ["big"], ["other_weight"]]
     assert batch_key(pairs[5]) is None
     # A recorded batch (from an interrupted run) keeps its members together.
     batches = [[p.name for p in b] for b in group(pairs, recorded={"a1": ["a1", "a3", "a4"]})]
     assert ["a1", "a3", "a4"] in batches and ["a0", "a2"] in batches
     assert sorted(n for b in batches for n in b) == sorted(p.name for p in pairs)
+
+
+def test_batch_pixels_caps_a_batch_by_its_total_pixels() -> None:
+    """`batch_pixels` bounds a batch's memory: 5 same-size pairs of 32x24 (768 px each) with room
+    for two per batch come in batches of 2, 2, 1; with room for less than two, none is batched."""
+    two = Config(**{**CFG.to_dict(), "batch_size": 4, "batch_pixels": 2 * 768 + 767})
+    pairs = [_P(f"a{i}", Config(**{**two.to_dict(), "seed": i})) for i in range(5)]
+    assert [batch_limit(p) for p in pairs] == [2] * 5
+    assert [[p.name for p in b] for b in group(pairs, recorded={})] == [["a0", "a1"], ["a2", "a3"], ["a4"]]
+    one = Config(**{**two.to_dict(), "batch_pixels": 2 * 768 - 1})
+    alone = [_P(f"b{i}", Config(**{**one.to_dict(), "seed": i})) for i in range(3)]
+    assert batch_key(alone[0]) is None
+    assert [[p.name for p in b] for b in group(alone, recorded={})] == [["b0"], ["b1"], ["b2"]]
+    # The defaults: 4 pairs at 512 px (4:3 or square), 2 at 768, 1 at 1024.
+    default = Config(optimizer="adam")
+    assert [batch_limit(_P("x", default, out_size=s)) for s in [(512, 384), (512, 512), (768, 576), (1024, 768)]] \
+        == [4, 4, 2, 1]
 
 
 # --- end to end through the runner ---------------------------------------------------------------
@@ -127,6 +146,45 @@ def test_runner_batches_match_unbatched_within_tolerance(tmp_path: Path) -> None
     for i in range(4):
         diff = (final_target(batched / "out", f"q{i}") - final_target(single / "out", f"q{i}")).abs()
         assert diff.mean() < 5e-3 and diff.max() < 0.1, f"q{i}: mean {diff.mean():.2e}, max {diff.max():.2e}"
+
+
+def test_a_failing_member_fails_alone_and_its_batch_finishes(tmp_path: Path, monkeypatch, capsys) -> None:
+    """One member of a batch raises (here an injected OSError, as an unreadable image or output
+    would): the batch is rerun one pair at a time, so that pair fails with its own reason, counted
+    once, and its companions finish with the results they get unbatched."""
+    monkeypatch.setenv("STYLEBATCH_FAULT", "pair:q1!raise")
+    root = tmp_path / "faulty"
+    assert main(["run", str(_batched_job(root, 3)), "--weights", "random"]) == 1
+    recs = records(root / "out")
+    assert recs["q1"]["status"] == "failed" and "injected fault at pair:q1" in recs["q1"]["error"]
+    assert recs["q1"]["attempts"] == 1
+    assert all(recs[n]["status"] == "done" and recs[n]["attempts"] == 1 for n in ("q0", "q2", "q3"))
+    assert sorted(p.name for p in (root / "out").glob("*.png")) == ["q0.png", "q2.png", "q3.png"]
+    assert "Traceback" not in "".join(capsys.readouterr())
+    monkeypatch.delenv("STYLEBATCH_FAULT")
+    single = tmp_path / "single"
+    assert main(["run", str(_batched_job(single, 1)), "--weights", "random"]) == 0
+    for name in ("q0", "q2"):
+        assert torch.equal(final_target(root / "out", name), final_target(single / "out", name)), name
+
+
+def test_a_batch_out_of_memory_runs_its_pairs_one_by_one(tmp_path: Path, monkeypatch) -> None:
+    from stylebatch.module import StyleTransferModule
+
+    original = StyleTransferModule.training_step
+
+    def oom_when_batched(self, batch, batch_idx):
+        if self.target.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(StyleTransferModule, "training_step", oom_when_batched)
+    root = tmp_path / "oom"
+    assert main(["run", str(_batched_job(root, 3)), "--weights", "random"]) == 0
+    recs = records(root / "out")
+    assert all(r["status"] == "done" and r["attempts"] == 1 and r["batch"] is None for r in recs.values()), recs
+    logs = "".join(f.read_text() for f in (root / "out" / ".stylebatch" / "logs").glob("*.log"))
+    assert "out of memory; running its pairs one by one" in logs
 
 
 def test_interrupted_batch_resumes_with_same_members_bit_identical(tmp_path: Path) -> None:
