@@ -69,8 +69,8 @@ def measure_peak(device: torch.device, repeats: int) -> dict[str, float]:
 
 def analytic_flops(h: int, w: int, cfg: Config) -> float:
     """Convs up to the deepest used layer: forward 2*Cin*Cout*9*H*W each, backward to the input
-    the same again (weights frozen: no weight gradient), plus the Gram matmuls (forward and
-    backward) and nothing for ReLU/pool (memory-bound, negligible FLOPs)."""
+    the same again (weights frozen: no weight gradient), plus the Gram matmuls (one forward, one
+    backward: losses._Gram) and nothing for ReLU/pool (memory-bound, negligible FLOPs)."""
     deepest = max(LAYER_INDEX[n] for n in cfg.layers_used)
     total, cin, hh, ww, i = 0.0, 3, h, w, 0
     for item in _VGG19_CFG:
@@ -83,7 +83,7 @@ def analytic_flops(h: int, w: int, cfg: Config) -> float:
         # the first conv's backward to its input is needed too (the input is the optimised image)
         total += conv_flops * 2
         if LAYER_NAMES[i] in cfg.style_layers:
-            total += 3 * 2 * item * item * hh * ww  # G = F F^T forward, dG/dF backward (2 matmuls)
+            total += 2 * 2 * item * item * hh * ww  # G = F F^T forward, dF = (dG + dG^T) F backward
         cin, i = item, i + 2
     return total
 
@@ -127,7 +127,8 @@ def checkpoint_bytes(module: StyleTransferModule, optimizer: str, cfg: Config) -
     return buf.tell()
 
 
-def bench_size(size: int, vgg, device: torch.device, cfg: Config, evals: int) -> dict[str, float]:
+def bench_size(size: int, vgg, device: torch.device, cfg: Config, evals: int,
+               compile_mode: str | None = None) -> dict[str, float]:
     h, w = size * 3 // 4, size  # a 4:3 landscape, like most photos
     gen = torch.Generator().manual_seed(0)
     content = torch.rand(1, 3, h, w, generator=gen).to(device)
@@ -143,12 +144,68 @@ def bench_size(size: int, vgg, device: torch.device, cfg: Config, evals: int) ->
 
     seconds = best_time(evaluation, device, evals)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss_hwm_mib()
+    bare = bare_vgg_seconds(vgg, content, cfg, evals)
+    compiled = float("nan")
+    if compile_mode:
+        # The extractor's call counter is a Python int: without this every call would recompile.
+        torch._dynamo.config.allow_unspec_int_on_nn_module = True
+        losses = torch.compile(module.losses, mode=None if compile_mode == "default" else compile_mode)
+
+        def compiled_evaluation():
+            losses(module.target)["total"].sum().backward()
+            module.target.grad = None
+
+        compiled = best_time(compiled_evaluation, device, evals)
     flops = analytic_flops(h, w, cfg)
     counted = counted_flops(module) if device.type == "cpu" or size <= 512 else float("nan")
     ckpt_adam = checkpoint_bytes(module, "adam", cfg)
     ckpt_lbfgs = checkpoint_bytes(module, "lbfgs", cfg)
-    return {"h": h, "w": w, "seconds": seconds, "peak_mib": peak, "flops": flops, "counted": counted,
+    return {"h": h, "w": w, "seconds": seconds, "bare": bare, "compiled": compiled, "peak_mib": peak, "flops": flops, "counted": counted,
             "ckpt_adam": ckpt_adam, "ckpt_lbfgs": ckpt_lbfgs}
+
+
+def bare_vgg_seconds(vgg, image: torch.Tensor, cfg: Config, evals: int) -> float:
+    """The same convolutions as plain PyTorch: torchvision's layers (the engine's own weights) up to
+    the deepest used layer, channels_last, forward and backward to the input, no losses. What the
+    engine would cost with nothing but the network."""
+    deepest = max(LAYER_INDEX[n] for n in cfg.layers_used)
+    net = torch.nn.Sequential(*vgg.layers[: deepest + 1])
+    x = image.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+
+    def evaluation():
+        net(x).sum().backward()
+        x.grad = None
+
+    return best_time(evaluation, image.device, evals)
+
+
+def layer_gain(device: torch.device, size: int, batch: int, cfg: Config, repeats: int) -> list[tuple]:
+    """Per conv layer: forward + backward to the input, ms per image alone and in a batch of `batch`.
+    Explains batching from the layer shapes: late layers (few positions, many channels) are small
+    GEMMs that a batch fills; the early ones are already large."""
+    rows, cin, hh, ww, i = [], 3, size * 3 // 4, size, 0
+    deepest = max(LAYER_INDEX[n] for n in cfg.layers_used)
+    for item in _VGG19_CFG:
+        if i > deepest:
+            break
+        if item == "M":
+            hh, ww, i = hh // 2, ww // 2, i + 1
+            continue
+        conv = torch.nn.Conv2d(cin, item, 3, padding=1).to(device).requires_grad_(False)
+        conv = conv.to(memory_format=torch.channels_last)
+        per_image = []
+        for b in (1, batch):
+            x = torch.rand(b, cin, hh, ww, device=device).contiguous(memory_format=torch.channels_last)
+            x.requires_grad_()
+
+            def step():
+                conv(x).sum().backward()
+                x.grad = None
+
+            per_image.append(best_time(step, device, repeats) / b * 1000)
+        rows.append((LAYER_NAMES[i], f"{cin}->{item}", f"{hh}x{ww}", per_image[0], per_image[1]))
+        cin, i = item, i + 2
+    return rows
 
 
 def pairs_per_hour(device: str, pairs: int, size: int, steps: int, batch_size: int = 1) -> float:
@@ -209,6 +266,23 @@ def per_pair_overhead(pairs: int = 20, size: int = 32, steps: int = 10) -> tuple
     return per_pair, per_pair - steps * t_eval
 
 
+def e2e_peak_rss(size: int, steps: int, pairs: int = 1, batch_size: int = 1) -> tuple[float, float]:
+    """(peak RSS MiB, seconds) of `pairs` Adam pairs at `size` px run end to end through the CLI in a
+    fresh process: weights, image loading, optimisation, checkpoint saves and the output files."""
+    import resource
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = _write_manifest(Path(tmp), pairs, size, steps, batch_size)
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "stylebatch", "run", str(manifest), "--weights", "random",
+                        "--accelerator", "cpu"], check=True, cwd=tmp,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - t
+        assert len(list((Path(tmp) / "out").glob("*.png"))) == pairs
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, seconds
+
+
 def workers_pairs_per_hour(devices: int, pairs: int, size: int, steps: int) -> float:
     """Pairs per hour with `devices` CPU worker processes (Lightning Fabric), process start included."""
     import subprocess
@@ -228,11 +302,17 @@ def main() -> int:
     parser.add_argument("--evals", type=int, default=5, help="timed evaluations per size (best is kept)")
     parser.add_argument("--weights", default="random")
     parser.add_argument("--e2e-pairs", type=int, default=6)
-    parser.add_argument("--e2e-size", type=int, default=128)
+    parser.add_argument("--e2e-sizes", type=int, nargs="*", default=[128])
+    parser.add_argument("--layer-gain", type=int, nargs=2, metavar=("SIZE", "BATCH"), default=None,
+                        help="also time each conv layer alone and in a batch (explains the batching gain)")
     parser.add_argument("--e2e-steps", type=int, default=20)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="end-to-end runs at these batch sizes")
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 4], help="end-to-end runs at these batch sizes")
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="also measure pairs/hour with N CPU workers")
     parser.add_argument("--overhead", action="store_true", help="also measure per-pair overhead on 20 tiny pairs")
+    parser.add_argument("--memory-e2e", type=int, nargs="*", default=[], metavar="SIZE",
+                        help="also run one pair of this size end to end in a fresh process; print its peak RSS")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                        help="also time the losses under torch.compile (bench only: compiling takes minutes)")
     parser.add_argument("--out", help="also write the report to this file")
     args = parser.parse_args()
 
@@ -254,24 +334,47 @@ def main() -> int:
     peak = max(v for k, v in peaks.items() if "bf16" not in k)
     say(f"floor uses the best fp32 peak: {peak / 1e9:.1f} GFLOP/s")
     say()
-    say("| size | HxW | s/eval | floor s | ratio | GFLOP analytic | GFLOP counted | peak MiB | ckpt Adam KiB | ckpt L-BFGS KiB |")
-    say("|---|---|---|---|---|---|---|---|---|---|")
+    say("| size | HxW | s/eval | floor s | ratio | bare VGG s | ratio bare | GFLOP analytic | GFLOP counted "
+        "| peak MiB | ckpt Adam KiB | ckpt L-BFGS KiB |")
+    say("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    compiled_lines: list[str] = []
     for size in sizes:
-        r = bench_size(size, vgg, device, cfg, args.evals)
+        r = bench_size(size, vgg, device, cfg, args.evals, args.compile)
         floor = r["flops"] / peak
+        if args.compile:
+            compiled_lines.append(f"torch.compile({args.compile}) at {size} px: {r['compiled']:.4f} s/eval, "
+                                  f"{r['compiled'] / floor:.2f}x the floor ({r['seconds'] / r['compiled']:.2f}x eager)")
         say(f"| {size} | {r['h']}x{r['w']} | {r['seconds']:.4f} | {floor:.4f} | {r['seconds'] / floor:.2f} | "
+            f"{r['bare']:.4f} | {r['bare'] / floor:.2f} | "
             f"{r['flops'] / 1e9:.2f} | {r['counted'] / 1e9:.2f} | {r['peak_mib']:.0f} | "
             f"{r['ckpt_adam'] / 1024:.0f} | {r['ckpt_lbfgs'] / 1024:.0f} |")
+    for line in compiled_lines:
+        say(line)
     say()
+    for size in args.memory_e2e:
+        rss, seconds = e2e_peak_rss(size, steps=4)
+        say(f"one {size} px Adam pair end to end in a fresh process (4 evaluations, a checkpoint every 2, "
+            f"output saved): peak RSS {rss:.0f} MiB, {seconds:.1f} s")
+    if args.layer_gain:
+        size, b = args.layer_gain
+        say(f"per conv layer at {size} px, forward + backward to the input, ms per image: alone vs batch of {b}")
+        say(f"| layer | channels | HxW | ms alone | ms in batch {b} | gain |")
+        say("|---|---|---|---|---|---|")
+        for name, ch, hw, alone, batched in layer_gain(device, size, b, cfg, args.evals):
+            say(f"| {name} | {ch} | {hw} | {alone:.2f} | {batched:.2f} | {alone / batched:.2f}x |")
+        say()
     accel = device.type if device.type == "cpu" else "gpu"
-    for bs in args.batch_sizes:
-        pph = pairs_per_hour(accel, args.e2e_pairs, args.e2e_size, args.e2e_steps, batch_size=bs)
-        label = "unbatched" if bs == 1 else f"batch_size {bs}"
-        say(f"end to end, {args.e2e_pairs} pairs at {args.e2e_size} px x {args.e2e_steps} Adam evaluations, "
-            f"{label}: {pph:.0f} pairs/hour")
+    for e2e_size in args.e2e_sizes:
+        base = None
+        for bs in args.batch_sizes:
+            pph = pairs_per_hour(accel, args.e2e_pairs, e2e_size, args.e2e_steps, batch_size=bs)
+            base = base or pph
+            label = "unbatched" if bs == 1 else f"batch_size {bs}"
+            say(f"end to end, {args.e2e_pairs} pairs at {e2e_size} px x {args.e2e_steps} Adam evaluations, "
+                f"{label}: {pph:.0f} pairs/hour ({pph / base:.2f}x the first)")
     for n in args.workers:
-        pph = workers_pairs_per_hour(n, args.e2e_pairs, args.e2e_size, args.e2e_steps)
-        say(f"end to end with {n} CPU worker process(es), {args.e2e_pairs} pairs at {args.e2e_size} px x "
+        pph = workers_pairs_per_hour(n, args.e2e_pairs, args.e2e_sizes[0], args.e2e_steps)
+        say(f"end to end with {n} CPU worker process(es), {args.e2e_pairs} pairs at {args.e2e_sizes[0]} px x "
             f"{args.e2e_steps} evaluations: {pph:.0f} pairs/hour")
     if args.overhead:
         per_pair, overhead = per_pair_overhead()

@@ -10,7 +10,7 @@ dest=${OUT:-.}/gpu_check.txt
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 {
     echo "# stylebatch GPU check $(date -u +%FT%TZ) on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
-    timeout 300 "$PY" scripts/bench.py --evals 5 --e2e-pairs 16 --e2e-size 256 --e2e-steps 50 --batch-sizes 1 8
+    timeout 300 "$PY" scripts/bench.py --evals 5 --e2e-pairs 16 --e2e-sizes 256 --layer-gain 256 8 --e2e-steps 50 --batch-sizes 1 8
     echo
     timeout 180 "$PY" scripts/gpu_equivalence.py
 } 2>&1 | tee "$dest"
