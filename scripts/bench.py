@@ -269,18 +269,19 @@ def per_pair_overhead(pairs: int = 20, size: int = 32, steps: int = 10) -> tuple
 def e2e_peak_rss(size: int, steps: int, pairs: int = 1, batch_size: int = 1) -> tuple[float, float]:
     """(peak RSS MiB, seconds) of `pairs` Adam pairs at `size` px run end to end through the CLI in a
     fresh process: weights, image loading, optimisation, checkpoint saves and the output files."""
-    import resource
     import subprocess
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = _write_manifest(Path(tmp), pairs, size, steps, batch_size)
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "stylebatch", "run", str(manifest), "--weights", "random",
-                        "--accelerator", "cpu"], check=True, cwd=tmp,
-                       env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(manifest), "--weights", "random",
+                                 "--accelerator", "cpu"], cwd=tmp, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not the max over all children
+        proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - t
-        assert len(list((Path(tmp) / "out").glob("*.png"))) == pairs
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, seconds
+        assert proc.returncode == 0 and len(list((Path(tmp) / "out").glob("*.png"))) == pairs
+    return usage.ru_maxrss / 1024, seconds
 
 
 def workers_pairs_per_hour(devices: int, pairs: int, size: int, steps: int) -> float:
@@ -309,8 +310,9 @@ def main() -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 4], help="end-to-end runs at these batch sizes")
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="also measure pairs/hour with N CPU workers")
     parser.add_argument("--overhead", action="store_true", help="also measure per-pair overhead on 20 tiny pairs")
-    parser.add_argument("--memory-e2e", type=int, nargs="*", default=[], metavar="SIZE",
-                        help="also run one pair of this size end to end in a fresh process; print its peak RSS")
+    parser.add_argument("--memory-e2e", nargs="*", default=[], metavar="SIZE[xBATCH]",
+                        help="also run one pair of this size (or a batch of BATCH pairs: 512x4) end to end in a "
+                             "fresh process; print its peak RSS")
     parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                         help="also time the losses under torch.compile (bench only: compiling takes minutes)")
     parser.add_argument("--out", help="also write the report to this file")
@@ -351,16 +353,20 @@ def main() -> int:
     for line in compiled_lines:
         say(line)
     say()
-    for size in args.memory_e2e:
-        rss, seconds = e2e_peak_rss(size, steps=4)
-        say(f"one {size} px Adam pair end to end in a fresh process (4 evaluations, a checkpoint every 2, "
-            f"output saved): peak RSS {rss:.0f} MiB, {seconds:.1f} s")
+    for spec in args.memory_e2e:
+        size, _, batch = spec.partition("x")
+        size, batch = int(size), int(batch or 1)
+        rss, seconds = e2e_peak_rss(size, steps=4, pairs=batch, batch_size=batch)
+        what = f"one {size} px Adam pair" if batch == 1 else f"{batch} {size} px Adam pairs batched"
+        say(f"{what} end to end in a fresh process (4 evaluations, a checkpoint every 2, output saved): "
+            f"peak RSS {rss:.0f} MiB, {seconds:.1f} s")
     if args.layer_gain:
         size, b = args.layer_gain
         say(f"per conv layer at {size} px, forward + backward to the input, ms per image: alone vs batch of {b}")
         say(f"| layer | channels | HxW | ms alone | ms in batch {b} | gain |")
         say("|---|---|---|---|---|---|")
-        for name, ch, hw, alone, batched in layer_gain(device, size, b, cfg, args.evals):
+        # Each call takes milliseconds: best of more runs than the evaluation timings.
+        for name, ch, hw, alone, batched in layer_gain(device, size, b, cfg, max(20, 4 * args.evals)):
             say(f"| {name} | {ch} | {hw} | {alone:.2f} | {batched:.2f} | {alone / batched:.2f}x |")
         say()
     accel = device.type if device.type == "cpu" else "gpu"
