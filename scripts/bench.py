@@ -67,24 +67,30 @@ def measure_peak(device: torch.device, repeats: int) -> dict[str, float]:
     return out
 
 
+def conv_layers(h: int, w: int, cfg: Config):
+    """(name, C_in, C_out, H, W) of each conv up to the deepest layer `cfg` uses, at an h x w input."""
+    deepest = max(LAYER_INDEX[n] for n in cfg.layers_used)
+    cin, hh, ww, i = 3, h, w, 0
+    for item in _VGG19_CFG:
+        if i > deepest:
+            return
+        if item == "M":
+            hh, ww, i = hh // 2, ww // 2, i + 1
+            continue
+        yield LAYER_NAMES[i], cin, item, hh, ww
+        cin, i = item, i + 2
+
+
 def analytic_flops(h: int, w: int, cfg: Config) -> float:
     """Convs up to the deepest used layer: forward 2*Cin*Cout*9*H*W each, backward to the input
     the same again (weights frozen: no weight gradient), plus the Gram matmuls (one forward, one
     backward: losses._Gram) and nothing for ReLU/pool (memory-bound, negligible FLOPs)."""
-    deepest = max(LAYER_INDEX[n] for n in cfg.layers_used)
-    total, cin, hh, ww, i = 0.0, 3, h, w, 0
-    for item in _VGG19_CFG:
-        if i > deepest:
-            break
-        if item == "M":
-            hh, ww, i = hh // 2, ww // 2, i + 1
-            continue
-        conv_flops = 2 * cin * item * 9 * hh * ww
+    total = 0.0
+    for name, cin, cout, hh, ww in conv_layers(h, w, cfg):
         # the first conv's backward to its input is needed too (the input is the optimised image)
-        total += conv_flops * 2
-        if LAYER_NAMES[i] in cfg.style_layers:
-            total += 2 * 2 * item * item * hh * ww  # G = F F^T forward, dF = (dG + dG^T) F backward
-        cin, i = item, i + 2
+        total += 2 * (2 * cin * cout * 9 * hh * ww)
+        if name in cfg.style_layers:
+            total += 2 * 2 * cout * cout * hh * ww  # G = F F^T forward, dF = (dG + dG^T) F backward
     return total
 
 
@@ -183,15 +189,9 @@ def layer_gain(device: torch.device, size: int, batch: int, cfg: Config, repeats
     """Per conv layer: forward + backward to the input, ms per image alone and in a batch of `batch`.
     Explains batching from the layer shapes: late layers (few positions, many channels) are small
     GEMMs that a batch fills; the early ones are already large."""
-    rows, cin, hh, ww, i = [], 3, size * 3 // 4, size, 0
-    deepest = max(LAYER_INDEX[n] for n in cfg.layers_used)
-    for item in _VGG19_CFG:
-        if i > deepest:
-            break
-        if item == "M":
-            hh, ww, i = hh // 2, ww // 2, i + 1
-            continue
-        conv = torch.nn.Conv2d(cin, item, 3, padding=1).to(device).requires_grad_(False)
+    rows = []
+    for name, cin, cout, hh, ww in conv_layers(size * 3 // 4, size, cfg):
+        conv = torch.nn.Conv2d(cin, cout, 3, padding=1).to(device).requires_grad_(False)
         conv = conv.to(memory_format=torch.channels_last)
         per_image = []
         for b in (1, batch):
@@ -203,8 +203,7 @@ def layer_gain(device: torch.device, size: int, batch: int, cfg: Config, repeats
                 x.grad = None
 
             per_image.append(best_time(step, device, repeats) / b * 1000)
-        rows.append((LAYER_NAMES[i], f"{cin}->{item}", f"{hh}x{ww}", per_image[0], per_image[1]))
-        cin, i = item, i + 2
+        rows.append((name, f"{cin}->{cout}", f"{hh}x{ww}", per_image[0], per_image[1]))
     return rows
 
 
