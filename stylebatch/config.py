@@ -137,8 +137,9 @@ class Config:
         "Use with Adam; L-BFGS's line search is not shown to cope.",
         choices=("32", "bf16"),
     )
-    # Default 4 from scripts/bench.py on 2 CPU cores: end to end +27 % pairs/hour at 128 px (batch 8:
-    # +34 %, twice the memory), +3-7 % at 256 px; late layers (few positions) gain most, see README.
+    # Default 4 from scripts/bench.py on 2 CPU cores: end to end +19 % pairs/hour at 128 px (batch 8:
+    # +27 %, twice the memory), neutral at 256 px; late layers (few positions) gain most. README,
+    # "Speed and memory". A GPU, which one pair leaves mostly idle, should gain more.
     batch_size: int = _field(
         4,
         "Optimise up to N same-size Adam pairs together in one VGG pass (L-BFGS pairs always run alone). "
