@@ -55,7 +55,9 @@ def group(pairs: list[Any], recorded: dict[str, list[str]]) -> list[list[Any]]:
         members = recorded.get(pair.name)
         if pair.name in taken or not members or len(members) < 2:
             continue
-        if all(m in by_name and m not in taken for m in members) and len({batch_key(by_name[m]) for m in members}) == 1:
+        keys = {batch_key(by_name[m]) for m in members if m in by_name}
+        # Kept only while batching still applies (`batch_size: 1` on a resume turns it off).
+        if all(m in by_name and m not in taken for m in members) and len(keys) == 1 and None not in keys:
             batches.append([by_name[m] for m in members])
             taken.update(members)
     # A batch takes the place of its first member, so the plan's order (costliest first) holds and a

@@ -103,6 +103,9 @@ def test_grouping_rules() -> None:
     # A recorded batch (from an interrupted run) keeps its members together.
     batches = [[p.name for p in b] for b in group(pairs, recorded={"a1": ["a1", "a3", "a4"]})]
     assert ["a1", "a3", "a4"] in batches and ["a0", "a2"] in batches
+    # ...unless batching was turned off since: then every pair resumes alone.
+    off = [_P(p.name, Config(**{**p.config.to_dict(), "batch_size": 1})) for p in pairs[:5]]
+    assert group(off, recorded={"a1": ["a1", "a3", "a4"]}) == [[p] for p in off]
     assert sorted(n for b in batches for n in b) == sorted(p.name for p in pairs)
 
 
@@ -205,3 +208,32 @@ def test_interrupted_batch_resumes_with_same_members_bit_identical(tmp_path: Pat
     assert not temp_files(root / "out")
     for i in range(4):
         assert torch.equal(final_target(root / "out", f"q{i}"), final_target(reference / "out", f"q{i}")), f"q{i}"
+
+
+def test_batching_turned_off_on_resume_continues_each_pair_alone(tmp_path: Path, monkeypatch) -> None:
+    """Interrupted in a batch of 3 at 13 evaluations, resumed with `batch_size: 1` (bookkeeping:
+    nothing restarts): each member continues alone from its own checkpoint slice (17 evaluations
+    each, the unbatched q3 its 30), and the curve rows logged before the interruption are kept."""
+    from stylebatch.module import StyleTransferModule
+
+    root = tmp_path / "job"
+    manifest = _batched_job(root, 3)
+    code, fired = run_with_sigterm_at(manifest, 13, "--weights", "random")
+    assert code == 3 and fired
+    curve = root / "out" / ".stylebatch" / "pairs" / "q0" / "losses.csv"
+    before = curve.read_text().splitlines()
+    evaluations: list[int] = []
+    original = StyleTransferModule.training_step
+
+    def counted(self, batch, batch_idx):
+        evaluations.append(self.target.shape[0])
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(StyleTransferModule, "training_step", counted)
+    assert main(["run", str(manifest), "--weights", "random", "--set", "batch_size=1"]) == 0
+    assert set(evaluations) == {1} and len(evaluations) == 3 * (30 - 13) + 30
+    recs = records(root / "out")
+    assert all(r["status"] == "done" and r["steps_done"] == 30 and r["batch"] is None for r in recs.values()), recs
+    after = curve.read_text().splitlines()
+    assert [row.split(",")[0] for row in before[1:]] == ["5", "10"]
+    assert after[:3] == before and [row.split(",")[0] for row in after[3:]] == ["15", "20", "25", "30"]
