@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from stylebatch import __version__, controls
 from stylebatch.atomic import fault_point
-from stylebatch.batching import MemberCheckpointIO
+from stylebatch.batching import MemberCheckpointIO, stack
 from stylebatch.config import Config
 from stylebatch.curves import CURVE_FILE, CurveWriter
 from stylebatch.images import save_image
@@ -127,13 +127,6 @@ class PairResult:
     output_sha256: str | None = None
 
 
-def _trainer_kwargs(device: torch.device, cfg: Config | None = None) -> dict[str, Any]:
-    precision = "bf16-mixed" if cfg is not None and cfg.precision == "bf16" else "32-true"
-    if device.type == "cuda":
-        return {"accelerator": "gpu", "devices": [device.index or 0], "precision": precision}
-    return {"accelerator": "cpu", "devices": 1, "precision": precision}
-
-
 def prepare_inputs(content_path: Path, style_path: Path | list[Path], cfg: Config) -> tuple[torch.Tensor, Any, Any]:
     """The final pass's inputs: content at `size` (longer side, aspect kept), style(s) at `style_size` or
     `style_scale` x `size`, colour-controlled (controls.pass_inputs); a blend's styles as a list; alpha."""
@@ -159,8 +152,11 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
 def _trainer(device: torch.device, cfg: Config, callbacks: list[L.Callback], ckpt_paths: list[Path]) -> L.Trainer:
     """One-device Trainer for a pair (or a batch): checkpoints written atomically, one file per
     member, in the checkpoint's own directory (MemberCheckpointIO, see batching.py)."""
+    on_gpu = device.type == "cuda"
     return L.Trainer(
-        **_trainer_kwargs(device, cfg),
+        accelerator="gpu" if on_gpu else "cpu",
+        devices=[device.index or 0] if on_gpu else 1,
+        precision="bf16-mixed" if cfg.precision == "bf16" else "32-true",
         max_epochs=-1,
         max_steps=cfg.steps,  # a safety net: every optimizer step evaluates at least once
         logger=False,
@@ -237,15 +233,20 @@ def stylize_pair(
         return PairResult(module.evaluations, losses, time.perf_counter() - start, interrupted=True)
 
     image = controls.render(module.result(), inputs, cfg)  # post-hoc colour, 8 bits, the content's alpha
-    meta = {**metadata, "evaluations": module.evaluations, "losses": losses, "device": device.type,
-            "output_size": list(image.size), "encoding": cfg.encoding(), "versions": versions()}
+    digest = _write_output(image, output, cfg, device, {**metadata, "evaluations": module.evaluations, "losses": losses})
+    return PairResult(module.evaluations, losses, time.perf_counter() - start, False, digest)
+
+
+def _write_output(image: Any, output: Path, cfg: Config, device: torch.device, meta: dict[str, Any]) -> str:
+    """Save a finished pair's image atomically with its settings, inputs and versions embedded;
+    returns the file's sha256."""
+    meta = {**meta, "device": device.type, "output_size": list(image.size), "encoding": cfg.encoding(),
+            "versions": versions()}
     if device.type == "cpu":
         meta["cpu_threads"] = torch.get_num_threads()  # CPU float results depend on it (`run --from` uses it)
     text = {"stylebatch": json.dumps(meta, sort_keys=True, default=str)}  # ASCII: json escapes the rest
     data = save_image(image, output, text=text, format=cfg.format, quality=cfg.quality)
-    return PairResult(
-        module.evaluations, losses, time.perf_counter() - start, False, hashlib.sha256(data).hexdigest()
-    )
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -296,8 +297,6 @@ def stylize_batch(members: list[Member], vgg: VGGFeatures, device: torch.device)
     """Optimise same-size Adam pairs together (see batching.py): one module, one VGG pass per
     step, per-pair losses summed, per-pair checkpoints; then each output written as stylize_pair
     would. Members resume together from their checkpoints (all at the same count) or start over."""
-    from stylebatch.batching import stack
-
     start = time.perf_counter()
     cfg = members[0].cfg
     ckpts = [read_checkpoint(m.ckpt_path) for m in members]
@@ -333,17 +332,14 @@ def stylize_batch(members: list[Member], vgg: VGGFeatures, device: torch.device)
     if cfg.keep_checkpoints:
         trainer.save_checkpoint(members[0].ckpt_path)  # one final file per member
     results = []
+    batch = [Path(m.output).stem for m in members]
+    images = module.result()
     for i, (m, inputs) in enumerate(zip(members, parts)):
         losses = fan._mine(i)
-        image = controls.render(module.result()[i : i + 1], inputs, m.cfg)
-        batch = [Path(x.output).stem for x in members]
-        meta = {**m.metadata, "evaluations": module.evaluations, "losses": losses, "device": device.type,
-                "output_size": list(image.size), "encoding": m.cfg.encoding(), "versions": versions(), "batch": batch}
-        if device.type == "cpu":
-            meta["cpu_threads"] = torch.get_num_threads()
-        data = save_image(image, m.output, text={"stylebatch": json.dumps(meta, sort_keys=True, default=str)},
-                          format=m.cfg.format, quality=m.cfg.quality)
-        results.append(PairResult(module.evaluations, losses, seconds, False, hashlib.sha256(data).hexdigest()))
+        image = controls.render(images[i : i + 1], inputs, m.cfg)
+        meta = {**m.metadata, "evaluations": module.evaluations, "losses": losses, "batch": batch}
+        results.append(PairResult(module.evaluations, losses, seconds, False,
+                                  _write_output(image, m.output, m.cfg, device, meta)))
     return results
 
 
