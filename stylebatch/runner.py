@@ -207,8 +207,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             _record_invalid(job, state)
             vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
             plan = [p for p in job.valid_pairs if needs_work(job, state, p, opts)]
-            recorded = {p.name: (state.read(p.name) or {}).get("batch") for p in plan}
-            shares = assign(plan, world, {name: members for name, members in recorded.items() if members})
+            shares = assign(plan, world, _recorded_batches(state, plan))
         except BaseException as e:
             if fabric is not None:
                 fabric.broadcast({"abort": str(e)}, src=0)  # let the workers exit 0 instead of hanging
@@ -318,6 +317,12 @@ def _requeue(job_id: str) -> None:
         log.error("could not requeue SLURM job %s: %s", job_id, e)
 
 
+def _recorded_batches(state: JobState, pairs: list[Pair]) -> dict[str, list[str]]:
+    """The batch each pair was last run in (its record's `batch`), for pairs that have one."""
+    recorded = {p.name: (state.read(p.name) or {}).get("batch") for p in pairs}
+    return {name: members for name, members in recorded.items() if members}
+
+
 def run_pairs(
     job: Job, plan: list[Pair], vgg: VGGFeatures, device: torch.device, state: JobState, stop: StopFlag,
     reporter: Reporter, rank: int,
@@ -325,8 +330,7 @@ def run_pairs(
     """One worker's loop over its pairs (in batches, see batching.py); a failure never stops the others."""
     vgg.to(device)
     weights_id = weights_identity(job.weights)
-    recorded = {p.name: (state.read(p.name) or {}).get("batch") for p in plan}
-    batches = group(plan, {name: members for name, members in recorded.items() if members})
+    batches = group(plan, _recorded_batches(state, plan))
     for i, batch in enumerate(batches):
         if stop or (state.root / "stop").exists():
             break
