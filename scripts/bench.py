@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from stylebatch.config import Config  # noqa: E402
+from stylebatch.engine import module_for  # noqa: E402
 from stylebatch.module import StyleTransferModule  # noqa: E402
 from stylebatch.vgg import LAYER_INDEX, LAYER_NAMES, _VGG19_CFG, load_vgg  # noqa: E402
 
@@ -142,7 +143,7 @@ def bench_size(size: int, vgg, device: torch.device, cfg: Config, evals: int,
     rss_hwm_reset()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    module = StyleTransferModule(vgg, content, style, cfg).to(device)
+    module = module_for(vgg, content, style, cfg).to(device)
 
     def evaluation():
         module.losses(module.target)["total"].sum().backward()
@@ -249,7 +250,7 @@ def per_pair_overhead(pairs: int = 20, size: int = 32, steps: int = 10) -> tuple
     cfg = Config(optimizer="adam", size=size)
     vgg = load_vgg("random", cfg.layers_used)
     content = torch.rand(1, 3, size * 2 // 3, size)
-    module = StyleTransferModule(vgg, content, content, cfg)
+    module = module_for(vgg, content, content, cfg)
 
     def evaluation():
         module.losses(module.target)["total"].sum().backward()

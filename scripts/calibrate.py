@@ -1,5 +1,5 @@
 """Check that the presets stylise on any network: one fit per (preset, weights) through the product's
-own `stylize_pair`, then the saved output scored with the module's own (unweighted) losses.
+own `engine.stylize`, then the saved output scored with the module's own (unweighted) losses.
 
     .venv/bin/python scripts/calibrate.py --save runs/calibration
 
@@ -9,7 +9,7 @@ Acceptance, per (preset, weights), at --size 256 and --steps 100 loss evaluation
                   to the output's exact size)                                            <= 0.5
 Both losses are the per-term, unweighted ones of `StyleTransferModule.losses` (normalised as the
 preset says), against the same content features and style Grams the fit optimised. "The output" is
-the PNG `stylize_pair` saved (clamped to [0, 1], 8 bits), read back from disk.
+the PNG `engine.stylize` saved (clamped to [0, 1], 8 bits), read back from disk.
 
 Weights default to `random` plus the shared HED-VGG16 file (../shared/weights/vgg19_hed_features.pth,
 activations ~100x torchvision's) when it exists: a preset must not depend on one network's loss scale.
@@ -29,9 +29,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from stylebatch.config import PRESET_DIR, Config, load_preset, parse_set, resolve  # noqa: E402
-from stylebatch.engine import NonFiniteLossError, prepare_inputs, stylize_pair  # noqa: E402
-from stylebatch.images import load_image, resize, to_tensor  # noqa: E402
+from stylebatch.engine import Member, NonFiniteLossError, PairHooks, stylize  # noqa: E402
+from stylebatch.inputs import load_images, pass_inputs  # noqa: E402
 from stylebatch.module import StyleTransferModule  # noqa: E402
+from stylebatch.images import load_image, resize, to_tensor  # noqa: E402
+from stylebatch.engine import module_for  # noqa: E402
 from stylebatch.vgg import LAYER_INDEX, VGGFeatures, check_weights_path, load_vgg  # noqa: E402
 
 SHARED_WEIGHTS = REPO.parent / "shared" / "weights" / "vgg19_hed_features.pth"
@@ -80,25 +82,25 @@ def score(module: StyleTransferModule, image: torch.Tensor) -> tuple[float, floa
 
 
 def calibrate_one(preset: str, weights: str, vgg: VGGFeatures, args: argparse.Namespace, outdir: Path) -> dict:
-    """Fit one (preset, weights) with `stylize_pair`, then score the saved output."""
+    """Fit one (preset, weights) with `engine.stylize`, then score the saved output."""
     cfg = preset_config(preset, args)
     output = outdir / f"{Path(preset).stem}__{short_name(weights)}.png"
     with tempfile.TemporaryDirectory() as work:  # the fit's checkpoint and loss curve, thrown away
-        result = stylize_pair(content=args.content, style=args.style, cfg=cfg, vgg=vgg,
-                              device=torch.device("cpu"), ckpt_path=Path(work) / "last.ckpt", output=output,
-                              metadata={"preset": preset, "weights": weights})
+        member = Member(args.content, args.style, cfg, Path(work) / "last.ckpt", output,
+                        {"preset": preset, "weights": weights}, PairHooks())
+        (result,) = stylize([member], vgg, torch.device("cpu"))
     if result.interrupted:
         raise RuntimeError(f"{preset} / {weights}: the fit stopped after {result.evaluations} evaluations")
 
-    # Score the saved file against the targets the fit's last pass optimised towards (prepare_inputs:
+    # Score the saved file against the targets the fit's last pass optimised towards (pass_inputs:
     # content at the output's size, style at its own size); the content and style images themselves
     # are scored resized to the output's exact size.
     out = to_tensor(load_image(output, cfg.max_pixels).rgb)  # (1, 3, H, W), what the user gets
     h, w = out.shape[-2:]
     content_at_out = to_tensor(resize(load_image(args.content, cfg.max_pixels).rgb, (w, h)))
     style_at_out = to_tensor(resize(load_image(args.style, cfg.max_pixels).rgb, (w, h)))
-    content, style, _ = prepare_inputs(args.content, args.style, cfg)
-    module = StyleTransferModule(vgg, content, style, cfg)
+    inputs = pass_inputs(load_images(args.content, args.style, cfg), cfg)
+    module = module_for(vgg, inputs.content, inputs.styles[0], cfg)
     out_c, out_s = score(module, out)
     _, content_s = score(module, content_at_out)
     style_c, _ = score(module, style_at_out)

@@ -11,8 +11,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stylebatch.batching import stack  # noqa: E402
 from stylebatch.config import Config  # noqa: E402
+from stylebatch.engine import build_module, module_for  # noqa: E402
+from stylebatch.inputs import start_image  # noqa: E402
 from stylebatch.module import StyleTransferModule  # noqa: E402
 from stylebatch.vgg import load_vgg  # noqa: E402
 
@@ -44,16 +45,17 @@ def main() -> int:
     ok = True
     print("| check | s/eval | max abs diff | mean abs diff | verdict |")
     print("|---|---|---|---|---|")
-    ref, t32 = adam(StyleTransferModule(vgg, *pairs[0], cfg), 100, bf16=False)
-    out, t16 = adam(StyleTransferModule(vgg, *pairs[0], cfg), 100, bf16=True)
+    ref, t32 = adam(module_for(vgg, *pairs[0], cfg), 100, bf16=False)
+    out, t16 = adam(module_for(vgg, *pairs[0], cfg), 100, bf16=True)
     d = (out - ref).abs()
     good = d.mean().item() < 0.02
     ok &= good
     print(f"| fp32, 512 px, 100 Adam evals | {t32:.4f} | - | - | reference |")
     print(f"| bf16 autocast vs fp32 | {t16:.4f} | {d.max():.3e} | {d.mean():.3e} | {'PASS' if good else 'FAIL'} (mean < 0.02) |")
-    separate = [adam(StyleTransferModule(vgg, c, s, Config(**{**cfg.to_dict(), 'seed': i})), 50, False)
+    separate = [adam(module_for(vgg, c, s, Config(**{**cfg.to_dict(), 'seed': i})), 50, False)
                 for i, (c, s) in enumerate(pairs)]
-    batch = stack([StyleTransferModule(vgg, c, s, Config(**{**cfg.to_dict(), 'seed': i})) for i, (c, s) in enumerate(pairs)])
+    cfgs = [Config(**{**cfg.to_dict(), 'seed': i}) for i in range(len(pairs))]
+    batch = build_module(vgg, [(c, [s], k, start_image(c, [s], k)) for (c, s), k in zip(pairs, cfgs)])
     bt, tb = adam(batch, 50, False)
     d = torch.stack([(bt[i : i + 1] - separate[i][0]).abs() for i in range(8)])
     good = d.mean().item() < 5e-3

@@ -8,13 +8,11 @@ import dataclasses
 import json
 import logging
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from stylebatch import __version__
@@ -77,61 +75,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class RichReporter:
-    """Overall bar over pairs (done/failed/ETA) and the current pair's evaluations and loss; plain
-    lines when stdout is not a terminal."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.live = console.is_terminal
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not self.live,
-        )
-        self.failed = 0
-        self.overall = None
-        self.current = None
-        self.last_line = 0.0
-
-    def start(self, total: int, done: int, pending: int) -> None:
-        self.console.print(f"{total} pairs: {done} already done, {pending} to run", soft_wrap=True)
-        self.progress.start()
-        self.overall = self.progress.add_task("pairs", total=done + pending, completed=done, info="")
-
-    def pair_start(self, pair: Any, steps_done: int) -> None:
-        if self.current is not None:
-            self.progress.remove_task(self.current)
-        resumed = f" (resuming at {steps_done})" if steps_done else ""
-        self.current = self.progress.add_task(pair.name, total=pair.config.steps, completed=steps_done, info="")
-        if not self.live:
-            self.console.print(f"start {pair.name}{resumed}", soft_wrap=True)
-
-    def pair_progress(self, pair: Any, n: int, losses: dict[str, float]) -> None:
-        self.progress.update(self.current, completed=min(n, pair.config.steps), info=f"loss {losses.get('total', 0):.4g}")
-        if not self.live and time.monotonic() - self.last_line > 10:
-            self.console.print(f"  {pair.name}: {n}/{pair.config.steps} evaluations, loss {losses.get('total', 0):.4g}")
-            self.last_line = time.monotonic()
-
-    def pair_end(self, pair: Any, status: str, detail: str = "") -> None:
-        if status == "failed":
-            self.failed += 1
-        if status in ("done", "failed"):
-            self.progress.advance(self.overall)
-        self.progress.update(self.overall, info=f"failed {self.failed}" if self.failed else "")
-        line = f"{status} {pair.name}" + (f": {detail}" if detail else "")
-        if not self.live or status != "done":
-            self.console.print(line, soft_wrap=True, markup=False)
-
-    def waiting(self, ranks: list[int], counts: dict[str, int]) -> None:
-        if time.monotonic() - self.last_line > 10:
-            summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-            self.console.print(f"waiting for rank(s) {ranks}: {summary}", soft_wrap=True)
-            self.last_line = time.monotonic()
-
-    def stop(self) -> None:
-        self.progress.stop()
-
-
 def _load(args: argparse.Namespace):
     from stylebatch.config import parse_set
     from stylebatch.manifest import load_job
@@ -190,8 +133,15 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     if refuse:
         err.print(f"{len(job.all_problems)} problem(s); nothing was run (see --skip-invalid)", soft_wrap=True)
         return EXIT_INVALID
+    if args.from_image:
+        from stylebatch.provenance import batch_note
+
+        if note := batch_note(args.from_image):
+            err.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
     if fabric is None:
         opts.device = _device(args.accelerator)
+    from stylebatch.progress import RichReporter
+
     reporter = RichReporter(out)
     try:
         code = run_job(job, opts, reporter, fabric=fabric)

@@ -51,6 +51,7 @@ class Pair:
     entry: str  # where it came from, for messages: "pairs[2]" or "grid[5]"
     problems: list[str] = field(default_factory=list)
     out_size: tuple[int, int] | None = None  # (w, h)
+    content_size: tuple[int, int] | None = None  # (w, h) of the content file: fixes every pass's size
     id: str = ""
     styles: list[Path] = field(default_factory=list)  # a blend's style files (`style` is the first)
 
@@ -495,6 +496,7 @@ def _check_pair_files(pair: Pair, files: _FileChecker, where: str, weights: str)
     if not all(sizes.values()):
         return
     need = min_input_size(cfg.layers_used)
+    pair.content_size = sizes["content"]
     pair.out_size = fit_size(*sizes["content"], cfg.size)
     # The largest images are those of the final pass; the smallest, those of the first.
     first, last = cfg.scale_sizes[0], cfg.size

@@ -1,6 +1,6 @@
 """What an output says about itself, and a one-pair job that makes it again.
 
-Every output carries one JSON object (see `engine.stylize_pair` and `runner.pair_metadata`): the
+Every output carries one JSON object (`pair_metadata` plus what `write_output` adds): the
 pair's name and id, the absolute content/style paths and their sha256, the weights' identity and
 source, the effective config (every key), the evaluations and final losses, the output size, the
 device type and the versions of stylebatch, torch, torchvision, lightning, Pillow and Python.
@@ -13,20 +13,66 @@ refuses if an input or the weights are no longer the bytes that made the image.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import platform
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from stylebatch import __version__
 from stylebatch import config as cfgmod
+from stylebatch.config import Config
 from stylebatch.errors import StylebatchError
-from stylebatch.images import EXIF_IFD, EXIF_USER_COMMENT, USER_COMMENT_ASCII
+from stylebatch.images import EXIF_IFD, EXIF_USER_COMMENT, USER_COMMENT_ASCII, save_image
 from stylebatch.manifest import Job, Pair, _check_pair_files, _FileChecker
 from stylebatch.state import sha256_file
 from stylebatch.vgg import check_weights_path, weights_identity
 
 KEY = "stylebatch"
+
+
+def versions() -> dict[str, str]:
+    import lightning
+    import PIL
+    import torch
+    import torchvision
+
+    return {"stylebatch": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "lightning": lightning.__version__, "pillow": PIL.__version__, "python": platform.python_version()}
+
+
+def pair_metadata(job: Job, pair: Pair, weights_id: str) -> dict[str, Any]:
+    """What an output carries about its pair: enough to reproduce it."""
+    return {
+        "name": pair.name,
+        "id": pair.id,
+        "content": str(pair.content.resolve()),  # absolute: `run --from` finds them from anywhere
+        "style": str(pair.style.resolve()),
+        "content_sha256": sha256_file(pair.content),
+        "style_sha256": sha256_file(pair.style),
+        "weights": weights_id,
+        "weights_source": job.weights if job.weights in ("imagenet", "random") else str(Path(job.weights).resolve()),
+        "config": pair.config.to_dict(),
+        "versions": versions(),
+        **({"styles": [str(p.resolve()) for p in pair.styles],  # a blend: every style file
+            "styles_sha256": [sha256_file(p) for p in pair.styles]} if len(pair.styles) > 1 else {}),
+    }
+
+
+def write_output(image: Image.Image, output: Path, cfg: Config, device: Any, meta: dict[str, Any]) -> str:
+    """Save a finished pair's image atomically with its settings, inputs and versions embedded;
+    returns the file's sha256."""
+    import torch
+
+    meta = {**meta, "device": device.type, "output_size": list(image.size), "encoding": cfg.encoding(),
+            "versions": versions()}
+    if device.type == "cpu":
+        meta["cpu_threads"] = torch.get_num_threads()  # CPU float results depend on it (`run --from` uses it)
+    text = {KEY: json.dumps(meta, sort_keys=True, default=str)}  # ASCII: json escapes the rest
+    data = save_image(image, output, text=text, format=cfg.format, quality=cfg.quality)
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -66,6 +112,18 @@ def recorded_threads(path: str | Path) -> int | None:
     except StylebatchError:
         return None
     return int(threads) if isinstance(threads, int) and threads > 0 else None
+
+
+def batch_note(path: str | Path) -> str | None:
+    """What `run --from` says before it reruns an output that was made in a batch, or None."""
+    try:
+        batch = read_metadata(path).get("batch")
+    except StylebatchError:
+        return None
+    if not isinstance(batch, list) or len(batch) < 2:
+        return None
+    return (f"{path} was made in a batch of {len(batch)} ({', '.join(map(str, batch))}); it is rerun alone, so "
+            "the result matches it within the batching tolerance (see batch_size), not bit for bit")
 
 
 def input_files(meta: dict[str, Any]) -> list[tuple[str, str, str | None]]:

@@ -1,8 +1,9 @@
 """The job runner: lock, plan, run each pending pair with failure isolation, handle signals, and
 compute the exit code from the on-disk state.
 
-Top to bottom: `run_job` (rank 0's stateful work, then the worker loop) → `run_pairs` (one
-worker's share) → `_run_one` (one pair, its records, its failure isolation).
+Top to bottom: `run_job` (rank 0's stateful work and the plan, then its own share) →
+`run_batches` (one worker's share, batch by batch) → `_run_batch` (one batch through
+`engine.stylize`, its records, its failure isolation).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from typing import Any
 import torch
 
 from stylebatch.atomic import atomic_write, fault_point, remove_stale_temps
+from stylebatch.engine import Member, NonFiniteLossError, PairHooks, PairResult, stylize
 from stylebatch.errors import EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StylebatchError
-from stylebatch.batching import group
-from stylebatch.engine import Member, NonFiniteLossError, PairHooks, stylize_batch, stylize_pair, versions
 from stylebatch.manifest import Job, Pair
+from stylebatch.plan import plan as make_plan
+from stylebatch.provenance import pair_metadata
 from stylebatch.state import HOST, JobState, effective_status, sha256_file
 from stylebatch.vgg import VGGFeatures, load_vgg, weights_identity
 
@@ -46,8 +48,8 @@ class RunOptions:
 class Reporter:
     """What the runner tells the user; the CLI draws it with rich. This one stays silent."""
 
-    def start(self, total: int, done: int, pending: int) -> None: ...
-    def pair_start(self, pair: Pair, steps_done: int) -> None: ...
+    def start(self, total: int, done: int, pending: list[Pair]) -> None: ...
+    def pair_start(self, pair: Pair, steps_done: int, batch: list[str] | None) -> None: ...
     def pair_progress(self, pair: Pair, evaluations: int, losses: dict[str, float]) -> None: ...
     def pair_end(self, pair: Pair, status: str, detail: str = "") -> None: ...
     def waiting(self, ranks: list[int], counts: dict[str, int]) -> None: ...
@@ -86,24 +88,6 @@ class StopFlag:
         self._previous.clear()
 
 
-def pair_metadata(job: Job, pair: Pair, weights_id: str) -> dict[str, Any]:
-    """What an output carries in its PNG text chunk: enough to reproduce it."""
-    return {
-        "name": pair.name,
-        "id": pair.id,
-        "content": str(pair.content.resolve()),  # absolute: `run --from` finds them from anywhere
-        "style": str(pair.style.resolve()),
-        "content_sha256": sha256_file(pair.content),
-        "style_sha256": sha256_file(pair.style),
-        "weights": weights_id,
-        "weights_source": job.weights if job.weights in ("imagenet", "random") else str(Path(job.weights).resolve()),
-        "config": pair.config.to_dict(),
-        "versions": versions(),
-        **({"styles": [str(p.resolve()) for p in pair.styles],  # a blend: every style file
-            "styles_sha256": [sha256_file(p) for p in pair.styles]} if len(pair.styles) > 1 else {}),
-    }
-
-
 def _output_path(job: Job, pair: Pair) -> Path:
     return job.output_dir / f"{pair.name}.{pair.config.format}"
 
@@ -130,20 +114,6 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions) -> bool:
     if status == "failed" and record.get("attempts", 0) >= pair.config.max_attempts and not opts.retry_failed:
         return False
     return True
-
-
-def assign(pairs: list[Pair], world: int, recorded: dict[str, list[str]] | None = None) -> list[list[Pair]]:
-    """Balance pairs over `world` workers by estimated cost (pixels x steps): batches (see
-    batching.group) stay whole; the costliest first, each to the least-loaded worker (ties by name
-    and rank, so the plan is deterministic)."""
-    shares: list[list[Pair]] = [[] for _ in range(world)]
-    load = [0] * world
-    batches = group(pairs, recorded or {})
-    for batch in sorted(batches, key=lambda b: (-sum(p.cost for p in b), b[0].name)):
-        rank = min(range(world), key=lambda r: (load[r], r))
-        shares[rank] += batch
-        load[rank] += max(sum(p.cost for p in batch), 1)
-    return shares
 
 
 def launch(accelerator: str, devices: str, num_nodes: int, sync_timeout: float):
@@ -206,19 +176,19 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             _write_job_file(job, state)
             _record_invalid(job, state)
             vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
-            plan = [p for p in job.valid_pairs if needs_work(job, state, p, opts)]
-            shares = assign(plan, world, _recorded_batches(state, plan))
+            pending = [p for p in job.valid_pairs if needs_work(job, state, p, opts)]
+            shares = make_plan(pending, world, _recorded_batches(state, pending))  # batches of names, per rank
         except BaseException as e:
             if fabric is not None:
                 fabric.broadcast({"abort": str(e)}, src=0)  # let the workers exit 0 instead of hanging
             raise
         if fabric is not None:
-            fabric.broadcast({"shares": [[p.name for p in share] for share in shares]}, src=0)
-        reporter.start(len(job.pairs), len(job.valid_pairs) - len(plan), len(plan))
-        log.info("plan: %s", {r: [p.name for p in share] for r, share in enumerate(shares)})
+            fabric.broadcast({"shares": shares}, src=0)
+        reporter.start(len(job.pairs), len(job.valid_pairs) - len(pending), pending)
+        log.info("plan: %s", dict(enumerate(shares)))
         stop.install()
         try:
-            run_pairs(job, shares[0], vgg, _rank_device(fabric, opts), state, stop, reporter, rank=0)
+            run_batches(job, shares[0], vgg, _rank_device(fabric, opts), state, stop, reporter, rank=0)
             if world > 1:
                 _wait_for_workers(state, world, opts.sync_timeout, reporter, job)
         finally:
@@ -241,8 +211,7 @@ def _worker(fabric: Any, job: Job, opts: RunOptions) -> int:
         return 0  # rank 0 reports the problem and sets the exit code
     _open_log(state, rank=rank)
     _log_rank(fabric)
-    by_name = {p.name: p for p in job.valid_pairs}
-    mine = [by_name[name] for name in msg["shares"][rank]]
+    mine = msg["shares"][rank]
     stop = StopFlag()
     rank_file = state.root / "ranks" / f"rank{rank}.json"
     rank_file.parent.mkdir(parents=True, exist_ok=True)
@@ -250,7 +219,7 @@ def _worker(fabric: Any, job: Job, opts: RunOptions) -> int:
     stop.install()
     try:
         vgg = load_vgg(job.weights, job.layers_used)  # rank 0 already downloaded it: from the cache
-        run_pairs(job, mine, vgg, fabric.device, state, stop, Reporter(), rank=rank)
+        run_batches(job, mine, vgg, fabric.device, state, stop, Reporter(), rank=rank)
     except StylebatchError as e:
         log.error("rank %d: %s", rank, e)
     finally:
@@ -323,27 +292,25 @@ def _recorded_batches(state: JobState, pairs: list[Pair]) -> dict[str, list[str]
     return {name: members for name, members in recorded.items() if members}
 
 
-def run_pairs(
-    job: Job, plan: list[Pair], vgg: VGGFeatures, device: torch.device, state: JobState, stop: StopFlag,
+def run_batches(
+    job: Job, batches: list[list[str]], vgg: VGGFeatures, device: torch.device, state: JobState, stop: StopFlag,
     reporter: Reporter, rank: int,
 ) -> None:
-    """One worker's loop over its pairs (in batches, see batching.py); a failure never stops the others."""
+    """One worker's loop over its share of the plan (batches of pair names, in plan order); a failure
+    never stops the others."""
     vgg.to(device)
     weights_id = weights_identity(job.weights)
-    batches = group(plan, _recorded_batches(state, plan))
-    for i, batch in enumerate(batches):
+    by_name = {p.name: p for p in job.valid_pairs}
+    for i, names in enumerate(batches):
         if stop or (state.root / "stop").exists():
             break
         if i:
             fault_point("between_pairs")
-        if len(batch) == 1:
-            _run_one(job, batch[0], vgg, device, state, stop, reporter, rank, weights_id)
-        else:
-            _run_batch(job, batch, vgg, device, state, stop, reporter, rank, weights_id)
+        _run_batch(job, [by_name[n] for n in names], vgg, device, state, stop, reporter, rank, weights_id)
 
 
 def _begin(job: Job, pair: Pair, state: JobState, stop: StopFlag, reporter: Reporter, rank: int,
-           batch: list[str] | None = None) -> tuple[PairHooks, float]:
+           batch: list[str] | None) -> tuple[PairHooks, float]:
     """Mark a pair running (owner, attempt, batch membership) and make the hooks that watch it."""
     record = state.read(pair.name) or {}
     started = time.time()
@@ -352,7 +319,7 @@ def _begin(job: Job, pair: Pair, state: JobState, stop: StopFlag, reporter: Repo
         "steps": pair.config.steps, "started": started, "error": None, "output": _output_path(job, pair).name,
         "batch": batch, **state.owner(rank),
     })
-    reporter.pair_start(pair, int(record.get("steps_done", 0)))
+    reporter.pair_start(pair, int(record.get("steps_done", 0)), batch)
     last_beat = [time.monotonic()]
 
     def on_progress(n: int, losses: dict[str, float]) -> None:
@@ -370,56 +337,34 @@ def _begin(job: Job, pair: Pair, state: JobState, stop: StopFlag, reporter: Repo
     return hooks, started
 
 
-def _conclude(job: Job, pair: Pair, state: JobState, reporter: Reporter, result: Any, started: float) -> None:
+def _conclude(job: Job, pair: Pair, state: JobState, reporter: Reporter, result: PairResult, started: float) -> None:
     if result.interrupted:
         state.update(pair.name, status="interrupted", steps_done=result.evaluations, heartbeat=time.time())
         reporter.pair_end(pair, "interrupted")
         return
     if not pair.config.keep_checkpoints:
         state.checkpoint_path(pair.name).unlink(missing_ok=True)
+    seconds = round(time.time() - started, 3)
     state.update(
         pair.name, status="done", steps_done=result.evaluations, output_sha256=result.output_sha256,
-        encoding=pair.config.encoding(),
-        losses=result.losses, seconds=round(time.time() - started, 3), finished=time.time(),
+        encoding=pair.config.encoding(), losses=result.losses, seconds=seconds, finished=time.time(),
     )
-    log.info("%s: done, %d evaluations, %.1fs, losses %s", pair.name, result.evaluations, result.seconds, result.losses)
-    reporter.pair_end(pair, "done")
-
-
-def _run_one(
-    job: Job, pair: Pair, vgg: VGGFeatures, device: torch.device, state: JobState, stop: StopFlag,
-    reporter: Reporter, rank: int, weights_id: str,
-) -> None:
-    hooks, started = _begin(job, pair, state, stop, reporter, rank)
-    try:
-        fault_point(f"pair:{pair.name}")
-        result = stylize_pair(
-            content=pair.content, style=pair.style_arg, cfg=pair.config, vgg=vgg, device=device,
-            ckpt_path=state.checkpoint_path(pair.name), output=_output_path(job, pair),
-            metadata=pair_metadata(job, pair, weights_id), hooks=hooks,
-        )
-    except torch.cuda.OutOfMemoryError as e:
-        e.__traceback__ = None  # its frames hold the pair's tensors: drop them so _free_memory frees them
-        w, h = pair.out_size or (0, 0)
-        _fail(state, pair, reporter, f"out of memory at {w}x{h}; lower 'size' or use optimizer: adam")
-        _free_memory(device)
-        return
-    except Exception as e:  # noqa: BLE001 (isolate the pair)
-        _fail(state, pair, reporter, _reason(pair, e))
-        return
-    _conclude(job, pair, state, reporter, result, started)
+    shared = f"batch of {result.batch_size}, " if result.batch_size > 1 else ""
+    log.info("%s: done, %d evaluations, %s%.1fs, losses %s", pair.name, result.evaluations, shared, seconds,
+             result.losses)
+    reporter.pair_end(pair, "done", f"{shared}{seconds:.1f} s")
 
 
 def _run_batch(
     job: Job, batch: list[Pair], vgg: VGGFeatures, device: torch.device, state: JobState, stop: StopFlag,
     reporter: Reporter, rank: int, weights_id: str,
 ) -> None:
-    """Same-size Adam pairs optimised together. If the batch fails (out of memory, or any error of
-    one member: an image changed since validation, an unwritable output), its pairs are run again
-    one by one, each from its own checkpoint: the faulty pair fails with its own reason and the
-    others finish, as they would have unbatched."""
-    names = [p.name for p in batch]
-    begun = [_begin(job, p, state, stop, reporter, rank, batch=names) for p in batch]
+    """A batch (often of one pair) through `engine.stylize`. If a batch of several fails (out of
+    memory, or any error of one member: an image changed since validation, an unwritable output),
+    its pairs are run again one by one, each from its own checkpoint: the faulty pair fails with
+    its own reason and the others finish, as they would have unbatched."""
+    names = [p.name for p in batch] if len(batch) > 1 else None
+    begun = [_begin(job, p, state, stop, reporter, rank, names) for p in batch]
     members = [
         Member(p.content, p.style_arg, p.config, state.checkpoint_path(p.name), _output_path(job, p),
                pair_metadata(job, p, weights_id), hooks)
@@ -428,25 +373,32 @@ def _run_batch(
     try:
         for p in batch:
             fault_point(f"pair:{p.name}")
-        results = stylize_batch(members, vgg, device)
-    except Exception as e:  # noqa: BLE001 (isolate the faulty member from the rest of the batch)
-        if isinstance(e, torch.cuda.OutOfMemoryError):
-            why = "out of memory"
-        else:
+        results = stylize(members, vgg, device)
+    except Exception as e:  # noqa: BLE001 (isolate the pair, or the faulty member from the rest of the batch)
+        oom = isinstance(e, torch.cuda.OutOfMemoryError)
+        why = "out of memory" if oom else _reason(batch[0], e) if len(batch) == 1 else \
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if len(batch) > 1 and not oom:
             log.warning("batch %s failed:\n%s", names, traceback.format_exc())
-            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        e.__traceback__ = None  # its frames hold the batch's tensors: let _free_memory free them
+        e.__traceback__ = None  # its frames hold the batch's tensors: drop them so _free_memory frees them
         results = None
     if results is not None:
         for p, result, (_, started) in zip(batch, results, begun):
             _conclude(job, p, state, reporter, result, started)
         return
     _free_memory(device)
+    if len(batch) == 1:
+        if why == "out of memory":
+            w, h = batch[0].out_size or (0, 0)
+            why = f"out of memory at {w}x{h}; lower 'size'" + ("" if batch[0].config.optimizer == "adam" else
+                                                              " or use optimizer: adam")
+        _fail(state, batch[0], reporter, why)
+        return
     log.warning("batch %s: %s; running its pairs one by one", names, why)
     for p in batch:
         # The batch's attempt does not count: each pair's own run below is its attempt.
         state.update(p.name, batch=None, attempts=max(0, int((state.read(p.name) or {}).get("attempts", 1)) - 1))
-        _run_one(job, p, vgg, device, state, stop, reporter, rank, weights_id)
+        _run_batch(job, [p], vgg, device, state, stop, reporter, rank, weights_id)
 
 
 def _reason(pair: Pair, e: Exception) -> str:

@@ -13,6 +13,8 @@ import torch
 import yaml
 from PIL import Image
 
+from stylebatch.engine import module_for  # noqa: F401 (re-exported for tests: the module for tensors)
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Small but real: conv5_1 needs 16 px, so 32 px leaves two pools of room. Adam and L-BFGS pairs,
@@ -107,3 +109,12 @@ def run_with_sigterm_at(manifest: Path, evaluation: int, *args: str) -> tuple[in
         mp.setattr(engine._BudgetCallback, "on_train_batch_end", send_sigterm_once)
         code = main(["run", str(manifest), *args])
     return code, bool(fired)
+
+
+def fit_one(vgg, content: Path, style: Any, cfg: Any, ckpt_path: Path, output: Path, hooks: Any = None,
+            metadata: dict | None = None):
+    """One pair through the product's one fit path (`engine.stylize`, a batch of one)."""
+    from stylebatch.engine import Member, PairHooks, stylize
+
+    member = Member(content, style, cfg, ckpt_path, output, metadata or {}, hooks or PairHooks())
+    return stylize([member], vgg, torch.device("cpu"))[0]

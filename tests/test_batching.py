@@ -1,18 +1,19 @@
-"""Batched Adam pairs follow separate runs; checkpoints split per pair and join back exactly."""
+"""Batches follow separate runs: Adam pairs, coarse-to-fine passes, weight sweeps, snapshots and
+each member's own losses; checkpoints split per pair and join back exactly; a batch resumes exactly."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from stylebatch.batching import batch_key, batch_limit, group, join_checkpoints, split_checkpoint, stack
+from stylebatch.checkpoint import join_checkpoints, split_checkpoint
 from stylebatch.cli import main
 from stylebatch.config import Config
-from stylebatch.module import StyleTransferModule
 from stylebatch.vgg import load_vgg
-from tests.jobkit import final_target, records, run_with_sigterm_at, temp_files, tiny_job
+from tests.jobkit import final_target, module_for, records, run_subprocess, run_with_sigterm_at, temp_files, tiny_job
 
 CFG = Config(optimizer="adam", lr=0.05, size=32, steps=8, batch_size=3, style_layers={"conv1_1": 1.0, "conv2_1": 1.0, "conv3_1": 1.0}, content_layer="conv2_2")
 
@@ -22,8 +23,8 @@ def _inputs(i: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(1, 3, 24, 32, generator=g), torch.rand(1, 3, 20 + 4 * i, 32, generator=g)  # styles differ in size
 
 
-def _adam(module: StyleTransferModule, steps: int) -> torch.Tensor:
-    opt = torch.optim.Adam([module.target], lr=module.cfg.learning_rate)
+def _adam(module, steps: int) -> torch.Tensor:
+    opt = torch.optim.Adam([module.target], lr=module.optimizer_spec.lr)
     for _ in range(steps):
         opt.zero_grad()
         module.losses(module.target)["total"].sum().backward()
@@ -33,11 +34,23 @@ def _adam(module: StyleTransferModule, steps: int) -> torch.Tensor:
     return module.target.detach()
 
 
+def _batch(vgg, cfgs: list[Config]):
+    """One module for the members i = 0.. with their own inputs and configs (engine.build_module)."""
+    from stylebatch.engine import build_module
+    from stylebatch.inputs import start_image
+
+    parts = []
+    for i, cfg in enumerate(cfgs):
+        c, s = _inputs(i)
+        parts.append((c, [s], cfg, start_image(c, [s], cfg)))
+    return build_module(vgg, parts)
+
+
 def test_batched_adam_matches_separate_runs() -> None:
     vgg = load_vgg("random", CFG.layers_used)
     cfgs = [Config(**{**CFG.to_dict(), "init": "noise", "seed": i}) for i in range(3)]
-    separate = [_adam(StyleTransferModule(vgg, *_inputs(i), cfgs[i]), 8) for i in range(3)]
-    batched = _adam(stack([StyleTransferModule(vgg, *_inputs(i), cfgs[i]) for i in range(3)]), 8)
+    separate = [_adam(module_for(vgg, *_inputs(i), cfgs[i]), 8) for i in range(3)]
+    batched = _adam(_batch(vgg, cfgs), 8)
     assert batched.shape == (3, 3, 24, 32)
     for i in range(3):
         diff = (batched[i : i + 1] - separate[i]).abs().max().item()
@@ -46,15 +59,40 @@ def test_batched_adam_matches_separate_runs() -> None:
     assert (separate[0] - separate[1]).abs().max() > 0.05
 
 
+def test_members_with_different_weights_match_their_separate_runs() -> None:
+    """Loss weights are (B,) tensors: members with other alpha, beta, TV and layer weights (and one
+    not normalised) share a module; each gets exactly its own gradient, and after 8 Adam steps each
+    is its separate run within the batching tolerance."""
+    vgg = load_vgg("random", CFG.layers_used)
+    variants = [{"style_weight": 0.1}, {"style_weight": 30.0, "tv_weight": 5.0},
+                {"content_weight": 0.2, "style_layers": {"conv1_1": 3.0, "conv2_1": 0.0, "conv3_1": 1.0}},
+                {"normalize_losses": False, "style_weight": 1e3}]  # absolute losses: ~1e-4 here
+    cfgs = [Config(**{**CFG.to_dict(), "init": "noise", "seed": i, **v}) for i, v in enumerate(variants)]
+    batch = _batch(vgg, cfgs)
+    batch.losses(batch.target)["total"].sum().backward()
+    for i in range(4):
+        alone = module_for(vgg, *_inputs(i), cfgs[i])
+        alone.losses(alone.target)["total"].sum().backward()
+        rel = (batch.target.grad[i : i + 1] - alone.target.grad).abs().max() / alone.target.grad.abs().max()
+        assert rel < 1e-4, f"member {i} ({variants[i]}): relative gradient difference {rel:.2e}"
+    separate = [_adam(module_for(vgg, *_inputs(i), cfgs[i]), 8) for i in range(4)]
+    batched = _adam(_batch(vgg, cfgs), 8)
+    for i in range(4):
+        # Adam's normalised step turns rounding noise into lr-sized moves where a gradient is ~0.
+        diff = (batched[i : i + 1] - separate[i]).abs()
+        assert diff.mean() < 1e-3, f"member {i} ({variants[i]}) differs by {diff.mean():.2e} on average"
+    assert (separate[0] - separate[1]).abs().mean() > 0.01  # the weights really change the result
+
+
 def test_summed_not_mean_loss_keeps_each_gradient_its_own() -> None:
     vgg = load_vgg("random", CFG.layers_used)
-    members = [StyleTransferModule(vgg, *_inputs(i), CFG) for i in range(2)]
+    members = [module_for(vgg, *_inputs(i), CFG) for i in range(2)]
     alone = []
     for m in members:
         m.losses(m.target)["total"].sum().backward()
         alone.append(m.target.grad.clone())
         m.target.grad = None
-    batch = stack([StyleTransferModule(vgg, *_inputs(i), CFG) for i in range(2)])
+    batch = _batch(vgg, [CFG, CFG])
     batch.losses(batch.target)["total"].sum().backward()
     for i in range(2):
         rel = (batch.target.grad[i : i + 1] - alone[i]).abs().max() / alone[i].abs().max()
@@ -67,63 +105,27 @@ def test_checkpoint_split_then_join_is_exact() -> None:
         "state_dict": {"target": torch.rand(b, 3, 4, 4), "ema_steps": torch.tensor(5)},
         "optimizer_states": [{"state": {0: {"step": torch.tensor(7.0), "exp_avg": torch.rand(b, 3, 4, 4),
                                             "exp_avg_sq": torch.rand(b, 3, 4, 4)}}, "param_groups": [{"lr": 0.1}]}],
-        "stylebatch": {"evaluations": 7},
+        "stylebatch": {"evaluations": 7, "scale": 1, "losses": {"content": torch.rand(b), "total": torch.rand(b)}},
         "global_step": 7,
     }
     parts = split_checkpoint(ckpt, b)
     assert [p["state_dict"]["target"].shape[0] for p in parts] == [1, 1, 1]
     assert torch.equal(parts[1]["optimizer_states"][0]["state"][0]["exp_avg"], ckpt["optimizer_states"][0]["state"][0]["exp_avg"][1:2])
+    assert float(parts[2]["stylebatch"]["losses"]["content"]) == float(ckpt["stylebatch"]["losses"]["content"][2])
     joined = join_checkpoints(parts)
     assert torch.equal(joined["state_dict"]["target"], ckpt["state_dict"]["target"])
     assert torch.equal(joined["state_dict"]["ema_steps"], ckpt["state_dict"]["ema_steps"])
     for k in ("step", "exp_avg", "exp_avg_sq"):
         assert torch.equal(joined["optimizer_states"][0]["state"][0][k], ckpt["optimizer_states"][0]["state"][0][k])
-    assert joined["global_step"] == 7
-
-
-@dataclass
-class _P:
-    name: str
-    config: Config
-    out_size: tuple[int, int] = (32, 24)
-
-
-def test_grouping_rules() -> None:
-    adam = CFG
-    pairs = [_P(f"a{i}", Config(**{**adam.to_dict(), "seed": i})) for i in range(5)]
-    pairs.append(_P("lbfgs", Config(**{**adam.to_dict(), "optimizer": "lbfgs"})))
-    pairs.append(_P("big", adam, out_size=(64, 48)))
-    pairs.append(_P("other_weight", Config(**{**adam.to_dict(), "style_weight": 5.0})))
-    batches = [[p.name for p in b] for b in group(pairs, recorded={})]
-    assert ["a0", "a1", "a2"] in batches and ["a3", "a4"] in batches  # chunks of batch_size, seeds may differ
-    assert ["lbfgs"] in batches and ["big"] in batches and ["other_weight"] in batches  # never mixed
-    # Each batch takes its first member's place: the plan's order (costliest first) is kept.
-    assert batches == [["a0", "a1", "a2"], ["a3", "a4"], ["lbfgs"], ["big"], ["other_weight"]]
-    assert batch_key(pairs[5]) is None
-    # A recorded batch (from an interrupted run) keeps its members together.
-    batches = [[p.name for p in b] for b in group(pairs, recorded={"a1": ["a1", "a3", "a4"]})]
-    assert ["a1", "a3", "a4"] in batches and ["a0", "a2"] in batches
-    # ...unless batching was turned off since: then every pair resumes alone.
-    off = [_P(p.name, Config(**{**p.config.to_dict(), "batch_size": 1})) for p in pairs[:5]]
-    assert group(off, recorded={"a1": ["a1", "a3", "a4"]}) == [[p] for p in off]
-    assert sorted(n for b in batches for n in b) == sorted(p.name for p in pairs)
-
-
-def test_batch_pixels_caps_a_batch_by_its_total_pixels() -> None:
-    """`batch_pixels` bounds a batch's memory: 5 same-size pairs of 32x24 (768 px each) with room
-    for two per batch come in batches of 2, 2, 1; with room for less than two, none is batched."""
-    two = Config(**{**CFG.to_dict(), "batch_size": 4, "batch_pixels": 2 * 768 + 767})
-    pairs = [_P(f"a{i}", Config(**{**two.to_dict(), "seed": i})) for i in range(5)]
-    assert [batch_limit(p) for p in pairs] == [2] * 5
-    assert [[p.name for p in b] for b in group(pairs, recorded={})] == [["a0", "a1"], ["a2", "a3"], ["a4"]]
-    one = Config(**{**two.to_dict(), "batch_pixels": 2 * 768 - 1})
-    alone = [_P(f"b{i}", Config(**{**one.to_dict(), "seed": i})) for i in range(3)]
-    assert batch_key(alone[0]) is None
-    assert [[p.name for p in b] for b in group(alone, recorded={})] == [["b0"], ["b1"], ["b2"]]
-    # The defaults: 4 pairs at 512 px (4:3 or square), 2 at 768, 1 at 1024.
-    default = Config(optimizer="adam")
-    assert [batch_limit(_P("x", default, out_size=s)) for s in [(512, 384), (512, 512), (768, 576), (1024, 768)]] \
-        == [4, 4, 2, 1]
+    assert torch.equal(joined["stylebatch"]["losses"]["total"], ckpt["stylebatch"]["losses"]["total"])
+    assert joined["global_step"] == 7 and joined["stylebatch"]["scale"] == 1
+    parts[1]["stylebatch"] = {**parts[1]["stylebatch"], "scale": 0}
+    try:
+        join_checkpoints(parts)
+    except ValueError as e:
+        assert "different (pass, evaluations)" in str(e)
+    else:
+        raise AssertionError("members at different passes were joined")
 
 
 # --- end to end through the runner ---------------------------------------------------------------
@@ -237,3 +239,82 @@ def test_batching_turned_off_on_resume_continues_each_pair_alone(tmp_path: Path,
     after = curve.read_text().splitlines()
     assert [row.split(",")[0] for row in before[1:]] == ["5", "10"]
     assert after[:3] == before and [row.split(",")[0] for row in after[3:]] == ["15", "20", "25", "30"]
+
+
+# --- one fit path: what a batch member gets is what it gets alone ------------------------------------
+
+SWEEP = {"content": ["images/a.png"], "style": ["images/s1.png"], "style_weight": [0.3, 1.0, 3.0, 10.0]}
+C2F = {"optimizer": "adam", "lr": 0.02, "scales": [16], "ema_decay": 0.5, "save_every": 10, "steps": 30,
+       "content_layer": "conv2_2", "style_layers": {"conv1_1": 1.0, "conv2_1": 1.0, "conv3_1": 1.0}}
+
+
+def _sweep_job(root: Path, batch_size: int) -> Path:
+    return tiny_job(root, pairs=[], grid=SWEEP, defaults={**C2F, "batch_size": batch_size})
+
+
+def _meta(path: Path) -> dict:
+    return json.loads(Image.open(path).text["stylebatch"])
+
+
+def test_a_coarse_to_fine_weight_sweep_is_one_batch_and_each_member_matches_its_separate_run(tmp_path: Path) -> None:
+    """The α/β sweep with coarse-to-fine passes, iterate averaging and snapshots (`modern`'s kind of
+    fit) runs as one batch of 4; each member's output, snapshots and losses are its own and match its
+    separate run within the batching tolerance; re-rendered from its kept checkpoint it carries the
+    same losses."""
+    alone, batched = tmp_path / "alone", tmp_path / "batched"
+    assert main(["run", str(_sweep_job(alone, 1)), "--weights", "random"]) == 0
+    assert main(["run", str(_sweep_job(batched, 4)), "--weights", "random"]) == 0
+    names = [f"a__s1__style_weight-{w:g}" for w in SWEEP["style_weight"]]
+    recs = records(batched / "out")
+    assert all(recs[n]["batch"] == names and recs[n]["steps_done"] == 30 for n in names), recs
+    assert all(r["batch"] is None for r in records(alone / "out").values())
+    for n in names:
+        diff = (final_target(batched / "out", n) - final_target(alone / "out", n)).abs()
+        assert diff.mean() < 5e-3 and diff.max() < 0.1, f"{n}: mean {diff.mean():.2e}, max {diff.max():.2e}"
+        # Snapshots: the same evaluation counts (across both passes), each this member's picture.
+        snaps = {d: sorted((d / "out" / ".stylebatch" / "pairs" / n).glob("iter_*.png")) for d in (alone, batched)}
+        assert [p.name for p in snaps[batched]] == [p.name for p in snaps[alone]] == ["iter_10.png", "iter_20.png", "iter_30.png"]
+        for a, b in zip(snaps[alone], snaps[batched]):
+            pa, pb = (torch.tensor(list(Image.open(p).convert("RGB").getdata()), dtype=torch.float32) for p in (a, b))
+            assert (pa - pb).abs().mean() / 255 < 5e-3, f"{n} {a.name}"
+        # Its own losses: embedded in its output, in its record and in its checkpoint slice, and close
+        # to what it got alone (not the batch's sums).
+        own = _meta(batched / "out" / f"{n}.png")["losses"]
+        ckpt = torch.load(batched / "out" / ".stylebatch" / "pairs" / n / "last.ckpt", weights_only=True)
+        assert own == recs[n]["losses"] == {k: float(v) for k, v in ckpt["stylebatch"]["losses"].items()}
+        single = _meta(alone / "out" / f"{n}.png")["losses"]
+        assert all(abs(own[k] - single[k]) <= 0.05 * abs(single[k]) + 1e-6 for k in single), (own, single)
+        assert _meta(batched / "out" / f"{n}.png")["batch"] == names
+    totals = [_meta(batched / "out" / f"{n}.png")["losses"]["total"] for n in names]
+    assert len(set(totals)) == 4  # four different members, not one sum copied four times
+    # Re-rendered from the kept checkpoints (outputs deleted): the same pictures and the same losses.
+    before = {n: (batched / "out" / f"{n}.png").read_bytes() for n in names}
+    for n in names:
+        (batched / "out" / f"{n}.png").unlink()
+    assert main(["run", str(_sweep_job(batched, 4)), "--weights", "random"]) == 0
+    for n in names:
+        assert _meta(batched / "out" / f"{n}.png")["losses"] == recs[n]["losses"]
+        assert (batched / "out" / f"{n}.png").read_bytes() == before[n]
+
+
+def test_a_batch_killed_at_a_checkpoint_resumes_bit_identical(tmp_path: Path) -> None:
+    """SIGKILL right after a batch's second checkpoint (inside the second pass), then the same
+    command again: every member ends bit-identical to an uninterrupted batched run."""
+    reference = tmp_path / "reference"
+    assert main(["run", str(_sweep_job(reference, 4)), "--weights", "random", "--set", "checkpoint_every=8"]) == 0
+    root = tmp_path / "killed"
+    manifest = _sweep_job(root, 4)
+    marker = tmp_path / "fired"
+    proc = run_subprocess(["run", str(manifest), "--weights", "random", "--set", "checkpoint_every=8"], cwd=root,
+                          STYLEBATCH_FAULT="after_checkpoint@2", STYLEBATCH_FAULT_MARKER=str(marker))
+    assert marker.exists() and proc.returncode == -9, proc.stderr
+    # Killed after the second checkpoint was on disk, before its record said so.
+    assert {r["steps_done"] for r in records(root / "out").values()} == {8}
+    ckpts = [torch.load(p, weights_only=True) for p in (root / "out" / ".stylebatch" / "pairs").glob("*/last.ckpt")]
+    assert len(ckpts) == 4 and {(c["stylebatch"]["scale"], c["stylebatch"]["evaluations"]) for c in ckpts} == {(1, 23)}  # pass 2 starts at 15
+    assert main(["run", str(manifest), "--weights", "random", "--set", "checkpoint_every=8"]) == 0
+    assert not temp_files(root / "out")
+    for n in records(reference / "out"):
+        assert torch.equal(final_target(root / "out", n), final_target(reference / "out", n)), n
+        pixels = [Image.open(d / "out" / f"{n}.png").tobytes() for d in (root, reference)]
+        assert pixels[0] == pixels[1], n  # (the files' embedded paths differ: two job directories)

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from stylebatch import color, controls, engine
+from stylebatch import color, engine
+from stylebatch import inputs as controls
 from stylebatch.cli import main
 from stylebatch.config import Config, load_preset, resolve
 from stylebatch.errors import ConfigError
@@ -21,8 +22,9 @@ from stylebatch.images import load_image, resize, to_pil, to_tensor
 from stylebatch.losses import total_variation
 from stylebatch.manifest import load_job
 from stylebatch.module import StyleTransferModule
+from stylebatch.targets import blended_grams
 from stylebatch.vgg import AVG_POOL_GAIN
-from tests.jobkit import REPO, final_target, records, run_with_sigterm_at, tiny_job
+from tests.jobkit import REPO, final_target, fit_one, module_for, records, run_with_sigterm_at, tiny_job
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode"),
@@ -38,8 +40,7 @@ def fit(vgg, tmp_path: Path, content: Path, style: Any, name: str = "out", **ove
     """One pair through the product's engine; returns the saved output (RGB) as (1, 3, H, W)."""
     cfg = Config(**{**BASE, **overrides})
     output = tmp_path / f"{name}.png"
-    result = engine.stylize_pair(content=content, style=style, cfg=cfg, vgg=vgg, device=torch.device("cpu"),
-                                 ckpt_path=tmp_path / f"{name}.ckpt", output=output, metadata={})
+    result = fit_one(vgg, content, style, cfg, tmp_path / f"{name}.ckpt", output)
     assert not result.interrupted
     return to_tensor(load_image(output, 10**8).rgb)
 
@@ -57,14 +58,15 @@ def test_blend_weights_one_zero_give_exactly_the_single_styles_grams(vgg, make_i
     c = to_tensor(load_image(make_image("c.png", (32, 24), seed=3), 10**6).rgb)
     single = Config(**SHALLOW)
     one_zero = resolve([("test", {**SHALLOW, "style_blend": [1, 0]})])
-    g_a = StyleTransferModule(vgg, c, a, single).style_grams()
-    g_blend = StyleTransferModule(vgg, c, [a, b], one_zero).style_grams()
+    g_a = blended_grams(vgg, [a], single)
+    g_blend = blended_grams(vgg, [a, b], one_zero)
+    assert set(g_a) == set(module_for(vgg, c, [a, b], one_zero).style_layers)
     assert all(torch.equal(g_blend[k], g_a[k]) for k in g_a)
 
     half = resolve([("test", {**SHALLOW, "style_blend": [3, 3]})])
     assert half.style_blend == [0.5, 0.5]  # normalised
-    g_b = controls.blended_grams(vgg, b, single)
-    g_half = controls.blended_grams(vgg, [a, b], half)
+    g_b = blended_grams(vgg, [b], single)
+    g_half = blended_grams(vgg, [a, b], half)
     for k in g_a:
         assert torch.allclose(g_half[k], (g_a[k] + g_b[k]) / 2, rtol=1e-5, atol=1e-6)
         assert not torch.allclose(g_half[k], g_a[k])

@@ -17,7 +17,7 @@ import torch
 
 from stylebatch.cli import main
 from stylebatch.manifest import load_job
-from stylebatch.runner import assign
+from stylebatch.plan import plan
 from tests.jobkit import cli_env, final_target, records, temp_files, tiny_job
 
 SIX = [{"content": "images/a.png" if i % 2 else "images/b.png", "style": "images/s1.png" if i < 3 else "images/s2.png",
@@ -112,14 +112,13 @@ def test_simulated_slurm_covers_every_pair_once(tmp_path: Path) -> None:
 def test_failure_in_rank1_first_pair_isolated(tmp_path: Path) -> None:
     manifest = _job(tmp_path)
     job = load_job(manifest, weights="random")
-    shares = assign(job.valid_pairs, 2)
-    victim = shares[1][0].name
+    shares = [[name for batch in share for name in batch] for share in plan(job.valid_pairs, 2)]
+    victim = shares[1][0]
     proc = _run(_cmd(manifest, "--devices", "2"), tmp_path, STYLEBATCH_FAULT=f"pair:{victim}!raise")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     recs = records(tmp_path / "out")
     assert recs[victim]["status"] == "failed" and "injected fault" in recs[victim]["error"]
-    assert all(recs[p.name]["status"] == "done" for p in shares[0])
-    assert all(recs[p.name]["status"] == "done" for p in shares[1][1:])
+    assert all(recs[name]["status"] == "done" for name in shares[0] + shares[1][1:])
 
 
 def _wait_for(cond, timeout: float, proc: subprocess.Popen) -> None:

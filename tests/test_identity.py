@@ -74,13 +74,13 @@ def test_failed_pair_retried_until_max_attempts_then_left(tmp_path: Path, monkey
     manifest = tiny_job(tmp_path, defaults={"steps": 3, "max_attempts": 2})
     from stylebatch import runner
 
-    def explode(**kwargs):
-        if "b__s2" in str(kwargs["output"]):
+    def explode(members, *args):
+        if any("b__s2" in str(m.output) for m in members):
             raise OSError("disk on fire")
-        return original(**kwargs)
+        return original(members, *args)
 
-    original = runner.stylize_pair
-    monkeypatch.setattr(runner, "stylize_pair", explode)
+    original = runner.stylize
+    monkeypatch.setattr(runner, "stylize", explode)
     out = tmp_path / "out"
     assert _run(manifest, "--weights", "random") == 1
     assert records(out)["b__s2"]["attempts"] == 1
@@ -88,7 +88,7 @@ def test_failed_pair_retried_until_max_attempts_then_left(tmp_path: Path, monkey
     assert records(out)["b__s2"]["attempts"] == 2
     assert _run(manifest, "--weights", "random") == 1  # max_attempts reached: left failed
     assert records(out)["b__s2"]["attempts"] == 2 and "disk on fire" in records(out)["b__s2"]["error"]
-    monkeypatch.setattr(runner, "stylize_pair", original)
+    monkeypatch.setattr(runner, "stylize", original)
     assert _run(manifest, "--weights", "random", "--retry-failed") == 0
     assert records(out)["b__s2"]["status"] == "done"
     # --fresh starts over: every pair runs again.

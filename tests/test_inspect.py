@@ -13,6 +13,7 @@ from PIL import Image
 
 from stylebatch import __version__
 from stylebatch.cli import main
+from stylebatch.images import to_tensor
 from stylebatch.manifest import load_job
 from stylebatch.state import sha256_file
 from tests.jobkit import records, tiny_job
@@ -69,6 +70,24 @@ def test_run_from_reproduces_the_same_png(done: Path, tmp_path: Path) -> None:
     assert main(["run", "--from", str(original), "--out", str(tmp_path / "again")]) == 0
     again = tmp_path / "again" / "a__s1.png"
     assert again.read_bytes() == original.read_bytes()  # pixels and settings, byte for byte
+
+
+def test_run_from_a_batched_output_says_it_reruns_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pairs = [{**ONE_PAIR[0], "name": f"m{i}", "seed": i, "init": "noise"} for i in range(2)]
+    manifest = tiny_job(tmp_path, pairs=pairs, defaults={**SMALL, "batch_size": 2})
+    assert main(["run", str(manifest), "--weights", "random"]) == 0
+    original = tmp_path / "out" / "m1.png"
+    assert records(tmp_path / "out")["m1"]["batch"] == ["m0", "m1"]
+    capsys.readouterr()
+    assert main(["run", "--from", str(original), "--out", str(tmp_path / "again")]) == 0
+    err = capsys.readouterr().err
+    assert "made in a batch of 2 (m0, m1); it is rerun alone" in err and "not bit for bit" in err
+    diff = (to_tensor(Image.open(tmp_path / "again" / "m1.png").convert("RGB"))
+            - to_tensor(Image.open(original).convert("RGB"))).abs()
+    assert diff.mean() < 5e-3  # within the batching tolerance
+    # An output made alone says nothing of the kind.
+    assert main(["run", "--from", str(tmp_path / "again" / "m1.png"), "--out", str(tmp_path / "third")]) == 0
+    assert "batch" not in capsys.readouterr().err
 
 
 def test_run_from_refuses_changed_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

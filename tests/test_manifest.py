@@ -148,14 +148,14 @@ def test_file_broken_after_validation_fails_only_its_pair(images: Path, monkeypa
     manifest = tiny_job(images, defaults={"steps": 3})
     from stylebatch import runner
 
-    original = runner._run_one
+    original = runner._run_batch
 
-    def break_b_first(job, pair, *args, **kwargs):
-        if pair.name == "b__s2":
+    def break_b_first(job, batch, *args, **kwargs):
+        if any(pair.name == "b__s2" for pair in batch):
             (images / "images" / "b.png").write_bytes(b"not an image any more")
-        return original(job, pair, *args, **kwargs)
+        return original(job, batch, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "_run_one", break_b_first)
+    monkeypatch.setattr(runner, "_run_batch", break_b_first)
     assert main(["run", str(manifest), "--weights", "random"]) == 1
     recs = records(images / "out")
     assert recs["a__s1"]["status"] == "done"

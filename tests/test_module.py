@@ -1,4 +1,4 @@
-"""StyleTransferModule through the product's own Lightning fit (`engine.stylize_pair`): VGG passes
+"""StyleTransferModule through the product's own Lightning fit (`engine.stylize`): VGG passes
 per pair, the frozen network, checkpoint contents, convergence, the evaluation budget and pixel
 validity. Random weights, 32 px images, shallow layers: each fit takes well under a second."""
 
@@ -14,10 +14,12 @@ import torch
 
 from stylebatch import engine
 from stylebatch.config import Config
-from stylebatch.engine import PairHooks, PairResult, prepare_inputs
+from stylebatch.engine import PairHooks, PairResult
 from stylebatch.images import load_image, to_pil, to_tensor
+from stylebatch.inputs import load_images, pass_inputs
 from stylebatch.losses import gram_matrix, total_variation
-from stylebatch.module import StyleTransferModule
+from stylebatch.module import OptimizerSpec, StyleTransferModule
+from tests.jobkit import fit_one, module_for
 
 # engine.py filters this at import; pytest restores the warning filters around every test.
 pytestmark = [
@@ -65,7 +67,7 @@ class Run:
 
 
 class Pair:
-    """One content/style pair run through engine.stylize_pair on the CPU; `run(**overrides)`."""
+    """One content/style pair run through engine.stylize on the CPU; `run(**overrides)`."""
 
     def __init__(self, vgg, content: Path, style: Path, tmp_path: Path, made: list[Recorder]):
         self.vgg, self.content, self.style, self._made = vgg, content, style, made
@@ -74,10 +76,7 @@ class Pair:
     def run(self, hooks: PairHooks | None = None, **overrides: Any) -> Run:
         cfg = Config(**{**BASE, **overrides})
         before = self.vgg.forward_calls
-        result = engine.stylize_pair(
-            content=self.content, style=self.style, cfg=cfg, vgg=self.vgg, device=torch.device("cpu"),
-            ckpt_path=self.ckpt, output=self.output, metadata={"test": True}, hooks=hooks,
-        )
+        result = fit_one(self.vgg, self.content, self.style, cfg, self.ckpt, self.output, hooks, {"test": True})
         forwards = self.vgg.forward_calls - before
         assert len(self._made) == 1
         return Run(result, self._made.pop(), cfg, forwards)
@@ -85,8 +84,11 @@ class Pair:
     def saved_output_losses(self, run: Run) -> tuple[dict[str, float], dict[str, float]]:
         """(losses of the initial image, losses of the PNG on disk), scored by a fresh module built
         from the same inputs: the saved file is what the user gets (clamped to [0, 1], 8 bits)."""
-        content, style, _ = prepare_inputs(self.content, self.style, run.cfg)
-        scorer = StyleTransferModule(self.vgg, content, style, run.cfg)
+        inputs = pass_inputs(load_images(self.content, self.style, run.cfg), run.cfg)
+        content, style = inputs.content, inputs.styles[0]
+        scorer = module_for(self.vgg, content, style, run.cfg)
+        if self._made and self._made[-1] is scorer:  # built through the patched engine: not a fit's module
+            self._made.pop()
         saved = to_tensor(load_image(self.output, run.cfg.max_pixels).rgb)
         assert saved.shape == content.shape == run.module.target.shape
         with torch.no_grad():
@@ -252,7 +254,7 @@ def test_module_losses_are_the_documented_weighted_sum(vgg):
     image = torch.rand(2, 3, 20, 16, generator=gen)
     cfg = Config(content_layer="conv2_1", style_layers={"conv1_1": 0.5, "relu2_1": 2.0},
                  content_weight=3.0, style_weight=7.0, tv_weight=0.25)
-    module = StyleTransferModule(vgg, content, style, cfg)
+    module = module_for(vgg, content, style, cfg)
     with torch.no_grad():
         got = module.losses(image)
         f, fc = vgg(image, ["conv2_1"])["conv2_1"], vgg(content, ["conv2_1"])["conv2_1"]
@@ -266,6 +268,22 @@ def test_module_losses_are_the_documented_weighted_sum(vgg):
     expected = 3.0 * content_ref + 7.0 * style_ref + 0.25 * total_variation(image)
     assert torch.allclose(got["total"], expected, rtol=1e-4)
     # Each pair of the batch is its own problem: pair 1 alone gives pair 1's losses.
-    alone = StyleTransferModule(vgg, content[1:], style[1:], cfg)
+    alone = module_for(vgg, content[1:], style[1:], cfg)
     with torch.no_grad():
         assert torch.allclose(alone.losses(image[1:])["total"], got["total"][1:], rtol=1e-4)
+
+
+def test_an_unknown_optimizer_is_refused_never_run_as_another(vgg) -> None:
+    """A new optimizer name that nothing handles fails loudly: in the config, and in the module even
+    if a config let it through (it is never silently run as L-BFGS)."""
+    from stylebatch.config import resolve
+    from stylebatch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'optimizer' must be one of lbfgs, adam"):
+        resolve([("test", {"optimizer": "sgd"})])
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        OptimizerSpec("sgd", 0.1)
+    module = module_for(vgg, torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16), Config(**BASE))
+    object.__setattr__(module.optimizer_spec, "name", "sgd")  # past every check: still refused
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        module.configure_optimizers()

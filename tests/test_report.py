@@ -89,15 +89,15 @@ def test_report_with_a_failed_and_an_invalid_pair(tmp_path: Path, capsys: pytest
     manifest = tiny_job(tmp_path, pairs=pairs, defaults=FAST)
     from stylebatch import runner
 
-    original = runner._run_one
+    original = runner._run_batch
 
-    def break_b_first(job, pair, *args, **kwargs):  # as test_manifest does: broken after validation
-        if pair.name == "b__s1":
+    def break_b_first(job, batch, *args, **kwargs):  # as test_manifest does: broken after validation
+        if any(pair.name == "b__s1" for pair in batch):
             (tmp_path / "images" / "b.png").write_bytes(b"not an image any more")
-        return original(job, pair, *args, **kwargs)
+        return original(job, batch, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runner, "_run_one", break_b_first)
+        mp.setattr(runner, "_run_batch", break_b_first)
         assert main(["run", str(manifest), "--weights", "random", "--skip-invalid"]) == 1
     error = records(tmp_path / "out")["b__s1"]["error"]
     assert "b.png" in error

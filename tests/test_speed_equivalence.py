@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 
 from stylebatch.config import Config
-from stylebatch.module import StyleTransferModule
 from stylebatch.vgg import LAYER_INDEX, load_vgg
+from tests.jobkit import module_for
 
 
 def _loss_and_grad(vgg, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(3)
     content, style = torch.rand(1, 3, 40, 56, generator=g), torch.rand(1, 3, 48, 48, generator=g)
-    module = StyleTransferModule(vgg, content, style, Config(**{**cfg.to_dict(), "init": "noise"}))
+    module = module_for(vgg, content, style, Config(**{**cfg.to_dict(), "init": "noise"}))
     loss = module.losses(module.target)["total"].sum()
     loss.backward()
     return loss.detach(), module.target.grad.clone()
@@ -59,7 +59,7 @@ def test_bf16_autocast_keeps_grams_and_losses_fp32_and_close() -> None:
     vgg = load_vgg("random", cfg.layers_used)
     g = torch.Generator().manual_seed(5)
     content, style = torch.rand(1, 3, 40, 56, generator=g), torch.rand(1, 3, 48, 48, generator=g)
-    module = StyleTransferModule(vgg, content, style, Config(precision="bf16", init="noise"))
+    module = module_for(vgg, content, style, Config(precision="bf16", init="noise"))
     reference = module.losses(module.target)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         mixed = module.losses(module.target)

@@ -1,12 +1,11 @@
-"""Style and colour controls of one pair: what each coarse-to-fine pass optimises against.
+"""A pair's inputs, pass by pass, and its output picture: what each coarse-to-fine pass optimises
+against, where it starts, and how a result becomes the saved image.
 
     load_images     the files, decoded once: content (+ alpha), one or more styles, an init image
     pass_inputs     one pass's tensors: content and styles at that pass's size, colour-controlled
-    initial_image   where a pass starts: the previous pass's result upsampled, style_stats noise,
-                    an init image, or None (the module's own `content` / `noise`)
-    blended_grams   the style targets: Gram matrices of each style, blended with `style_blend`
+    initial_image   where a pass starts: the previous pass's result upsampled, the content, seeded
+                    noise, style_stats noise, or an init image
     render          the output image of a result: post-hoc colour, 8 bits, the content's alpha
-    SnapshotCallback  `save_every`: iter_<n>.png next to the pair's checkpoint
 
 Sizes: pass k has the longer side `cfg.scale_sizes[k]` (the last is `size`), the content's aspect
 kept; each style's longer side is `style_size`, or `style_scale` times the pass's longer side.
@@ -18,47 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from PIL import Image
 
 from stylebatch import color
 from stylebatch.config import INIT_MODES, Config
-from stylebatch.images import fit_size, load_image, resize, save_image, to_pil, to_tensor
-from stylebatch.losses import gram_matrix
-
-SNAPSHOT_GLOB = "iter_*.png"
+from stylebatch.images import fit_size, load_image, resize, to_pil, to_tensor
+from stylebatch.targets import blend_weights
 
 
 def style_list(style: Any) -> list:
     """A pair's style (one path or tensor) or blend (a list of them) as a list."""
     return list(style) if isinstance(style, (list, tuple)) else [style]
-
-
-def blend_weights(cfg: Config, n: int) -> list[float]:
-    if cfg.style_blend is None:
-        return [1.0 / n] * n
-    if len(cfg.style_blend) != n:
-        raise ValueError(f"style_blend has {len(cfg.style_blend)} weights for {n} style(s)")
-    return list(cfg.style_blend)
-
-
-@torch.no_grad()
-def blended_grams(vgg: Any, style: torch.Tensor | list[torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
-    """{layer: sum_j w_j G_j}: each style's Gram matrices (one VGG pass per style), blended with the
-    normalised `style_blend` weights (JJ, NSPT and crowsonkb blend the targets the same way). A
-    single style's Grams are returned unscaled, so weights [1, 0] give exactly the first style's."""
-    styles = style_list(style)
-    weights = blend_weights(cfg, len(styles))
-    out: dict[str, torch.Tensor] = {}
-    for w, s in zip(weights, styles):
-        feats = vgg(s, list(cfg.style_layers), pooling=cfg.pooling)
-        for name in cfg.style_layers:
-            g = gram_matrix(feats[name])
-            if len(styles) > 1:
-                g = g * w
-            out[name] = g if name not in out else out[name] + g
-    return out
 
 
 @dataclass
@@ -120,18 +90,26 @@ def upsample(image: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return torch.nn.functional.interpolate(image, size=hw, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
-def initial_image(images: PairImages, cfg: Config, inputs: PassInputs,
-                  previous: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Where a pass starts; None leaves it to the module (`content` or `noise`)."""
-    hw = tuple(inputs.content.shape[-2:])
-    if previous is not None:
-        return upsample(previous.detach().to("cpu", torch.float32), hw)
+def start_image(content: torch.Tensor, styles: list[torch.Tensor], cfg: Config) -> torch.Tensor:
+    """`init` content, noise or style_stats for a content tensor (1, 3, H, W): the content as the
+    network sees it, seeded white noise (as in the paper), or style_stats noise."""
+    if cfg.init == "noise":  # seeded, so a pair is reproducible
+        return torch.rand(content.shape, generator=torch.Generator().manual_seed(cfg.seed)).to(content.device)
     if cfg.init == "style_stats":
-        return style_stats_noise(inputs.styles, cfg, inputs.content.shape)
+        return style_stats_noise([s.cpu() for s in styles], cfg, content.shape).to(content.device)
+    return content.clone()
+
+
+def initial_image(images: PairImages, cfg: Config, inputs: PassInputs,
+                  previous: torch.Tensor | None = None) -> torch.Tensor:
+    """Where a pass starts, (1, 3, H, W) on the CPU: the previous pass's result upsampled, else an
+    init image, else `start_image`."""
+    if previous is not None:
+        return upsample(previous.detach().to("cpu", torch.float32), tuple(inputs.content.shape[-2:]))
     if images.init is not None:
         x = to_tensor(resize(images.init, inputs.wh))
         return color.grey(color.luminance(x)) if cfg.preserve_color == "luminance" else x
-    return None
+    return start_image(inputs.content, inputs.styles, cfg)
 
 
 def finish(image: torch.Tensor, inputs: PassInputs, cfg: Config) -> torch.Tensor:
@@ -146,29 +124,3 @@ def render(image: torch.Tensor, inputs: PassInputs, cfg: Config) -> Image.Image:
     if inputs.alpha is not None:
         out.putalpha(inputs.alpha)  # a content image with transparency keeps it
     return out
-
-
-class SnapshotCallback(L.Callback):
-    """`save_every`: the pass's current result, rendered as the output would be, to
-    `<directory>/iter_<n>.png` at the first optimizer step at or past each multiple of N evaluations
-    (n is the evaluation count then). Never the final output: that lives in output_dir."""
-
-    def __init__(self, every: int, directory: Path, inputs: PassInputs, cfg: Config):
-        self.every, self.directory, self.inputs, self.cfg = every, directory, inputs, cfg
-        self.last = 0
-
-    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
-        self.last = module.evaluations
-
-    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
-        n = module.evaluations
-        if n // self.every > self.last // self.every:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            save_image(render(module.result(), self.inputs, self.cfg), self.directory / f"iter_{n}.png")
-        self.last = n
-
-
-def clear_snapshots(directory: Path) -> None:
-    """A pair starting over drops the snapshots of its previous attempt."""
-    for old in directory.glob(SNAPSHOT_GLOB) if directory.is_dir() else []:
-        old.unlink(missing_ok=True)
