@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -138,6 +139,7 @@ def _batched_job(root: Path, batch_size: int) -> Path:
     return tiny_job(root, pairs=FOUR, defaults={"batch_size": batch_size})
 
 
+@pytest.mark.slow
 def test_runner_batches_match_unbatched_within_tolerance(tmp_path: Path) -> None:
     single, batched = tmp_path / "single", tmp_path / "batched"
     assert main(["run", str(_batched_job(single, 1)), "--weights", "random"]) == 0
@@ -153,6 +155,7 @@ def test_runner_batches_match_unbatched_within_tolerance(tmp_path: Path) -> None
         assert diff.mean() < 5e-3 and diff.max() < 0.1, f"q{i}: mean {diff.mean():.2e}, max {diff.max():.2e}"
 
 
+@pytest.mark.slow
 def test_a_failing_member_fails_alone_and_its_batch_finishes(tmp_path: Path, monkeypatch, capsys) -> None:
     """One member of a batch raises (here an injected OSError, as an unreadable image or output
     would): the batch is rerun one pair at a time, so that pair fails with its own reason, counted
@@ -173,6 +176,7 @@ def test_a_failing_member_fails_alone_and_its_batch_finishes(tmp_path: Path, mon
         assert torch.equal(final_target(root / "out", name), final_target(single / "out", name)), name
 
 
+@pytest.mark.slow
 def test_a_batch_out_of_memory_runs_its_pairs_one_by_one(tmp_path: Path, monkeypatch) -> None:
     from stylebatch.module import StyleTransferModule
 
@@ -192,6 +196,7 @@ def test_a_batch_out_of_memory_runs_its_pairs_one_by_one(tmp_path: Path, monkeyp
     assert "out of memory; running its pairs one by one" in logs
 
 
+@pytest.mark.slow
 def test_interrupted_batch_resumes_with_same_members_bit_identical(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
     assert main(["run", str(_batched_job(reference, 3)), "--weights", "random"]) == 0
@@ -212,6 +217,7 @@ def test_interrupted_batch_resumes_with_same_members_bit_identical(tmp_path: Pat
         assert torch.equal(final_target(root / "out", f"q{i}"), final_target(reference / "out", f"q{i}")), f"q{i}"
 
 
+@pytest.mark.slow
 def test_batching_turned_off_on_resume_continues_each_pair_alone(tmp_path: Path, monkeypatch) -> None:
     """Interrupted in a batch of 3 at 13 evaluations, resumed with `batch_size: 1` (bookkeeping:
     nothing restarts): each member continues alone from its own checkpoint slice (17 evaluations
@@ -256,6 +262,7 @@ def _meta(path: Path) -> dict:
     return json.loads(Image.open(path).text["stylebatch"])
 
 
+@pytest.mark.slow
 def test_a_coarse_to_fine_weight_sweep_is_one_batch_and_each_member_matches_its_separate_run(tmp_path: Path) -> None:
     """The α/β sweep with coarse-to-fine passes, iterate averaging and snapshots (`modern`'s kind of
     fit) runs as one batch of 4; each member's output, snapshots and losses are its own and match its
@@ -297,6 +304,7 @@ def test_a_coarse_to_fine_weight_sweep_is_one_batch_and_each_member_matches_its_
         assert (batched / "out" / f"{n}.png").read_bytes() == before[n]
 
 
+@pytest.mark.slow
 def test_a_batch_killed_at_a_checkpoint_resumes_bit_identical(tmp_path: Path) -> None:
     """SIGKILL right after a batch's second checkpoint (inside the second pass), then the same
     command again: every member ends bit-identical to an uninterrupted batched run."""

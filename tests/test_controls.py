@@ -261,6 +261,7 @@ def _final(out: Path, name: str) -> dict[str, torch.Tensor]:
     return {k: v for k, v in ckpt["state_dict"].items() if k in ("target", "ema", "ema_steps")}
 
 
+@pytest.mark.slow
 def test_scales_sizes_and_a_resume_mid_scale_matches_the_uninterrupted_run(tmp_path: Path) -> None:
     base = tmp_path / "base"
     assert main(["run", str(tiny_job(base, defaults=SCALED)), "--weights", "random"]) == 0

@@ -63,6 +63,7 @@ def test_uninterrupted_curve_has_a_row_per_log_interval(uninterrupted: dict[str,
     assert int(lbfgs[-1]["evaluations"]) >= 30 and all(float(r["total"]) > 0 for r in lbfgs)
 
 
+@pytest.mark.slow
 def test_sigterm_resume_gives_the_same_curve(tmp_path: Path, uninterrupted: dict[str, str]) -> None:
     manifest = tiny_job(tmp_path, defaults=CURVE_JOB)
     code, fired = run_with_sigterm_at(manifest, 13, "--weights", "random")
@@ -72,6 +73,7 @@ def test_sigterm_resume_gives_the_same_curve(tmp_path: Path, uninterrupted: dict
     assert _curves(tmp_path / "out") == uninterrupted
 
 
+@pytest.mark.slow
 def test_kill_mid_checkpoint_then_resume_gives_the_same_curve(tmp_path: Path, uninterrupted: dict[str, str]) -> None:
     """Killed while writing the second checkpoint (at 20): the file has rows up to 20, the last good
     checkpoint is at 10, so the resume must drop rows 12-20 and write them again."""

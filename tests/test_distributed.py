@@ -20,6 +20,8 @@ from stylebatch.manifest import load_job
 from stylebatch.plan import plan
 from tests.jobkit import cli_env, final_target, records, temp_files, tiny_job
 
+pytestmark = pytest.mark.slow  # real processes: launchers, torchrun, simulated SLURM, kills
+
 SIX = [{"content": "images/a.png" if i % 2 else "images/b.png", "style": "images/s1.png" if i < 3 else "images/s2.png",
         "name": f"p{i}", "seed": i, "init": "noise", "optimizer": "adam", "lr": 0.05} for i in range(6)]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torchvision
 import yaml
@@ -28,6 +29,7 @@ def _edit(manifest: Path, edit) -> None:
     manifest.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+@pytest.mark.slow
 def test_reruns_follow_identity(tmp_path: Path) -> None:
     manifest = tiny_job(tmp_path, defaults={"steps": 4, "keep_checkpoints": False})
     out = tmp_path / "out"
@@ -70,6 +72,7 @@ def test_reruns_follow_identity(tmp_path: Path) -> None:
     assert all(r["status"] == "done" and r["attempts"] >= 1 for r in records(out).values())
 
 
+@pytest.mark.slow
 def test_failed_pair_retried_until_max_attempts_then_left(tmp_path: Path, monkeypatch) -> None:
     manifest = tiny_job(tmp_path, defaults={"steps": 3, "max_attempts": 2})
     from stylebatch import runner

@@ -38,6 +38,7 @@ def _assert_complete(out: Path, baseline: dict[str, torch.Tensor]) -> None:
         assert torch.equal(final_target(out, name), baseline[name]), f"{name} differs from the uninterrupted run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "point",
     [
@@ -60,6 +61,7 @@ def test_kill_at_fault_point_then_resume(point: str, tmp_path: Path, baseline: d
     _assert_complete(tmp_path / "out", baseline)
 
 
+@pytest.mark.slow
 def test_external_sigkill_then_status_then_resume(tmp_path: Path, baseline: dict[str, torch.Tensor], capsys) -> None:
     manifest = tiny_job(tmp_path, defaults={"steps": 60})
     # A longer run so there is time to kill it once its state shows progress; compare against a
@@ -99,6 +101,7 @@ def test_external_sigkill_then_status_then_resume(tmp_path: Path, baseline: dict
     _assert_complete(out, {n: final_target(reference / "out", n) for n in NAMES})
 
 
+@pytest.mark.slow
 def test_sigterm_in_process_checkpoints_and_exits_3(tmp_path: Path, baseline: dict[str, torch.Tensor]) -> None:
     """SIGTERM: the current pair checkpoints, is marked interrupted, the job exits 3, and the
     rerun ends bit-identical to the uninterrupted run."""
