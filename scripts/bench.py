@@ -225,6 +225,32 @@ def pairs_per_hour(device: str, pairs: int, size: int, steps: int, batch_size: i
     return pairs / elapsed * 3600
 
 
+JOBS = {
+    # name: (manifest, preset or None, what it shows)
+    "ratio_sweep": ("manifests/ratio_sweep.yaml", None, "the paper's α/β figure: one pair, four style weights"),
+    "modern": ("manifests/bench_modern.yaml", "modern", "coarse-to-fine + EMA: 2 contents x 2 styles"),
+}
+
+
+def job_pairs_per_hour(job: str, size: int, steps: int | None, batch_size: int, accel: str = "cpu") -> tuple[float, int]:
+    """(pairs/hour, pairs) of a bundled manifest end to end through the CLI (load, optimise,
+    checkpoints, save), at `size`, with `batch_size` (1: unbatched)."""
+    from stylebatch.cli import main
+
+    manifest, preset, _ = JOBS[job]
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["run", str(REPO / manifest), "--weights", "random", "--accelerator", accel, "--out", tmp,
+                "--set", f"size={size}", "--set", f"batch_size={batch_size}"]
+        args += ["--config", preset] if preset else []
+        args += ["--set", f"steps={steps}"] if steps else []
+        t = time.perf_counter()
+        code = main(args)
+        elapsed = time.perf_counter() - t
+        pairs = len(list(Path(tmp).glob("*.png")))
+        assert code == 0 and pairs > 0, f"{job}: exit {code}"
+    return pairs / elapsed * 3600, pairs
+
+
 def _write_manifest(root: Path, pairs: int, size: int, steps: int, batch_size: int = 1) -> Path:
     images = REPO / "manifests" / "images"
     contents = ["chelsea.jpg", "coffee.jpg"]  # same aspect ratio (3:2): batchable together
@@ -299,7 +325,7 @@ def workers_pairs_per_hour(devices: int, pairs: int, size: int, steps: int) -> f
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--sizes", type=int, nargs="*", default=None, help="per-evaluation table sizes (none: skip)")
     parser.add_argument("--evals", type=int, default=5, help="timed evaluations per size (best is kept)")
     parser.add_argument("--weights", default="random")
     parser.add_argument("--e2e-pairs", type=int, default=6)
@@ -315,11 +341,15 @@ def main() -> int:
                              "fresh process; print its peak RSS")
     parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                         help="also time the losses under torch.compile (bench only: compiling takes minutes)")
+    parser.add_argument("--jobs", nargs="*", default=[], choices=sorted(JOBS),
+                        help="pairs/hour of bundled jobs, unbatched vs batched (batch_size 4), at --job-sizes")
+    parser.add_argument("--job-sizes", type=int, nargs="*", default=[128, 256])
+    parser.add_argument("--job-steps", type=int, default=None, help="override the jobs' evaluation budget")
     parser.add_argument("--out", help="also write the report to this file")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sizes = args.sizes or ([128, 256, 512, 1024] if device.type == "cuda" else [128, 256, 512])
+    sizes = args.sizes if args.sizes is not None else ([128, 256, 512, 1024] if device.type == "cuda" else [128, 256, 512])
     cfg = Config(optimizer="adam")
     vgg = load_vgg(args.weights, cfg.layers_used).to(device)
     lines = []
@@ -382,6 +412,13 @@ def main() -> int:
         pph = workers_pairs_per_hour(n, args.e2e_pairs, args.e2e_sizes[0], args.e2e_steps)
         say(f"end to end with {n} CPU worker process(es), {args.e2e_pairs} pairs at {args.e2e_sizes[0]} px x "
             f"{args.e2e_steps} evaluations: {pph:.0f} pairs/hour")
+    for job in args.jobs:
+        for size in args.job_sizes:
+            alone, pairs = job_pairs_per_hour(job, size, args.job_steps, 1, accel)
+            batched, _ = job_pairs_per_hour(job, size, args.job_steps, 4, accel)
+            budget = f"{args.job_steps} evaluations" if args.job_steps else "its own evaluation budget"
+            say(f"{job} ({JOBS[job][2]}), {pairs} pairs at {size} px, {budget}: unbatched {alone:.0f} pairs/hour, "
+                f"batch_size 4 {batched:.0f} pairs/hour ({batched / alone:.2f}x)")
     if args.overhead:
         per_pair, overhead = per_pair_overhead()
         say(f"per-pair overhead (20 pairs, 32 px, 10 Adam evaluations): {per_pair * 1000:.0f} ms per pair, "
