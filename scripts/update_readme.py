@@ -4,14 +4,29 @@ tests/test_readme.py runs the check, so the docs cannot drift from the code."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from pathlib import Path
 
-from stylebatch.config import reference_table
+import yaml
+
+from stylebatch.config import FIELDS, HINTS, type_name
 from stylebatch.errors import EXIT_CODES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def reference_table() -> str:
+    """The README's config reference, generated from the field docs."""
+    rows = ["| key | type | default | what it does |", "|---|---|---|---|"]
+    for name, f in FIELDS.items():
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = "empty" if default is None else yaml.safe_dump(default, default_flow_style=True).strip()
+        shown = shown.removesuffix("...").strip()
+        doc = f.metadata["doc"] + ("" if f.metadata["identity"] else " *(bookkeeping: never reruns a pair)*")
+        rows.append(f"| `{name}` | {type_name(HINTS[name])} | `{shown}` | {doc} |")
+    return "\n".join(rows)
 
 
 def exit_code_table() -> str:

@@ -2,7 +2,7 @@
 
 Everything else reads from `Config`: presets (`configs/*.yaml`) hold only what differs from these
 defaults, manifests override per pair, `--set key=value` overrides last, and the README's
-reference table is generated from the field docs (`python -m stylebatch.config`).
+reference table is generated from the field docs (`python scripts/update_readme.py`).
 
 Precedence, lowest first: defaults < preset < manifest `defaults` < pair/grid values < `--set`.
 """
@@ -12,17 +12,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import yaml
-
 from stylebatch.errors import ConfigError
 from stylebatch.vgg import LAYER_INDEX
+from stylebatch.yamlfiles import load_yaml
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -220,19 +218,19 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-_HINTS = typing.get_type_hints(Config)
+HINTS = typing.get_type_hints(Config)
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     if typing.get_origin(tp) in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+        return " or ".join(type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "empty"
     if typing.get_origin(tp) is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
+        return f"list of {type_name(typing.get_args(tp)[0])}"
     if typing.get_origin(tp) is dict:
         k, v = typing.get_args(tp)
-        return f"mapping of {_type_name(k)} to {_type_name(v)}"
+        return f"mapping of {type_name(k)} to {type_name(v)}"
     return {int: "integer", float: "number", str: "text", bool: "true/false"}.get(tp, str(tp))
 
 
@@ -284,10 +282,10 @@ def check_value(key: str, value: Any) -> tuple[list[str], Any]:
     """Problems with one key's value (unknown key, type, choice, minimum, layer names)."""
     if key not in FIELDS:
         return [f"unknown key '{key}'{did_you_mean(key, FIELDS)}"], value
-    f, tp = FIELDS[key], _HINTS[key]
+    f, tp = FIELDS[key], HINTS[key]
     ok, value = _coerce(value, tp)
     if not ok:
-        return [f"'{key}' must be {_type_name(tp)}, got {value!r}"], value
+        return [f"'{key}' must be {type_name(tp)}, got {value!r}"], value
     problems = []
     if f.metadata["choices"] and value not in f.metadata["choices"]:
         choices = ", ".join(f.metadata["choices"])
@@ -363,53 +361,6 @@ def resolve(layers: list[tuple[str, dict[str, Any]]]) -> Config:
     return cfg
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """safe_load plus a refusal of anchors/aliases: an alias bomb ("billion laughs") parses fast into
-    shared references and only explodes when the data is walked, so it must be refused while parsing."""
-
-    def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.constructor.ConstructorError(
-                None, None, "YAML aliases (*name) are not allowed; write the values out", event.start_mark
-            )
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):  # noqa: ANN001
-        """Refuse a key given twice in one mapping (PyYAML silently keeps the last)."""
-        if isinstance(node, yaml.MappingNode):
-            first: dict[str, int] = {}
-            for key_node, _ in node.value:
-                if isinstance(key_node, yaml.ScalarNode):
-                    if key_node.value in first:
-                        raise yaml.constructor.ConstructorError(
-                            None, None, f"key '{key_node.value}' given twice (first on line {first[key_node.value]})",
-                            key_node.start_mark,
-                        )
-                    first[key_node.value] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep)
-
-
-# YAML 1.1 (PyYAML) reads `1e4` and `1.0e4` as text; accept them as numbers, as YAML 1.2 and people do.
-_NoAliasLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def load_yaml(text: str, source: str) -> Any:
-    """Parse YAML safely; syntax errors become one line with the file and line number."""
-    try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (safe loader subclass)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise ConfigError(f"{where}: not valid YAML: {e.problem or e.context}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from None
-
-
 def load_preset(name: str) -> tuple[str, dict[str, Any]]:
     """A preset by name (`configs/<name>.yaml`) or path; returns (source label, overrides)."""
     path = Path(name)
@@ -433,19 +384,3 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {item!r}: expected key=value")
         out[key.strip()] = load_yaml(text, f"--set {key.strip()}") if text.strip() else None
     return out
-
-
-def reference_table() -> str:
-    """The README's config reference, generated from the field docs."""
-    rows = ["| key | type | default | what it does |", "|---|---|---|---|"]
-    for name, f in FIELDS.items():
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        shown = "empty" if default is None else yaml.safe_dump(default, default_flow_style=True).strip()
-        shown = shown.removesuffix("...").strip()
-        doc = f.metadata["doc"] + ("" if f.metadata["identity"] else " *(bookkeeping: never reruns a pair)*")
-        rows.append(f"| `{name}` | {_type_name(_HINTS[name])} | `{shown}` | {doc} |")
-    return "\n".join(rows)
-
-
-if __name__ == "__main__":
-    print(reference_table())

@@ -1,0 +1,63 @@
+"""Reading YAML safely: presets, manifests and `--set` values all go through `load_yaml`.
+
+`yaml.safe_load` plus three refusals or fixes: anchors/aliases are refused (an alias bomb parses
+fast and explodes when walked), a key given twice in one mapping is refused (PyYAML silently keeps
+the last), and `1e4` is a number (YAML 1.1 reads it as text; YAML 1.2 and people read a number).
+Syntax errors become one line with the file and line number.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from stylebatch.errors import ConfigError
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load plus a refusal of anchors/aliases: an alias bomb ("billion laughs") parses fast into
+    shared references and only explodes when the data is walked, so it must be refused while parsing."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, "YAML aliases (*name) are not allowed; write the values out", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001
+        """Refuse a key given twice in one mapping (PyYAML silently keeps the last)."""
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    if key_node.value in first:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key '{key_node.value}' given twice (first on line {first[key_node.value]})",
+                            key_node.start_mark,
+                        )
+                    first[key_node.value] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+# YAML 1.1 (PyYAML) reads `1e4` and `1.0e4` as text; accept them as numbers, as YAML 1.2 and people do.
+_NoAliasLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML safely; syntax errors become one line with the file and line number."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (safe loader subclass)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise ConfigError(f"{where}: not valid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
