@@ -23,11 +23,14 @@ from typing import Any
 import torch
 
 from stylebatch.atomic import atomic_write, fault_point, remove_stale_temps
-from stylebatch.errors import EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StylebatchError
+from stylebatch.errors import EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StopNow, StylebatchError
 from stylebatch.batching import group
 from stylebatch.engine import Member, NonFiniteLossError, PairHooks, stylize_batch, stylize_pair, versions
 from stylebatch.manifest import Job, Pair
-from stylebatch.state import HOST, JobState, effective_status, sha256_file
+from stylebatch.jobfile import write_job_file  # issue 15
+from stylebatch.live_report import LiveReport, report_every_s  # issue 15
+from stylebatch.state import (HOST, JobState, effective_status, output_intact, output_stamp, redo_note, sha256_file,
+                             stale_output_note)
 from stylebatch.vgg import VGGFeatures, load_vgg, weights_identity
 
 log = logging.getLogger("stylebatch")
@@ -41,6 +44,7 @@ class RunOptions:
     break_lock: bool = False
     device: str = "cpu"
     sync_timeout: float = 600.0  # seconds a rank waits for rank 0's plan (or for a worker to start)
+    verify: bool = False  # issue 15: re-hash every done output (sha256) instead of trusting size+mtime+inode
 
 
 class Reporter:
@@ -51,6 +55,7 @@ class Reporter:
     def pair_progress(self, pair: Pair, evaluations: int, losses: dict[str, float]) -> None: ...
     def pair_end(self, pair: Pair, status: str, detail: str = "") -> None: ...
     def waiting(self, ranks: list[int], counts: dict[str, int]) -> None: ...
+    def note(self, message: str) -> None: ...  # issue 15: one line for the user (a pair redone, and why)
 
 
 class StopFlag:
@@ -69,7 +74,7 @@ class StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise StopNow  # issue 15: not KeyboardInterrupt, which Lightning turns into exit 1
         first = self.signum is None
         self.signum = signum
         log.warning("received %s: checkpointing the current pair and stopping", signal.Signals(signum).name)
@@ -108,13 +113,17 @@ def _output_path(job: Job, pair: Pair) -> Path:
     return job.output_dir / f"{pair.name}.{pair.config.format}"
 
 
-def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions) -> bool:
+def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter: Reporter | None = None) -> bool:
     """Whether a pair is to run now; resets a record whose id no longer matches."""
     record = state.read(pair.name)
     if record is None:
         return True
     if record.get("id") != pair.id:
         # Inputs, weights or pixel-changing settings changed: the old checkpoint means nothing.
+        note = redo_note(pair, record, _output_path(job, pair), job.weights)  # issue 15: say what changed
+        if note:
+            log.info("%s", note)
+            (reporter or Reporter()).note(note)
         state.checkpoint_path(pair.name).unlink(missing_ok=True)
         state.write(pair.name, {"id": pair.id, "status": "pending", "attempts": 0, "steps_done": 0})
         return True
@@ -122,9 +131,11 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions) -> bool:
     if status == "done":
         out = _output_path(job, pair)
         same_encoding = record.get("encoding", {"format": "png"}) == pair.config.encoding()
-        if same_encoding and out.is_file() and sha256_file(out) == record.get("output_sha256"):
+        # issue 15: size + mtime + inode recorded at write time; the full sha256 on --verify or a changed stamp
+        if same_encoding and output_intact(state, pair.name, record, out, getattr(opts, "verify", False)):
             return False
         log.info("%s: output missing or changed since it was written; redoing the pair", pair.name)
+        (reporter or Reporter()).note(stale_output_note(pair.name, record, pair.config.encoding(), out))  # issue 15
         state.update(pair.name, status="pending", steps_done=0, attempts=0)
         return True
     if status == "failed" and record.get("attempts", 0) >= pair.config.max_attempts and not opts.retry_failed:
@@ -203,10 +214,10 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
                 log.info("removed %d temp file(s) left by an interrupted run", removed)
             for leftover in (state.root / "ranks", state.root / "stop"):
                 shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
-            _write_job_file(job, state)
+            write_job_file(job, state.root)  # issue 15: compact job.json (jobfile.py)
             _record_invalid(job, state)
             vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
-            plan = [p for p in job.valid_pairs if needs_work(job, state, p, opts)]
+            plan = [p for p in job.valid_pairs if needs_work(job, state, p, opts, reporter)]
             shares = assign(plan, world, _recorded_batches(state, plan))
         except BaseException as e:
             if fabric is not None:
@@ -217,11 +228,14 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
         reporter.start(len(job.pairs), len(job.valid_pairs) - len(plan), len(plan))
         log.info("plan: %s", {r: [p.name for p in share] for r, share in enumerate(shares)})
         stop.install()
+        live = LiveReport(job.output_dir, report_every_s(job)).start()  # issue 15: rank 0's live report
         try:
             run_pairs(job, shares[0], vgg, _rank_device(fabric, opts), state, stop, reporter, rank=0)
             if world > 1:
                 _wait_for_workers(state, world, opts.sync_timeout, reporter, job)
+            live.stop(final=True)  # issue 15: the report once more at the end
         finally:
+            live.stop(final=False)  # issue 15: no-op after the final one
             stop.restore()
     if stop.signum == signal.SIGUSR1 and os.environ.get("SLURM_JOB_ID"):
         _requeue(os.environ["SLURM_JOB_ID"])
@@ -379,7 +393,7 @@ def _conclude(job: Job, pair: Pair, state: JobState, reporter: Reporter, result:
         state.checkpoint_path(pair.name).unlink(missing_ok=True)
     state.update(
         pair.name, status="done", steps_done=result.evaluations, output_sha256=result.output_sha256,
-        encoding=pair.config.encoding(),
+        encoding=pair.config.encoding(), output_stat=output_stamp(_output_path(job, pair)),  # issue 15
         losses=result.losses, seconds=round(time.time() - started, 3), finished=time.time(),
     )
     log.info("%s: done, %d evaluations, %.1fs, losses %s", pair.name, result.evaluations, result.seconds, result.losses)
@@ -500,20 +514,6 @@ def _record_invalid(job: Job, state: JobState) -> None:
             key = INVALID_PREFIX + "".join(ch if ch.isalnum() else "-" for ch in pair.entry).strip("-")
             state.write(key, {"id": "", "status": "failed", "error": "; ".join(pair.problems), "attempts": 1,
                               "entry": pair.entry})
-
-
-def _write_job_file(job: Job, state: JobState) -> None:
-    data = {
-        "manifest": str(job.manifest),
-        "cwd": os.getcwd(),  # what relative paths below are relative to
-        "weights": job.weights,
-        "pairs": [
-            {"name": p.name, "id": p.id, "entry": p.entry, "content": str(p.content), "style": str(p.style),
-             "config": p.config.to_dict() if p.config else None}
-            for p in job.pairs
-        ],
-    }
-    atomic_write(state.root / "job.json", json.dumps(data, indent=1, default=str).encode())
 
 
 def _open_log(state: JobState, rank: int) -> Path:
