@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                              "(default: the key a sweep varies, else style)")
     report.add_argument("--rows", default="auto", metavar="KEY",
                         help="content, style or a config key whose values make the rows (default: content)")
+    report.add_argument("--live-every", type=float, metavar="SECONDS",
+                        help="as the running job writes it: pages reload every SECONDS while pairs are left")
     report.add_argument("--debug", action="store_true", help="show full tracebacks")
 
     inspect = sub.add_parser("inspect", help="print the settings, input hashes and versions an output carries")
@@ -317,7 +319,7 @@ def _load_from_image(args: argparse.Namespace):
 def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
     from stylebatch.report import write_report
 
-    result = write_report(Path(args.output_dir), columns=args.columns, rows=args.rows)
+    result = write_report(Path(args.output_dir), columns=args.columns, rows=args.rows, live_every=args.live_every)
     counts = ", ".join(f"{n} {s}" for s, n in result.counts.items())
     layout = result.layout
     out.print(f"{result.pairs} pairs ({counts}): rows {layout.row_axis}, columns {layout.column_axis}"

@@ -103,6 +103,7 @@ def _is_glob(text: str) -> bool:
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 URL_HINT = "URLs are not supported; download the file first"
+URLS = "\0urls"  # a pair entry's URLs, carried from _raw_entries to load_job (never a config key)
 
 
 def is_url(value: Any) -> bool:
@@ -168,8 +169,9 @@ def _raw_entries(data: dict[str, Any], base: Path, src: str, problems: list[str]
             if value is None:
                 problems.append(f"{where}: missing '{key}'")
             elif is_url(value) or (isinstance(value, list) and any(is_url(v) for v in value)):
-                problems.append(f"{where}: '{key}' {value!r}: {URL_HINT}")
-                raw[key] = None
+                # Said once for the pair (load_job); the path stays, so the pair keeps its name.
+                raw.setdefault(URLS, []).append(f"'{key}' {value!r}")
+                raw[key] = base / (value if isinstance(value, str) else value[0])
             elif isinstance(value, list) and key == "style":  # a blend: weights in style_blend
                 if len(value) < 1 or not all(isinstance(v, str) and v for v in value):
                     problems.append(f"{where}: 'style' as a blend must be a list of file paths, got {value!r}")
@@ -412,6 +414,7 @@ def load_job(
 
     files = _FileChecker()
     for entry, raw, varied in _raw_entries(data, base, src, problems):
+        urls = raw.pop(URLS, [])
         pair_keys = {k: v for k, v in raw.items() if k not in PAIR_KEYS}
         unknown = [k for k in pair_keys if k not in cfgmod.FIELDS] if entry.startswith("pairs") else []
         content, style = raw.get("content"), raw.get("style")
@@ -441,8 +444,9 @@ def load_job(
             pair.problems.append(f"{where}: {problem}")
         if content is None or style is None:
             pair.problems.append(f"{where}: needs both content and style")
+        pair.problems += [f"{where}: {url}: {URL_HINT}" for url in urls]
         job.pairs.append(pair)
-        if pair.config is None or content is None or style is None or not check_files:
+        if pair.config is None or content is None or style is None or urls or not check_files:
             continue
         _check_pair_files(pair, files, where, job.weights)
 

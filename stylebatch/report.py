@@ -41,17 +41,13 @@ from stylebatch.state import INVALID_PREFIX, STATE_DIR, JobState, effective_stat
 from stylebatch.thumbs import THUMB, Thumbs, write_cache_file
 
 REPORT_DIR = "report"
-CURVE_POINTS = 40  # a curve is drawn with at most this many points
+CURVE_POINTS = 24  # a curve is drawn with at most this many points (it is 40 px tall)
 SERIES = {"content": "#1f77b4", "style": "#e4572e", "total": "#333333"}
 SHOWN = ("size", "steps", "optimizer", "lr", "content_weight", "style_weight", "tv_weight", "init", "format")
 MAX_PROBLEMS = 200  # failed pairs listed by name on a page; `status` lists them all
 ACTIVE = ("pending", "running", "interrupted")
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("stylebatch", "templates"), autoescape=True,
                           trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-
-
-class Cancelled(Exception):
-    """A live report was asked to stop part way (the job is ending)."""
 
 
 # ---------------------------------------------------------------- reading the job directory
@@ -111,8 +107,9 @@ def _href(target: Path, base: Path) -> str:
     return quote(os.path.relpath(target, base).replace(os.sep, "/"))
 
 
-def curve_data(rows: list[dict[str, float]], width: int = 160, height: int = 40) -> dict[str, Any] | None:
-    """Content, style and total loss against evaluations, log scale: polylines for a small SVG."""
+def curve_data(rows: list[dict[str, float]], width: int = 160, height: int = 400) -> dict[str, Any] | None:
+    """Content, style and total loss against evaluations, log scale: integer polylines (a 400-unit
+    tall viewBox drawn 40 px tall, so integers lose nothing) for a small SVG."""
     if not rows:
         return None
     if len(rows) > CURVE_POINTS:
@@ -126,17 +123,16 @@ def curve_data(rows: list[dict[str, float]], width: int = 160, height: int = 40)
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
     x0, x1 = rows[0][X_COLUMN], rows[-1][X_COLUMN]
-
-    def xy(r: dict[str, float], k: str) -> str:
-        x = 1 + (width - 2) * ((r[X_COLUMN] - x0) / (x1 - x0) if x1 > x0 else 1.0)
-        y = 1 + (height - 2) * (1 - (math.log10(max(r[k], 10 ** lo)) - lo) / (hi - lo))
-        return f"{x:.0f},{y:.1f}"
-
+    xs = [round(1 + (width - 2) * ((r[X_COLUMN] - x0) / (x1 - x0) if x1 > x0 else 1.0)) for r in rows]
+    floor, span = 10 ** lo, (height - 8) / (hi - lo)
+    lines = []
+    for k in series:
+        ys = [round(4 + span * (hi - math.log10(max(r[k], floor)))) if math.isfinite(r[k]) else height for r in rows]
+        lines.append((SERIES[k], " ".join(f"{x},{y}" for x, y in zip(xs, ys))))
     first, last = rows[0], rows[-1]
     title = "; ".join(f"{k} {first[k]:.3g} → {last[k]:.3g}" for k in series)
     title += f" (evaluations {int(x0)}–{int(x1)}; log scale 1e{lo:.1f}–1e{hi:.1f})"
-    return {"w": width, "h": height, "title": title,
-            "lines": [(SERIES[k], " ".join(xy(r, k) for r in rows)) for k in series]}
+    return {"w": width, "h": height, "title": title, "lines": lines}
 
 
 def _anchor(name: str) -> str:
@@ -220,11 +216,11 @@ def _template_version() -> str:
     return _digest([sources, THUMB, CURVE_POINTS, Path(__file__).stat().st_mtime_ns])
 
 
-def write_report(out_dir: str | Path, columns: str = "auto", rows: str = "auto", live_every: float | None = None,
-                 cancel: Callable[[], bool] = lambda: False) -> ReportResult:
-    """Write the report under `<out>/.stylebatch/report/`. `live_every` (seconds): written by the
-    running job, so pages of a job with work left reload themselves at that interval. `cancel` is
-    asked between pages (Cancelled is raised when it says yes)."""
+def write_report(out_dir: str | Path, columns: str = "auto", rows: str = "auto",
+                 live_every: float | None = None) -> ReportResult:
+    """Write the report under `<out>/.stylebatch/report/`. `live_every` (seconds): written for the
+    running job (live_report.py), so pages of a job with work left reload themselves at that
+    interval; otherwise they reload only while a pair's owner is alive."""
     out_dir = Path(out_dir)
     job, views = load_views(out_dir)
     axes = Axes(job.keys, job.defaults, job.bookkeeping)
@@ -255,8 +251,6 @@ def write_report(out_dir: str | Path, columns: str = "auto", rows: str = "auto",
     page_of = {id(v): p for p in pages for v in p.views}
     titles = [s.title for s in layout.sections]
     for p, (html_name, sheet_name) in zip(pages, names):
-        if cancel():
-            raise Cancelled
         ctx = _page_context(p, titles, base_ctx, report_dir, out_dir, thumbs, job)
         ctx.update(sheet=sheet_name, number=p.number, index=None if single else "report.html",
                    prev=names[p.number - 2][0] if p.number > 1 and not single else None,
@@ -271,6 +265,7 @@ def write_report(out_dir: str | Path, columns: str = "auto", rows: str = "auto",
         html = _ENV.get_template("page.html.j2").render(**ctx, made=time.strftime("%Y-%m-%d %H:%M:%S"),
                                                         total=len(p.views), counts=_counts(p.views))
         data, geo = render_sheet(p, layout.column_axis, layout.row_axis, thumbs, titles)
+        thumbs.forget()
         write_cache_file(report_dir / sheet_name, data)
         write_cache_file(report_dir / html_name, html.encode("utf-8", "replace"))
         made += 1

@@ -115,12 +115,10 @@ def render_sheet(page: Page, column_axis: str, row_axis: str, thumbs: Thumbs,
         draw.rectangle([x + 1, y + 1, x + t - 2, y + t - 2], fill=STATUS_COLOURS.get(status, (90, 90, 60)))
         thumb = thumbs.get(src) if src is not None else None
         if thumb is not None:
-            with Image.open(thumb.path) as im:
-                im.draft("RGB", (t, t))  # decode the JPEG at 1/2, 1/4 ... of its size when that suffices
-                scale = (t - 2) / max(im.size)
-                im = im.convert("RGB").resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                                              Image.Resampling.BILINEAR)
-                sheet.paste(im, (x + (t - im.width) // 2, y + (t - im.height) // 2))
+            im = thumbs.load(thumb, (t, t))
+            scale = (t - 2) / max(im.size)
+            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BILINEAR)
+            sheet.paste(im, (x + (t - im.width) // 2, y + (t - im.height) // 2))
         elif t >= 24:
             word = text if status == "header" else ("missing" if status == "done" else status)
             ink = (40, 40, 40) if status == "header" else (240, 240, 240)

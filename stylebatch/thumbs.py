@@ -62,6 +62,8 @@ class Thumbs:
         self.existing: dict[str, Thumb] = {}
         self.used: set[str] = set()
         self.made = 0
+        self._fresh: dict[Path, Image.Image] = {}  # made since forget(): the contact sheet needs no re-read
+        self._dirs: set[Path] = set()
         if self.dir.is_dir():
             for sub in os.scandir(self.dir):
                 if sub.is_dir(follow_symlinks=False):
@@ -98,7 +100,8 @@ class Thumbs:
         try:
             with Image.open(src) as im:
                 im.draft("RGB", (THUMB, THUMB))  # JPEG: decode at reduced size
-                im = ImageOps.exif_transpose(im)
+                if im.format != "PNG" or "exif" in im.info:  # outputs are PNG without EXIF: skip the parse
+                    im = ImageOps.exif_transpose(im)
                 im.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
                 rgb = flatten(im)
         except Exception:  # noqa: BLE001 (a broken or half-written input shows as missing)
@@ -106,10 +109,26 @@ class Thumbs:
         buf = io.BytesIO()
         rgb.save(buf, format="JPEG", quality=85)
         path = self.dir / key[:2] / f"{key}_{rgb.width}x{rgb.height}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in self._dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(path.parent)
         write_cache_file(path, buf.getvalue())
         self.made += 1
+        self._fresh[path] = rgb
         return Thumb(path, rgb.width, rgb.height)
+
+    def load(self, thumb: Thumb, size: tuple[int, int]) -> Image.Image:
+        """The thumbnail's pixels (RGB), at least `size` where the JPEG decoder can reduce it for free."""
+        fresh = self._fresh.get(thumb.path)
+        if fresh is not None:
+            return fresh
+        with Image.open(thumb.path) as im:
+            im.draft("RGB", size)  # decode at 1/2, 1/4 ... of the size when that still covers `size`
+            return im.convert("RGB")
+
+    def forget(self) -> None:
+        """Drop the pixels kept since the last call (one page's worth at a time)."""
+        self._fresh.clear()
 
     def prune(self) -> int:
         """Remove the thumbnails this report did not use; returns how many."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -351,3 +352,46 @@ def test_pages_stay_small_for_a_big_job(tmp_path: Path) -> None:
         page = _parse(page_file)
         seen += [c["id"] for r in page.rows for c in r["cells"] if c]
     assert len(seen) == len(set(seen)) == 3000
+
+
+def test_the_running_job_writes_a_report_that_reloads_then_a_final_one(tmp_path: Path, monkeypatch) -> None:
+    """Rank 0 refreshes the report (in a child process) while pairs run, and once more at the end."""
+    from stylebatch import engine, live_report
+
+    monkeypatch.setattr(live_report, "DEFAULT_EVERY_MIN", 0.02)  # every 1.2 s (config.report_every's default)
+    manifest = tiny_job(tmp_path, pairs=[{"content": "images/a.png", "style": "images/s1.png"},
+                                         {"content": "images/b.png", "style": "images/s2.png"}],
+                        defaults={**FAST, "steps": 40, "checkpoint_every": 5, "batch_size": 1})
+    page = tmp_path / "out" / ".stylebatch" / "report" / "report.html"
+    original = engine._BudgetCallback.on_train_batch_end
+    seen: list[str] = []
+
+    def wait_for_a_live_page(self, trainer, module, *rest):
+        if module.evaluations == 30 and not seen:
+            for _ in range(600):  # up to 60 s: a child process writes it
+                text = page.read_text() if page.exists() else ""
+                if 'http-equiv="refresh"' in text and "running" in text:
+                    seen.append(text)
+                    break
+                time.sleep(0.1)
+            else:
+                seen.append("")
+        return original(self, trainer, module, *rest)
+
+    monkeypatch.setattr(engine._BudgetCallback, "on_train_batch_end", wait_for_a_live_page)
+    assert main(["run", str(manifest), "--weights", "random"]) == 0
+    assert seen and seen[0], "no live report appeared while the job ran"
+    assert '<meta http-equiv="refresh" content="10">' in seen[0]  # every max(10 s, report_every)
+    final = _parse(page)
+    assert not any(m.get("http-equiv") == "refresh" for m in final.metas)
+    assert {c["id"] for r in final.rows for c in r["cells"] if c and "done" in c["text"]} == {"pair-a__s1", "pair-b__s2"}
+
+
+def test_report_every_is_read_from_the_pairs_config() -> None:
+    from types import SimpleNamespace as NS
+
+    from stylebatch.live_report import DEFAULT_EVERY_MIN, report_every_s
+
+    assert report_every_s(NS(valid_pairs=[NS(config=NS())])) == 60 * DEFAULT_EVERY_MIN  # a config without the key
+    assert report_every_s(NS(valid_pairs=[NS(config=NS(report_every=2.0)), NS(config=NS(report_every=0.5))])) == 30
+    assert report_every_s(NS(valid_pairs=[NS(config=NS(report_every=0))])) == 0
