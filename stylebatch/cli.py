@@ -228,76 +228,30 @@ def _device(accelerator: str) -> str:
     return "cpu"
 
 
-STATUS_SHOWN = 50  # failed / running pairs listed by the default status table (--all: every pair)
-
-
 def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
-    """Every pair of the job, pending ones included, one record read at a time: the default view
-    is the counts and the pairs that need a look (failed, running, interrupted); `--json` writes
-    each pair's object as it is read, so 100,000 pairs never sit in memory as one document."""
-    from stylebatch.state import STATUSES, pair_rows
+    """Every pair of the job, pending ones included, one record read at a time (status_view.py)."""
+    from stylebatch.state import pair_rows
+    from stylebatch.status_view import Summary, json_chunks
 
     rows = pair_rows(Path(args.output_dir))
-    counts = dict.fromkeys(STATUSES, 0)
+    summary = Summary(every=args.all)
+    fh = out.file
     if args.json:
-        fh = out.file
-        fh.write('{"pairs": [\n')
-        for i, row in enumerate(rows):
-            counts[row["status"]] = counts.get(row["status"], 0) + 1
-            fh.write((",\n" if i else "") + json.dumps(row, default=str))
-        fh.write("\n],\n" + '"counts": ' + json.dumps(counts) + "}\n")
+        for chunk in json_chunks(rows, summary):
+            fh.write(chunk)
         fh.flush()
         return 0
-    shown: dict[str, list[dict[str, Any]]] = {"failed": [], "invalid": [], "running": [], "interrupted": []}
-    lines = []
     for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-        if args.all:
-            lines.append(row)
-        elif row["status"] in shown and len(shown[row["status"]]) < STATUS_SHOWN:
-            shown[row["status"]].append(row)
-    total = sum(counts.values())
-    summary = f"{args.output_dir}: {total} pairs: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+        summary.add(row)
     if args.all:
-        _print_all(out, lines)
-    else:
-        listed = [r for group in shown.values() for r in group]
-        if listed:
-            _status_table(out, listed)
-        more = [f"{counts[k] - len(v)} more {k}" for k, v in shown.items() if counts[k] > len(v)]
-        if more:
-            out.print(f"({', '.join(more)}: --all lists every pair)", soft_wrap=True, markup=False)
-    out.print(summary, soft_wrap=True, markup=False)
+        fh.writelines(summary.aligned())
+        fh.flush()
+    elif (table := summary.table()) is not None:
+        out.print(table)
+    if more := summary.more():
+        out.print(more, soft_wrap=True, markup=False)
+    out.print(summary.line(args.output_dir), soft_wrap=True, markup=False)
     return 0
-
-
-def _status_cells(p: dict[str, Any]) -> list[str]:
-    steps = f"{p['steps_done']}/{p['steps']}" if p["steps"] else str(p["steps_done"])
-    return [p["name"], p["status"], steps, str(p["attempts"]), "" if p["rank"] is None else str(p["rank"]),
-            f"{p['seconds']:.1f}" if p["seconds"] else "", (p["error"] or "").splitlines()[0][:300] if p["error"] else ""]
-
-
-STATUS_COLUMNS = ("pair", "status", "evaluations", "attempts", "rank", "seconds", "error")
-
-
-def _status_table(out: Console, rows: list[dict[str, Any]]) -> None:
-    table = Table()
-    for col in STATUS_COLUMNS:
-        table.add_column(col, overflow="fold")
-    for p in rows:
-        table.add_row(*_status_cells(p))
-    out.print(table)
-
-
-def _print_all(out: Console, rows: list[dict[str, Any]]) -> None:
-    """Every pair, as aligned plain lines: a rich table of 100,000 rows takes over a minute to lay out."""
-    cells = [_status_cells(p) for p in rows]
-    widths = [min(60, max([len(c) for c in col] + [len(h)])) for h, col in zip(STATUS_COLUMNS, zip(*cells))] \
-        if cells else [len(h) for h in STATUS_COLUMNS]
-    fh = out.file
-    for line in [list(STATUS_COLUMNS), *cells]:
-        fh.write("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1] + "\n")
-    fh.flush()
 
 
 def _load_from_image(args: argparse.Namespace):

@@ -20,31 +20,29 @@ never loads torch.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import quote
+from typing import Any, Iterator
 
 import jinja2
 
-from stylebatch.curves import CURVE_FILE, X_COLUMN, read_curve
+from stylebatch.curves import CURVE_FILE, read_curve
 from stylebatch.errors import StylebatchError
 from stylebatch.jobfile import JobFile, read_job_file
-from stylebatch.matrix import IMAGE_AXES, Axes, Block, Layout, Page, PairView, build_layout, fmt
+from stylebatch.matrix import Axes, Layout, Page, PairView, build_layout, fmt
+from stylebatch.report_cells import CURVE_POINTS, SERIES, anchor, cell, counts, curve_data, head, problems
 from stylebatch.sheet import SheetGeometry, render_sheet
 from stylebatch.state import INVALID_PREFIX, STATE_DIR, JobState, effective_status
 from stylebatch.thumbs import THUMB, Thumbs, write_cache_file
 
 REPORT_DIR = "report"
-CURVE_POINTS = 24  # a curve is drawn with at most this many points (it is 40 px tall)
-SERIES = {"content": "#1f77b4", "style": "#e4572e", "total": "#333333"}
 SHOWN = ("size", "steps", "optimizer", "lr", "content_weight", "style_weight", "tv_weight", "init", "format")
-MAX_PROBLEMS = 200  # failed pairs listed by name on a page; `status` lists them all
 ACTIVE = ("pending", "running", "interrupted")
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("stylebatch", "templates"), autoescape=True,
                           trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
@@ -100,98 +98,6 @@ def load_views(out_dir: Path) -> tuple[JobFile, list[PairView]]:
     return job, views
 
 
-# ---------------------------------------------------------------- one cell, one page
-
-
-def _href(target: Path, base: Path) -> str:
-    return quote(os.path.relpath(target, base).replace(os.sep, "/"))
-
-
-def curve_data(rows: list[dict[str, float]], width: int = 160, height: int = 400) -> dict[str, Any] | None:
-    """Content, style and total loss against evaluations, log scale: integer polylines (a 400-unit
-    tall viewBox drawn 40 px tall, so integers lose nothing) for a small SVG."""
-    if not rows:
-        return None
-    if len(rows) > CURVE_POINTS:
-        step = (len(rows) - 1) / (CURVE_POINTS - 1)
-        rows = [rows[round(i * step)] for i in range(CURVE_POINTS)]
-    series = [k for k in SERIES if k in rows[0]]
-    values = [r[k] for r in rows for k in series if r[k] > 0 and math.isfinite(r[k])]
-    if not values:
-        return None
-    lo, hi = math.log10(min(values)), math.log10(max(values))
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
-    x0, x1 = rows[0][X_COLUMN], rows[-1][X_COLUMN]
-    xs = [round(1 + (width - 2) * ((r[X_COLUMN] - x0) / (x1 - x0) if x1 > x0 else 1.0)) for r in rows]
-    floor, span = 10 ** lo, (height - 8) / (hi - lo)
-    lines = []
-    for k in series:
-        ys = [round(4 + span * (hi - math.log10(max(r[k], floor)))) if math.isfinite(r[k]) else height for r in rows]
-        lines.append((SERIES[k], " ".join(f"{x},{y}" for x, y in zip(xs, ys))))
-    first, last = rows[0], rows[-1]
-    title = "; ".join(f"{k} {first[k]:.3g} → {last[k]:.3g}" for k in series)
-    title += f" (evaluations {int(x0)}–{int(x1)}; log scale 1e{lo:.1f}–1e{hi:.1f})"
-    return {"w": width, "h": height, "title": title, "lines": lines}
-
-
-def _anchor(name: str) -> str:
-    return "pair-" + quote(name, safe="")
-
-
-def _cell(v: PairView, base: Path, out_dir: Path, thumbs: Thumbs, steps: Any) -> dict[str, Any]:
-    r = v.record
-    done = int(r.get("steps_done") or 0)
-    total = r.get("steps") or steps
-    shown = v.output if v.output is not None else v.snapshot
-    thumb = thumbs.get(shown)
-    badge = v.status
-    if v.status in ("running", "interrupted") and total:
-        badge = f"{v.status} {done}/{total}"
-    stats = []
-    losses = r.get("losses") if v.status == "done" else None
-    if losses:
-        stats += [f"content {fmt(float(losses.get('content', float('nan'))))}",
-                  f"style {fmt(float(losses.get('style', float('nan'))))}"]
-    if v.status == "done" and done:
-        stats.append(f"{done} evals")
-    if r.get("seconds") and v.status == "done":
-        stats.append(f"{float(r['seconds']):.1f} s")
-    if v.snapshot is not None and v.output is None:
-        stats.append(f"snapshot {v.snapshot.stem.removeprefix('iter_')}")
-    error = r.get("error") if v.failed else None
-    return {
-        "name": v.name, "status": v.status, "badge": badge, "anchor": _anchor(v.name),
-        "href": _href(shown, base) if shown is not None else None,
-        "thumb": {"src": _href(thumb.path, base), "w": thumb.width, "h": thumb.height} if thumb else None,
-        "placeholder": {"done": "output missing"}.get(v.status, v.status),
-        "progress": round(100 * min(done, total) / total) if v.status in ("running", "interrupted") and total else None,
-        "stats": " · ".join(stats), "error": error[:400] + ("…" if len(error) > 400 else "") if error else None,
-        "curve": None,
-    }
-
-
-def _head(value: Any, axis: str, base: Path, thumbs: Thumbs) -> dict[str, Any]:
-    thumb = thumbs.get(value.image) if axis in IMAGE_AXES else None
-    return {"label": value.label, "key": None if axis in IMAGE_AXES else axis,
-            "href": _href(value.image, base) if thumb is not None else None,
-            "thumb": {"src": _href(thumb.path, base), "w": thumb.width, "h": thumb.height} if thumb else None}
-
-
-def _counts(views: list[PairView]) -> list[tuple[str, int]]:
-    counts: dict[str, int] = {}
-    for v in views:
-        counts[v.status] = counts.get(v.status, 0) + 1
-    order = ("done", "running", "interrupted", "pending", "failed", "invalid")
-    return sorted(counts.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
-
-
-def _problems(views: list[PairView], href: Callable[[PairView], str | None]) -> tuple[list[dict[str, Any]], int]:
-    failed = [v for v in views if v.failed]
-    return ([{"name": v.name, "entry": v.entry, "error": v.record.get("error") or "", "href": href(v),
-              "anchor": _anchor(v.name)} for v in failed[:MAX_PROBLEMS]], len(failed))
-
-
 # ---------------------------------------------------------------- the whole report
 
 
@@ -216,6 +122,19 @@ def _template_version() -> str:
     return _digest([sources, THUMB, CURVE_POINTS, Path(__file__).stat().st_mtime_ns])
 
 
+@contextlib.contextmanager
+def _locked(report_dir: Path) -> Iterator[None]:
+    """One report writer at a time (the live report's child, a `stylebatch report` by hand): one
+    could otherwise prune the thumbnails the other just linked."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(report_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def write_report(out_dir: str | Path, columns: str = "auto", rows: str = "auto",
                  live_every: float | None = None) -> ReportResult:
     """Write the report under `<out>/.stylebatch/report/`. `live_every` (seconds): written for the
@@ -223,63 +142,73 @@ def write_report(out_dir: str | Path, columns: str = "auto", rows: str = "auto",
     interval; otherwise they reload only while a pair's owner is alive."""
     out_dir = Path(out_dir)
     job, views = load_views(out_dir)
-    axes = Axes(job.keys, job.defaults, job.bookkeeping)
-    layout = build_layout(views, axes, columns, rows)
+    layout = build_layout(views, Axes(job.keys, job.defaults, job.bookkeeping), columns, rows)
     report_dir = JobState(out_dir).root / REPORT_DIR
-    report_dir.mkdir(parents=True, exist_ok=True)
-    thumbs = Thumbs(report_dir / "thumbs")
-    pages = layout.pages
-    single = len(pages) == 1
-    active = any(v.status == "running" for v in views) or (live_every and any(v.status in ACTIVE for v in views))
-    refresh = max(10, round(live_every or 60)) if active else None
-    common = [(k, fmt(job.defaults[k])) for k in SHOWN if k in job.defaults and k not in layout.varied]
-    base_ctx = {"manifest": job.manifest, "weights": job.weights, "row_axis": layout.row_axis,
-                "column_axis": layout.column_axis, "section_axes": layout.section_axes, "varied": layout.varied,
-                "common": common, "series": list(SERIES.items()), "thumb": THUMB, "refresh": refresh,
-                "page_count": len(pages), "title": f"stylebatch report: {out_dir.resolve().name}"}
-    names = [("report.html", "contact_sheet.jpg")] if single else \
-        [(f"page-{p.number:04d}.html", f"sheet-{p.number:04d}.jpg") for p in pages]
-    cache_file = report_dir / "pages.json"
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    version = _template_version()
-    old = cache.get("pages", {}) if cache.get("version") == version else {}
-    new: dict[str, str] = {}
-    made, geometry = 0, None
-    page_of = {id(v): p for p in pages for v in p.views}
-    titles = [s.title for s in layout.sections]
-    for p, (html_name, sheet_name) in zip(pages, names):
-        ctx = _page_context(p, titles, base_ctx, report_dir, out_dir, thumbs, job)
-        ctx.update(sheet=sheet_name, number=p.number, index=None if single else "report.html",
-                   prev=names[p.number - 2][0] if p.number > 1 and not single else None,
-                   next=names[p.number][0] if p.number < len(pages) and not single else None)
-        if single:
-            ctx["problems"], ctx["problems_total"] = _problems(views, lambda v: None)
-        sig = _digest([ctx, [(v.name, v.record.get("updated"), v.record.get("steps_done")) for v in p.views]])
-        new[html_name] = sig
-        if old.get(html_name) == sig and (report_dir / html_name).is_file() and (report_dir / sheet_name).is_file():
-            continue
-        _add_curves(p, ctx, out_dir)
-        html = _ENV.get_template("page.html.j2").render(**ctx, made=time.strftime("%Y-%m-%d %H:%M:%S"),
-                                                        total=len(p.views), counts=_counts(p.views))
-        data, geo = render_sheet(p, layout.column_axis, layout.row_axis, thumbs, titles)
-        thumbs.forget()
-        write_cache_file(report_dir / sheet_name, data)
-        write_cache_file(report_dir / html_name, html.encode("utf-8", "replace"))
-        made += 1
-        geometry = geometry or geo
-    if not single:
-        index = _index_context(layout, names, views, page_of, layout.page_of_block())
-        html = _ENV.get_template("index.html.j2").render(**base_ctx, **index, made=time.strftime("%Y-%m-%d %H:%M:%S"),
-                                                         total=len(views), counts=_counts(views))
-        write_cache_file(report_dir / "report.html", html.encode("utf-8", "replace"))
-    _remove_stale(report_dir, {n for pair in names for n in pair} | {"report.html"})
-    write_cache_file(cache_file, json.dumps({"version": version, "pages": new}).encode())
-    thumbs.prune()
+    with _locked(report_dir):
+        thumbs = Thumbs(report_dir / "thumbs")
+        pages = layout.pages
+        names = [("report.html", "contact_sheet.jpg")] if len(pages) == 1 else \
+            [(f"page-{p.number:04d}.html", f"sheet-{p.number:04d}.jpg") for p in pages]
+        active = any(v.status == "running" for v in views) or (live_every and any(v.status in ACTIVE for v in views))
+        common = [(k, fmt(job.defaults[k])) for k in SHOWN if k in job.defaults and k not in layout.varied]
+        base_ctx = {"manifest": job.manifest, "weights": job.weights, "row_axis": layout.row_axis,
+                    "column_axis": layout.column_axis, "section_axes": layout.section_axes, "varied": layout.varied,
+                    "common": common, "series": list(SERIES.items()), "thumb": THUMB, "page_count": len(pages),
+                    "refresh": max(10, round(live_every or 60)) if active else None,
+                    "title": f"stylebatch report: {out_dir.resolve().name}"}
+        cache_file = report_dir / "pages.json"
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+        version = _template_version()
+        old = cache.get("pages", {}) if cache.get("version") == version else {}
+        new: dict[str, str] = {}
+        made, geometry = 0, None
+        for p in pages:
+            geo = _write_page(p, names, views, layout, base_ctx, report_dir, out_dir, thumbs, job, old, new)
+            made, geometry = made + (geo is not None), geometry or geo
+        if len(pages) > 1:
+            index = _index_context(layout, names, views)
+            html = _ENV.get_template("index.html.j2").render(**base_ctx, **index, made=_now(), total=len(views),
+                                                             counts=counts(views))
+            write_cache_file(report_dir / "report.html", html.encode("utf-8", "replace"))
+        _remove_stale(report_dir, {n for pair in names for n in pair} | {"report.html"})
+        write_cache_file(cache_file, json.dumps({"version": version, "pages": new}).encode())
+        thumbs.prune()
     return ReportResult(report_dir / "report.html", [report_dir / s for _, s in names], len(views),
-                        dict(_counts(views)), len(pages), made, geometry, layout)
+                        dict(counts(views)), len(pages), made, geometry, layout)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _write_page(p: Page, names: list[tuple[str, str]], views: list[PairView], layout: Layout,
+                base_ctx: dict[str, Any], report_dir: Path, out_dir: Path, thumbs: Thumbs, job: JobFile,
+                old: dict[str, str], new: dict[str, str]) -> SheetGeometry | None:
+    """Write one page and its contact sheet unless what they show is unchanged (`old` holds the
+    signatures of the previous report, `new` gets this one's); the sheet's geometry if written."""
+    html_name, sheet_name = names[p.number - 1]
+    single = len(names) == 1
+    titles = [s.title for s in layout.sections]
+    ctx = _page_context(p, titles, base_ctx, report_dir, out_dir, thumbs, job)
+    ctx.update(sheet=sheet_name, number=p.number, index=None if single else "report.html",
+               prev=names[p.number - 2][0] if p.number > 1 else None,
+               next=names[p.number][0] if p.number < len(names) else None)
+    if single:
+        ctx["problems"], ctx["problems_total"] = problems(views, lambda v: None)
+    sig = _digest([ctx, [(v.name, v.record.get("updated"), v.record.get("steps_done")) for v in p.views]])
+    new[html_name] = sig
+    if old.get(html_name) == sig and (report_dir / html_name).is_file() and (report_dir / sheet_name).is_file():
+        return None
+    _add_curves(p, ctx, out_dir)
+    html = _ENV.get_template("page.html.j2").render(**ctx, made=_now(), total=len(p.views), counts=counts(p.views))
+    data, geo = render_sheet(p, layout.column_axis, layout.row_axis, thumbs, titles)
+    thumbs.forget()
+    write_cache_file(report_dir / sheet_name, data)
+    write_cache_file(report_dir / html_name, html.encode("utf-8", "replace"))
+    return geo
 
 
 def _page_context(p: Page, titles: list[str], base_ctx: dict[str, Any], report_dir: Path, out_dir: Path,
@@ -293,11 +222,11 @@ def _page_context(p: Page, titles: list[str], base_ctx: dict[str, Any], report_d
             for j in range(len(b.columns)):
                 v = b.cells.get((i, j))
                 steps = v.values.get("steps", job.defaults.get("steps")) if v is not None else None
-                cells.append(_cell(v, report_dir, out_dir, thumbs, steps) if v is not None else None)
-            rows.append({"head": _head(row, row_axis, report_dir, thumbs), "cells": cells})
+                cells.append(cell(v, report_dir, out_dir, thumbs, steps) if v is not None else None)
+            rows.append({"head": head(row, row_axis, report_dir, thumbs), "cells": cells})
         title = titles[b.section]
         blocks.append({"anchor": f"block-{k + 1}", "title": title if title != previous else None, "rows": rows,
-                       "columns": [_head(c, col_axis, report_dir, thumbs) for c in b.columns]})
+                       "columns": [head(c, col_axis, report_dir, thumbs) for c in b.columns]})
         previous = title
     return {**base_ctx, "blocks": blocks, "problems": [], "problems_total": 0}
 
@@ -306,9 +235,9 @@ def _add_curves(p: Page, ctx: dict[str, Any], out_dir: Path) -> None:
     state = JobState(out_dir)
     for b, block in zip(p.blocks, ctx["blocks"]):
         for i, row in enumerate(block["rows"]):
-            for j, cell in enumerate(row["cells"]):
-                if cell is not None and cell["status"] not in ("pending", "invalid"):
-                    cell["curve"] = curve_data(read_curve(state.pair_dir(b.cells[(i, j)].name) / CURVE_FILE))
+            for j, c in enumerate(row["cells"]):
+                if c is not None and c["status"] not in ("pending", "invalid"):
+                    c["curve"] = curve_data(read_curve(state.pair_dir(b.cells[(i, j)].name) / CURVE_FILE))
 
 
 def _span(values: list[Any], a: int, b: int) -> str:
@@ -317,8 +246,9 @@ def _span(values: list[Any], a: int, b: int) -> str:
     return f"{values[a].label} … {values[b - 1].label}" if b - a > 1 else values[a].label
 
 
-def _index_context(layout: Layout, names: list[tuple[str, str]], views: list[PairView], page_of: dict[int, Page],
-                   page_of_block: dict[int, Page]) -> dict[str, Any]:
+def _index_context(layout: Layout, names: list[tuple[str, str]], views: list[PairView]) -> dict[str, Any]:
+    page_of = {id(v): p for p in layout.pages for v in p.views}
+    page_of_block = layout.page_of_block()
     sections = []
     for s in layout.sections:
         lines = []
@@ -326,19 +256,19 @@ def _index_context(layout: Layout, names: list[tuple[str, str]], views: list[Pai
             cells = []
             for block in line:
                 page = page_of_block[id(block)]
-                anchor = f"#block-{page.blocks.index(block) + 1}"
-                cells.append({"number": page.number, "href": names[page.number - 1][0] + anchor,
+                frag = f"#block-{page.blocks.index(block) + 1}"
+                cells.append({"number": page.number, "href": names[page.number - 1][0] + frag,
                               "sheet": names[page.number - 1][1],
-                              "counts": ", ".join(f"{n} {st}" for st, n in _counts(list(block.cells.values())))})
+                              "counts": ", ".join(f"{n} {st}" for st, n in counts(list(block.cells.values())))})
             lines.append({"head": _span(s.rows, a, b), "pages": cells})
         sections.append({"title": s.title, "col_heads": [_span(s.columns, a, b) for a, b in s.col_blocks], "lines": lines})
 
     def href(v: PairView) -> str | None:
         page = page_of.get(id(v))
-        return f"{names[page.number - 1][0]}#{_anchor(v.name)}" if page else None
+        return f"{names[page.number - 1][0]}#{anchor(v.name)}" if page else None
 
-    problems, total = _problems(views, href)
-    return {"sections": sections, "problems": problems, "problems_total": total}
+    failed, total = problems(views, href)
+    return {"sections": sections, "problems": failed, "problems_total": total}
 
 
 def _remove_stale(report_dir: Path, keep: set[str]) -> None:

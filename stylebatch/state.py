@@ -9,7 +9,7 @@ Layout under the output directory:
     <output_dir>/.stylebatch/pairs/<name>/state.json   status, steps, attempts, owner, error, sha256
     <output_dir>/.stylebatch/pairs/<name>/last.ckpt    Lightning checkpoint (target + optimizer)
     <output_dir>/.stylebatch/pairs/<name>/losses.csv   loss curve, kept in step with last.ckpt (curves.py)
-    <output_dir>/.stylebatch/report/                   `stylebatch report`: report.html, contact_sheet.png
+    <output_dir>/.stylebatch/report/                   `stylebatch report`: pages, contact sheets, thumbnails
 
 Only the worker that owns a pair writes its record, always atomically.
 """

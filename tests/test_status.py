@@ -84,7 +84,7 @@ def test_the_summary_caps_long_lists(tmp_path: Path, capsys: pytest.CaptureFixtu
     names = [f"p{i:03d}" for i in range(120)]
     for name in names:
         state.write(name, {"status": "failed", "error": f"boom {name}", "attempts": 2})
-    monkeypatch.setattr("stylebatch.cli.STATUS_SHOWN", 10)
+    monkeypatch.setattr("stylebatch.status_view.SHOWN", 10)
     assert main(["status", str(out)]) == 0  # no job.json (a run stopped before writing it): the records
     text = capsys.readouterr().out
     assert "p009" in text and "p010" not in text and "110 more failed" in text and "120 failed" in text
