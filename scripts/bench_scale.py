@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000], help="job sizes (pairs)")
     parser.add_argument("--dir", type=Path, help="where to write the jobs (default: a temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the generated jobs")
+    parser.add_argument("--reuse", action="store_true", help="reuse a job of the same size kept in --dir by --keep")
     args = parser.parse_args()
     base = Path(args.dir or tempfile.mkdtemp(prefix="bench_scale_"))
     print(f"jobs under {base}; python {sys.version.split()[0]}, {os.cpu_count()} CPU(s), "
@@ -134,40 +135,57 @@ def main() -> None:
     try:
         for n in args.sizes:
             root = base / f"job{n}"
-            shutil.rmtree(root, ignore_errors=True)
             t = time.perf_counter()
-            manifest, out, pending = make_job(root, n)
-            print(f"\nN = {n:,}: grid {_grid_shape(n)[0]} x {_grid_shape(n)[1]}, "
-                  f"generated in {time.perf_counter() - t:.1f} s", flush=True)
+            if args.reuse and (root / "job.yaml").is_file():
+                manifest, out = root / "job.yaml", root / "out"
+                pending = json.loads((root / "pending.json").read_text())
+                print(f"\nN = {n:,}: reusing {root}", flush=True)
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+                manifest, out, pending = make_job(root, n)
+                (root / "pending.json").write_text(json.dumps(pending))
+                print(f"\nN = {n:,}: grid {_grid_shape(n)[0]} x {_grid_shape(n)[1]}, "
+                      f"generated in {time.perf_counter() - t:.1f} s", flush=True)
             row: dict[str, tuple[float, float]] = {}
+
+            def note(name: str, seconds: float, rss: float) -> None:
+                row[name] = (seconds, rss)
+                print(f"  {name:<36} {seconds:8.2f} s  {1e6 * seconds / n:8.1f} us/pair  peak RSS {rss:7.0f} MiB",
+                      flush=True)
+
             s, rss, _, _ = measure(["validate", str(manifest)], root)
-            row["validate"] = (s, rss)
+            note("validate", s, rss)
+            shutil.rmtree(out / ".stylebatch" / "pairs" / pending, ignore_errors=True)  # one pair to run
+            (out / f"{pending}.png").unlink(missing_ok=True)
             s, rss, first, code = measure(["run", str(manifest), "--weights", "random"], root, until="start ")
             assert first is not None, "run never reached its first pair"
-            row["run: start-up to 1st pair"] = (first, rss)
-            row["run: whole (1 pair + final report)"] = (s, rss)
+            note("run: start-up to 1st pair", first, rss)
+            note("run: whole (1 pair + final report)", s, rss)
             s, rss, first, _ = measure(["run", str(manifest), "--weights", "random"], root, until="exit ")
-            row["run: all done (start-up)"] = (s, rss)
+            note("run: all done (start-up)", first or s, rss)
             for name, cmd in (("status", ["status", str(out)]), ("status --json", ["status", str(out), "--json"]),
                               ("status --all", ["status", str(out), "--all"])):
                 s, rss, _, _ = measure(cmd, root)
-                row[name] = (s, rss)
-            shutil.rmtree(out / ".stylebatch" / "report", ignore_errors=True)
+                note(name, s, rss)
+            # Cold: no report yet. Moved aside (removing 100,000 thumbnails takes minutes on a busy disk).
+            report = out / ".stylebatch" / "report"
+            if report.exists():
+                report.rename(base / f"old-report-{n}-{time.time_ns()}")
             s, rss, _, _ = measure(["report", str(out)], root)
-            row["report (cold: thumbnails made)"] = (s, rss)
+            note("report (cold: thumbnails made)", s, rss)
             s, rss, _, _ = measure(["report", str(out)], root)
-            row["report (warm: nothing changed)"] = (s, rss)
-            pages = len(list((out / ".stylebatch" / "report").glob("page-*.html"))) or 1
-            biggest = max(f.stat().st_size for f in (out / ".stylebatch" / "report").glob("*.html"))
+            note("report (warm: nothing changed)", s, rss)
+            pages = len(list(report.glob("page-*.html"))) or 1
+            biggest = max(f.stat().st_size for f in report.glob("*.html"))
             job_json = (out / ".stylebatch" / "job.json").stat().st_size
-            for name, (s, rss) in row.items():
-                print(f"  {name:<36} {s:8.2f} s  {1e6 * s / n:8.1f} us/pair  peak RSS {rss:7.0f} MiB", flush=True)
             print(f"  report: {pages} page(s), largest HTML file {biggest / 1e6:.2f} MB; job.json {job_json / 1e6:.1f} MB "
                   f"({job_json / n:.0f} bytes/pair)")
             results[n] = row
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
     finally:
+        for old in base.glob("old-report-*"):
+            shutil.rmtree(old, ignore_errors=True)
         if not args.keep and not args.dir:
             shutil.rmtree(base, ignore_errors=True)
     if len(results) > 1:

@@ -87,7 +87,12 @@ class Page:
 @dataclass
 class Section:
     title: str
-    labels: list[tuple[str, str]]  # (axis, value label) that the section fixes
+    fixed: list[tuple[str, Value]]  # (axis, value) that the section fixes
+
+    @property
+    def image(self) -> Path | None:
+        """The image the section fixes (its style, say), if any: drawn beside its title."""
+        return next((v.image for a, v in self.fixed if a in IMAGE_AXES and v.image is not None), None)
     rows: list[Value]
     columns: list[Value]
     row_blocks: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each block of rows
@@ -206,9 +211,9 @@ def build_layout(views: list[PairView], axes: Axes, columns: str = "auto", rows:
         fixed = [axes.value(v, a) for a in section_axes]
         key = "|".join(f.key for f in fixed)
         if key not in sections:
-            labels = [(a, f.label) for a, f in zip(section_axes, fixed)]
-            title = " · ".join(f"{a}: {label}" if a in IMAGE_AXES else f"{a} = {label}" for a, label in labels)
-            sections[key] = (Section(title, labels, [], []), [])
+            title = " · ".join(f"{a}: {f.label}" if a in IMAGE_AXES else f"{a} = {f.label}"
+                               for a, f in zip(section_axes, fixed))
+            sections[key] = (Section(title, list(zip(section_axes, fixed)), [], []), [])
         sections[key][1].append(v)
     out = []
     for section, members in sections.values():

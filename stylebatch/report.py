@@ -36,7 +36,7 @@ from stylebatch.curves import CURVE_FILE, read_curve
 from stylebatch.errors import StylebatchError
 from stylebatch.jobfile import JobFile, read_job_file
 from stylebatch.matrix import Axes, Layout, Page, PairView, build_layout, fmt
-from stylebatch.report_cells import CURVE_POINTS, SERIES, anchor, cell, counts, curve_data, head, problems
+from stylebatch.report_cells import CURVE_POINTS, SERIES, anchor, cell, counts, curve_data, head, href, problems
 from stylebatch.sheet import SheetGeometry, render_sheet
 from stylebatch.state import INVALID_PREFIX, STATE_DIR, JobState, effective_status
 from stylebatch.thumbs import THUMB, Thumbs, write_cache_file
@@ -191,8 +191,7 @@ def _write_page(p: Page, names: list[tuple[str, str]], views: list[PairView], la
     signatures of the previous report, `new` gets this one's); the sheet's geometry if written."""
     html_name, sheet_name = names[p.number - 1]
     single = len(names) == 1
-    titles = [s.title for s in layout.sections]
-    ctx = _page_context(p, titles, base_ctx, report_dir, out_dir, thumbs, job)
+    ctx = _page_context(p, layout, base_ctx, report_dir, out_dir, thumbs, job)
     ctx.update(sheet=sheet_name, number=p.number, index=None if single else "report.html",
                prev=names[p.number - 2][0] if p.number > 1 else None,
                next=names[p.number][0] if p.number < len(names) else None)
@@ -204,14 +203,14 @@ def _write_page(p: Page, names: list[tuple[str, str]], views: list[PairView], la
         return None
     _add_curves(p, ctx, out_dir)
     html = _ENV.get_template("page.html.j2").render(**ctx, made=_now(), total=len(p.views), counts=counts(p.views))
-    data, geo = render_sheet(p, layout.column_axis, layout.row_axis, thumbs, titles)
+    data, geo = render_sheet(p, layout, thumbs)
     thumbs.forget()
     write_cache_file(report_dir / sheet_name, data)
     write_cache_file(report_dir / html_name, html.encode("utf-8", "replace"))
     return geo
 
 
-def _page_context(p: Page, titles: list[str], base_ctx: dict[str, Any], report_dir: Path, out_dir: Path,
+def _page_context(p: Page, layout: Layout, base_ctx: dict[str, Any], report_dir: Path, out_dir: Path,
                   thumbs: Thumbs, job: JobFile) -> dict[str, Any]:
     col_axis, row_axis = base_ctx["column_axis"], base_ctx["row_axis"]
     blocks, previous = [], None
@@ -224,10 +223,13 @@ def _page_context(p: Page, titles: list[str], base_ctx: dict[str, Any], report_d
                 steps = v.values.get("steps", job.defaults.get("steps")) if v is not None else None
                 cells.append(cell(v, report_dir, out_dir, thumbs, steps) if v is not None else None)
             rows.append({"head": head(row, row_axis, report_dir, thumbs), "cells": cells})
-        title = titles[b.section]
-        blocks.append({"anchor": f"block-{k + 1}", "title": title if title != previous else None, "rows": rows,
-                       "columns": [head(c, col_axis, report_dir, thumbs) for c in b.columns]})
-        previous = title
+        section = layout.sections[b.section]
+        image = thumbs.get(section.image)
+        blocks.append({"anchor": f"block-{k + 1}", "title": section.title if section.title != previous else None,
+                       "image": {"src": href(image.path, report_dir), "w": image.width, "h": image.height,
+                                 "href": href(section.image, report_dir)} if image else None,
+                       "rows": rows, "columns": [head(c, col_axis, report_dir, thumbs) for c in b.columns]})
+        previous = section.title
     return {**base_ctx, "blocks": blocks, "problems": [], "problems_total": 0}
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from stylebatch.matrix import IMAGE_AXES, Block, Page
+from stylebatch.matrix import IMAGE_AXES, Block, Layout, Page
 from stylebatch.thumbs import Thumbs
 
 SHEET_MAX = 4096  # longest side, px
@@ -100,10 +100,10 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.
     return text + "…"
 
 
-def render_sheet(page: Page, column_axis: str, row_axis: str, thumbs: Thumbs,
-                 titles: list[str] | None = None) -> tuple[bytes, SheetGeometry]:
-    """The page's contact sheet as JPEG bytes, and its geometry; `titles` (per section) caption
-    each block's corner."""
+def render_sheet(page: Page, layout: Layout, thumbs: Thumbs) -> tuple[bytes, SheetGeometry]:
+    """The page's contact sheet as JPEG bytes, and its geometry. Each block's corner shows what its
+    section fixes (the style image of a sweep's section, say)."""
+    column_axis, row_axis = layout.column_axis, layout.row_axis
     lines: list[tuple[Block, int]] = [(b, i) for b in page.blocks for i in range(-1, len(b.rows))]  # -1: header
     geo = sheet_geometry(len(lines), max(len(b.columns) for b in page.blocks))
     sheet = Image.new("RGB", (max(1, geo.width), max(1, geo.height)), (250, 250, 250))
@@ -123,7 +123,7 @@ def render_sheet(page: Page, column_axis: str, row_axis: str, thumbs: Thumbs,
             word = text if status == "header" else ("missing" if status == "done" else status)
             ink = (40, 40, 40) if status == "header" else (240, 240, 240)
             draw.text((x + 4, y + 4), _fit_text(draw, word, t - 8, font), fill=ink, font=font)
-        if cap:
+        if cap and caption:
             draw.text((x + 2, y + t + 1), _fit_text(draw, caption, t - 4, font), fill=(40, 40, 40), font=font)
 
     block_w = geo.cells_per_row * t + GAP
@@ -132,11 +132,12 @@ def render_sheet(page: Page, column_axis: str, row_axis: str, thumbs: Thumbs,
         wrap, k = divmod(n, geo.block_rows)
         x, y = wrap * block_w, k * (t + cap)
         if i < 0:
-            title = titles[block.section] if titles and titles[block.section] else ""
-            box(x, y, None, f"{row_axis} \\ {column_axis}", "header", text=title)
+            section = layout.sections[block.section]
+            box(x, y, section.image, section.title or f"{row_axis} \\ {column_axis}", "header", text=section.title)
             for j, col in enumerate(block.columns):
                 label = col.label if col_images else f"{column_axis}={col.label}"
-                box(x + (1 + j) * t, y, col.image if col_images else None, label, "header", text=label)
+                box(x + (1 + j) * t, y, col.image if col_images else None, label if col_images else "", "header",
+                    text=label)
             continue
         row = block.rows[i]
         label = row.label if row_images else f"{row_axis}={row.label}"
