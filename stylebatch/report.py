@@ -44,6 +44,7 @@ from stylebatch.thumbs import THUMB, Thumbs, write_cache_file
 REPORT_DIR = "report"
 SHOWN = ("size", "steps", "optimizer", "lr", "content_weight", "style_weight", "tv_weight", "init", "format")
 ACTIVE = ("pending", "running", "interrupted")
+SHOWN_RECORD = ("steps_done", "steps", "losses", "seconds", "error", "updated")  # what a cell uses of a record
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("stylebatch", "templates"), autoescape=True,
                           trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
 
@@ -86,8 +87,9 @@ def load_views(out_dir: Path) -> tuple[JobFile, list[PairView]]:
         else:
             status = effective_status(record, now) if record else "pending"
         styles = [job.resolve(s) for s in (e.styles or [e.style])]
+        shown = {k: record[k] for k in SHOWN_RECORD if k in record}  # the rest of a record, ~1 KB, is not shown
         view = PairView(e.name, e.entry, job.resolve(e.content), [s for s in styles if s is not None],
-                        e.overrides or {}, status, record, has_config=e.has_config)
+                        e.overrides or {}, status, shown, has_config=e.has_config)
         if status == "done":
             out_name = record.get("output") or f"{e.name}.{job.value(e, 'format') or 'png'}"
             out = out_dir / out_name

@@ -8,6 +8,8 @@ import argparse
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ import yaml
 
 from stylebatch import cli
 from stylebatch.cli import main
-from tests.jobkit import REPO, make_image, records, tiny_job
+from tests.jobkit import REPO, cli_env, make_image, records, tiny_job
 
 URL_LINE = "URLs are not supported; download the file first"
 
@@ -121,3 +123,20 @@ def test_the_demo_points_at_the_directory_it_wrote() -> None:
     assert 'stylebatch status $out' in demo and 'stylebatch report $out' in demo  # printed for either directory
     readme = (REPO / "README.md").read_text()
     assert "runs/example-random" in readme
+
+
+def test_a_ctrl_c_after_the_exit_line_keeps_the_exit_code(tmp_path: Path) -> None:
+    """The job is over once `exit N: ...` is printed: a Ctrl-C then (while torch and Lightning shut
+    down) must not turn the printed 0 into Python's 130."""
+    manifest = tiny_job(tmp_path, defaults={"steps": 2, "batch_size": 1})
+    proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(manifest), "--weights", "random"],
+                            cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("exit 0:"):
+            try:
+                proc.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                pass
+    assert proc.wait(timeout=120) == 0, "".join(seen)
