@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -273,6 +274,8 @@ def _load_from_image(args: argparse.Namespace):
 def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
     from stylebatch.report import write_report
 
+    if args.live_every:
+        os.nice(10)  # the running job's refresh (live_report.py): the pairs come first
     result = write_report(Path(args.output_dir), columns=args.columns, rows=args.rows, live_every=args.live_every)
     counts = ", ".join(f"{n} {s}" for s, n in result.counts.items())
     layout = result.layout

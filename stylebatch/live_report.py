@@ -1,8 +1,8 @@
 """The report while the job runs: rank 0 rewrites it every `report_every` minutes (the first time
 after at most FIRST_S) and once more at the end; its pages reload themselves meanwhile.
 
-Each refresh while pairs run is `stylebatch report OUT --live-every S` in a child process, at low
-priority, in a session of its own: a report of 100,000 pairs keeps a core busy for a while, and in
+Each refresh while pairs run is `stylebatch report OUT --live-every S` in a child process (which
+lowers its own priority: no preexec_fn in a process with threads), in a session of its own: a report of 100,000 pairs keeps a core busy for a while, and in
 a thread of this process it held the GIL so much that a 32 px pair ran 20x slower beside it
 (measured). A thread here only starts the child, waits for it, and stops it when the job ends.
 The final report, when no pair runs any more, is written in this process (no start-up cost).
@@ -83,8 +83,7 @@ class LiveReport:
             with open(logs / "report.log", "ab") as err:
                 proc = subprocess.Popen(_report_command(self.output_dir, self.every_s),
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
-                                        start_new_session=True,  # a Ctrl-C is the job's to handle
-                                        preexec_fn=lambda: os.nice(10))
+                                        start_new_session=True)  # a Ctrl-C is the job's to handle
         except OSError as e:
             log.warning("report not started: %s", e)
             return

@@ -173,7 +173,7 @@ def write_report(out_dir: str | Path, columns: str = "auto", rows: str = "auto",
         if len(pages) > 1:
             index = _index_context(layout, names, views)
             html = _ENV.get_template("index.html.j2").render(**base_ctx, **index, made=_now(), total=len(views),
-                                                             counts=counts(views))
+                                                             counts=counts(views), scope="")
             write_cache_file(report_dir / "report.html", html.encode("utf-8", "replace"))
         _remove_stale(report_dir, {n for pair in names for n in pair} | {"report.html"})
         write_cache_file(cache_file, json.dumps({"version": version, "pages": new}).encode())
@@ -204,7 +204,8 @@ def _write_page(p: Page, names: list[tuple[str, str]], views: list[PairView], la
     if old.get(html_name) == sig and (report_dir / html_name).is_file() and (report_dir / sheet_name).is_file():
         return None
     _add_curves(p, ctx, out_dir)
-    html = _ENV.get_template("page.html.j2").render(**ctx, made=_now(), total=len(p.views), counts=counts(p.views))
+    html = _ENV.get_template("page.html.j2").render(**ctx, made=_now(), total=len(p.views), counts=counts(p.views),
+                                                    scope="" if single else f"page {p.number} of {len(names)}: ")
     data, geo = render_sheet(p, layout, thumbs)
     thumbs.forget()
     write_cache_file(report_dir / sheet_name, data)

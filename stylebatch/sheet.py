@@ -93,6 +93,7 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.ImageFont) -> str:
+    text = " ".join(text.split())  # one line: a name with a newline cannot be measured
     if draw.textlength(text, font=font) <= width:
         return text
     while text and draw.textlength(text + "…", font=font) > width:

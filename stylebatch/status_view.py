@@ -53,8 +53,10 @@ class Summary:
         if not listed:
             return None
         table = Table()
-        for col in COLUMNS:
-            table.add_column(col, overflow="fold")
+        for col in COLUMNS:  # names and errors wrap; the short columns never break a word ("interrupt-ed")
+            wraps = col in ("pair", "error")
+            table.add_column(col, overflow="fold" if wraps else "ellipsis", no_wrap=not wraps,
+                             ratio=2 if col == "error" else (1 if col == "pair" else None))
         for c in listed:
             table.add_row(*c)
         return table

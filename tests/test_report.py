@@ -318,28 +318,42 @@ def test_sheet_geometry_is_bounded_and_never_a_strip() -> None:
     assert sheet_geometry(1 + 4, 1).cell == CELL_MAX
 
 
-def test_pages_stay_small_for_a_big_job(tmp_path: Path) -> None:
-    """3,000 done pairs (60 contents x 50 styles) with curves, from records alone: every page well
-    under 2 MB, the index lists every page, every pair is on exactly one."""
-    out = tmp_path / "out"
+CURVE = "evaluations,content,style,total\n" + "".join(f"{n},{1 / n!r},{10 / n!r},{11 / n!r}\n"
+                                                     for n in range(10, 501, 10))
+
+
+def _records_only_job(out: Path, pairs: list[tuple[str, str, str]]) -> None:
+    """A job directory as a run leaves it, written directly: job.json and, per (name, content,
+    style), a done record and a loss curve (no images)."""
     root = out / ".stylebatch"
     (root / "pairs").mkdir(parents=True)
-    curve = "evaluations,content,style,total\n" + "".join(f"{n},{1 / n!r},{10 / n!r},{11 / n!r}\n"
-                                                         for n in range(10, 501, 10))
     entries = []
-    for i in range(3000):
-        c, s = i // 50, i % 50
-        name = f"c{c}__s{s}"
-        entries.append(json.dumps({"name": name, "id": f"{i:016x}", "entry": f"grid[{i}]",
-                                   "content": f"images/c{c}.jpg", "style": f"images/s{s}.jpg", "set": {}}))
+    for i, (name, content, style) in enumerate(pairs):
+        entries.append(json.dumps({"name": name, "id": f"{i:016x}", "entry": f"grid[{i}]", "content": content,
+                                   "style": style, "set": {}}))
         d = root / "pairs" / name
         d.mkdir()
         (d / "state.json").write_text(json.dumps({"status": "done", "steps_done": 500, "steps": 500, "seconds": 12.5,
                                                  "losses": {"content": 0.002, "style": 0.02}, "name": name}))
-        (d / "losses.csv").write_text(curve)
-    head = {"format": 2, "manifest": "m.yaml", "cwd": str(tmp_path), "weights": "imagenet", "keys": ["size", "steps"],
-            "bookkeeping": [], "defaults": {"size": 512, "steps": 500}}
+        (d / "losses.csv").write_text(CURVE)
+    head = {"format": 2, "manifest": "m.yaml", "cwd": str(out.parent), "weights": "imagenet",
+            "keys": ["size", "steps"], "bookkeeping": [], "defaults": {"size": 512, "steps": 500}}
     (root / "job.json").write_text(json.dumps(head)[:-1] + ', "pairs": [\n' + ",\n".join(entries) + "\n]}")
+
+
+def test_a_name_with_a_newline_is_drawn_on_one_line(tmp_path: Path) -> None:
+    _records_only_job(tmp_path / "out", [("two\nlines <b>", "images/a.png", "images/s1.png")])
+    result = write_report(tmp_path / "out")  # the contact sheet's caption could not be measured before
+    assert result.pages == 1 and "two\nlines &lt;b&gt;" in result.html.read_text()
+
+
+def test_pages_stay_small_for_a_big_job(tmp_path: Path) -> None:
+    """3,000 done pairs (60 contents x 50 styles) with curves, from records alone: every page well
+    under 2 MB, the index lists every page, every pair is on exactly one."""
+    out = tmp_path / "out"
+    _records_only_job(out, [(f"c{i // 50}__s{i % 50}", f"images/c{i // 50}.jpg", f"images/s{i % 50}.jpg")
+                            for i in range(3000)])
+    root = out / ".stylebatch"
     result = write_report(out)
     report_dir = root / "report"
     assert result.pages == 5  # 50 columns: 5 blocks of 10; 60 rows fit one block of 600 cells
