@@ -17,7 +17,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from stylebatch import __version__
 from stylebatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, StopNow, StylebatchError
@@ -276,7 +275,9 @@ def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     if args.live_every:
         os.nice(10)  # the running job's refresh (live_report.py): the pairs come first
-    result = write_report(Path(args.output_dir), columns=args.columns, rows=args.rows, live_every=args.live_every)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    result = write_report(Path(args.output_dir), columns=args.columns, rows=args.rows, live_every=args.live_every,
+                          workers=cores)
     counts = ", ".join(f"{n} {s}" for s, n in result.counts.items())
     layout = result.layout
     out.print(f"{result.pairs} pairs ({counts}): rows {layout.row_axis}, columns {layout.column_axis}"

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import multiprocessing
 import hashlib
 import json
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -138,26 +140,17 @@ def _locked(report_dir: Path) -> Iterator[None]:
 
 
 def write_report(out_dir: str | Path, columns: str = "auto", rows: str = "auto",
-                 live_every: float | None = None) -> ReportResult:
+                 live_every: float | None = None, workers: int = 1) -> ReportResult:
     """Write the report under `<out>/.stylebatch/report/`. `live_every` (seconds): written for the
     running job (live_report.py), so pages of a job with work left reload themselves at that
-    interval; otherwise they reload only while a pair's owner is alive."""
+    interval; otherwise they reload only while a pair's owner is alive. `workers` > 1 makes the
+    changed pages in that many forked processes (the CLI; never inside a run, which has threads)."""
     out_dir = Path(out_dir)
     job, views = load_views(out_dir)
     layout = build_layout(views, Axes(job.keys, job.defaults, job.bookkeeping), columns, rows)
     report_dir = JobState(out_dir).root / REPORT_DIR
     with _locked(report_dir):
-        thumbs = Thumbs(report_dir / "thumbs")
-        pages = layout.pages
-        names = [("report.html", "contact_sheet.jpg")] if len(pages) == 1 else \
-            [(f"page-{p.number:04d}.html", f"sheet-{p.number:04d}.jpg") for p in pages]
-        active = any(v.status == "running" for v in views) or (live_every and any(v.status in ACTIVE for v in views))
-        common = [(k, fmt(job.defaults[k])) for k in SHOWN if k in job.defaults and k not in layout.varied]
-        base_ctx = {"manifest": job.manifest, "weights": job.weights, "row_axis": layout.row_axis,
-                    "column_axis": layout.column_axis, "section_axes": layout.section_axes, "varied": layout.varied,
-                    "common": common, "series": list(SERIES.items()), "thumb": THUMB, "page_count": len(pages),
-                    "refresh": max(10, round(live_every or 60)) if active else None,
-                    "title": f"stylebatch report: {out_dir.resolve().name}"}
+        run = _Pages(job, views, layout, report_dir, out_dir, Thumbs(report_dir / "thumbs"), live_every)
         cache_file = report_dir / "pages.json"
         try:
             cache = json.loads(cache_file.read_text())
@@ -165,52 +158,126 @@ def write_report(out_dir: str | Path, columns: str = "auto", rows: str = "auto",
             cache = {}
         version = _template_version()
         old = cache.get("pages", {}) if cache.get("version") == version else {}
-        new: dict[str, str] = {}
-        made, geometry = 0, None
-        for p in pages:
-            geo = _write_page(p, names, views, layout, base_ctx, report_dir, out_dir, thumbs, job, old, new)
-            made, geometry = made + (geo is not None), geometry or geo
-        if len(pages) > 1:
-            index = _index_context(layout, names, views)
-            html = _ENV.get_template("index.html.j2").render(**base_ctx, **index, made=_now(), total=len(views),
-                                                             counts=counts(views), scope="")
+        new, todo = {}, []
+        for p in layout.pages:
+            html_name, sheet_name = run.names[p.number - 1]
+            new[html_name] = run.signature(p)
+            if old.get(html_name) == new[html_name] and (report_dir / html_name).is_file() \
+                    and (report_dir / sheet_name).is_file():
+                run.keep(p)
+            else:
+                todo.append(p)
+        geometry = None
+        for geo, used, made in _render_all(run, todo, workers):
+            run.thumbs.used |= used
+            run.thumbs.existing.update(made)
+            geometry = geometry or geo
+        if len(layout.pages) > 1:
+            html = _ENV.get_template("index.html.j2").render(**run.base_ctx, **_index_context(layout, run.names, views),
+                                                             made=_now(), total=len(views), counts=counts(views),
+                                                             scope="")
             write_cache_file(report_dir / "report.html", html.encode("utf-8", "replace"))
-        _remove_stale(report_dir, {n for pair in names for n in pair} | {"report.html"})
+        _remove_stale(report_dir, {n for pair in run.names for n in pair} | {"report.html"})
         write_cache_file(cache_file, json.dumps({"version": version, "pages": new}).encode())
-        thumbs.prune()
-    return ReportResult(report_dir / "report.html", [report_dir / s for _, s in names], len(views),
-                        dict(counts(views)), len(pages), made, geometry, layout)
+        run.thumbs.prune()
+    return ReportResult(report_dir / "report.html", [report_dir / s for _, s in run.names], len(views),
+                        dict(counts(views)), len(layout.pages), len(todo), geometry, layout)
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _write_page(p: Page, names: list[tuple[str, str]], views: list[PairView], layout: Layout,
-                base_ctx: dict[str, Any], report_dir: Path, out_dir: Path, thumbs: Thumbs, job: JobFile,
-                old: dict[str, str], new: dict[str, str]) -> SheetGeometry | None:
-    """Write one page and its contact sheet unless what they show is unchanged (`old` holds the
-    signatures of the previous report, `new` gets this one's); the sheet's geometry if written."""
-    html_name, sheet_name = names[p.number - 1]
-    single = len(names) == 1
-    ctx = _page_context(p, layout, base_ctx, report_dir, out_dir, thumbs, job)
-    ctx.update(sheet=sheet_name, number=p.number, index=None if single else "report.html",
-               prev=names[p.number - 2][0] if p.number > 1 else None,
-               next=names[p.number][0] if p.number < len(names) else None)
-    if single:
-        ctx["problems"], ctx["problems_total"] = problems(views, lambda v: None)
-    sig = _digest([ctx, [(v.name, v.record.get("updated"), v.record.get("steps_done")) for v in p.views]])
-    new[html_name] = sig
-    if old.get(html_name) == sig and (report_dir / html_name).is_file() and (report_dir / sheet_name).is_file():
+def _stat(path: Path | None) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path) if path is not None else None
+    except OSError:
         return None
-    _add_curves(p, ctx, out_dir)
-    html = _ENV.get_template("page.html.j2").render(**ctx, made=_now(), total=len(p.views), counts=counts(p.views),
-                                                    scope="" if single else f"page {p.number} of {len(names)}: ")
-    data, geo = render_sheet(p, layout, thumbs)
-    thumbs.forget()
-    write_cache_file(report_dir / sheet_name, data)
-    write_cache_file(report_dir / html_name, html.encode("utf-8", "replace"))
-    return geo
+    return (st.st_size, st.st_mtime_ns) if st else None
+
+
+class _Pages:
+    """What every page of one report is made from (shared, by fork, with the page writers)."""
+
+    def __init__(self, job: JobFile, views: list[PairView], layout: Layout, report_dir: Path, out_dir: Path,
+                 thumbs: Thumbs, live_every: float | None):
+        self.job, self.views, self.layout, self.thumbs = job, views, layout, thumbs
+        self.report_dir, self.out_dir = report_dir, out_dir
+        pages = layout.pages
+        self.names = [("report.html", "contact_sheet.jpg")] if len(pages) == 1 else \
+            [(f"page-{p.number:04d}.html", f"sheet-{p.number:04d}.jpg") for p in pages]
+        active = any(v.status == "running" for v in views) or (live_every and any(v.status in ACTIVE for v in views))
+        common = [(k, fmt(job.defaults[k])) for k in SHOWN if k in job.defaults and k not in layout.varied]
+        self.base_ctx = {
+            "manifest": job.manifest, "weights": job.weights, "row_axis": layout.row_axis,
+            "column_axis": layout.column_axis, "section_axes": layout.section_axes, "varied": layout.varied,
+            "common": common, "series": list(SERIES.items()), "thumb": THUMB, "page_count": len(pages),
+            "refresh": max(10, round(live_every or 60)) if active else None,
+            "title": f"stylebatch report: {out_dir.resolve().name}"}
+
+    def _images(self, p: Page) -> list[Path | None]:
+        found = []
+        for b in p.blocks:
+            found.append(self.layout.sections[b.section].image)
+            found += [v.image for v in (*b.rows, *b.columns)]
+            found += [v.output if v.output is not None else v.snapshot for v in b.cells.values()]
+        return found
+
+    def signature(self, p: Page) -> str:
+        """What the page shows, without making anything: a page with the same signature as last
+        time is not made again."""
+        cells = [(b.section, [r.label for r in b.rows], [c.label for c in b.columns],
+                  sorted((i, j, v.name, v.status, v.record) for (i, j), v in b.cells.items())) for b in p.blocks]
+        return _digest([self.base_ctx, self.names[p.number - 1], len(self.names), cells,
+                        [(str(path), _stat(path)) for path in self._images(p)]])
+
+    def keep(self, p: Page) -> None:
+        """An unchanged page: its thumbnails stay (they are in use)."""
+        for path in self._images(p):
+            self.thumbs.get(path)
+
+    def render(self, p: Page) -> SheetGeometry:
+        html_name, sheet_name = self.names[p.number - 1]
+        single = len(self.names) == 1
+        ctx = _page_context(p, self.layout, self.base_ctx, self.report_dir, self.out_dir, self.thumbs, self.job)
+        ctx.update(sheet=sheet_name, number=p.number, index=None if single else "report.html",
+                   prev=self.names[p.number - 2][0] if p.number > 1 else None,
+                   next=self.names[p.number][0] if p.number < len(self.names) else None)
+        if single:
+            ctx["problems"], ctx["problems_total"] = problems(self.views, lambda v: None)
+        _add_curves(p, ctx, self.out_dir)
+        html = _ENV.get_template("page.html.j2").render(
+            **ctx, made=_now(), total=len(p.views), counts=counts(p.views),
+            scope="" if single else f"page {p.number} of {len(self.names)}: ")
+        data, geo = render_sheet(p, self.layout, self.thumbs)
+        self.thumbs.forget()
+        write_cache_file(self.report_dir / sheet_name, data)
+        write_cache_file(self.report_dir / html_name, html.encode("utf-8", "replace"))
+        return geo
+
+
+_SHARED: list[Any] = []  # (run, pages) for the forked page writers
+
+
+def _render_shared(k: int) -> tuple[SheetGeometry, set[str], dict[str, Any]]:
+    run, pages = _SHARED
+    geo = run.render(pages[k])
+    return (geo, *run.thumbs.take())
+
+
+def _render_all(run: _Pages, pages: list[Page], workers: int) -> Iterator[tuple[SheetGeometry, set[str], dict]]:
+    """Each page's (sheet geometry, thumbnails used, thumbnails made), in `workers` processes."""
+    workers = min(workers, len(pages))
+    if workers <= 1:
+        for p in pages:
+            yield (run.render(p), *run.thumbs.take())
+        return
+    _SHARED[:] = [run, pages]
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            yield from pool.map(_render_shared, range(len(pages)))
+    finally:
+        _SHARED.clear()
 
 
 def _page_context(p: Page, layout: Layout, base_ctx: dict[str, Any], report_dir: Path, out_dir: Path,

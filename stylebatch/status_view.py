@@ -75,9 +75,12 @@ class Summary:
             yield "  ".join(x.ljust(w) for x, w in zip(c[:-1], widths)) + "  " + c[-1] + "\n"
 
 
+_ENCODE = json.JSONEncoder(default=str).encode  # one encoder: json.dumps(default=...) builds one per call
+
+
 def json_chunks(rows: Iterable[dict[str, Any]], summary: Summary) -> Iterator[str]:
     """One JSON document, a pair per line, each written before the next record is read."""
     yield '{"pairs": [\n'
     for i, row in enumerate(rows):
-        yield (",\n" if i else "") + json.dumps(summary.add(row), default=str)
+        yield (",\n" if i else "") + _ENCODE(summary.add(row))
     yield '\n],\n"counts": ' + json.dumps(summary.counts) + "}\n"

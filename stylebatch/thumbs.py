@@ -64,6 +64,7 @@ class Thumbs:
         self.made = 0
         self._fresh: dict[Path, Image.Image] = {}  # made since forget(): the contact sheet needs no re-read
         self._dirs: set[Path] = set()
+        self._made: dict[str, Thumb] = {}
         if self.dir.is_dir():
             for sub in os.scandir(self.dir):
                 if sub.is_dir(follow_symlinks=False):
@@ -115,7 +116,8 @@ class Thumbs:
         write_cache_file(path, buf.getvalue())
         self.made += 1
         self._fresh[path] = rgb
-        return Thumb(path, rgb.width, rgb.height)
+        self._made[key] = Thumb(path, rgb.width, rgb.height)
+        return self._made[key]
 
     def load(self, thumb: Thumb, size: tuple[int, int]) -> Image.Image:
         """The thumbnail's pixels (RGB), at least `size` where the JPEG decoder can reduce it for free."""
@@ -125,6 +127,13 @@ class Thumbs:
         with Image.open(thumb.path) as im:
             im.draft("RGB", size)  # decode at 1/2, 1/4 ... of the size when that still covers `size`
             return im.convert("RGB")
+
+    def take(self) -> tuple[set[str], dict[str, Thumb]]:
+        """The keys used and the thumbnails made since the last call (a forked page writer hands
+        them back to the report, which prunes the rest)."""
+        used, made = self.used, self._made
+        self.used, self._made = set(), {}
+        return used, made
 
     def forget(self) -> None:
         """Drop the pixels kept since the last call (one page's worth at a time)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from html.parser import HTMLParser
@@ -255,6 +256,17 @@ def test_large_matrices_are_paged_with_an_index_and_a_sheet_per_page(grid: Path,
             assert max(sheet.size) <= SHEET_MAX
     assert sorted(seen) == sorted(f"pair-{n}" for n in records(grid))  # every pair once
     assert not (report_dir / "contact_sheet.jpg").exists()
+    # The same pages made by two forked writers (as the CLI does): every link still resolves (no
+    # thumbnail a writer made was pruned by the report).
+    def page_text(path: Path) -> str:
+        return re.sub(r"made \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "", path.read_text())
+
+    first = {f.name: page_text(f) for f in report_dir.glob("page-*.html")}
+    shutil.rmtree(report_dir)
+    assert write_report(grid, workers=2).made == 3
+    for name, text in first.items():
+        _check_links(_parse(report_dir / name), report_dir)
+        assert page_text(report_dir / name) == text
     # Back to one page: the pages of the larger report go.
     monkeypatch.undo()
     assert write_report(grid).pages == 1
