@@ -41,9 +41,12 @@ class SheetGeometry:
     blocks: int
     cell: int
     caption: int
+    per_block: int = 0  # lines down each wrapped column, when set (else rows spread evenly)
 
     @property
     def block_rows(self) -> int:
+        if self.per_block:
+            return self.per_block
         return math.ceil(self.rows / self.blocks) if self.rows else 0
 
     @property
@@ -101,12 +104,33 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.
     return text + "…"
 
 
+def _wrapped_lines(page: Page) -> tuple[list[tuple[Block, int]], SheetGeometry]:
+    """The sheet's lines, (block, row index; -1 for the block's header row), in the order they are
+    laid out down each wrapped column, and the geometry that holds them. A wrapped column that
+    starts inside a block starts with that block's header again, so every column reads alone."""
+    plain = [(b, i) for b in page.blocks for i in range(-1, len(b.rows))]
+    columns = max(len(b.columns) for b in page.blocks)
+    first = sheet_geometry(len(plain), columns)
+    geo = sheet_geometry(len(plain) + first.blocks - 1, columns)  # room for a header atop each wrapped column
+    per = geo.block_rows
+    while True:
+        lines: list[tuple[Block, int]] = []
+        for line in plain:
+            if len(lines) % per == 0 and line[1] >= 0:
+                lines.append((line[0], -1))
+            lines.append(line)
+        if len(lines) <= geo.blocks * per:
+            break
+        per += 1
+    cell = min(geo.cell, SHEET_MAX // per - geo.caption)  # one more line than planned must still fit
+    return lines, SheetGeometry(len(lines), geo.cells_per_row, geo.blocks, cell, geo.caption, per)
+
+
 def render_sheet(page: Page, layout: Layout, thumbs: Thumbs) -> tuple[bytes, SheetGeometry]:
     """The page's contact sheet as JPEG bytes, and its geometry. Each block's corner shows what its
     section fixes (the style image of a sweep's section, say)."""
     column_axis, row_axis = layout.column_axis, layout.row_axis
-    lines: list[tuple[Block, int]] = [(b, i) for b in page.blocks for i in range(-1, len(b.rows))]  # -1: header
-    geo = sheet_geometry(len(lines), max(len(b.columns) for b in page.blocks))
+    lines, geo = _wrapped_lines(page)
     sheet = Image.new("RGB", (max(1, geo.width), max(1, geo.height)), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
     font = _font(max(8, CAPTION - 5))

@@ -421,3 +421,17 @@ def test_report_every_is_read_from_the_pairs_config() -> None:
     assert report_every_s(NS(valid_pairs=[NS(config=NS())])) == 60 * DEFAULT_EVERY_MIN  # a config without the key
     assert report_every_s(NS(valid_pairs=[NS(config=NS(report_every=2.0)), NS(config=NS(report_every=0.5))])) == 30
     assert report_every_s(NS(valid_pairs=[NS(config=NS(report_every=0))])) == 0
+
+
+def test_every_wrapped_column_of_a_sheet_starts_with_its_header() -> None:
+    from stylebatch.sheet import _wrapped_lines
+
+    rows = [matrix.Value(f"r{i}", f"r{i}") for i in range(90)]
+    page = matrix.Page(1, [matrix.Block(0, rows[:60], [matrix.Value("c", "c")], {}),
+                           matrix.Block(1, rows[60:], [matrix.Value("c", "c")], {})])
+    lines, geo = _wrapped_lines(page)
+    assert geo.blocks > 1 and geo.width <= SHEET_MAX and geo.height <= SHEET_MAX
+    columns = [lines[k:k + geo.block_rows] for k in range(0, len(lines), geo.block_rows)]
+    assert len(columns) <= geo.blocks and all(col[0][1] == -1 for col in columns)
+    data_rows = [(block.section, i) for block, i in lines if i >= 0]
+    assert data_rows == [(0, i) for i in range(60)] + [(1, i) for i in range(30)]  # each row once, in order
