@@ -7,16 +7,17 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from stylebatch import __version__
-from stylebatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, StylebatchError
+from stylebatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, StopNow, StylebatchError
 
 log = logging.getLogger("stylebatch")
 
@@ -47,31 +48,40 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="retry pairs that used up max_attempts")
     run.add_argument("--skip-invalid", action="store_true", help="run the valid pairs, record invalid ones as failed")
     run.add_argument("--break-lock", action="store_true", help="remove a stale job lock (e.g. on NFS)")
-    run.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
+    run.add_argument("--verify", action="store_true",
+                     help="re-hash every finished output (sha256) instead of trusting its recorded size, mtime and inode")
+    run.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto",
+                     help="where the pairs run: auto (a GPU if there is one), cpu or gpu")
     run.add_argument("--devices", default="1", help="number of devices (workers), or auto")
-    run.add_argument("--num-nodes", type=int, default=1)
+    run.add_argument("--num-nodes", type=int, default=1, help="number of machines (SLURM/torchrun), each with --devices workers")
     run.add_argument("--sync-timeout", type=float, default=600.0,
                      help="seconds workers wait for rank 0's plan (and rank 0 for a worker to start)")
 
     val = sub.add_parser("validate", help="check a manifest and every file it names; print the plan")
     job_args(val)
 
-    status = sub.add_parser("status", help="show the state of a job directory")
-    status.add_argument("output_dir")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--debug", action="store_true")
+    status = sub.add_parser("status", help="show the state of every pair of a job directory")
+    status.add_argument("output_dir", help="the job's output directory (the manifest's output_dir or --out)")
+    status.add_argument("--all", action="store_true", help="one line per pair (default: counts, failed and running pairs)")
+    status.add_argument("--json", action="store_true",
+                        help='machine-readable, streamed: {"pairs": [one object per line], "counts": {...}}')
+    status.add_argument("--debug", action="store_true", help="show full tracebacks")
 
-    report = sub.add_parser("report", help="write report.html and contact_sheet.png of a job directory")
-    report.add_argument("output_dir")
-    report.add_argument("--group-by", choices=("style", "content"), default="style")
+    report = sub.add_parser("report", help="write the job's results as a matrix: report.html and contact sheets")
+    report.add_argument("output_dir", help="the job's output directory (the manifest's output_dir or --out)")
     report.add_argument("--columns", default="auto", metavar="KEY",
-                        help="config key whose values become the columns (default: the one the job varies; none)")
-    report.add_argument("--debug", action="store_true")
+                        help="content, style or a config key whose values make the columns "
+                             "(default: the key a sweep varies, else style)")
+    report.add_argument("--rows", default="auto", metavar="KEY",
+                        help="content, style or a config key whose values make the rows (default: content)")
+    report.add_argument("--live-every", type=float, metavar="SECONDS",
+                        help="as the running job writes it: pages reload every SECONDS while pairs are left")
+    report.add_argument("--debug", action="store_true", help="show full tracebacks")
 
     inspect = sub.add_parser("inspect", help="print the settings, input hashes and versions an output carries")
-    inspect.add_argument("image")
+    inspect.add_argument("image", help="an output image made by stylebatch")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
-    inspect.add_argument("--debug", action="store_true")
+    inspect.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser
 
 
@@ -100,11 +110,11 @@ def _plan_line(job: Any) -> str:
 def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
     job = _load(args)
     problems = job.all_problems
-    out.print(_plan_line(job), soft_wrap=True, markup=False)
-    if problems:
+    if problems:  # the plan line only for a job that would run: never just above a refusal
         _print_problems(err, problems)
         err.print(f"{len(problems)} problem(s); nothing was run", soft_wrap=True)
         return EXIT_INVALID
+    out.print(_plan_line(job), soft_wrap=True, markup=False)
     for pair in job.pairs:
         w, h = pair.out_size
         out.print(f"  {pair.name}: {w}x{h}, {pair.config.steps} evaluations, {pair.config.optimizer}",
@@ -117,7 +127,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     opts = RunOptions(
         fresh=args.fresh, retry_failed=args.retry_failed, skip_invalid=args.skip_invalid,
-        break_lock=args.break_lock, sync_timeout=args.sync_timeout,
+        break_lock=args.break_lock, sync_timeout=args.sync_timeout, verify=args.verify,
     )
     fabric = launch(args.accelerator, args.devices, args.num_nodes, args.sync_timeout)
     if fabric is not None and fabric.global_rank != 0:
@@ -147,6 +157,10 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         code = run_job(job, opts, reporter, fabric=fabric)
     finally:
         reporter.stop()
+    if _WHOLE_PROCESS:
+        # The job is over and the process exits with the code printed next: a Ctrl-C from here on
+        # would turn it into 130 (Python's KeyboardInterrupt exit) after "exit 3" was printed.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     out.print(f"exit {code}: {EXIT_CODES[code]}; outputs in {job.output_dir}", soft_wrap=True, markup=False)
     return code
 
@@ -162,24 +176,28 @@ def _device(accelerator: str) -> str:
 
 
 def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from stylebatch.state import JobState, summarize
+    """Every pair of the job, pending ones included, one record read at a time (status_view.py)."""
+    from stylebatch.state import pair_rows
+    from stylebatch.status_view import Summary, json_chunks
 
-    state = JobState(Path(args.output_dir))
-    if not state.root.is_dir():
-        raise StylebatchError(f"{args.output_dir}: not a stylebatch output directory (no {state.root.name}/)")
-    summary = summarize(state.records())
+    rows = pair_rows(Path(args.output_dir))
+    summary = Summary(every=args.all)
+    fh = out.file
     if args.json:
-        out.print_json(json.dumps(summary))
+        for chunk in json_chunks(rows, summary):
+            fh.write(chunk)
+        fh.flush()
         return 0
-    table = Table(title=f"{args.output_dir}")
-    for col in ("pair", "status", "evaluations", "attempts", "rank", "seconds", "error"):
-        table.add_column(col)
-    for p in summary["pairs"]:
-        steps = f"{p['steps_done']}/{p['steps']}" if p["steps"] else str(p["steps_done"])
-        table.add_row(p["name"], p["status"], steps, str(p["attempts"]), str(p["rank"] if p["rank"] is not None else ""),
-                      f"{p['seconds']:.1f}" if p["seconds"] else "", p["error"] or "")
-    out.print(table)
-    out.print(", ".join(f"{k} {v}" for k, v in summary["counts"].items() if v), soft_wrap=True)
+    for row in rows:
+        summary.add(row)
+    if args.all:
+        fh.writelines(summary.aligned())
+        fh.flush()
+    elif (table := summary.table()) is not None:
+        out.print(table)
+    if more := summary.more():
+        out.print(more, soft_wrap=True, markup=False)
+    out.print(summary.line(args.output_dir), soft_wrap=True, markup=False)
     return 0
 
 
@@ -202,13 +220,20 @@ def _load_from_image(args: argparse.Namespace):
 def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
     from stylebatch.report import write_report
 
-    result = write_report(Path(args.output_dir), group_by=args.group_by, columns=args.columns)
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
-    geo = result.geometry
-    out.print(f"{result.pairs} pairs ({counts})", soft_wrap=True, markup=False)
-    out.print(f"report: {result.html}", soft_wrap=True, markup=False)
-    out.print(f"contact sheet: {result.sheet} ({geo.width}x{geo.height}, {geo.cell} px cells)",
+    if args.live_every:
+        os.nice(10)  # the running job's refresh (live_report.py): the pairs come first
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    result = write_report(Path(args.output_dir), columns=args.columns, rows=args.rows, live_every=args.live_every,
+                          workers=cores)
+    counts = ", ".join(f"{n} {s}" for s, n in result.counts.items())
+    layout = result.layout
+    out.print(f"{result.pairs} pairs ({counts}): rows {layout.row_axis}, columns {layout.column_axis}"
+              + (f", sections by {', '.join(layout.section_axes)}" if layout.section_axes else ""),
               soft_wrap=True, markup=False)
+    out.print(f"report: {result.html}" + (f" (index of {result.pages} pages)" if result.pages > 1 else ""),
+              soft_wrap=True, markup=False)
+    sheets = result.sheets[0] if len(result.sheets) == 1 else f"{len(result.sheets)} in {result.sheets[0].parent}"
+    out.print(f"contact sheet: {sheets}", soft_wrap=True, markup=False)
     return 0
 
 
@@ -263,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted; run the same command again to resume", soft_wrap=True)
         return EXIT_INTERRUPTED
+    except StopNow:
+        err.print("stopped at once (second Ctrl-C); exit 3: the pair in progress resumes from its last "
+                  "checkpoint when you run the same command again", soft_wrap=True)
+        return EXIT_INTERRUPTED
     except OSError as e:  # the file system, not a bug (disk full, a directory removed): every write is
         # atomic and every finished pair recorded, so running the same command again resumes: exit 3
         if getattr(args, "debug", False):
@@ -277,5 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
+_WHOLE_PROCESS = False  # True when main() is the process (entry_point), not a call from a test
+
+
 def entry_point() -> None:
+    global _WHOLE_PROCESS
+    _WHOLE_PROCESS = True
     sys.exit(main())

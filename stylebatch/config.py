@@ -156,6 +156,11 @@ class Config:
     checkpoint_every: int = _field(
         50, "Save a resumable checkpoint every N loss evaluations.", identity=False, ge=1
     )
+    report_every: float = _field(
+        5.0, "While a job runs, rank 0 rewrites its report (`.stylebatch/report/`) every N minutes (the first time "
+        "within a minute) and once more at the end; the pages reload themselves meanwhile. 0: `run` writes no report.",
+        identity=False, ge=0,
+    )
     max_attempts: int = _field(
         2, "A failed pair is retried on the next run until it has failed this many times.", identity=False, ge=1
     )

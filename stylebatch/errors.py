@@ -46,3 +46,12 @@ class LockedError(StylebatchError):
     """Another job holds the output directory."""
 
     exit_code = EXIT_LOCKED
+
+
+class StopNow(BaseException):
+    """A second Ctrl-C: stop at once (the pair resumes from its last periodic checkpoint).
+
+    A BaseException that is not KeyboardInterrupt: Lightning's fit turns a KeyboardInterrupt into
+    `sys.exit(1)` (exit 1 means "some pairs failed"), but re-raises anything else, so this reaches
+    the CLI, which exits 3 as it says."""
+

@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,11 +102,23 @@ def _is_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+URL_HINT = "URLs are not supported; download the file first"
+URLS = "\0urls"  # a pair entry's URLs, carried from _raw_entries to load_job (never a config key)
+
+
+def is_url(value: Any) -> bool:
+    """`https://...`, `s3://...`: not a local path (it would become a mangled 'file not found')."""
+    return isinstance(value, str) and bool(_URL.match(value))
+
+
 def _expand_paths(base: Path, values: list[Any], where: str, problems: list[str]) -> list[Path]:
     out = []
     for v in values:
         if not isinstance(v, str) or not v:
             problems.append(f"{where}: expected a file path, got {v!r}")
+        elif is_url(v):
+            problems.append(f"{where}: {v!r}: {URL_HINT}")
         elif _is_glob(v):
             matches = sorted(Path(m) for m in glob.glob(str(base / v)))
             if not matches:
@@ -156,6 +169,10 @@ def _raw_entries(data: dict[str, Any], base: Path, src: str, problems: list[str]
             value = raw.get(key)
             if value is None:
                 problems.append(f"{where}: missing '{key}'")
+            elif is_url(value) or (isinstance(value, list) and any(is_url(v) for v in value)):
+                # Said once for the pair (load_job); the path stays, so the pair keeps its name.
+                raw.setdefault(URLS, []).append(f"'{key}' {value!r}")
+                raw[key] = base / (value if isinstance(value, str) else value[0])
             elif isinstance(value, list) and key == "style":  # a blend: weights in style_blend
                 if len(value) < 1 or not all(isinstance(v, str) and v for v in value):
                     problems.append(f"{where}: 'style' as a blend must be a list of file paths, got {value!r}")
@@ -234,6 +251,8 @@ def _grid_blend(base: Path, value: dict[str, Any], where: str, problems: list[st
         problems.append(f"{where}: a blend entry takes 'blend' and 'weights', not {extra}")
     elif not isinstance(paths, list) or len(paths) < 2 or not all(isinstance(p, str) and p for p in paths):
         problems.append(f"{where}: 'blend' must list at least two style files, got {paths!r}")
+    elif any(is_url(p) for p in paths):
+        problems.append(f"{where}: 'blend' {paths!r}: {URL_HINT}")
     elif weights is not None and (not isinstance(weights, list) or len(weights) != len(paths)):
         problems.append(f"{where}: 'weights' must list one weight per style of the blend, got {weights!r}")
     else:
@@ -396,6 +415,7 @@ def load_job(
 
     files = _FileChecker()
     for entry, raw, varied in _raw_entries(data, base, src, problems):
+        urls = raw.pop(URLS, [])
         pair_keys = {k: v for k, v in raw.items() if k not in PAIR_KEYS}
         unknown = [k for k in pair_keys if k not in cfgmod.FIELDS] if entry.startswith("pairs") else []
         content, style = raw.get("content"), raw.get("style")
@@ -415,6 +435,9 @@ def load_job(
             pair.config = cfgmod.resolve(layers + [(where, pair_keys), ("--set", sets or {})])
         except ConfigError as e:
             pair.problems += [p if p.startswith(src) or p.startswith("--set") else f"{where}: {p}" for p in e.problems]
+        if pair.config is not None and is_url(pair.config.init):
+            pair.problems.append(f"{where}: 'init' {pair.config.init!r}: {URL_HINT}")
+            pair.config = dataclasses.replace(pair.config, init="content")  # reported; nothing more to check
         if pair.config is not None and pair.config.init not in cfgmod.INIT_MODES:
             # An init image, like content and style, is relative to the manifest.
             pair.config = dataclasses.replace(pair.config, init=os.path.abspath(base / pair.config.init))
@@ -422,8 +445,9 @@ def load_job(
             pair.problems.append(f"{where}: {problem}")
         if content is None or style is None:
             pair.problems.append(f"{where}: needs both content and style")
+        pair.problems += [f"{where}: {url}: {URL_HINT}" for url in urls]
         job.pairs.append(pair)
-        if pair.config is None or content is None or style is None or not check_files:
+        if pair.config is None or content is None or style is None or urls or not check_files:
             continue
         _check_pair_files(pair, files, where, job.weights)
 

@@ -116,6 +116,9 @@ class RichReporter:
         if not self.live or status != "done":
             self.console.print(line, soft_wrap=True, markup=False)
 
+    def note(self, message: str) -> None:
+        self.console.print(message, soft_wrap=True, markup=False)
+
     def waiting(self, ranks: list[int], counts: dict[str, int]) -> None:
         now = time.monotonic()
         if now - self.last_line.get("", 0.0) >= PIPED_INTERVAL_S:

@@ -1,592 +1,351 @@
-"""`stylebatch report OUT_DIR`: one HTML page and one contact sheet of a job's results.
+"""`stylebatch report OUT_DIR`: the job as a matrix of results (see matrix.py), in HTML pages and
+contact sheets under `<out>/.stylebatch/report/` (pair names cannot start with '.', so nothing
+there can collide with an output):
 
-Written under `<out>/.stylebatch/report/` (pair names cannot start with '.', so nothing there can
-collide with an output):
+    report.html          the whole job when it fits one page; otherwise the index of the pages
+    page-0001.html ...   one block of rows x columns of a section each (only when there are several)
+    contact_sheet.jpg    the page's matrix as one image (sheet-0001.jpg ... for several pages)
+    thumbs/              small copies of every image shown (thumbs.py)
+    pages.json           what each page was made from: an unchanged page is not made again
 
-    report.html          pairs grouped by style (or content); per pair its thumbnails, settings,
-                         final losses, evaluations, time, status, error and loss curve (inline SVG)
-    contact_sheet.png    the same grid as one image, at most SHEET_MAX px a side
-    thumbs/*.jpg         small copies (THUMB px), lazy-loaded by the page, cached by file and mtime
+Cells: the result's thumbnail (linked to the output), status, final losses, evaluations, seconds,
+the loss curve (inline SVG) and the error of a failed pair; a running pair shows its evaluations
+done and its latest snapshot (`save_every`). Pages are rendered from the Jinja2 templates in
+`templates/` (autoescaped). While the job runs, rank 0 rewrites the report every `report_every`
+minutes (LiveReport) and the pages reload themselves.
 
-Layout: one row per (content, style) of a group; the config key that the job varies (a grid's
-`style_weight: [10, 100, 1000]`) becomes the columns, so a sweep reads across. With several varied
-keys the first (in Config order, or `columns=`) makes the columns and the others label the rows; when
-no row would hold two cells (every pair its own settings), the page is a plain list instead.
-
-It reads only files: `.stylebatch/job.json` (the pairs, their inputs and configs), the pairs' state
-records and loss curves, and the images; it never loads torch.
+It reads only files: `.stylebatch/job.json`, the pairs' records and loss curves, the images; it
+never loads torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import fcntl
+import multiprocessing
 import hashlib
-import html
-import io
 import json
-import math
 import os
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Iterator
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
+import jinja2
 
-from stylebatch.atomic import atomic_write
-from stylebatch.config import FIELDS
-from stylebatch.curves import CURVE_FILE, X_COLUMN, read_curve
+from stylebatch.curves import CURVE_FILE, read_curve
 from stylebatch.errors import StylebatchError
-from stylebatch.state import STATE_DIR, JobState, effective_status
+from stylebatch.jobfile import JobFile, read_job_file
+from stylebatch.matrix import Axes, Layout, Page, PairView, build_layout, fmt
+from stylebatch.report_cells import CURVE_POINTS, SERIES, anchor, cell, counts, curve_data, head, href, problems
+from stylebatch.sheet import SheetGeometry, render_sheet
+from stylebatch.state import INVALID_PREFIX, STATE_DIR, JobState, effective_status
+from stylebatch.thumbs import THUMB, Thumbs, write_cache_file
 
 REPORT_DIR = "report"
-THUMB = 160  # longest side of a thumbnail, px
-SHEET_MAX = 4096  # longest side of the contact sheet, px
-SHEET_GAP = 8  # px between blocks of columns when the sheet wraps
-CAPTION_MIN_CELL = 64  # cells smaller than this get no caption line
-CAPTION = 16  # caption line height, px
-CURVE_POINTS = 60  # a curve is drawn with at most this many points
-SERIES = {"content": "#1f77b4", "style": "#e4572e", "total": "#333333"}
-STATUS_COLOURS = {"done": (34, 34, 34), "failed": (110, 30, 30), "invalid": (110, 30, 30)}
-
-
-@dataclass
-class PairView:
-    """One pair as the report shows it."""
-
-    name: str
-    entry: str
-    content: Path | None
-    style: Path | None
-    config: dict[str, Any] | None
-    status: str  # done, failed, invalid, interrupted, running, pending
-    error: str | None
-    record: dict[str, Any]
-    output: Path | None  # the output file, when it exists
-    curve: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def failed(self) -> bool:
-        return self.status in ("failed", "invalid")
-
-
-@dataclass
-class Row:
-    content: Path | None
-    style: Path | None
-    labels: dict[str, Any]  # other varied keys' values
-    cells: list[PairView | None]
-
-
-@dataclass
-class Group:
-    title: str
-    path: Path | None
-    rows: list[Row]
-
-
-@dataclass
-class Layout:
-    group_by: str
-    column_key: str | None
-    columns: list[Any]
-    groups: list[Group]
-    varied: list[str]
-
-
-@dataclass
-class SheetGeometry:
-    """The contact sheet's grid: rows of (content, style, one cell per column), wrapped into
-    `blocks` side by side when there are many rows, cells `cell` px square plus a caption line."""
-
-    rows: int
-    cells_per_row: int
-    blocks: int
-    cell: int
-    caption: int
-
-    @property
-    def block_rows(self) -> int:
-        return math.ceil(self.rows / self.blocks) if self.rows else 0
-
-    @property
-    def width(self) -> int:
-        return self.blocks * self.cells_per_row * self.cell + (self.blocks - 1) * SHEET_GAP
-
-    @property
-    def height(self) -> int:
-        return self.caption + self.block_rows * (self.cell + self.caption)
-
-
-def sheet_geometry(rows: int, columns: int, limit: int = SHEET_MAX) -> SheetGeometry:
-    """The largest cell (up to THUMB) that fits `rows` x (2 + `columns`) cells within `limit` px a
-    side, trying every number of side-by-side blocks; fewer blocks win ties."""
-    per_row = 2 + columns
-    best = SheetGeometry(rows, per_row, 1, 8, 0)
-    for blocks in range(1, max(1, rows) + 1):
-        block_rows = math.ceil(rows / blocks) if rows else 0
-        cell = min(THUMB, (limit - (blocks - 1) * SHEET_GAP) // (blocks * per_row))
-        while cell >= 8:
-            caption = CAPTION if cell >= CAPTION_MIN_CELL else 0
-            if caption + block_rows * (cell + caption) <= limit:
-                break
-            cell -= 1
-        if cell > best.cell:
-            best = SheetGeometry(rows, per_row, blocks, cell, CAPTION if cell >= CAPTION_MIN_CELL else 0)
-        if cell < 8 and blocks * per_row * 8 > limit:
-            break
-    return best
+SHOWN = ("size", "steps", "optimizer", "lr", "content_weight", "style_weight", "tv_weight", "init", "format")
+ACTIVE = ("pending", "running", "interrupted")
+SHOWN_RECORD = ("steps_done", "steps", "losses", "seconds", "error", "updated")  # what a cell uses of a record
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("stylebatch", "templates"), autoescape=True,
+                          trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
 
 
 # ---------------------------------------------------------------- reading the job directory
 
 
-def _resolve(path: str | None, cwd: Path) -> Path | None:
-    if not path or path == "None":
-        return None
-    p = Path(path)
-    return p if p.is_absolute() else cwd / p
-
-
-def load_views(out_dir: Path) -> tuple[dict[str, Any], list[PairView]]:
-    """The job file and one view per pair of it, in manifest order."""
-    state = JobState(out_dir)
-    job_file = state.root / "job.json"
+def _snapshot(pair_dir: str) -> Path | None:
+    """The newest `iter_<n>.png` of a pair (save_every), or None."""
+    best, best_n = None, -1
     try:
-        job = json.loads(job_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StylebatchError(f"{out_dir}: not a stylebatch output directory (no {STATE_DIR}/job.json)") from None
-    except (OSError, ValueError) as e:
-        raise StylebatchError(f"{job_file}: unreadable ({e})") from None
-    cwd = Path(job.get("cwd") or os.getcwd())
-    invalid = {r.get("entry"): r for r in state.records() if r["name"].startswith("_invalid_")}
+        with os.scandir(pair_dir) as it:
+            for e in it:
+                n = e.name[5:-4]
+                if e.name.startswith("iter_") and e.name.endswith(".png") and n.isdigit() and int(n) > best_n:
+                    best, best_n = Path(e.path), int(n)
+    except OSError:
+        return None
+    return best
+
+
+def load_views(out_dir: Path) -> tuple[JobFile, list[PairView]]:
+    """The job file and one view per pair of it, in manifest order (one record read per pair)."""
+    state = JobState(out_dir)
+    job = read_job_file(state.root)
+    if job is None:
+        raise StylebatchError(f"{out_dir}: not a stylebatch output directory (no {STATE_DIR}/job.json)")
+    invalid = {}
+    for name in state.names():
+        if name.startswith(INVALID_PREFIX):
+            record = state.read(name) or {}
+            invalid[record.get("entry")] = record
     views = []
-    for p in job.get("pairs", []):
-        name = str(p.get("name"))
-        entry = str(p.get("entry") or "")
-        bad = invalid.get(entry) if entry else None
-        record = (bad if bad is not None else state.read(name)) or {}
-        if bad is not None:
+    now = time.time()
+    for e in job.entries:
+        bad = invalid.get(e.entry) if e.entry else None
+        record = (bad if bad is not None else state.read(e.name)) or {}
+        if bad is not None or not e.has_config:
             status = "invalid"
         else:
-            status = effective_status(record) if record else "pending"
-        cfg = p.get("config") or None
-        out_name = record.get("output") if bad is None else None
-        if not out_name and cfg:
-            out_name = f"{name}.{cfg.get('format', 'png')}"
-        output = out_dir / out_name if out_name and bad is None else None
-        views.append(PairView(
-            name=name, entry=entry, content=_resolve(p.get("content"), cwd), style=_resolve(p.get("style"), cwd),
-            config=cfg, status=status, error=record.get("error") if status in ("failed", "invalid") else None,
-            record=record, output=output if output is not None and output.is_file() else None,
-            curve=read_curve(state.pair_dir(name) / CURVE_FILE) if bad is None else [],
-        ))
+            status = effective_status(record, now) if record else "pending"
+        styles = [job.resolve(s) for s in (e.styles or [e.style])]
+        shown = {k: record[k] for k in SHOWN_RECORD if k in record}  # the rest of a record, ~1 KB, is not shown
+        view = PairView(e.name, e.entry, job.resolve(e.content), [s for s in styles if s is not None],
+                        e.overrides or {}, status, shown, has_config=e.has_config)
+        if status == "done":
+            out_name = record.get("output") or f"{e.name}.{job.value(e, 'format') or 'png'}"
+            out = out_dir / out_name
+            view.output = out if os.path.isfile(out) else None
+        elif status in ("running", "interrupted"):
+            view.snapshot = _snapshot(f"{state.root}/pairs/{e.name}")
+        views.append(view)
     return job, views
 
 
-# ---------------------------------------------------------------- layout
-
-
-def _key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def _sort_key(value: Any) -> tuple:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (0, float(value), "")
-    return (1, 0.0, _key(value))
-
-
-def varied_keys(views: list[PairView]) -> list[str]:
-    """Config keys with more than one value among the pairs, in Config order."""
-    configs = [v.config for v in views if v.config]
-    return [k for k in FIELDS if len({_key(c.get(k)) for c in configs}) > 1]
-
-
-def build_layout(views: list[PairView], group_by: str = "style", columns: str = "auto") -> Layout:
-    if group_by not in ("style", "content"):
-        raise StylebatchError(f"--group-by must be style or content, got {group_by!r}")
-    varied = varied_keys(views)
-    if columns == "auto":
-        column_key = varied[0] if varied else None
-    elif columns == "none":
-        column_key = None
-    elif columns in varied:
-        column_key = columns
-    else:
-        choice = ", ".join(varied) if varied else "none: every pair has the same config"
-        raise StylebatchError(f"--columns {columns}: not a key this job varies (varied: {choice})")
-    layout = _arrange(views, group_by, column_key, varied)
-    if columns == "auto" and column_key and not any(sum(c is not None for c in r.cells) > 1
-                                                    for g in layout.groups for r in g.rows):
-        layout = _arrange(views, group_by, None, varied)  # no row would hold two cells: a plain list reads better
-    return layout
-
-
-def _arrange(views: list[PairView], group_by: str, column_key: str | None, varied: list[str]) -> Layout:
-    col_values: list[Any] = [None]
-    if column_key:
-        found = {_key(v.config.get(column_key)): v.config.get(column_key) for v in views if v.config}
-        col_values = sorted(found.values(), key=_sort_key)
-    col_index = {_key(v): i for i, v in enumerate(col_values)}
-    others = [k for k in varied if k != column_key]
-
-    groups: dict[str, Group] = {}
-    rows: dict[tuple, Row] = {}
-    for v in views:
-        gpath = v.style if group_by == "style" else v.content
-        gkey = str(gpath)
-        if gkey not in groups:
-            groups[gkey] = Group(f"{group_by}: {gpath.name if gpath else '(none)'}", gpath, [])
-        labels = {k: v.config.get(k) for k in others} if v.config else {}
-        if column_key and v.config:
-            col = col_index[_key(v.config.get(column_key))]
-        else:
-            col = 0
-        rkey = (gkey, str(v.content), str(v.style), _key(labels))
-        # A pair whose cell is taken (no varied key to tell them apart, or no config) gets a row of its own.
-        if rkey in rows and rows[rkey].cells[col] is not None:
-            rkey = (*rkey, v.name)
-        if rkey not in rows:
-            rows[rkey] = Row(v.content, v.style, labels, [None] * len(col_values))
-            groups[gkey].rows.append(rows[rkey])
-        rows[rkey].cells[col] = v
-    ordered = sorted(groups.values(), key=lambda g: g.title)
-    other = "content" if group_by == "style" else "style"
-    for g in ordered:
-        g.rows.sort(key=lambda r: (str(getattr(r, other)), _key(r.labels)))
-    return Layout(group_by, column_key, col_values, ordered, varied)
-
-
-# ---------------------------------------------------------------- thumbnails
-
-
-class Thumbs:
-    """Small JPEG copies in `directory`, named by the source's path, size and mtime (so a changed
-    file gets a new one and an unchanged one is never redone); unused ones are removed by `prune`."""
-
-    def __init__(self, directory: Path):
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.used: dict[str, Path] = {}
-
-    def get(self, src: Path | None) -> Path | None:
-        if src is None:
-            return None
-        try:
-            st = src.stat()
-        except OSError:
-            return None
-        ident = f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        key = hashlib.sha1(ident.encode()).hexdigest()[:20] + ".jpg"
-        path = self.dir / key
-        if not path.exists():
-            try:
-                with Image.open(src) as im:
-                    im.draft("RGB", (THUMB, THUMB))  # JPEG: decode at reduced size
-                    im = ImageOps.exif_transpose(im)
-                    im.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
-                    rgb = _flatten(im)
-            except Exception:  # noqa: BLE001 (a missing or broken input shows as missing, never fails the report)
-                return None
-            buf = io.BytesIO()
-            rgb.save(buf, format="JPEG", quality=85)
-            atomic_write(path, buf.getvalue())
-        self.used[key] = path
-        return path
-
-    def prune(self) -> None:
-        for stale in self.dir.glob("*.jpg"):
-            if stale.name not in self.used:
-                stale.unlink(missing_ok=True)
-
-
-def _flatten(im: Image.Image) -> Image.Image:
-    """Any mode → RGB, transparency over white."""
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        bg = Image.new("RGB", im.size, (255, 255, 255))
-        bg.paste(im, mask=im.getchannel("A"))
-        return bg
-    return im.convert("RGB")
-
-
-# ---------------------------------------------------------------- HTML
-
-
-def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        return str(int(x)) if x.is_integer() and abs(x) < 1e7 else f"{x:.4g}"  # 10000, not 1e+04
-    if isinstance(x, dict):
-        return ", ".join(f"{k} {_fmt(v)}" for k, v in x.items())
-    return str(x)
-
-
-def _href(target: Path, base: Path) -> str:
-    rel = os.path.relpath(target, base)
-    return quote(rel.replace(os.sep, "/"))
-
-
-def _img(thumb: Path | None, base: Path, alt: str) -> str:
-    if thumb is None:
-        return f'<div class="missing">{html.escape(alt)}<br>not available</div>'
-    with Image.open(thumb) as im:
-        w, h = im.size
-    scale = THUMB / max(w, h)  # small images are shown at thumbnail size too, so the grid stays even
-    w, h = max(1, round(w * scale)), max(1, round(h * scale))
-    return (f'<img src="{_href(thumb, base)}" loading="lazy" decoding="async" width="{w}" height="{h}" '
-            f'alt="{html.escape(alt, quote=True)}">')
-
-
-def _linked(full: Path | None, thumb: Path | None, base: Path, alt: str) -> str:
-    img = _img(thumb, base, alt)
-    if full is None or not full.exists():
-        return img
-    return f'<a href="{_href(full, base)}">{img}</a>'
-
-
-def curve_svg(rows: list[dict[str, float]], width: int = 160, height: int = 56) -> str:
-    """Content, style and total loss against evaluations, log scale, as one small inline SVG."""
-    if len(rows) < 1:
-        return ""
-    if len(rows) > CURVE_POINTS:
-        step = (len(rows) - 1) / (CURVE_POINTS - 1)
-        rows = [rows[round(i * step)] for i in range(CURVE_POINTS)]
-    series = [k for k in SERIES if k in rows[0]]
-    values = [r[k] for r in rows for k in series if r[k] > 0 and math.isfinite(r[k])]
-    if not values:
-        return ""
-    lo, hi = math.log10(min(values)), math.log10(max(values))
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
-    x0, x1 = rows[0][X_COLUMN], rows[-1][X_COLUMN]
-    pad = 2
-
-    def xy(r: dict[str, float], k: str) -> str:
-        x = pad + (width - 2 * pad) * ((r[X_COLUMN] - x0) / (x1 - x0) if x1 > x0 else 1.0)
-        y = pad + (height - 2 * pad) * (1 - (math.log10(max(r[k], 10 ** lo)) - lo) / (hi - lo))
-        return f"{x:.1f},{y:.1f}"
-
-    lines = []
-    for k in series:
-        points = " ".join(xy(r, k) for r in rows)
-        lines.append(f'<polyline fill="none" stroke="{SERIES[k]}" stroke-width="1.3" points="{points}"/>')
-    first, last = rows[0], rows[-1]
-    title = "; ".join(f"{k} {first[k]:.3g} → {last[k]:.3g}" for k in series)
-    title += f" (evaluations {int(x0)}–{int(x1)}; log scale 1e{lo:.1f}–1e{hi:.1f})"
-    return (f'<svg class="curve" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">'
-            f"<title>{html.escape(title)}</title>{''.join(lines)}</svg>")
-
-
-def _settings_line(cfg: dict[str, Any] | None) -> str:
-    if not cfg:
-        return ""
-    return (f"{cfg.get('size')} px · {cfg.get('steps')} × {cfg.get('optimizer')} · "
-            f"α {_fmt(cfg.get('content_weight'))} · β {_fmt(cfg.get('style_weight'))}")
-
-
-def _cell_html(v: PairView | None, out_dir: Path, base: Path, thumbs: Thumbs) -> str:
-    if v is None:
-        return '<td class="cell empty"></td>'
-    parts = [_linked(v.output, thumbs.get(v.output), base, v.name)]
-    parts.append(f'<div class="name">{html.escape(v.name)} <span class="st st-{v.status}">{v.status}</span></div>')
-    losses = v.record.get("losses") or (v.curve[-1] if v.curve else None)
-    stats = []
-    if losses:
-        stats.append(f"content {_fmt(float(losses.get('content', float('nan'))))}")
-        stats.append(f"style {_fmt(float(losses.get('style', float('nan'))))}")
-    done, steps = v.record.get("steps_done"), v.record.get("steps") or (v.config or {}).get("steps")
-    if done is not None:
-        stats.append(f"{done}/{steps} evals")
-    if v.record.get("seconds"):
-        stats.append(f"{float(v.record['seconds']):.1f} s")
-    if stats:
-        parts.append(f'<div class="stats">{" · ".join(stats)}</div>')
-    if v.config:
-        parts.append(f'<div class="settings">{html.escape(_settings_line(v.config))}</div>')
-    parts.append(curve_svg(v.curve))
-    if v.error:
-        parts.append(f'<div class="error">{html.escape(v.error)}</div>')
-    cls = "failed" if v.failed else v.status
-    return f'<td class="cell c-{cls}" id="{html.escape(_anchor(v.name), quote=True)}">{"".join(parts)}</td>'
-
-
-def _anchor(name: str) -> str:
-    return "pair-" + quote(name, safe="")
-
-
-CSS = """
-body{font:13px/1.35 system-ui,sans-serif;margin:16px;color:#222;background:#fafafa}
-h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:22px 0 6px}
-table.grid{border-collapse:collapse}
-.grid th{font-weight:600;text-align:left;padding:4px 6px;background:#eee;position:sticky;top:0}
-.grid td{vertical-align:top;padding:6px;border:1px solid #ddd;background:#fff}
-.grid td.input{width:164px;text-align:center;color:#555}
-.cell{width:170px}.cell img,.input img{display:block;margin:0 auto 4px;background:#222;object-fit:contain}
-.c-failed{background:#fff0f0!important}.c-interrupted,.c-pending,.c-running{background:#f6f6e8!important}
-.name{font-weight:600;word-break:break-all}.stats,.settings{color:#555;font-size:12px}
-.error{color:#a00;font-size:12px;white-space:pre-wrap;word-break:break-word}
-.st{font-weight:400;font-size:11px;padding:0 4px;border-radius:3px;background:#ddd}
-.st-done{background:#cdeccd}.st-failed,.st-invalid{background:#f3c0c0}
-.missing{width:160px;height:60px;display:flex;align-items:center;justify-content:center;background:#eee;
- color:#888;font-size:11px;text-align:center;margin:0 auto 4px}
-.labels{font-size:12px;color:#333;margin-top:4px}.curve{display:block;margin-top:4px;background:#fcfcfc}
-.legend span{display:inline-block;width:14px;height:3px;margin:0 4px 3px 10px;vertical-align:middle}
-ul.problems li{margin:2px 0}
-"""
-
-
-def render_html(out_dir: Path, job: dict[str, Any], views: list[PairView], layout: Layout, report_dir: Path,
-                thumbs: Thumbs) -> str:
-    base = report_dir
-    counts: dict[str, int] = {}
-    for v in views:
-        counts[v.status] = counts.get(v.status, 0) + 1
-    configs = [v.config for v in views if v.config]
-    common = {k: configs[0].get(k) for k in FIELDS if configs and k not in layout.varied}
-    shown = ("size", "steps", "optimizer", "lr", "content_weight", "style_weight", "tv_weight", "init", "format")
-    title = f"stylebatch report: {out_dir.name}"
-    h = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>",
-         f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
-    h.append(f"<p>{len(views)} pairs: " + ", ".join(f"{n} {html.escape(s)}" for s, n in sorted(counts.items()))
-             + f" · manifest {html.escape(str(job.get('manifest', '')))} · weights "
-             f"{html.escape(str(job.get('weights', '')))} · made {time.strftime('%Y-%m-%d %H:%M')}"
-             f' · <a href="contact_sheet.png">contact sheet</a></p>')
-    if common:
-        items = " · ".join(f"{k} {html.escape(_fmt(common[k]))}" for k in shown if k in common)
-        h.append(f"<p>Same for every pair: {items}. α content weight, β style weight.</p>")
-    if layout.varied:
-        h.append(f"<p>Varied: {html.escape(', '.join(layout.varied))}"
-                 + (f"; columns: <b>{html.escape(layout.column_key)}</b>" if layout.column_key else "") + "</p>")
-    h.append('<p class="legend">Loss curves (log scale, against evaluations):'
-             + "".join(f'<span style="background:{c}"></span>{k}' for k, c in SERIES.items()) + "</p>")
-    problems = [v for v in views if v.failed]
-    if problems:
-        h.append(f"<h2>Failed ({len(problems)})</h2><ul class=problems>")
-        for v in problems:
-            h.append(f'<li><a href="#{_anchor(v.name)}">{html.escape(v.name)}</a> '
-                     f"({html.escape(v.entry)}): <span class=error>{html.escape(v.error or '')}</span></li>")
-        h.append("</ul>")
-    if len(layout.groups) > 1:
-        h.append("<p>Groups: " + " · ".join(f'<a href="#group-{i}">{html.escape(g.title)}</a>'
-                                           for i, g in enumerate(layout.groups)) + "</p>")
-    col_heads = [("result" if layout.column_key is None else f"{layout.column_key} = {_fmt(c)}")
-                 for c in layout.columns]
-    for i, g in enumerate(layout.groups):
-        h.append(f'<h2 id="group-{i}">{html.escape(g.title)}</h2><table class=grid><thead><tr>'
-                 "<th>content</th><th>style</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in col_heads)
-                 + "</tr></thead><tbody>")
-        for r in g.rows:
-            cells = []
-            for role, path in (("content", r.content), ("style", r.style)):
-                label = html.escape(path.name if path else "(none)")
-                extra = ""
-                if role == "style" and r.labels:
-                    extra = '<div class="labels">' + "<br>".join(
-                        f"{html.escape(k)} = {html.escape(_fmt(val))}" for k, val in r.labels.items()) + "</div>"
-                cells.append(f'<td class="input">{_linked(path, thumbs.get(path), base, label)}{label}{extra}</td>')
-            cells += [_cell_html(v, out_dir, base, thumbs) for v in r.cells]
-            h.append("<tr>" + "".join(cells) + "</tr>")
-        h.append("</tbody></table>")
-    h.append("</body></html>")
-    return "\n".join(h)
-
-
-# ---------------------------------------------------------------- contact sheet
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.ImageFont) -> str:
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
-
-
-def render_sheet(layout: Layout, thumbs: Thumbs, limit: int = SHEET_MAX) -> tuple[Image.Image, SheetGeometry]:
-    rows = [r for g in layout.groups for r in g.rows]
-    geo = sheet_geometry(len(rows), len(layout.columns), limit)
-    sheet = Image.new("RGB", (max(1, geo.width), max(1, geo.height)), (250, 250, 250))
-    draw = ImageDraw.Draw(sheet)
-    font = _font(max(8, CAPTION - 5))
-    t, cap = geo.cell, geo.caption
-    heads = ["content", "style"] + [("result" if layout.column_key is None else f"{layout.column_key}={_fmt(c)}")
-                                    for c in layout.columns]
-
-    def cell(x: int, y: int, src: Path | None, caption: str, status: str = "done") -> None:
-        bg = STATUS_COLOURS.get(status, (90, 90, 60))
-        draw.rectangle([x + 1, y + 1, x + t - 2, y + t - 2], fill=bg)  # 1 px of background between cells
-        thumb = thumbs.get(src) if src is not None else None
-        if thumb is not None:
-            with Image.open(thumb) as im:
-                scale = (t - 2) / max(im.size)  # up or down: every cell filled alike
-                im = im.convert("RGB").resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                                              Image.Resampling.LANCZOS)
-                sheet.paste(im, (x + (t - im.width) // 2, y + (t - im.height) // 2))
-        else:
-            word = "missing" if status == "done" else status
-            draw.text((x + 4, y + 4), _fit_text(draw, word, t - 8, font), fill=(240, 240, 240), font=font)
-        if cap:
-            draw.text((x + 2, y + t + 1), _fit_text(draw, caption, t - 4, font), fill=(40, 40, 40), font=font)
-
-    block_w = geo.cells_per_row * t + SHEET_GAP
-    for b in range(geo.blocks if rows else 0):
-        if cap:
-            for j, head in enumerate(heads):
-                draw.text((b * block_w + j * t + 2, 1), _fit_text(draw, head, t - 4, font), fill=(0, 0, 0), font=font)
-    for i, r in enumerate(rows):
-        b, k = divmod(i, geo.block_rows)
-        x, y = b * block_w, cap + k * (t + cap)
-        cell(x, y, r.content, r.content.name if r.content else "(none)")
-        cell(x + t, y, r.style, r.style.name if r.style else "(none)")
-        for j, v in enumerate(r.cells):
-            cx = x + (2 + j) * t
-            if v is None:
-                continue
-            status = "done" if v.output is not None and not v.failed else v.status
-            cell(cx, y, v.output, v.name, status)
-    return sheet, geo
-
-
-# ---------------------------------------------------------------- entry point
+# ---------------------------------------------------------------- the whole report
 
 
 @dataclass
 class ReportResult:
     html: Path
-    sheet: Path
+    sheets: list[Path]
     pairs: int
     counts: dict[str, int]
-    geometry: SheetGeometry
+    pages: int
+    made: int  # pages (and their sheets) written this time; the others were unchanged
+    geometry: SheetGeometry | None  # the first page's sheet, when made this time
+    layout: Layout
 
 
-def write_report(out_dir: str | Path, group_by: str = "style", columns: str = "auto") -> ReportResult:
-    """Build `report.html`, `contact_sheet.png` and the thumbnails under `<out>/.stylebatch/report/`."""
+def _digest(data: Any) -> str:
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _template_version() -> str:
+    sources = [_ENV.loader.get_source(_ENV, n)[0] for n in ("base.html.j2", "page.html.j2", "index.html.j2")]
+    return _digest([sources, THUMB, CURVE_POINTS, Path(__file__).stat().st_mtime_ns])
+
+
+@contextlib.contextmanager
+def _locked(report_dir: Path) -> Iterator[None]:
+    """One report writer at a time (the live report's child, a `stylebatch report` by hand): one
+    could otherwise prune the thumbnails the other just linked."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(report_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def write_report(out_dir: str | Path, columns: str = "auto", rows: str = "auto",
+                 live_every: float | None = None, workers: int = 1) -> ReportResult:
+    """Write the report under `<out>/.stylebatch/report/`. `live_every` (seconds): written for the
+    running job (live_report.py), so pages of a job with work left reload themselves at that
+    interval; otherwise they reload only while a pair's owner is alive. `workers` > 1 makes the
+    changed pages in that many forked processes (the CLI; never inside a run, which has threads)."""
     out_dir = Path(out_dir)
     job, views = load_views(out_dir)
-    layout = build_layout(views, group_by, columns)
+    layout = build_layout(views, Axes(job.keys, job.defaults, job.bookkeeping), columns, rows)
     report_dir = JobState(out_dir).root / REPORT_DIR
-    thumbs = Thumbs(report_dir / "thumbs")
-    page = render_html(out_dir, job, views, layout, report_dir, thumbs)
-    sheet, geo = render_sheet(layout, thumbs)
-    info = PngImagePlugin.PngInfo()
-    info.add_text("stylebatch-sheet", json.dumps({**dataclasses.asdict(geo), "column_key": layout.column_key,
-                                                  "columns": [_fmt(c) for c in layout.columns]}, default=str))
-    buf = io.BytesIO()
-    sheet.save(buf, format="PNG", pnginfo=info, optimize=False)
-    html_path, sheet_path = report_dir / "report.html", report_dir / "contact_sheet.png"
-    atomic_write(sheet_path, buf.getvalue())
-    atomic_write(html_path, page.encode("utf-8"))
-    thumbs.prune()
-    counts: dict[str, int] = {}
-    for v in views:
-        counts[v.status] = counts.get(v.status, 0) + 1
-    return ReportResult(html_path, sheet_path, len(views), counts, geo)
+    with _locked(report_dir):
+        run = _Pages(job, views, layout, report_dir, out_dir, Thumbs(report_dir / "thumbs"), live_every)
+        cache_file = report_dir / "pages.json"
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+        version = _template_version()
+        old = cache.get("pages", {}) if cache.get("version") == version else {}
+        new, todo = {}, []
+        for p in layout.pages:
+            html_name, sheet_name = run.names[p.number - 1]
+            new[html_name] = run.signature(p)
+            if old.get(html_name) == new[html_name] and (report_dir / html_name).is_file() \
+                    and (report_dir / sheet_name).is_file():
+                run.keep(p)
+            else:
+                todo.append(p)
+        geometry = None
+        for geo, used, made in _render_all(run, todo, workers):
+            run.thumbs.used |= used
+            run.thumbs.existing.update(made)
+            geometry = geometry or geo
+        if len(layout.pages) > 1:
+            html = _ENV.get_template("index.html.j2").render(**run.base_ctx, **_index_context(layout, run.names, views),
+                                                             made=_now(), total=len(views), counts=counts(views),
+                                                             scope="")
+            write_cache_file(report_dir / "report.html", html.encode("utf-8", "replace"))
+        _remove_stale(report_dir, {n for pair in run.names for n in pair} | {"report.html"})
+        write_cache_file(cache_file, json.dumps({"version": version, "pages": new}).encode())
+        run.thumbs.prune()
+    return ReportResult(report_dir / "report.html", [report_dir / s for _, s in run.names], len(views),
+                        dict(counts(views)), len(layout.pages), len(todo), geometry, layout)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _stat(path: Path | None) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path) if path is not None else None
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns) if st else None
+
+
+class _Pages:
+    """What every page of one report is made from (shared, by fork, with the page writers)."""
+
+    def __init__(self, job: JobFile, views: list[PairView], layout: Layout, report_dir: Path, out_dir: Path,
+                 thumbs: Thumbs, live_every: float | None):
+        self.job, self.views, self.layout, self.thumbs = job, views, layout, thumbs
+        self.report_dir, self.out_dir = report_dir, out_dir
+        pages = layout.pages
+        self.names = [("report.html", "contact_sheet.jpg")] if len(pages) == 1 else \
+            [(f"page-{p.number:04d}.html", f"sheet-{p.number:04d}.jpg") for p in pages]
+        active = any(v.status == "running" for v in views) or (live_every and any(v.status in ACTIVE for v in views))
+        common = [(k, fmt(job.defaults[k])) for k in SHOWN if k in job.defaults and k not in layout.varied]
+        self.base_ctx = {
+            "manifest": job.manifest, "weights": job.weights, "row_axis": layout.row_axis,
+            "column_axis": layout.column_axis, "section_axes": layout.section_axes, "varied": layout.varied,
+            "common": common, "series": list(SERIES.items()), "thumb": THUMB, "page_count": len(pages),
+            "refresh": max(10, round(live_every or 60)) if active else None,
+            "title": f"stylebatch report: {out_dir.resolve().name}"}
+
+    def _images(self, p: Page) -> list[Path | None]:
+        found = []
+        for b in p.blocks:
+            found.append(self.layout.sections[b.section].image)
+            found += [v.image for v in (*b.rows, *b.columns)]
+            found += [v.output if v.output is not None else v.snapshot for v in b.cells.values()]
+        return found
+
+    def signature(self, p: Page) -> str:
+        """What the page shows, without making anything: a page with the same signature as last
+        time is not made again."""
+        cells = [(b.section, [r.label for r in b.rows], [c.label for c in b.columns],
+                  sorted((i, j, v.name, v.status, v.record) for (i, j), v in b.cells.items())) for b in p.blocks]
+        return _digest([self.base_ctx, self.names[p.number - 1], len(self.names), cells,
+                        [(str(path), _stat(path)) for path in self._images(p)]])
+
+    def keep(self, p: Page) -> None:
+        """An unchanged page: its thumbnails stay (they are in use)."""
+        for path in self._images(p):
+            self.thumbs.get(path)
+
+    def render(self, p: Page) -> SheetGeometry:
+        html_name, sheet_name = self.names[p.number - 1]
+        single = len(self.names) == 1
+        ctx = _page_context(p, self.layout, self.base_ctx, self.report_dir, self.out_dir, self.thumbs, self.job)
+        ctx.update(sheet=sheet_name, number=p.number, index=None if single else "report.html",
+                   prev=self.names[p.number - 2][0] if p.number > 1 else None,
+                   next=self.names[p.number][0] if p.number < len(self.names) else None)
+        if single:
+            ctx["problems"], ctx["problems_total"] = problems(self.views, lambda v: None)
+        _add_curves(p, ctx, self.out_dir)
+        html = _ENV.get_template("page.html.j2").render(
+            **ctx, made=_now(), total=len(p.views), counts=counts(p.views),
+            scope="" if single else f"page {p.number} of {len(self.names)}: ")
+        data, geo = render_sheet(p, self.layout, self.thumbs)
+        self.thumbs.forget()
+        write_cache_file(self.report_dir / sheet_name, data)
+        write_cache_file(self.report_dir / html_name, html.encode("utf-8", "replace"))
+        return geo
+
+
+_SHARED: list[Any] = []  # (run, pages) for the forked page writers
+
+
+def _render_shared(k: int) -> tuple[SheetGeometry, set[str], dict[str, Any]]:
+    run, pages = _SHARED
+    geo = run.render(pages[k])
+    return (geo, *run.thumbs.take())
+
+
+def _render_all(run: _Pages, pages: list[Page], workers: int) -> Iterator[tuple[SheetGeometry, set[str], dict]]:
+    """Each page's (sheet geometry, thumbnails used, thumbnails made), in `workers` processes."""
+    workers = min(workers, len(pages))
+    if workers <= 1:
+        for p in pages:
+            yield (run.render(p), *run.thumbs.take())
+        return
+    _SHARED[:] = [run, pages]
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            yield from pool.map(_render_shared, range(len(pages)))
+    finally:
+        _SHARED.clear()
+
+
+def _page_context(p: Page, layout: Layout, base_ctx: dict[str, Any], report_dir: Path, out_dir: Path,
+                  thumbs: Thumbs, job: JobFile) -> dict[str, Any]:
+    col_axis, row_axis = base_ctx["column_axis"], base_ctx["row_axis"]
+    blocks, previous = [], None
+    for k, b in enumerate(p.blocks):
+        rows = []
+        for i, row in enumerate(b.rows):
+            cells = []
+            for j in range(len(b.columns)):
+                v = b.cells.get((i, j))
+                steps = v.values.get("steps", job.defaults.get("steps")) if v is not None else None
+                cells.append(cell(v, report_dir, out_dir, thumbs, steps) if v is not None else None)
+            rows.append({"head": head(row, row_axis, report_dir, thumbs), "cells": cells})
+        section = layout.sections[b.section]
+        image = thumbs.get(section.image)
+        blocks.append({"anchor": f"block-{k + 1}", "title": section.title if section.title != previous else None,
+                       "image": {"src": href(image.path, report_dir), "w": image.width, "h": image.height,
+                                 "href": href(section.image, report_dir)} if image else None,
+                       "rows": rows, "columns": [head(c, col_axis, report_dir, thumbs) for c in b.columns]})
+        previous = section.title
+    return {**base_ctx, "blocks": blocks, "problems": [], "problems_total": 0}
+
+
+def _add_curves(p: Page, ctx: dict[str, Any], out_dir: Path) -> None:
+    state = JobState(out_dir)
+    for b, block in zip(p.blocks, ctx["blocks"]):
+        for i, row in enumerate(block["rows"]):
+            for j, c in enumerate(row["cells"]):
+                if c is not None and c["status"] not in ("pending", "invalid"):
+                    c["curve"] = curve_data(read_curve(state.pair_dir(b.cells[(i, j)].name) / CURVE_FILE))
+
+
+def _span(values: list[Any], a: int, b: int) -> str:
+    if not values:
+        return ""
+    return f"{values[a].label} … {values[b - 1].label}" if b - a > 1 else values[a].label
+
+
+def _index_context(layout: Layout, names: list[tuple[str, str]], views: list[PairView]) -> dict[str, Any]:
+    page_of = {id(v): p for p in layout.pages for v in p.views}
+    page_of_block = layout.page_of_block()
+    sections = []
+    for s in layout.sections:
+        lines = []
+        for (a, b), line in zip(s.row_blocks, s.blocks):
+            cells = []
+            for block in line:
+                page = page_of_block[id(block)]
+                frag = f"#block-{page.blocks.index(block) + 1}"
+                cells.append({"number": page.number, "href": names[page.number - 1][0] + frag,
+                              "sheet": names[page.number - 1][1],
+                              "counts": ", ".join(f"{n} {st}" for st, n in counts(list(block.cells.values())))})
+            lines.append({"head": _span(s.rows, a, b), "pages": cells})
+        sections.append({"title": s.title, "col_heads": [_span(s.columns, a, b) for a, b in s.col_blocks], "lines": lines})
+
+    def href(v: PairView) -> str | None:
+        page = page_of.get(id(v))
+        return f"{names[page.number - 1][0]}#{anchor(v.name)}" if page else None
+
+    failed, total = problems(views, href)
+    return {"sections": sections, "problems": failed, "problems_total": total}
+
+
+def _remove_stale(report_dir: Path, keep: set[str]) -> None:
+    """Pages and sheets of an earlier, larger report (and the PNG sheet of earlier versions)."""
+    for f in report_dir.iterdir():
+        stale = f.name.startswith(("page-", "sheet-")) or f.name == "contact_sheet.png" or f.name == "contact_sheet.jpg"
+        if stale and f.name not in keep and f.is_file():
+            f.unlink(missing_ok=True)

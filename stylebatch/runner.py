@@ -25,11 +25,14 @@ import torch
 
 from stylebatch.atomic import atomic_write, fault_point, remove_stale_temps
 from stylebatch.engine import Member, NonFiniteLossError, PairHooks, PairResult, stylize
-from stylebatch.errors import EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StylebatchError
+from stylebatch.errors import EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StopNow, StylebatchError
+from stylebatch.jobfile import write_job_file
+from stylebatch.live_report import LiveReport, report_every_s
 from stylebatch.manifest import Job, Pair
 from stylebatch.plan import plan as make_plan
 from stylebatch.provenance import pair_metadata
-from stylebatch.state import HOST, JobState, effective_status, sha256_file
+from stylebatch.state import (HOST, INVALID_PREFIX, JobState, effective_status, output_intact, output_stamp,
+                              redo_note, sha256_file, stale_output_note)
 from stylebatch.vgg import VGGFeatures, load_vgg, weights_identity
 
 log = logging.getLogger("stylebatch")
@@ -43,6 +46,7 @@ class RunOptions:
     break_lock: bool = False
     device: str = "cpu"
     sync_timeout: float = 600.0  # seconds a rank waits for rank 0's plan (or for a worker to start)
+    verify: bool = False  # issue 15: re-hash every done output (sha256) instead of trusting size+mtime+inode
 
 
 class Reporter:
@@ -53,6 +57,7 @@ class Reporter:
     def pair_progress(self, pair: Pair, evaluations: int, losses: dict[str, float]) -> None: ...
     def pair_end(self, pair: Pair, status: str, detail: str = "") -> None: ...
     def waiting(self, ranks: list[int], counts: dict[str, int]) -> None: ...
+    def note(self, message: str) -> None: ...  # issue 15: one line for the user (a pair redone, and why)
 
 
 class StopFlag:
@@ -71,7 +76,7 @@ class StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise StopNow  # issue 15: not KeyboardInterrupt, which Lightning turns into exit 1
         first = self.signum is None
         self.signum = signum
         log.warning("received %s: checkpointing the current pair and stopping", signal.Signals(signum).name)
@@ -92,13 +97,17 @@ def _output_path(job: Job, pair: Pair) -> Path:
     return job.output_dir / f"{pair.name}.{pair.config.format}"
 
 
-def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions) -> bool:
+def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter: Reporter | None = None) -> bool:
     """Whether a pair is to run now; resets a record whose id no longer matches."""
     record = state.read(pair.name)
     if record is None:
         return True
     if record.get("id") != pair.id:
         # Inputs, weights or pixel-changing settings changed: the old checkpoint means nothing.
+        note = redo_note(pair, record, _output_path(job, pair), job.weights)  # issue 15: say what changed
+        if note:
+            log.info("%s", note)
+            (reporter or Reporter()).note(note)
         state.checkpoint_path(pair.name).unlink(missing_ok=True)
         state.write(pair.name, {"id": pair.id, "status": "pending", "attempts": 0, "steps_done": 0})
         return True
@@ -106,9 +115,11 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions) -> bool:
     if status == "done":
         out = _output_path(job, pair)
         same_encoding = record.get("encoding", {"format": "png"}) == pair.config.encoding()
-        if same_encoding and out.is_file() and sha256_file(out) == record.get("output_sha256"):
+        # issue 15: size + mtime + inode recorded at write time; the full sha256 on --verify or a changed stamp
+        if same_encoding and output_intact(state, pair.name, record, out, getattr(opts, "verify", False)):
             return False
         log.info("%s: output missing or changed since it was written; redoing the pair", pair.name)
+        (reporter or Reporter()).note(stale_output_note(pair.name, record, pair.config.encoding(), out))  # issue 15
         state.update(pair.name, status="pending", steps_done=0, attempts=0)
         return True
     if status == "failed" and record.get("attempts", 0) >= pair.config.max_attempts and not opts.retry_failed:
@@ -173,10 +184,10 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
                 log.info("removed %d temp file(s) left by an interrupted run", removed)
             for leftover in (state.root / "ranks", state.root / "stop"):
                 shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
-            _write_job_file(job, state)
+            write_job_file(job, state.root)  # issue 15: compact job.json (jobfile.py)
             _record_invalid(job, state)
             vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
-            pending = [p for p in job.valid_pairs if needs_work(job, state, p, opts)]
+            pending = [p for p in job.valid_pairs if needs_work(job, state, p, opts, reporter)]
             shares = make_plan(pending, world, _recorded_batches(state, pending))  # batches of names, per rank
         except BaseException as e:
             if fabric is not None:
@@ -187,11 +198,14 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
         reporter.start(len(job.pairs), len(job.valid_pairs) - len(pending), pending)
         log.info("plan: %s", dict(enumerate(shares)))
         stop.install()
+        live = LiveReport(job.output_dir, report_every_s(job)).start()  # issue 15: rank 0's live report
         try:
             run_batches(job, shares[0], vgg, _rank_device(fabric, opts), state, stop, reporter, rank=0)
             if world > 1:
                 _wait_for_workers(state, world, opts.sync_timeout, reporter, job)
+            live.stop(final=True)  # issue 15: the report once more at the end
         finally:
+            live.stop(final=False)  # issue 15: no-op after the final one
             stop.restore()
     if stop.signum == signal.SIGUSR1 and os.environ.get("SLURM_JOB_ID"):
         _requeue(os.environ["SLURM_JOB_ID"])
@@ -347,7 +361,8 @@ def _conclude(job: Job, pair: Pair, state: JobState, reporter: Reporter, result:
     seconds = round(time.time() - started, 3)
     state.update(
         pair.name, status="done", steps_done=result.evaluations, output_sha256=result.output_sha256,
-        encoding=pair.config.encoding(), losses=result.losses, seconds=seconds, finished=time.time(),
+        encoding=pair.config.encoding(), output_stat=output_stamp(_output_path(job, pair)),
+        losses=result.losses, seconds=seconds, finished=time.time(),
     )
     shared = f"batch of {result.batch_size}, " if result.batch_size > 1 else ""
     log.info("%s: done, %d evaluations, %s%.1fs, losses %s", pair.name, result.evaluations, shared, seconds,
@@ -437,9 +452,6 @@ def exit_code(job: Job, state: JobState, interrupted: bool) -> int:
     return EXIT_OK
 
 
-INVALID_PREFIX = "_invalid_"
-
-
 def _record_invalid(job: Job, state: JobState) -> None:
     """With --skip-invalid, each invalid entry is recorded as failed with its reasons, under a name
     of its own (its output name may be the problem, or a duplicate of a valid pair's)."""
@@ -452,20 +464,6 @@ def _record_invalid(job: Job, state: JobState) -> None:
             key = INVALID_PREFIX + "".join(ch if ch.isalnum() else "-" for ch in pair.entry).strip("-")
             state.write(key, {"id": "", "status": "failed", "error": "; ".join(pair.problems), "attempts": 1,
                               "entry": pair.entry})
-
-
-def _write_job_file(job: Job, state: JobState) -> None:
-    data = {
-        "manifest": str(job.manifest),
-        "cwd": os.getcwd(),  # what relative paths below are relative to
-        "weights": job.weights,
-        "pairs": [
-            {"name": p.name, "id": p.id, "entry": p.entry, "content": str(p.content), "style": str(p.style),
-             "config": p.config.to_dict() if p.config else None}
-            for p in job.pairs
-        ],
-    }
-    atomic_write(state.root / "job.json", json.dumps(data, indent=1, default=str).encode())
 
 
 def _open_log(state: JobState, rank: int) -> Path:

@@ -3,13 +3,13 @@
 Layout under the output directory:
 
     <output_dir>/<name>.png                    outputs, named for people (.jpg/.webp with `format`)
-    <output_dir>/.stylebatch/job.json          the resolved job, for reproduction
+    <output_dir>/.stylebatch/job.json          the resolved job, one compact line per pair (jobfile.py)
     <output_dir>/.stylebatch/lock              flock held by the running job (rank 0)
     <output_dir>/.stylebatch/logs/*.log        one log per process
     <output_dir>/.stylebatch/pairs/<name>/state.json   status, steps, attempts, owner, error, sha256
     <output_dir>/.stylebatch/pairs/<name>/last.ckpt    Lightning checkpoint (target + optimizer)
     <output_dir>/.stylebatch/pairs/<name>/losses.csv   loss curve, kept in step with last.ckpt (curves.py)
-    <output_dir>/.stylebatch/report/                   `stylebatch report`: report.html, contact_sheet.png
+    <output_dir>/.stylebatch/report/                   `stylebatch report`: pages, contact sheets, thumbnails
 
 Only the worker that owns a pair writes its record, always atomically.
 """
@@ -23,15 +23,18 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from stylebatch.atomic import atomic_write
-from stylebatch.errors import LockedError
+from stylebatch.errors import LockedError, StylebatchError
+from stylebatch.jobfile import read_job_file
 
 STATE_DIR = ".stylebatch"
-STATUSES = ("pending", "running", "done", "failed", "interrupted")
+STATUSES = ("pending", "running", "done", "failed", "interrupted", "invalid")
+INVALID_PREFIX = "_invalid_"  # records of invalid manifest entries (run --skip-invalid), one per entry
 HOST = socket.gethostname()
 STALE_HEARTBEAT_S = 15 * 60  # a 'running' pair on another host with no heartbeat for this long is shown interrupted
 
@@ -66,13 +69,22 @@ class JobState:
         return self.pair_dir(name) / "last.ckpt"
 
     def read(self, name: str) -> dict[str, Any] | None:
-        path = self.pair_dir(name) / "state.json"
+        # os-level, not pathlib: start-up and `status` read one record per pair, 100,000 at scale,
+        # and this is about twice as fast (measured: 1.2 s against 2.7 s for 100k records).
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+            fd = os.open(f"{self.root}/pairs/{name}/state.json", os.O_RDONLY)
+        except (OSError, ValueError):
             return None
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            record = json.loads(b"".join(chunks))
         except (OSError, ValueError):
             return None  # an unreadable record is treated as absent: the pair is redone, never trusted
+        finally:
+            os.close(fd)
+        return record if isinstance(record, dict) else None
 
     def write(self, name: str, record: dict[str, Any]) -> None:
         directory = self.pair_dir(name)
@@ -85,11 +97,16 @@ class JobState:
         self.write(name, record)
         return record
 
-    def records(self) -> list[dict[str, Any]]:
-        pairs = self.root / "pairs"
-        if not pairs.is_dir():
+    def names(self) -> list[str]:
+        """Names of the pairs that have a state directory, sorted."""
+        try:
+            with os.scandir(self.root / "pairs") as it:
+                return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        found = (self.read(d.name) for d in sorted(pairs.iterdir()) if d.is_dir())
+
+    def records(self) -> list[dict[str, Any]]:
+        found = (self.read(name) for name in self.names())
         return [r for r in found if r]
 
     def owner(self, rank: int = 0) -> dict[str, Any]:
@@ -123,6 +140,96 @@ class JobState:
             os.close(fd)
 
 
+def output_stamp(path: str | os.PathLike) -> dict[str, int] | None:
+    """Size, mtime (ns) and inode of a regular file, or None: recorded when an output is written, so
+    a resume can tell an untouched output without reading it."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def output_intact(state: JobState, name: str, record: dict[str, Any], path: Path, verify: bool = False) -> bool:
+    """Whether a done pair's output is still the file its record describes.
+
+    The full sha256 is read only with `verify` or when the file's size, mtime or inode differ from
+    those recorded at write time (touched, replaced, copied elsewhere, or a record from before
+    stamps): re-hashing every output at every start is ~0.5 MB read per 512 px pair. A file that
+    hashes right is stamped again, so the next start is cheap again."""
+    stamp = output_stamp(path)
+    if stamp is None:
+        return False
+    if not verify and record.get("output_stat") == stamp:
+        return True
+    if sha256_file(path) != record.get("output_sha256"):
+        return False
+    if record.get("output_stat") != stamp:
+        state.update(name, output_stat=stamp)
+    return True
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e7 else f"{value:g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def redo_note(pair: Any, record: dict[str, Any], output: Path, weights: str) -> str | None:
+    """What changed since a pair was made, for a pair whose id no longer matches its record:
+    "redoing X: style_weight 1.5 → 3 (the previous output is replaced)", from the settings the
+    previous output carries; for a pair stopped part way, that its checkpoint is dropped."""
+    from stylebatch.provenance import read_metadata  # only for a changed pair (it reads the output's text chunk)
+
+    try:
+        meta = read_metadata(output) if record.get("status") == "done" else None
+    except StylebatchError:
+        meta = None
+    if meta is None or meta.get("id") != record.get("id"):
+        done = int(record.get("steps_done") or 0)
+        if not done:
+            return None
+        return (f"restarting {pair.name}: its inputs, weights or settings changed "
+                f"(its checkpoint at {done} evaluations is dropped)")
+    changes = []
+    old_cfg = meta.get("config") or {}
+    for key, value in pair.config.identity().items():
+        if key in old_cfg and old_cfg[key] != _as_json(value):
+            changes.append(f"{key} {_fmt(old_cfg[key])} → {_fmt(value)}")
+    old_styles = meta.get("styles") or [meta.get("style")]
+    old_hashes = meta.get("styles_sha256") or [meta.get("style_sha256")]
+    inputs = [("content", [meta.get("content")], [meta.get("content_sha256")], [pair.content]),
+              ("style", old_styles, old_hashes, list(pair.style_files))]
+    for role, old_paths, old_shas, paths in inputs:
+        now = [str(Path(p).resolve()) for p in paths]
+        if now != old_paths:
+            changes.append(f"{role} {'+'.join(Path(str(p)).name for p in old_paths)} → {'+'.join(Path(p).name for p in now)}")
+        elif [sha256_file(Path(p)) for p in now] != old_shas:
+            changes.append(f"{role} {'+'.join(Path(p).name for p in now)} changed")
+    source = weights if weights in ("imagenet", "random") else str(Path(weights).resolve())
+    if meta.get("weights_source") != source:
+        changes.append(f"weights {meta.get('weights_source')} → {source}")
+    return f"redoing {pair.name}: {', '.join(changes) or 'the weights file changed'} (the previous output is replaced)"
+
+
+def stale_output_note(name: str, record: dict[str, Any], encoding: dict[str, Any], output: Path) -> str:
+    """Why a done pair is made again although its id matches."""
+    old = record.get("encoding", {"format": "png"})
+    if old != encoding:
+        return f"redoing {name}: output {_fmt(old)} → {_fmt(encoding)} (the previous output is replaced)"
+    if not os.path.lexists(output):
+        return f"redoing {name}: its output {output.name} is missing"
+    return f"redoing {name}: its output {output.name} changed since it was written (it is replaced)"
+
+
 def effective_status(record: dict[str, Any], now: float | None = None) -> str:
     """A 'running' record whose owner is gone is shown as interrupted, not running."""
     status = record.get("status", "pending")
@@ -134,23 +241,38 @@ def effective_status(record: dict[str, Any], now: float | None = None) -> str:
     return status if (now or time.time()) - heartbeat < STALE_HEARTBEAT_S else "interrupted"
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    pairs = []
-    for r in records:
-        pairs.append(
-            {
-                "name": r["name"],
-                "status": effective_status(r),
-                "steps_done": r.get("steps_done", 0),
-                "steps": r.get("steps"),
-                "attempts": r.get("attempts", 0),
-                "rank": r.get("rank"),
-                "host": r.get("host"),
-                "error": r.get("error"),
-                "seconds": r.get("seconds"),
-                "output": r.get("output"),
-                "losses": r.get("losses"),
-            }
-        )
-    counts = {s: sum(1 for p in pairs if p["status"] == s) for s in STATUSES}
-    return {"pairs": pairs, "counts": counts}
+def _row(name: str, entry: str, record: dict[str, Any] | None, steps: Any) -> dict[str, Any]:
+    r = record or {}
+    return {
+        "name": name, "entry": entry, "status": effective_status(r) if record else "pending",
+        "steps_done": r.get("steps_done", 0), "steps": r.get("steps", steps), "attempts": r.get("attempts", 0),
+        "rank": r.get("rank"), "host": r.get("host"), "error": r.get("error"), "seconds": r.get("seconds"),
+        "output": r.get("output"), "losses": r.get("losses"),
+    }
+
+
+def pair_rows(output_dir: Path) -> Iterator[dict[str, Any]]:
+    """One status row per pair of the job, in manifest order, pending ones included (from job.json),
+    reading one record at a time; a directory without job.json (a run stopped before writing it)
+    lists its records. Invalid entries (run --skip-invalid) show as `invalid` with their reasons."""
+    state = JobState(output_dir)
+    if not state.root.is_dir():
+        raise StylebatchError(f"{output_dir}: not a stylebatch output directory (no {STATE_DIR}/)")
+    job = read_job_file(state.root)
+    if job is None:
+        for name in state.names():
+            record = state.read(name)
+            if record:
+                yield _row(name, str(record.get("entry") or ""), record, None)
+        return
+    invalid = {}
+    for name in state.names():
+        if name.startswith(INVALID_PREFIX):
+            record = state.read(name) or {}
+            invalid[record.get("entry")] = record
+    for e in job.entries:
+        if not e.has_config or e.entry in invalid:
+            bad = invalid.get(e.entry, {})
+            yield {**_row(e.name, e.entry, bad, None), "status": "invalid", "steps_done": 0, "steps": None}
+            continue
+        yield _row(e.name, e.entry, state.read(e.name), job.value(e, "steps"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -170,12 +171,36 @@ def check_weights_path(weights: str) -> str | None:
     """A problem with `--weights` that can be seen without loading, or None."""
     if weights in ("imagenet", "random"):
         return None
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", weights):
+        return f"--weights {weights}: URLs are not supported; download the file first"
     path = Path(weights)
     if not path.exists():
         return f"--weights {weights}: no such file (use imagenet, random or a path to a VGG19 state dict)"
     if not path.is_file():
         return f"--weights {weights}: not a file"
-    return None
+    return _not_tensor_file(path, weights)
+
+
+# The first bytes of what torch.save writes: a zip archive (the default since torch 1.6) or a
+# legacy pickle (protocol 2+ starts with 0x80). Anything else, torch.load refuses with a hint about
+# weights_only=False that is wrong here (a PNG is not a state dict whatever the flag).
+_TENSOR_MAGIC = (b"PK\x03\x04", b"\x80")
+_KNOWN_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+                b"%PDF": "a PDF", b"\x1f\x8b": "a gzip file", b"RIFF": "a RIFF (WebP/WAV) file"}
+
+
+def _not_tensor_file(path: Path, weights: str) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as e:
+        return f"--weights {weights}: cannot be read ({e.strerror or e})"
+    if head.startswith(_TENSOR_MAGIC):
+        return None
+    what = next((name for magic, name in _KNOWN_MAGIC.items() if head.startswith(magic)),
+                "empty" if not head else "not a file torch.save writes")
+    return (f"--weights {weights}: cannot be loaded: not a PyTorch weights file ({what}); give a VGG19 "
+            "state dict saved with torch.save, or imagenet, or random")
 
 
 def load_vgg(weights: str = "imagenet", layers: list[str] | None = None) -> VGGFeatures:
