@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
+import os
 import sys
 import time
 import traceback
@@ -18,14 +20,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from stylebatch import __version__
-from stylebatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, StylebatchError
+from stylebatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, StylebatchError, is_disk_full
+from stylebatch.values import path_problem, shorten, shown
 
 log = logging.getLogger("stylebatch")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one `error:` line like every other refusal (exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise StylebatchError(f"{self.prog}: {shorten(message, 400)} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
     epilog = "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stylebatch", description="Neural style transfer (Gatys et al. 2016) for many pairs, resumable.",
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -51,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--break-lock", action="store_true", help="remove a stale job lock (e.g. on NFS)")
     run.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
     run.add_argument("--devices", default="1", help="number of devices (workers), or auto")
-    run.add_argument("--num-nodes", type=int, default=1)
-    run.add_argument("--sync-timeout", type=float, default=600.0,
+    run.add_argument("--num-nodes", default="1", help="number of nodes (machines) of the job")
+    run.add_argument("--sync-timeout", default="600",
                      help="seconds workers wait for rank 0's plan (and rank 0 for a worker to start)")
 
     val = sub.add_parser("validate", help="check a manifest and every file it names; print the plan")
@@ -144,7 +154,65 @@ def _load(args: argparse.Namespace):
 
 def _print_problems(err: Console, problems: list[str]) -> None:
     for problem in problems:
-        err.print(f"error: {problem}", soft_wrap=True, markup=False, highlight=False)
+        err.print(f"error: {shorten(problem, 1000)}", soft_wrap=True, markup=False, highlight=False)
+
+
+# --- run's flags, checked before anything starts ---------------------------------------------------
+
+MAX_SYNC_TIMEOUT = 30 * 24 * 3600  # seconds; beyond this no job waits, and timedelta arithmetic overflows
+
+
+def _whole_number(flag: str, text: str, auto: bool = False) -> int | None:
+    value = str(text).strip()
+    if auto and value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1 or len(value) > 6:
+        raise StylebatchError(f"{flag} {shown(text)}: must be a whole number from 1 to 999999"
+                              + (", or auto" if auto else ""))
+    return int(value)
+
+
+def _seconds(flag: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value <= MAX_SYNC_TIMEOUT):
+        raise StylebatchError(f"{flag} {shown(text)}: must be a number of seconds above 0 and at most "
+                              f"{MAX_SYNC_TIMEOUT:,}")
+    return value
+
+
+def _check_devices(accelerator: str, devices: int | None) -> None:
+    """Refuse a device count this machine cannot give before any process is started."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if accelerator == "gpu" and not gpus:
+        raise StylebatchError("--accelerator gpu: no CUDA device is available here"
+                              + (f" (asked for --devices {devices})" if devices else ""))
+    on_gpu = accelerator == "gpu" or (accelerator == "auto" and gpus > 0)
+    external = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1) > 1
+    if devices is None or external:
+        return
+    if on_gpu and devices > gpus:
+        raise StylebatchError(f"--devices {devices}: this machine has {gpus} CUDA device(s)")
+    cores = os.cpu_count() or 1
+    if not on_gpu and devices > cores:
+        # Each CPU worker loads its own torch and VGG19: more workers than cores only compete for
+        # them, and enough of them exhaust memory.
+        raise StylebatchError(f"--devices {devices}: this machine has {cores} CPU core(s); use at most {cores} "
+                              "CPU workers")
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Every path given on the command line is printable UTF-8 text of a possible length."""
+    for flag, attr in (("manifest", "manifest"), ("--out", "out"), ("--weights", "weights"),
+                       ("--config", "config"), ("--from", "from_image"), ("output_dir", "output_dir"),
+                       ("image", "image")):
+        value = getattr(args, attr, None)
+        if isinstance(value, str) and (problem := path_problem(value)):
+            raise StylebatchError(f"{flag} {shown(value)}: {problem}")
 
 
 def _plan_line(job: Any) -> str:
@@ -170,13 +238,19 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from stylebatch.runner import RunOptions, launch, run_job
+    from stylebatch.runner import RunOptions, run_job
 
+    from stylebatch.workers import launch
+
+    devices = _whole_number("--devices", args.devices, auto=True)
+    num_nodes = _whole_number("--num-nodes", args.num_nodes)
+    sync_timeout = _seconds("--sync-timeout", args.sync_timeout)
+    _check_devices(args.accelerator, devices)
     opts = RunOptions(
         fresh=args.fresh, retry_failed=args.retry_failed, skip_invalid=args.skip_invalid,
-        break_lock=args.break_lock, sync_timeout=args.sync_timeout,
+        break_lock=args.break_lock, sync_timeout=sync_timeout,
     )
-    fabric = launch(args.accelerator, args.devices, args.num_nodes, args.sync_timeout)
+    fabric = launch(args.accelerator, devices, num_nodes, sync_timeout)
     if fabric is not None and fabric.global_rank != 0:
         # Fabric re-executed this command for another device: rank 0 validates and plans, once.
         job = fabric.broadcast(None, src=0)
@@ -299,11 +373,16 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "status": cmd_status, "rep
 
 def main(argv: list[str] | None = None) -> int:
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
+    logging.raiseExceptions = False  # a log line lost to a full disk is not worth a traceback on stderr
     try:
         args = _parser().parse_args(argv)
-    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+    except SystemExit as e:  # argparse: --help or --version (0)
         return int(e.code or 0)
+    except StylebatchError as e:  # a usage mistake
+        _print_problems(err, e.problems)
+        return e.exit_code
     try:
+        _check_paths(args)
         return COMMANDS[args.command](args, out, err)
     except StylebatchError as e:
         if args.debug:
@@ -317,8 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         # atomic and every finished pair recorded, so running the same command again resumes: exit 3
         if getattr(args, "debug", False):
             err.print(traceback.format_exc(), markup=False)
-        err.print(f"error: {e}; the job stopped, nothing finished is lost: fix this and run the same command "
-                  "again to resume", soft_wrap=True, markup=False, highlight=False)
+        fix = "free space" if is_disk_full(e) else "fix this"
+        err.print(f"error: {shorten(str(e), 1000)}; the job stopped, nothing finished is lost: {fix} and run the "
+                  "same command again to resume", soft_wrap=True, markup=False, highlight=False)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 (the one place that turns a bug into exit 70)
         err.print(traceback.format_exc(), markup=False)

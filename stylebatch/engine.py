@@ -85,9 +85,9 @@ class _BudgetCallback(L.Callback):
     def _check_finite(self, module: StyleTransferModule) -> dict[str, float]:
         losses = {k: float(v.sum()) for k, v in module.last_losses.items()}
         if not all(math.isfinite(v) for v in losses.values()) or not torch.isfinite(module.target).all():
+            lbfgs = "" if self.cfg.optimizer == "lbfgs" else ", or optimizer: lbfgs"  # issue 14: not to an L-BFGS pair
             raise NonFiniteLossError(
-                f"loss became non-finite after {module.evaluations} evaluations ({losses}); "
-                "try a lower lr, or optimizer: lbfgs"
+                f"loss became non-finite after {module.evaluations} evaluations ({losses}); try a lower lr{lbfgs}"
             )
         return losses
 

@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 
-from stylebatch.atomic import atomic_write, fault_point, remove_stale_temps
-from stylebatch.errors import EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StylebatchError
+from stylebatch import claims, workers
+from stylebatch.atomic import atomic_write, fault_point
+from stylebatch.errors import EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StylebatchError, WorkerLostError, is_disk_full
 from stylebatch.batching import group
 from stylebatch.engine import Member, NonFiniteLossError, PairHooks, stylize_batch, stylize_pair, versions
 from stylebatch.manifest import Job, Pair
-from stylebatch.state import HOST, JobState, effective_status, sha256_file
+from stylebatch.state import HOST, INVALID_PREFIX, JobState, effective_status, sha256_file
 from stylebatch.vgg import VGGFeatures, load_vgg, weights_identity
 
 log = logging.getLogger("stylebatch")
@@ -146,32 +147,6 @@ def assign(pairs: list[Pair], world: int, recorded: dict[str, list[str]] | None 
     return shares
 
 
-def launch(accelerator: str, devices: str, num_nodes: int, sync_timeout: float):
-    """Start the workers with Lightning Fabric, or return None for a single process.
-
-    On a workstation Fabric's launcher re-executes this command once per extra device; under
-    torchrun or srun it launches nothing and reads the cluster environment. No DDP: pairs are
-    independent, so the process group is used only for the plan's broadcast and barriers.
-    """
-    from datetime import timedelta
-
-    from lightning.fabric import Fabric
-    from lightning.fabric.strategies import DDPStrategy
-
-    external_world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1)
-    if devices in ("1", 1) and num_nodes == 1 and external_world == 1:
-        return None
-    if external_world > 1 and devices in ("1", 1, "auto"):
-        # torchrun / srun: one process per task is already running; take the layout from them.
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or external_world)
-        devices, num_nodes = per_node, max(1, external_world // per_node)
-    strategy = DDPStrategy(start_method="popen", timeout=timedelta(seconds=sync_timeout))
-    fabric = Fabric(accelerator=accelerator, devices=devices if devices == "auto" else int(devices),
-                    num_nodes=num_nodes, strategy=strategy)
-    fabric.launch()
-    return fabric
-
-
 def _log_rank(fabric: Any) -> None:
     if fabric is not None:
         log.info("rank %d of %d on %s, cluster environment %s", fabric.global_rank, fabric.world_size, HOST,
@@ -192,13 +167,15 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
     job.output_dir.mkdir(parents=True, exist_ok=True)
     world = fabric.world_size if fabric is not None else 1
     stop = StopFlag(on_signal=lambda signum: _forward_stop(fabric, state, signum))
+    # issue 14: a worker that dies stops the job (checkpoints, exit 3, one line), instead of Lightning's SIGKILL
+    watch = workers.ChildWatch(on_lost=lambda why: stop._handle(signal.SIGTERM, None), stopping=lambda: bool(stop))
     with state.lock(opts.break_lock):
         try:
             _open_log(state, rank=0)
             _log_rank(fabric)
             if opts.fresh and (state.root / "pairs").exists():
                 shutil.rmtree(state.root / "pairs")
-            removed = remove_stale_temps(job.output_dir)
+            removed = state.remove_stale_temps()  # issue 14: only .stylebatch/; pair temps under their claim
             if removed:
                 log.info("removed %d temp file(s) left by an interrupted run", removed)
             for leftover in (state.root / "ranks", state.root / "stop"):
@@ -206,7 +183,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             _write_job_file(job, state)
             _record_invalid(job, state)
             vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
-            plan = [p for p in job.valid_pairs if needs_work(job, state, p, opts)]
+            plan = claims.plan(state, job.valid_pairs, lambda p: needs_work(job, state, p, opts))  # issue 14
             shares = assign(plan, world, _recorded_batches(state, plan))
         except BaseException as e:
             if fabric is not None:
@@ -223,6 +200,9 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
                 _wait_for_workers(state, world, opts.sync_timeout, reporter, job)
         finally:
             stop.restore()
+            watch.close()  # issue 14
+    if watch.message():  # issue 14
+        raise WorkerLostError(watch.message())
     if stop.signum == signal.SIGUSR1 and os.environ.get("SLURM_JOB_ID"):
         _requeue(os.environ["SLURM_JOB_ID"])
     return exit_code(job, state, interrupted=bool(stop))
@@ -265,8 +245,7 @@ def _forward_stop(fabric: Any, state: JobState, signum: int) -> None:
         atomic_write(state.root / "stop", str(signum).encode())
     except OSError:
         pass
-    launcher = getattr(getattr(fabric, "strategy", None), "launcher", None)
-    for proc in getattr(launcher, "procs", []):
+    for proc in workers.children():  # issue 14: the workers rank 0 started (workers.launch)
         if proc.poll() is None:
             proc.send_signal(signum)
 
@@ -331,8 +310,9 @@ def run_pairs(
     vgg.to(device)
     weights_id = weights_identity(job.weights)
     batches = group(plan, _recorded_batches(state, plan))
-    for i, batch in enumerate(batches):
-        if stop or (state.root / "stop").exists():
+    stopping = lambda: bool(stop) or (state.root / "stop").exists()  # noqa: E731
+    for i, batch in enumerate(claims.claimed(state, batches, rank, stopping)):  # issue 14: one process per pair
+        if stopping():
             break
         if i:
             fault_point("between_pairs")
@@ -398,6 +378,12 @@ def _run_one(
             ckpt_path=state.checkpoint_path(pair.name), output=_output_path(job, pair),
             metadata=pair_metadata(job, pair, weights_id), hooks=hooks,
         )
+    except OSError as e:  # issue 14: a full disk stops the job (exit 3) and costs the pair no attempt
+        if is_disk_full(e):
+            state.undo_attempt(pair.name)
+            raise
+        _fail(state, pair, reporter, _reason(pair, e))
+        return
     except torch.cuda.OutOfMemoryError as e:
         e.__traceback__ = None  # its frames hold the pair's tensors: drop them so _free_memory frees them
         w, h = pair.out_size or (0, 0)
@@ -430,6 +416,10 @@ def _run_batch(
             fault_point(f"pair:{p.name}")
         results = stylize_batch(members, vgg, device)
     except Exception as e:  # noqa: BLE001 (isolate the faulty member from the rest of the batch)
+        if is_disk_full(e):  # issue 14: the whole job stops; no member is blamed or charged an attempt
+            for p in batch:
+                state.undo_attempt(p.name)
+            raise
         if isinstance(e, torch.cuda.OutOfMemoryError):
             why = "out of memory"
         else:
@@ -483,9 +473,6 @@ def exit_code(job: Job, state: JobState, interrupted: bool) -> int:
     if any(s == "failed" for s in statuses):
         return EXIT_FAILED_PAIRS
     return EXIT_OK
-
-
-INVALID_PREFIX = "_invalid_"
 
 
 def _record_invalid(job: Job, state: JobState) -> None:
