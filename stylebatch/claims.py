@@ -134,7 +134,7 @@ def plan(state: JobState, pairs: list[Any], needs_work: Callable[[Any], bool], r
 
 
 def claimed(state: JobState, batches: list[list[Any]], rank: int, should_stop: Callable[[], bool],
-            wait_s: float = WAIT_S) -> Iterator[list[Any]]:
+            wait_s: float | None = None) -> Iterator[list[Any]]:
     """Yield each batch of this worker's share while holding its claims (released when the loop
     moves on or stops). A batch claimed by another live process is put off to the end, waited
     for up to `wait_s`, then left to the next run; one another process finished meanwhile is skipped."""
@@ -147,7 +147,7 @@ def claimed(state: JobState, batches: list[list[Any]], rank: int, should_stop: C
             todo = [p for p in batch if not _finished_meanwhile(state, p)]
             if todo:
                 yield todo
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + (WAIT_S if wait_s is None else wait_s)
     while deferred and not should_stop():
         for batch in list(deferred):
             with _claim_all(state, [p.name for p in batch], rank, "work") as got:

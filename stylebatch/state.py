@@ -122,10 +122,10 @@ class JobState:
 
     def records(self) -> list[dict[str, Any]]:
         pairs = self.root / "pairs"
-        if not pairs.is_dir():
-            return []
         _check_dir(self.root)
         _check_dir(pairs)
+        if not pairs.is_dir():
+            return []
         found = (self.read(d.name) for d in sorted(pairs.iterdir()) if d.is_symlink() or d.is_dir())
         return [r for r in found if r]
 
