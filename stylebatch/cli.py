@@ -225,7 +225,7 @@ def _plan_line(job: Any) -> str:
 def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
     job = _load(args)
     problems = job.all_problems
-    out.print(_plan_line(job), soft_wrap=True, markup=False)
+    out.print(shorten(_plan_line(job), 1000), soft_wrap=True, markup=False)  # may hold the bad path itself
     if problems:
         _print_problems(err, problems)
         err.print(f"{len(problems)} problem(s); nothing was run", soft_wrap=True)

@@ -50,8 +50,10 @@ class Config:
         500, "Budget of loss evaluations (forward+backward passes), the same unit for every optimizer.", ge=1
     )
     optimizer: str = _field("lbfgs", "`lbfgs` (strong-Wolfe line search) or `adam`.", choices=("lbfgs", "adam"))
+    # At most 1e30: torch's optimizers scale lr (Adam's bias correction, L-BFGS's line search up to
+    # 10x) into float32 arguments, which overflow from 3.4e38 ("value cannot be converted to type float").
     lr: Union[float, None] = _field(
-        None, "Learning rate; empty means the optimizer's own default: 1.0 for L-BFGS, 0.02 for Adam.", gt=0
+        None, "Learning rate; empty means the optimizer's own default: 1.0 for L-BFGS, 0.02 for Adam.", gt=0, le=1e30
     )
     lbfgs_history: int = _field(
         20, "L-BFGS history size; each entry keeps 2 image-sized vectors in memory and checkpoints.", ge=1

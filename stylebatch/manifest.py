@@ -435,7 +435,8 @@ def load_job(
         styles = style if isinstance(style, list) else []
         pair = Pair(str(name), content, styles[0] if styles else style, None, entry, styles=styles)
         where = f"{src}: {pair.label}"
-        if problem := _check_name(name):
+        given_but_bad = [k for k in ("content", "style") if k in raw and raw[k] is None]  # already said why
+        if (name is not None or not given_but_bad) and (problem := _check_name(name)):
             pair.problems.append(f"{where}: {problem}")
         for key in unknown:  # suggest pair keys (content, style, name) as well as config keys
             pair.problems.append(f"{where}: unknown key '{key}'{cfgmod.did_you_mean(key, [*PAIR_KEYS, *cfgmod.FIELDS])}")
@@ -453,7 +454,7 @@ def load_job(
             pair.config = dataclasses.replace(pair.config, init=os.path.abspath(base / pair.config.init))
         if pair.config is not None and style is not None and (problem := _blend_problem(pair)):
             pair.problems.append(f"{where}: {problem}")
-        if content is None or style is None:
+        if (content is None or style is None) and not given_but_bad:
             pair.problems.append(f"{where}: needs both content and style")
         job.pairs.append(pair)
         if pair.config is None or content is None or style is None or not check_files:

@@ -40,12 +40,15 @@ def snapshot(root: Path, skip_outputs: bool = True) -> dict[str, tuple]:
             rel = str(rel_dir / name)
             if name == ".stylebatch" or (skip_outputs and name in OUTPUTS):
                 continue
+            st = path.lstat()
             if path.is_symlink():
                 found[rel] = ("link", os.readlink(path))
             elif path.is_dir():
                 found[rel] = ("dir",)
-            else:
+            elif path.is_file():
                 found[rel] = ("file", path.read_bytes())
+            else:  # a FIFO or a device: never opened
+                found[rel] = ("special", st.st_mode, st.st_ino)
     return found
 
 
