@@ -7,8 +7,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
-import os
 import sys
 import time
 import traceback
@@ -21,7 +19,8 @@ from rich.table import Table
 
 from stylebatch import __version__
 from stylebatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, StylebatchError, is_disk_full
-from stylebatch.values import path_problem, shorten, shown
+from stylebatch.flags import check_devices, check_paths, seconds, whole_number
+from stylebatch.values import shorten
 
 log = logging.getLogger("stylebatch")
 
@@ -157,64 +156,6 @@ def _print_problems(err: Console, problems: list[str]) -> None:
         err.print(f"error: {shorten(problem, 1000)}", soft_wrap=True, markup=False, highlight=False)
 
 
-# --- run's flags, checked before anything starts ---------------------------------------------------
-
-MAX_SYNC_TIMEOUT = 30 * 24 * 3600  # seconds; beyond this no job waits, and timedelta arithmetic overflows
-
-
-def _whole_number(flag: str, text: str, auto: bool = False) -> int | None:
-    value = str(text).strip()
-    if auto and value == "auto":
-        return None
-    if not value.isdigit() or int(value) < 1 or len(value) > 6:
-        raise StylebatchError(f"{flag} {shown(text)}: must be a whole number from 1 to 999999"
-                              + (", or auto" if auto else ""))
-    return int(value)
-
-
-def _seconds(flag: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (0 < value <= MAX_SYNC_TIMEOUT):
-        raise StylebatchError(f"{flag} {shown(text)}: must be a number of seconds above 0 and at most "
-                              f"{MAX_SYNC_TIMEOUT:,}")
-    return value
-
-
-def _check_devices(accelerator: str, devices: int | None) -> None:
-    """Refuse a device count this machine cannot give before any process is started."""
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if accelerator == "gpu" and not gpus:
-        raise StylebatchError("--accelerator gpu: no CUDA device is available here"
-                              + (f" (asked for --devices {devices})" if devices else ""))
-    on_gpu = accelerator == "gpu" or (accelerator == "auto" and gpus > 0)
-    external = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1) > 1
-    if devices is None or external:
-        return
-    if on_gpu and devices > gpus:
-        raise StylebatchError(f"--devices {devices}: this machine has {gpus} CUDA device(s)")
-    cores = os.cpu_count() or 1
-    if not on_gpu and devices > cores:
-        # Each CPU worker loads its own torch and VGG19: more workers than cores only compete for
-        # them, and enough of them exhaust memory.
-        raise StylebatchError(f"--devices {devices}: this machine has {cores} CPU core(s); use at most {cores} "
-                              "CPU workers")
-
-
-def _check_paths(args: argparse.Namespace) -> None:
-    """Every path given on the command line is printable UTF-8 text of a possible length."""
-    for flag, attr in (("manifest", "manifest"), ("--out", "out"), ("--weights", "weights"),
-                       ("--config", "config"), ("--from", "from_image"), ("output_dir", "output_dir"),
-                       ("image", "image")):
-        value = getattr(args, attr, None)
-        if isinstance(value, str) and (problem := path_problem(value)):
-            raise StylebatchError(f"{flag} {shown(value)}: {problem}")
-
-
 def _plan_line(job: Any) -> str:
     pairs = job.valid_pairs
     work = sum(p.cost for p in pairs)
@@ -242,10 +183,10 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     from stylebatch.workers import launch
 
-    devices = _whole_number("--devices", args.devices, auto=True)
-    num_nodes = _whole_number("--num-nodes", args.num_nodes)
-    sync_timeout = _seconds("--sync-timeout", args.sync_timeout)
-    _check_devices(args.accelerator, devices)
+    devices = whole_number("--devices", args.devices, auto=True)
+    num_nodes = whole_number("--num-nodes", args.num_nodes)
+    sync_timeout = seconds("--sync-timeout", args.sync_timeout)
+    check_devices(args.accelerator, devices)
     opts = RunOptions(
         fresh=args.fresh, retry_failed=args.retry_failed, skip_invalid=args.skip_invalid,
         break_lock=args.break_lock, sync_timeout=sync_timeout,
@@ -382,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_problems(err, e.problems)
         return e.exit_code
     try:
-        _check_paths(args)
+        check_paths(args)
         return COMMANDS[args.command](args, out, err)
     except StylebatchError as e:
         if args.debug:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from stylebatch import claims
 from stylebatch.cli import main
 from stylebatch.state import JobState
 from tests.jobkit import REPO, cli_env, records, tiny_job
@@ -63,6 +61,8 @@ def _error_lines(err: str) -> list[str]:
 
 def test_a_pair_claimed_by_a_live_process_is_neither_read_for_planning_nor_written(tmp_path: Path, capsys,
                                                                                    monkeypatch) -> None:
+    from stylebatch import claims
+
     monkeypatch.setattr(claims, "WAIT_S", 0.5)
     manifest = tiny_job(tmp_path, pairs=[dict(p) for p in PAIRS], defaults={"steps": 3, "checkpoint_every": 2})
     out = tmp_path / "out"
@@ -89,6 +89,8 @@ def test_a_pair_claimed_by_a_live_process_is_neither_read_for_planning_nor_writt
 
 
 def test_claimed_waits_for_a_busy_batch_and_skips_one_finished_meanwhile(tmp_path: Path) -> None:
+    from stylebatch import claims
+
     state = JobState(tmp_path)
 
     class P:
@@ -252,6 +254,8 @@ def test_orphaned_worker_stops_and_no_pair_is_worked_on_by_two_processes(tmp_pat
     assert ": done," not in orphan_log
 
     # Claims: for every pair, one holder at a time; the killed rank 0 held its claims until it died.
+    from stylebatch import claims
+
     state = JobState(out)
     orphan_held = set()
     for i in range(6):

@@ -119,28 +119,47 @@ def test_remove_stale_temps_takes_only_our_pattern_dead_writers_and_regular_file
 
 @pytest.mark.parametrize("where", ["/", "/etc", "/usr/local/share/out", "/proc/self", "link-to-etc"])
 def test_root_and_system_directories_are_refused_as_output_dir(where: str, tmp_path: Path, capsys) -> None:
+    """Checked with `validate` only: on code without the refusal, `run` would write into them."""
     (tmp_path / "link-to-etc").symlink_to("/etc")
     for how in ("manifest", "--out"):
         manifest = tiny_job(tmp_path, pairs=[dict(p) for p in PAIRS],
                             output_dir=where if how == "manifest" else "out")
         extra = ["--out", where if where.startswith("/") else str(tmp_path / where)] if how == "--out" else []
-        for command in ("validate", "run"):
-            code, out, err = cli([command, str(manifest), *ARGS, *extra], capsys)
-            assert code == 2, (how, command, out, err)
-            line = one_error_line(err, out, "system directory")
-            assert where in line or "link-to-etc" in line
+        code, out, err = cli(["validate", str(manifest), *ARGS, *extra], capsys)
+        assert code == 2, (how, out, err)
+        line = one_error_line(err, out, "system directory")
+        assert where in line or "link-to-etc" in line
     assert not Path("/etc/.stylebatch").exists() and not Path("/.stylebatch").exists()
-    assert not (tmp_path / "out").exists()
 
 
-def test_run_from_refuses_a_system_directory_as_out(tmp_path: Path, capsys) -> None:
-    manifest = tiny_job(tmp_path, pairs=[dict(p) for p in PAIRS], defaults={"steps": 2})
-    assert main(["run", str(manifest), *ARGS]) == 0
+@pytest.fixture
+def fake_system_tree(tmp_path: Path, monkeypatch) -> Path:
+    """A directory under tmp_path that counts as a system tree, for the commands that would write."""
+    from stylebatch import manifest
+
+    system = tmp_path / "sys-tree"
+    (system / "conf").mkdir(parents=True)
+    (system / "conf" / ".settings.tmp.1").write_bytes(b"the system's")
+    monkeypatch.setattr(manifest, "SYSTEM_TREES", (*manifest.SYSTEM_TREES, str(system)))
+    return system
+
+
+@pytest.mark.parametrize("how", ["manifest", "--out", "--from"])
+def test_run_refuses_a_system_tree_before_writing_anything(how: str, tmp_path: Path, capsys,
+                                                          fake_system_tree: Path) -> None:
+    manifest = tiny_job(tmp_path, pairs=[dict(p) for p in PAIRS], defaults={"steps": 2},
+                        output_dir=str(fake_system_tree / "conf") if how == "manifest" else "out")
+    if how == "--from":
+        assert main(["run", str(manifest), *ARGS]) == 0
+        argv = ["run", "--from", str(tmp_path / "out" / "a__s1.png"), *ARGS, "--out", str(fake_system_tree / "conf")]
+    else:
+        argv = ["run", str(manifest), *ARGS] + (["--out", str(fake_system_tree / "conf")] if how == "--out" else [])
     capsys.readouterr()
-    code, out, err = cli(["run", "--from", str(tmp_path / "out" / "a__s1.png"), *ARGS, "--out", "/etc"], capsys)
-    assert code == 2
-    one_error_line(err, out, "--out", "/etc", "system directory")
-    assert not Path("/etc/.stylebatch").exists() and not Path("/etc/a__s1.png").exists()
+    before = snapshot(fake_system_tree, skip_outputs=False)
+    code, out, err = cli(argv, capsys)
+    assert code == 2, out + err
+    one_error_line(err, out, str(fake_system_tree / "conf"), "system directory")
+    assert snapshot(fake_system_tree, skip_outputs=False) == before
 
 
 # --- links planted in the job's state are refused, never followed -------------------------------
