@@ -111,6 +111,7 @@ def test_torch_saves_report_of_a_full_disk_is_translated_where_every_writer_meet
     assert os.listdir(small_disk) == []  # the temp is gone, nothing else written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", ["1", "2"])
 def test_an_injected_enospc_in_any_process_stops_the_job(devices: str, tmp_path: Path) -> None:
     """The real console script, each process failing its second checkpoint write with ENOSPC
