@@ -4,14 +4,16 @@ outputs must equal a clean run's byte for byte.
     python scripts/soak.py                 # 10 kills with 1 worker, 10 with 2
     python scripts/soak.py --kills 50 --seed 3 --keep /tmp/soak
 
-Each round starts `stylebatch run` (CPU, random weights, 32 px) and, at a random moment within
-the clean run's duration, SIGKILLs one process of it: the only one with 1 worker, rank 0 or the
-worker (at random) with 2. Then it waits for the rest of the job to end on its own (a worker whose
-rank 0 died stops after a checkpoint; a rank 0 whose worker died stops the job with exit 3) and
-starts the next round on the same output directory. After the last kill, one more run must finish
-(exit 0). Printed per worker count: kills (and whom), rounds that finished before their kill came,
-outputs that differ from the clean run's, processes left behind, temp files left, and pairs whose
-claims record shows two processes at once. Every count but kills and rounds is expected 0.
+Each round starts `stylebatch run` (CPU, random weights, 32 px) and, at a random moment of what
+is left of the job (estimated from the clean run's time and the records), SIGKILLs one process of
+it: the only one with 1 worker, rank 0 or the worker (at random) with 2. Then it waits for the rest
+of the job to end on its own (a worker whose rank 0 died stops after a checkpoint; a rank 0 whose
+worker died stops the job with exit 3) and starts the next round on the same output directory. A
+round that finishes before its kill comes starts the job over from nothing. After the last kill,
+one more run must finish (exit 0). Printed per worker count: kills (whom, and how many since the
+last fresh start: those the final comparison covers), rounds finished before their kill, outputs
+that differ from the clean run's, processes left behind, temp files left, and pairs whose claims
+record shows two processes at once. Every count but kills and rounds is expected 0.
 """
 
 from __future__ import annotations
@@ -113,16 +115,33 @@ def overlapping_claims(out: Path, death: dict[int, float]) -> int:
     return bad
 
 
-def soak(manifest: Path, out: Path, workers: int, kills: int, duration: float, rng: random.Random) -> dict:
-    stats = {"kills": 0, "rank 0 killed": 0, "worker killed": 0, "finished before the kill": 0}
+def done_fraction(out: Path, steps: int) -> float:
+    """How much of the job's evaluations the records say are done."""
+    total = 0
+    for name in NAMES:
+        try:
+            record = json.loads((out / ".stylebatch" / "pairs" / name / "state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        total += steps if record.get("status") == "done" else min(steps, int(record.get("steps_done", 0)))
+    return total / (steps * len(NAMES))
+
+
+def soak(manifest: Path, out: Path, workers: int, kills: int, duration: float, startup: float, steps: int,
+         rng: random.Random) -> dict:
+    stats = {"kills": 0, "rank 0 killed": 0, "worker killed": 0, "finished before the kill": 0,
+             "kills since a fresh start": 0}
     death: dict[int, float] = {}
     while stats["kills"] < kills:
+        # A kill at a random moment of what is left of the job (the start-up included).
+        left = startup + (duration - startup) * (1 - done_fraction(out, steps))
         proc = start(manifest, out, workers)
-        deadline = time.monotonic() + rng.uniform(1.0, duration)
+        deadline = time.monotonic() + rng.uniform(0.5, max(1.0, left))
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.02)
         if proc.poll() is not None:  # done before the kill: start the job over to have more to kill
             stats["finished before the kill"] += 1
+            stats["kills since a fresh start"] = 0
             subprocess.run(["rm", "-rf", str(out)], check=True)
             continue
         victim = proc.pid
@@ -131,6 +150,7 @@ def soak(manifest: Path, out: Path, workers: int, kills: int, duration: float, r
         os.kill(victim, signal.SIGKILL)
         death[victim] = time.time()
         stats["kills"] += 1
+        stats["kills since a fresh start"] += 1
         stats["worker killed" if victim != proc.pid else "rank 0 killed"] += 1
         proc.wait(timeout=300)  # a lost worker stops the job; a lost rank 0 stops its worker
         end = time.monotonic() + 60
@@ -158,18 +178,22 @@ def main() -> None:
 
     t0 = time.monotonic()
     clean = start(manifest, root / "clean", 1)
+    while not (root / "clean" / ".stylebatch" / "logs").is_dir() and clean.poll() is None:
+        time.sleep(0.02)
+    startup = time.monotonic() - t0  # imports and validation, until the job directory appears
     assert clean.wait(timeout=900) == 0, "the clean run failed"
     duration = time.monotonic() - t0
-    print(f"clean run: 6 pairs, {args.steps} evaluations each, {duration:.1f}s wall (kills land within that)")
+    print(f"clean run: 6 pairs, {args.steps} evaluations each, {duration:.1f}s wall ({startup:.1f}s start-up)")
     reference = {name: (root / "clean" / f"{name}.png").read_bytes() for name in NAMES}
 
     for workers in (1, 2):
         out = root / f"soak-{workers}"
-        stats = soak(manifest, out, workers, args.kills, duration, rng)
+        stats = soak(manifest, out, workers, args.kills, duration, startup, args.steps, rng)
         mismatches = sum((out / f"{n}.png").read_bytes() != reference[n] if (out / f"{n}.png").exists() else 1
                          for n in NAMES)
         print(f"workers {workers}: kills {stats['kills']} (rank 0 {stats['rank 0 killed']}, worker "
-              f"{stats['worker killed']}), rounds finished before their kill {stats['finished before the kill']}, "
+              f"{stats['worker killed']}; {stats['kills since a fresh start']} since the last fresh start), rounds "
+              f"finished before their kill {stats['finished before the kill']}, "
               f"final exit {stats['final exit']}, mismatches {mismatches} of {len(NAMES)}, processes left "
               f"{stats['processes left']}, temp files left {stats['temp files left']}, pairs with overlapping "
               f"claims {stats['claims overlapping']}", flush=True)
