@@ -17,14 +17,23 @@ from typing import Any
 from rich.console import Console
 
 from stylebatch import __version__
-from stylebatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, StopNow, StylebatchError
+from stylebatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, StopNow, StylebatchError, is_disk_full
+from stylebatch.flags import check_devices, check_paths, seconds, whole_number
+from stylebatch.values import shorten
 
 log = logging.getLogger("stylebatch")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one `error:` line like every other refusal (exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise StylebatchError(f"{self.prog}: {shorten(message, 400)} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
     epilog = "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stylebatch", description="Neural style transfer (Gatys et al. 2016) for many pairs, resumable.",
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -53,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto",
                      help="where the pairs run: auto (a GPU if there is one), cpu or gpu")
     run.add_argument("--devices", default="1", help="number of devices (workers), or auto")
-    run.add_argument("--num-nodes", type=int, default=1, help="number of machines (SLURM/torchrun), each with --devices workers")
-    run.add_argument("--sync-timeout", type=float, default=600.0,
+    run.add_argument("--num-nodes", default="1", help="number of machines (SLURM/torchrun), each with --devices workers")
+    run.add_argument("--sync-timeout", default="600",
                      help="seconds workers wait for rank 0's plan (and rank 0 for a worker to start)")
 
     val = sub.add_parser("validate", help="check a manifest and every file it names; print the plan")
@@ -97,7 +106,7 @@ def _load(args: argparse.Namespace):
 
 def _print_problems(err: Console, problems: list[str]) -> None:
     for problem in problems:
-        err.print(f"error: {problem}", soft_wrap=True, markup=False, highlight=False)
+        err.print(f"error: {shorten(problem, 1000)}", soft_wrap=True, markup=False, highlight=False)
 
 
 def _plan_line(job: Any) -> str:
@@ -114,7 +123,7 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
         _print_problems(err, problems)
         err.print(f"{len(problems)} problem(s); nothing was run", soft_wrap=True)
         return EXIT_INVALID
-    out.print(_plan_line(job), soft_wrap=True, markup=False)
+    out.print(shorten(_plan_line(job), 1000), soft_wrap=True, markup=False)  # may hold a long path
     for pair in job.pairs:
         w, h = pair.out_size
         out.print(f"  {pair.name}: {w}x{h}, {pair.config.steps} evaluations, {pair.config.optimizer}",
@@ -123,13 +132,19 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from stylebatch.runner import RunOptions, launch, run_job
+    from stylebatch.runner import RunOptions, run_job
 
+    from stylebatch.workers import launch
+
+    devices = whole_number("--devices", args.devices, auto=True)
+    num_nodes = whole_number("--num-nodes", args.num_nodes)
+    sync_timeout = seconds("--sync-timeout", args.sync_timeout)
+    check_devices(args.accelerator, devices)
     opts = RunOptions(
         fresh=args.fresh, retry_failed=args.retry_failed, skip_invalid=args.skip_invalid,
-        break_lock=args.break_lock, sync_timeout=args.sync_timeout, verify=args.verify,
+        break_lock=args.break_lock, sync_timeout=sync_timeout, verify=args.verify,
     )
-    fabric = launch(args.accelerator, args.devices, args.num_nodes, args.sync_timeout)
+    fabric = launch(args.accelerator, devices, num_nodes, sync_timeout)
     if fabric is not None and fabric.global_rank != 0:
         # Fabric re-executed this command for another device: rank 0 validates and plans, once.
         job = fabric.broadcast(None, src=0)
@@ -274,11 +289,16 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "status": cmd_status, "rep
 
 def main(argv: list[str] | None = None) -> int:
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
+    logging.raiseExceptions = False  # a log line lost to a full disk is not worth a traceback on stderr
     try:
         args = _parser().parse_args(argv)
-    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+    except SystemExit as e:  # argparse: --help or --version (0)
         return int(e.code or 0)
+    except StylebatchError as e:  # a usage mistake
+        _print_problems(err, e.problems)
+        return e.exit_code
     try:
+        check_paths(args)
         return COMMANDS[args.command](args, out, err)
     except StylebatchError as e:
         if args.debug:
@@ -296,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         # atomic and every finished pair recorded, so running the same command again resumes: exit 3
         if getattr(args, "debug", False):
             err.print(traceback.format_exc(), markup=False)
-        err.print(f"error: {e}; the job stopped, nothing finished is lost: fix this and run the same command "
-                  "again to resume", soft_wrap=True, markup=False, highlight=False)
+        fix = "free space" if is_disk_full(e) else "fix this"
+        err.print(f"error: {shorten(str(e), 1000)}; the job stopped, nothing finished is lost: {fix} and run the "
+                  "same command again to resume", soft_wrap=True, markup=False, highlight=False)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 (the one place that turns a bug into exit 70)
         err.print(traceback.format_exc(), markup=False)

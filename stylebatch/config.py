@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from stylebatch.errors import ConfigError
+from stylebatch.values import number_problem, shown
 from stylebatch.vgg import LAYER_INDEX
 from stylebatch.yamlfiles import load_yaml
 
@@ -47,8 +48,10 @@ class Config:
         500, "Budget of loss evaluations (forward+backward passes), the same unit for every optimizer.", ge=1
     )
     optimizer: str = _field("lbfgs", "`lbfgs` (strong-Wolfe line search) or `adam`.", choices=("lbfgs", "adam"))
+    # At most 1e30: torch's optimizers scale lr (Adam's bias correction, L-BFGS's line search up to
+    # 10x) into float32 arguments, which overflow from 3.4e38 ("value cannot be converted to type float").
     lr: Union[float, None] = _field(
-        None, "Learning rate; empty means the optimizer's own default: 1.0 for L-BFGS, 0.02 for Adam.", gt=0
+        None, "Learning rate; empty means the optimizer's own default: 1.0 for L-BFGS, 0.02 for Adam.", gt=0, le=1e30
     )
     lbfgs_history: int = _field(
         20, "L-BFGS history size; each entry keeps 2 image-sized vectors in memory and checkpoints.", ge=1
@@ -275,7 +278,10 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False, value
-        return True, float(value)
+        try:
+            return True, float(value)
+        except OverflowError:  # an integer beyond any float
+            return False, value
     if tp is int:
         return (isinstance(value, int) and not isinstance(value, bool)), value
     return isinstance(value, tp), value
@@ -293,20 +299,22 @@ def check_value(key: str, value: Any) -> tuple[list[str], Any]:
     f, tp = FIELDS[key], HINTS[key]
     ok, value = _coerce(value, tp)
     if not ok:
-        return [f"'{key}' must be {type_name(tp)}, got {value!r}"], value
+        return [f"'{key}' must be {type_name(tp)}, got {shown(value)}"], value
+    if f.metadata["le"] is None and (problem := number_problem(value)):
+        return [f"'{key}' {problem}"], value  # what torch cannot hold (float32 image, int64 counts)
     problems = []
     if f.metadata["choices"] and value not in f.metadata["choices"]:
         choices = ", ".join(f.metadata["choices"])
-        problems.append(f"'{key}' must be one of {choices}, got {value!r}{did_you_mean(value, f.metadata['choices'])}")
+        problems.append(f"'{key}' must be one of {choices}, got {shown(value)}{did_you_mean(value, f.metadata['choices'])}")
     ge, gt = f.metadata["ge"], f.metadata["gt"]
     if isinstance(value, float) and not math.isfinite(value):
-        problems.append(f"'{key}' must be a finite number, got {value!r}")
+        problems.append(f"'{key}' must be a finite number, got {shown(value)}")
     elif ge is not None and value is not None and value < ge:
-        problems.append(f"'{key}' must be >= {ge}, got {value!r}")
+        problems.append(f"'{key}' must be >= {ge}, got {shown(value)}")
     elif gt is not None and value is not None and value <= gt:
-        problems.append(f"'{key}' must be > {gt}, got {value!r}")
+        problems.append(f"'{key}' must be > {gt}, got {shown(value)}")
     elif f.metadata.get("le") is not None and value is not None and value > f.metadata["le"]:
-        problems.append(f"'{key}' must be <= {f.metadata['le']}, got {value!r}")
+        problems.append(f"'{key}' must be <= {f.metadata['le']}, got {shown(value)}")
     if key == "content_layer" and value not in LAYER_INDEX:
         problems.append(f"'content_layer': unknown VGG19 layer '{value}'{did_you_mean(value, LAYER_INDEX)}")
     if key == "style_layers":
@@ -318,21 +326,21 @@ def check_value(key: str, value: Any) -> tuple[list[str], Any]:
             elif not math.isfinite(weight) or weight < 0:
                 problems.append(f"'style_layers': weight of '{name}' must be a finite number >= 0, got {weight}")
     if key == "init" and value not in INIT_MODES and not Path(value).suffix:
-        problems.append(f"'init' must be one of {', '.join(INIT_MODES)} or an image file path, got {value!r}"
+        problems.append(f"'init' must be one of {', '.join(INIT_MODES)} or an image file path, got {shown(value)}"
                         f"{did_you_mean(value, INIT_MODES)}")
     if key == "style_blend" and value is not None:
         if not value or not all(math.isfinite(w) and w >= 0 for w in value) or sum(value) <= 0:
-            problems.append(f"'style_blend' must be one finite weight >= 0 per style, not all 0, got {value!r}")
+            problems.append(f"'style_blend' must be one finite weight >= 0 per style, not all 0, got {shown(value)}")
         else:
             value = [w / sum(value) for w in value]  # normalised: [7, 3] and [0.7, 0.3] are the same pair
     if key == "scales" and isinstance(value, list):
         if not value or any(v < 1 for v in value) or any(b <= a for a, b in zip(value, value[1:])):
-            problems.append(f"'scales' must be ascending sizes >= 1 (the final pass at 'size' is implied), got {value!r}")
+            problems.append(f"'scales' must be ascending sizes >= 1 (the final pass at 'size' is implied), got {shown(value)}")
     elif key == "scales" and isinstance(value, dict):
         if set(value) != {"factor", "min"}:
             problems.append(f"'scales' as a mapping takes exactly 'factor' and 'min', got {sorted(value)}")
         elif not (math.isfinite(value["factor"]) and value["factor"] > 1) or not (math.isfinite(value["min"]) and value["min"] >= 1):
-            problems.append(f"'scales': factor must be > 1 and min >= 1, got {value!r}")
+            problems.append(f"'scales': factor must be > 1 and min >= 1, got {shown(value)}")
     return problems, value
 
 
@@ -389,6 +397,6 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value")
+            raise ConfigError(f"--set {shown(item)}: expected key=value")
         out[key.strip()] = load_yaml(text, f"--set {key.strip()}") if text.strip() else None
     return out

@@ -5,6 +5,8 @@ The exit-code table lives here once; the CLI and the README both read it.
 
 from __future__ import annotations
 
+import errno
+
 EXIT_CODES: dict[int, str] = {
     0: "every pair done",
     1: "finished, but some pairs failed (see `stylebatch status`)",
@@ -55,3 +57,21 @@ class StopNow(BaseException):
     `sys.exit(1)` (exit 1 means "some pairs failed"), but re-raises anything else, so this reaches
     the CLI, which exits 3 as it says."""
 
+
+class UnsafePathError(StylebatchError):
+    """A symbolic link (or another non-directory) where stylebatch keeps its own state: refused,
+    never followed, so the job's writes cannot be redirected outside the output directory."""
+
+
+class WorkerLostError(StylebatchError):
+    """A worker process died on its own; the others checkpointed and stopped: resumable."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """A full disk or an exhausted quota: the whole job stops (exit 3), no pair is blamed for it."""
+    return isinstance(e, OSError) and e.errno in DISK_FULL

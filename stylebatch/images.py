@@ -131,6 +131,25 @@ def load_image(path: str | Path, max_pixels: int) -> LoadedImage:
             raise ImageError(f"{path}: cannot be decoded ({_first_line(e)})") from None
 
 
+@contextlib.contextmanager
+def opened(path: str | Path, max_pixels: int) -> Iterator[Image.Image]:
+    """An image opened for its header and metadata (what `inspect` reads), with load_image's
+    refusals (pixel limit from the header, FIFOs, empty files, non-images); whatever reading it
+    raises inside the block becomes one ImageError line."""
+    path = Path(path)
+    with _strict_pil(max_pixels):
+        img = _open_checked(path, max_pixels)
+        with img:
+            try:
+                yield img
+            except ImageError:
+                raise
+            except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+                raise ImageError(_too_many_pixels(path, e, max_pixels)) from None
+            except Exception as e:  # noqa: BLE001 (a hostile file can make a reader raise many types)
+                raise ImageError(f"{path}: cannot be read ({_first_line(e)})") from None
+
+
 def check_image(path: str | Path, max_pixels: int) -> tuple[int, int]:
     """Validate a file as the run would load it; returns its (width, height) after EXIF rotation."""
     loaded = load_image(path, max_pixels)

@@ -35,12 +35,18 @@ from stylebatch import config as cfgmod
 from stylebatch.config import Config
 from stylebatch.errors import ConfigError, ImageError
 from stylebatch.images import check_image, fit_size
-from stylebatch.state import STATE_DIR, sha256_file
+from stylebatch.state import INVALID_PREFIX, STATE_DIR, sha256_file
+from stylebatch.values import path_problem, shown, text_problem
 from stylebatch.vgg import LAYER_INDEX, check_weights_path, min_input_size, weights_identity
 
 TOP_KEYS = ("output_dir", "weights", "defaults", "pairs", "grid")
 PAIR_KEYS = ("content", "style", "name")
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes; the temp file's name adds a prefix and a suffix
+# Never an output directory: the file system's root and the system's own directories (a job writes
+# outputs and its state there), nor anything inside the trees that belong to the system alone.
+SYSTEM_DIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/proc",
+               "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/var"}
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys", "/usr")
 
 
 @dataclass
@@ -116,9 +122,11 @@ def _expand_paths(base: Path, values: list[Any], where: str, problems: list[str]
     out = []
     for v in values:
         if not isinstance(v, str) or not v:
-            problems.append(f"{where}: expected a file path, got {v!r}")
+            problems.append(f"{where}: expected a file path, got {shown(v)}")
         elif is_url(v):
-            problems.append(f"{where}: {v!r}: {URL_HINT}")
+            problems.append(f"{where}: {shown(v)}: {URL_HINT}")
+        elif problem := path_problem(v):
+            problems.append(f"{where}: {shown(v)} {problem}")
         elif _is_glob(v):
             matches = sorted(Path(m) for m in glob.glob(str(base / v)))
             if not matches:
@@ -141,11 +149,15 @@ def _format_value(value: Any) -> str:
 
 def _check_name(name: Any) -> str | None:
     if not isinstance(name, str) or not name.strip():
-        return f"'name' must be non-empty text, got {name!r}"
+        return f"'name' must be non-empty text, got {shown(name)}"
+    if problem := text_problem(name):
+        return f"'name' {shown(name)} {problem}"
     if "/" in name or "\\" in name or "\0" in name or name in (".", "..") or ".." in name.split(os.sep):
-        return f"'name' {name!r} must not contain '/', '\\' or '..' (outputs stay inside output_dir)"
+        return f"'name' {shown(name)} must not contain '/', '\\' or '..' (outputs stay inside output_dir)"
     if name.startswith("."):
-        return f"'name' {name!r} must not start with '.' (reserved for {STATE_DIR})"
+        return f"'name' {shown(name)} must not start with '.' (reserved for {STATE_DIR})"
+    if name.startswith(INVALID_PREFIX):
+        return f"'name' {shown(name)} must not start with '{INVALID_PREFIX}' (reserved for the records of invalid entries)"
     size = len(name.encode("utf-8", "surrogateescape"))
     if size > MAX_NAME_BYTES:
         return f"'name' is {size} bytes long, at most {MAX_NAME_BYTES} fit a file name"
@@ -162,7 +174,7 @@ def _raw_entries(data: dict[str, Any], base: Path, src: str, problems: list[str]
     for i, item in enumerate(pairs):
         where = f"{src}: pairs[{i}]"
         if not isinstance(item, dict):
-            problems.append(f"{where}: expected a mapping with content and style, got {item!r}")
+            problems.append(f"{where}: expected a mapping with content and style, got {shown(item)}")
             continue
         raw = dict(item)
         for key in ("content", "style"):
@@ -175,7 +187,10 @@ def _raw_entries(data: dict[str, Any], base: Path, src: str, problems: list[str]
                 raw[key] = base / (value if isinstance(value, str) else value[0])
             elif isinstance(value, list) and key == "style":  # a blend: weights in style_blend
                 if len(value) < 1 or not all(isinstance(v, str) and v for v in value):
-                    problems.append(f"{where}: 'style' as a blend must be a list of file paths, got {value!r}")
+                    problems.append(f"{where}: 'style' as a blend must be a list of file paths, got {shown(value)}")
+                    raw[key] = None
+                elif bad := next((v for v in value if path_problem(v)), None):
+                    problems.append(f"{where}: 'style' {shown(bad)} {path_problem(bad)}")
                     raw[key] = None
                 else:
                     raw[key] = [base / v for v in value] if len(value) > 1 else base / value[0]
@@ -183,7 +198,10 @@ def _raw_entries(data: dict[str, Any], base: Path, src: str, problems: list[str]
                 problems.append(f"{where}: '{key}' must be one file path")
                 raw[key] = None
             elif not isinstance(value, str) or not value:
-                problems.append(f"{where}: '{key}' must be a file path, got {value!r}")
+                problems.append(f"{where}: '{key}' must be a file path, got {shown(value)}")
+                raw[key] = None
+            elif problem := path_problem(value):
+                problems.append(f"{where}: '{key}' {shown(value)} {problem}")
                 raw[key] = None
             else:
                 raw[key] = base / value
@@ -250,11 +268,13 @@ def _grid_blend(base: Path, value: dict[str, Any], where: str, problems: list[st
     if extra:
         problems.append(f"{where}: a blend entry takes 'blend' and 'weights', not {extra}")
     elif not isinstance(paths, list) or len(paths) < 2 or not all(isinstance(p, str) and p for p in paths):
-        problems.append(f"{where}: 'blend' must list at least two style files, got {paths!r}")
+        problems.append(f"{where}: 'blend' must list at least two style files, got {shown(paths)}")
     elif any(is_url(p) for p in paths):
-        problems.append(f"{where}: 'blend' {paths!r}: {URL_HINT}")
+        problems.append(f"{where}: 'blend' {shown(paths)}: {URL_HINT}")
+    elif bad := next((p for p in paths if path_problem(p)), None):
+        problems.append(f"{where}: 'blend' {shown(bad)} {path_problem(bad)}")
     elif weights is not None and (not isinstance(weights, list) or len(weights) != len(paths)):
-        problems.append(f"{where}: 'weights' must list one weight per style of the blend, got {weights!r}")
+        problems.append(f"{where}: 'weights' must list one weight per style of the blend, got {shown(weights)}")
     else:
         return _Blend([base / p for p in paths], weights)
     return None
@@ -309,16 +329,24 @@ def pair_id(content_sha: str, style_sha: str | list[str], weights_id: str, cfg: 
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _check_output_dir(path: Path) -> str | None:
+def check_output_dir(path: Path) -> str | None:
+    """Why `path` cannot be the output directory, or None."""
+    if problem := path_problem(str(path)):
+        return f"output_dir {shown(str(path))} {problem}"
     try:
         return _output_dir_problem(path)
     except (OSError, ValueError) as e:  # a name too long, a NUL byte, a loop of links...
-        return f"output_dir {path}: unusable ({e})"
+        return f"output_dir {shown(str(path))}: unusable ({e})"
 
 
 def _output_dir_problem(path: Path) -> str | None:
     if "\0" in str(path):
         return f"output_dir {str(path)!r}: unusable (contains a NUL byte)"
+    real = str(Path(os.path.abspath(path)).resolve())
+    if real in SYSTEM_DIRS or any(real.startswith(tree + "/") for tree in SYSTEM_TREES):
+        shown_as = f"{path} (that is {real})" if str(path) != real else str(path)
+        return (f"output_dir {shown_as}: the file system's root or a system directory; "
+                "use a directory of your own")
     if path.exists() and not path.is_dir():
         return f"output_dir {path}: exists and is not a directory"
     parent = path
@@ -379,7 +407,7 @@ def load_job(
             problems.append(f"{src}: 'output_dir' must be a directory path (relative to the manifest)")
             out_value = "."
         job.output_dir = Path(os.path.normpath(base / out_value))
-    if problem := _check_output_dir(job.output_dir):
+    if problem := check_output_dir(job.output_dir):
         problems.append(f"{src}: {problem}")
 
     # Weights: --weights beats the manifest's `weights` (a path there is relative to the manifest).
@@ -387,6 +415,8 @@ def load_job(
         w = data["weights"]
         if not isinstance(w, str) or not w:
             problems.append(f"{src}: 'weights' must be imagenet, random or a file path")
+        elif problem := path_problem(w):
+            problems.append(f"{src}: 'weights' {shown(w)} {problem}")
         else:
             job.weights = w if w in ("imagenet", "random") else str(base / w)
     if problem := check_weights_path(job.weights):
@@ -426,7 +456,8 @@ def load_job(
         styles = style if isinstance(style, list) else []
         pair = Pair(str(name), content, styles[0] if styles else style, None, entry, styles=styles)
         where = f"{src}: {pair.label}"
-        if problem := _check_name(name):
+        given_but_bad = [k for k in ("content", "style") if k in raw and raw[k] is None]  # already said why
+        if (name is not None or not given_but_bad) and (problem := _check_name(name)):
             pair.problems.append(f"{where}: {problem}")
         for key in unknown:  # suggest pair keys (content, style, name) as well as config keys
             pair.problems.append(f"{where}: unknown key '{key}'{cfgmod.did_you_mean(key, [*PAIR_KEYS, *cfgmod.FIELDS])}")
@@ -436,14 +467,18 @@ def load_job(
         except ConfigError as e:
             pair.problems += [p if p.startswith(src) or p.startswith("--set") else f"{where}: {p}" for p in e.problems]
         if pair.config is not None and is_url(pair.config.init):
-            pair.problems.append(f"{where}: 'init' {pair.config.init!r}: {URL_HINT}")
+            pair.problems.append(f"{where}: 'init' {shown(pair.config.init)}: {URL_HINT}")
             pair.config = dataclasses.replace(pair.config, init="content")  # reported; nothing more to check
+        elif pair.config is not None and pair.config.init not in cfgmod.INIT_MODES and (
+                problem := path_problem(pair.config.init)):
+            pair.problems.append(f"{where}: 'init' {shown(pair.config.init)} {problem}")
+            pair.config = None
         if pair.config is not None and pair.config.init not in cfgmod.INIT_MODES:
             # An init image, like content and style, is relative to the manifest.
             pair.config = dataclasses.replace(pair.config, init=os.path.abspath(base / pair.config.init))
         if pair.config is not None and style is not None and (problem := _blend_problem(pair)):
             pair.problems.append(f"{where}: {problem}")
-        if content is None or style is None:
+        if (content is None or style is None) and not given_but_bad:
             pair.problems.append(f"{where}: needs both content and style")
         pair.problems += [f"{where}: {url}: {URL_HINT}" for url in urls]
         job.pairs.append(pair)

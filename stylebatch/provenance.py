@@ -19,15 +19,16 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from stylebatch import __version__
 from stylebatch import config as cfgmod
 from stylebatch.config import Config
-from stylebatch.errors import StylebatchError
-from stylebatch.images import EXIF_IFD, EXIF_USER_COMMENT, USER_COMMENT_ASCII, save_image
-from stylebatch.manifest import Job, Pair, _check_pair_files, _FileChecker
+from stylebatch.errors import ImageError, StylebatchError
+from stylebatch.images import EXIF_IFD, EXIF_USER_COMMENT, USER_COMMENT_ASCII, opened, save_image
+from stylebatch.manifest import Job, Pair, _check_name, _check_pair_files, _FileChecker, check_output_dir
 from stylebatch.state import sha256_file
+from stylebatch.values import text_problem
 from stylebatch.vgg import check_weights_path, weights_identity
 
 KEY = "stylebatch"
@@ -78,13 +79,15 @@ def write_output(image: Image.Image, output: Path, cfg: Config, device: Any, met
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The settings an output was made with; StylebatchError when the file has none."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise StylebatchError(f"{path}: no such file")
     try:
-        with Image.open(path) as img:
+        # Refused from the header like any input (a decompression bomb, a FIFO, not an image): PNG
+        # text chunks after the pixels are only reached by decoding them.
+        with opened(path, cfgmod.FIELDS["max_pixels"].default) as img:
             text = dict(getattr(img, "text", None) or {}) if img.format == "PNG" else _exif_text(img)
-    except (UnidentifiedImageError, OSError) as e:
-        raise StylebatchError(f"{path}: not an image PIL can read ({e})") from None
+    except ImageError as e:
+        raise StylebatchError(str(e)) from None
     if KEY not in text:
         raise StylebatchError(f"{path}: carries no stylebatch settings (not a stylebatch output, or re-saved by "
                               "another program that dropped them)")
@@ -92,9 +95,34 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         meta = json.loads(text[KEY])
     except ValueError as e:
         raise StylebatchError(f"{path}: its stylebatch settings are not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or "config" not in meta:
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise StylebatchError(f"{path}: its stylebatch settings are incomplete")
+    if problem := _shape_problem(meta):
+        raise StylebatchError(f"{path}: its stylebatch settings are malformed ({problem})")
     return meta
+
+
+def _shape_problem(meta: dict[str, Any]) -> str | None:
+    """What `inspect` would trip over in settings written by hand (or by a hostile program)."""
+    losses, size = meta.get("losses"), meta.get("output_size")
+    if losses is not None and not (isinstance(losses, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in losses.values())):
+        return "'losses' is not a mapping of numbers"
+    if size is not None and not (isinstance(size, list) and len(size) == 2):
+        return "'output_size' is not [width, height]"
+    for key in ("versions",):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            return f"'{key}' is not a mapping"
+    stack: list[Any] = [meta]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+        elif isinstance(item, str) and (problem := text_problem(item)):
+            return f"a value {problem}"
+    return None
 
 
 def _exif_text(img: Image.Image) -> dict[str, str]:
@@ -189,6 +217,10 @@ def _job_from_image(image: Path, out: Path, weights: str | None, sets: dict[str,
         raise StylebatchError([f"{image}: cannot reproduce: {b}" for b in bad])
     source = _weights_for(meta, weights, image)
     where = f"{image} (recorded settings)"
+    if problem := _check_name(meta.get("name")):
+        raise StylebatchError(f"{where}: {problem}")
+    if problem := check_output_dir(out):
+        raise StylebatchError(f"--out: {problem}")
     cfg = cfgmod.resolve([(where, meta["config"]), ("--set", sets or {})])
     pair = Pair(str(meta["name"]), Path(meta["content"]), Path(meta["style"]), cfg, entry=f"--from {image.name}",
                 styles=[Path(p) for p in meta.get("styles", [])])  # a blend's every style

@@ -23,9 +23,11 @@ from typing import Any
 
 import torch
 
-from stylebatch.atomic import atomic_write, fault_point, remove_stale_temps
+from stylebatch import claims, workers
+from stylebatch.atomic import atomic_write, fault_point
 from stylebatch.engine import Member, NonFiniteLossError, PairHooks, PairResult, stylize
-from stylebatch.errors import EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StopNow, StylebatchError
+from stylebatch.errors import (EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StopNow, StylebatchError, WorkerLostError,
+                               is_disk_full)
 from stylebatch.jobfile import write_job_file
 from stylebatch.live_report import LiveReport, report_every_s
 from stylebatch.manifest import Job, Pair
@@ -127,30 +129,6 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter
     return True
 
 
-def launch(accelerator: str, devices: str, num_nodes: int, sync_timeout: float):
-    """Start the workers with Lightning Fabric, or return None for a single process.
-
-    On a workstation Fabric's launcher re-executes this command once per extra device; under
-    torchrun or srun it launches nothing and reads the cluster environment. No DDP: pairs are
-    independent, so the process group is used only for the plan's broadcast and barriers.
-    """
-    from datetime import timedelta
-
-    from lightning.fabric import Fabric
-    from lightning.fabric.strategies import DDPStrategy
-
-    external_world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1)
-    if devices in ("1", 1) and num_nodes == 1 and external_world == 1:
-        return None
-    if external_world > 1 and devices in ("1", 1, "auto"):
-        # torchrun / srun: one process per task is already running; take the layout from them.
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or external_world)
-        devices, num_nodes = per_node, max(1, external_world // per_node)
-    strategy = DDPStrategy(start_method="popen", timeout=timedelta(seconds=sync_timeout))
-    fabric = Fabric(accelerator=accelerator, devices=devices if devices == "auto" else int(devices),
-                    num_nodes=num_nodes, strategy=strategy)
-    fabric.launch()
-    return fabric
 
 
 def _log_rank(fabric: Any) -> None:
@@ -169,17 +147,20 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
     if fabric is not None and fabric.global_rank != 0:
         return _worker(fabric, job, opts)
     reporter = reporter or Reporter()
+    claims.new_job()
     state = JobState(job.output_dir)
     job.output_dir.mkdir(parents=True, exist_ok=True)
     world = fabric.world_size if fabric is not None else 1
     stop = StopFlag(on_signal=lambda signum: _forward_stop(fabric, state, signum))
+    # issue 14: a worker that dies stops the job (checkpoints, exit 3, one line), instead of Lightning's SIGKILL
+    watch = workers.ChildWatch(on_lost=lambda why: stop._handle(signal.SIGTERM, None), stopping=lambda: bool(stop))
     with state.lock(opts.break_lock):
         try:
             _open_log(state, rank=0)
             _log_rank(fabric)
             if opts.fresh and (state.root / "pairs").exists():
                 shutil.rmtree(state.root / "pairs")
-            removed = remove_stale_temps(job.output_dir)
+            removed = state.remove_stale_temps()  # issue 14: only .stylebatch/; pair temps under their claim
             if removed:
                 log.info("removed %d temp file(s) left by an interrupted run", removed)
             for leftover in (state.root / "ranks", state.root / "stop"):
@@ -187,7 +168,8 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             write_job_file(job, state.root)  # issue 15: compact job.json (jobfile.py)
             _record_invalid(job, state)
             vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
-            pending = [p for p in job.valid_pairs if needs_work(job, state, p, opts, reporter)]
+            # Under each pair's claim: a pair a live process works on is planned, its record untouched.
+            pending = claims.pending(state, job.valid_pairs, lambda p: needs_work(job, state, p, opts, reporter))
             shares = make_plan(pending, world, _recorded_batches(state, pending))  # batches of names, per rank
         except BaseException as e:
             if fabric is not None:
@@ -207,6 +189,9 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
         finally:
             live.stop(final=False)  # issue 15: no-op after the final one
             stop.restore()
+            watch.close()  # issue 14
+    if watch.message():  # issue 14
+        raise WorkerLostError(watch.message())
     if stop.signum == signal.SIGUSR1 and os.environ.get("SLURM_JOB_ID"):
         _requeue(os.environ["SLURM_JOB_ID"])
     return exit_code(job, state, interrupted=bool(stop))
@@ -219,6 +204,7 @@ def _rank_device(fabric: Any, opts: RunOptions) -> torch.device:
 def _worker(fabric: Any, job: Job, opts: RunOptions) -> int:
     """A rank other than 0: take its share of the broadcast plan, run it, report through the state."""
     rank = fabric.global_rank
+    claims.new_job()
     state = JobState(job.output_dir)
     msg = fabric.broadcast(None, src=0)
     if "abort" in msg:
@@ -248,8 +234,7 @@ def _forward_stop(fabric: Any, state: JobState, signum: int) -> None:
         atomic_write(state.root / "stop", str(signum).encode())
     except OSError:
         pass
-    launcher = getattr(getattr(fabric, "strategy", None), "launcher", None)
-    for proc in getattr(launcher, "procs", []):
+    for proc in workers.children():  # issue 14: the workers rank 0 started (workers.launch)
         if proc.poll() is None:
             proc.send_signal(signum)
 
@@ -315,12 +300,15 @@ def run_batches(
     vgg.to(device)
     weights_id = weights_identity(job.weights)
     by_name = {p.name: p for p in job.valid_pairs}
-    for i, names in enumerate(batches):
-        if stop or (state.root / "stop").exists():
+    stopping = lambda: bool(stop) or (state.root / "stop").exists()  # noqa: E731
+    # One process per pair: each batch is worked on only while this process holds its claims.
+    mine = [[by_name[n] for n in names] for names in batches]
+    for i, batch in enumerate(claims.claimed(state, mine, rank, stopping)):
+        if stopping():
             break
         if i:
             fault_point("between_pairs")
-        _run_batch(job, [by_name[n] for n in names], vgg, device, state, stop, reporter, rank, weights_id)
+        _run_batch(job, batch, vgg, device, state, stop, reporter, rank, weights_id)
 
 
 def _begin(job: Job, pair: Pair, state: JobState, stop: StopFlag, reporter: Reporter, rank: int,
@@ -390,6 +378,10 @@ def _run_batch(
             fault_point(f"pair:{p.name}")
         results = stylize(members, vgg, device)
     except Exception as e:  # noqa: BLE001 (isolate the pair, or the faulty member from the rest of the batch)
+        if is_disk_full(e):  # the whole job stops; no member is blamed or charged an attempt
+            for p in batch:
+                state.undo_attempt(p.name)
+            raise
         oom = isinstance(e, torch.cuda.OutOfMemoryError)
         why = "out of memory" if oom else _reason(batch[0], e) if len(batch) == 1 else \
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -167,6 +168,13 @@ def weights_identity(weights: str) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+# The most a weights file may hold: a full torchvision VGG19 (classifier included, 143,667,240
+# parameters) in float64, plus room for the archive's own records. Checked before anything is
+# unpacked: a 4 MB zip whose members inflate to gigabytes is refused from its directory alone.
+VGG19_PARAMETERS = 143_667_240
+MAX_WEIGHTS_BYTES = VGG19_PARAMETERS * 8 + (64 << 20)
+
+
 def check_weights_path(weights: str) -> str | None:
     """A problem with `--weights` that can be seen without loading, or None."""
     if weights in ("imagenet", "random"):
@@ -178,7 +186,7 @@ def check_weights_path(weights: str) -> str | None:
         return f"--weights {weights}: no such file (use imagenet, random or a path to a VGG19 state dict)"
     if not path.is_file():
         return f"--weights {weights}: not a file"
-    return _not_tensor_file(path, weights)
+    return _weights_size_problem(path, weights) or _not_tensor_file(path, weights)
 
 
 # The first bytes of what torch.save writes: a zip archive (the default since torch 1.6) or a
@@ -201,6 +209,28 @@ def _not_tensor_file(path: Path, weights: str) -> str | None:
                 "empty" if not head else "not a file torch.save writes")
     return (f"--weights {weights}: cannot be loaded: not a PyTorch weights file ({what}); give a VGG19 "
             "state dict saved with torch.save, or imagenet, or random")
+
+
+def _weights_size_problem(path: Path, weights: str) -> str | None:
+    size = path.stat().st_size
+    if size == 0:
+        return f"--weights {weights}: empty file (0 bytes), cannot be loaded as VGG19 weights"
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as e:
+        return f"--weights {weights}: cannot be read ({e.strerror or e})"
+    if is_zip:  # torch.save's format: the central directory says what each member unpacks to
+        try:
+            with zipfile.ZipFile(path) as archive:
+                unpacked = sum(info.file_size for info in archive.infolist())
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            return f"--weights {weights}: cannot be loaded as a tensor file (a broken archive: {e})"
+        if unpacked > MAX_WEIGHTS_BYTES:
+            return (f"--weights {weights}: its archive unpacks to {unpacked:,} bytes, far more than VGG19 weights "
+                    f"need (at most {MAX_WEIGHTS_BYTES:,}); refused without unpacking it")
+    elif size > MAX_WEIGHTS_BYTES:
+        return f"--weights {weights}: {size:,} bytes, far more than VGG19 weights need (at most {MAX_WEIGHTS_BYTES:,})"
+    return None
 
 
 def load_vgg(weights: str = "imagenet", layers: list[str] | None = None) -> VGGFeatures:

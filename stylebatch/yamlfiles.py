@@ -61,3 +61,5 @@ def load_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{where}: not valid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    except ValueError as e:  # a number with more digits than Python converts (over 4,300)
+        raise ConfigError(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None

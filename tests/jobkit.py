@@ -70,7 +70,9 @@ def final_target(out_dir: Path, name: str) -> torch.Tensor:
 
 
 def temp_files(out_dir: Path) -> list[Path]:
-    return [p for p in out_dir.rglob("*") if ".tmp." in p.name]
+    from stylebatch.atomic import TMP_MARK
+
+    return [p for p in out_dir.rglob("*") if TMP_MARK in p.name]
 
 
 def cli_env(**extra: str) -> dict[str, str]:

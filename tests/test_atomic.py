@@ -47,7 +47,7 @@ def test_write_replaces_and_stale_temps_are_removed(tmp_path: Path) -> None:
     atomic_write(target, b"one")
     atomic_write(target, lambda fh: fh.write(b"two"))
     assert target.read_bytes() == b"two"
-    (tmp_path / ".a.txt.tmp.99999").write_bytes(b"orphan of a killed writer")
+    (tmp_path / ".a.txt.stylebatch-tmp.4194999").write_bytes(b"orphan of a killed writer")  # beyond pid_max
     assert remove_stale_temps(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
 

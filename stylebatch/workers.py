@@ -1,0 +1,196 @@
+"""Starting the worker processes, and making sure none outlives the job.
+
+Lightning Fabric runs the workers (ranks, the process group, barriers, broadcasts). On a
+workstation it would also start them, but its launcher (`_SubprocessScriptLauncher`) adds a
+watchdog thread that SIGKILLs every process, rank 0 included, as soon as one worker exits non-zero
+(lightning/fabric/strategies/launchers/subprocess_script.py, `_ChildProcessObserver`; it has no
+setting). A worker killed alone (out of memory, kill -9) would then take rank 0 down mid-write
+with exit 137 and no message. Lightning's supported way around its launcher is the one its
+`LightningEnvironment` documents for torchrun and schedulers: set LOCAL_RANK (with MASTER_ADDR,
+MASTER_PORT, WORLD_SIZE, NODE_RANK) in every process and start them yourself; Fabric then
+launches nothing (`creates_processes_externally`). So rank 0 starts the other local ranks here,
+as Lightning would (the same command line, the same variables), and watches them itself: a worker
+that dies stops the job cleanly (every other rank checkpoints; exit 3, one line saying which).
+
+The other way round, a worker whose parent dies stops too, at its next step boundary after a
+checkpoint: it asks the kernel for SIGTERM when its parent dies (Linux PR_SET_PDEATHSIG, through
+ctypes), and a thread compares its parent pid with the launcher's as a fallback (other systems,
+or a parent that died before the request was made).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+log = logging.getLogger("stylebatch")
+
+LAUNCHER_ENV = "STYLEBATCH_LAUNCHER_PID"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_S = 0.5
+_children: list[subprocess.Popen] = []
+
+
+def launch(accelerator: str, devices: int | None, num_nodes: int, sync_timeout: float) -> Any:
+    """Start the workers and return the Fabric object, or None for a single process.
+    `devices` None means auto (Lightning's: every GPU, or one process on the CPU).
+
+    On a workstation rank 0 starts the other local ranks (see the module docstring); under
+    torchrun or srun every process is already running and the layout comes from them. No DDP:
+    pairs are independent, so the process group is used only for the plan's broadcast and barriers.
+    """
+    from datetime import timedelta
+
+    from lightning.fabric import Fabric
+    from lightning.fabric.plugins.environments import LightningEnvironment
+    from lightning.fabric.strategies import DDPStrategy
+
+    external_world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1)
+    if devices == 1 and num_nodes == 1 and external_world == 1:
+        return None
+    if external_world > 1 and devices in (1, None):
+        # torchrun / srun: one process per task is already running; take the layout from them.
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or external_world)
+        devices, num_nodes = per_node, max(1, external_world // per_node)
+    strategy = DDPStrategy(start_method="popen", timeout=timedelta(seconds=sync_timeout))
+    fabric = Fabric(accelerator=accelerator, devices=devices if devices is not None else "auto",
+                    num_nodes=num_nodes, strategy=strategy)
+    env = fabric.strategy.cluster_environment
+    if os.environ.get(LAUNCHER_ENV, str(os.getpid())) != str(os.getpid()) and "LOCAL_RANK" in os.environ:
+        stop_with_parent(int(os.environ[LAUNCHER_ENV]))  # a worker that rank 0 started
+    elif isinstance(env, LightningEnvironment) and not env.creates_processes_externally:
+        _start_local_ranks(fabric.strategy.num_processes, fabric.strategy.num_nodes)  # instead of Fabric's launcher
+    fabric.launch()
+    return fabric
+
+
+def _start_local_ranks(devices: int, num_nodes: int) -> None:
+    """What Lightning's launcher does (subprocess_script.py `_call_children_scripts`): the same
+    command, once per extra local rank, with the rank's variables; rank 0 is this process."""
+    from lightning.fabric.plugins.environments.lightning import find_free_network_port
+
+    env = os.environ
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    env.setdefault("MASTER_PORT", str(find_free_network_port()))
+    env["NODE_RANK"] = env.get("NODE_RANK", env.get("GROUP_RANK", "0"))
+    env["WORLD_SIZE"] = str(devices * num_nodes)
+    env["LOCAL_RANK"] = "0"
+    env[LAUNCHER_ENV] = str(os.getpid())
+    for local_rank in range(1, devices):
+        _children.append(subprocess.Popen(_command(), env={**env, "LOCAL_RANK": str(local_rank)}))
+
+
+def _command() -> list[str]:
+    import __main__
+
+    if getattr(__main__, "__spec__", None) is None:  # the `stylebatch` console script
+        return [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
+    return [sys.executable, "-m", __main__.__spec__.name.removesuffix(".__main__"), *sys.argv[1:]]
+
+
+def children() -> list[subprocess.Popen]:
+    """The workers this process started (none under torchrun or srun)."""
+    return list(_children)
+
+
+# --- a worker: stop when the parent dies ----------------------------------------------------------
+
+
+def stop_with_parent(parent: int) -> None:
+    """SIGTERM this process (the usual stop: checkpoint at the next step boundary, exit) once
+    `parent` is no longer its parent."""
+    _request_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent:  # died before the request took effect
+        log.warning("the launching process %d is gone; stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    threading.Thread(target=_watch_parent, args=(parent,), name="stylebatch-parent-watch", daemon=True).start()
+
+
+def _request_parent_death_signal(signum: int) -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as e:
+        log.warning("no parent-death signal (%s); watching the parent pid instead", e)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        threading.Event().wait(WATCH_S)
+    log.warning("the launching process %d is gone; checkpointing and stopping", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+# --- rank 0: notice a worker that dies -------------------------------------------------------------
+
+
+class ChildWatch:
+    """Polls the workers this process started (which also reaps them). The first to exit non-zero
+    while the job is not already stopping is reported once through `on_lost`; `lost` keeps the
+    one-line descriptions for the exit message."""
+
+    def __init__(self, on_lost: Callable[[str], None], stopping: Callable[[], bool]):
+        self.on_lost, self.stopping = on_lost, stopping
+        self.lost: list[str] = []
+        self._seen: set[int] = set()
+        self._closing = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stylebatch-child-watch", daemon=True)
+        if _children:
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(WATCH_S):
+            self.poll()
+
+    def poll(self) -> None:
+        for rank, proc in enumerate(_children, start=1):
+            code = proc.poll()
+            if code in (None, 0) or rank in self._seen:
+                continue
+            self._seen.add(rank)
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            message = f"rank {rank} (pid {proc.pid}) {how}"
+            if self._closing or self.stopping():
+                log.info("%s", message)  # stopped on purpose (or after the job was told to stop)
+                continue
+            log.error("%s", message)
+            self.lost.append(message)
+            self.on_lost(message)
+
+    def close(self, grace: float = 5.0, timeout: float = 60.0) -> None:
+        """Stop watching. Workers still running after `grace` seconds (the job is ending early)
+        are asked to stop, which checkpoints their pair, and waited for; killed after `timeout`."""
+        self._done.set()
+        self.poll()  # a death just before the end still counts
+        self._closing = True
+        for signum, wait in ((None, grace), (signal.SIGTERM, timeout), (signal.SIGKILL, timeout)):
+            running = [proc for proc in _children if proc.poll() is None]
+            if not running:
+                return
+            for proc in running if signum is not None else []:
+                log.warning("worker pid %d still running: sending %s", proc.pid, signal.Signals(signum).name)
+                proc.send_signal(signum)
+            deadline = time.monotonic() + wait
+            for proc in running:
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+
+    def message(self) -> str | None:
+        if not self.lost:
+            return None
+        return (f"{self.lost[0]}; the other ranks checkpointed their pairs and stopped: run the same command "
+                "again to resume (its log is in .stylebatch/logs/)")
