@@ -75,14 +75,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, device: str | None = None):
     from stylebatch.config import parse_set
     from stylebatch.manifest import load_job
 
     if not args.manifest:
         raise StylebatchError(f"{args.command}: give a manifest (or, for run, --from IMAGE)")
     sets = parse_set(args.set)
-    return load_job(args.manifest, preset=args.config, sets=sets, out=args.out, weights=args.weights)
+    return load_job(args.manifest, preset=args.config, sets=sets, out=args.out, weights=args.weights, device=device)
 
 
 def _print_problems(err: Console, problems: list[str]) -> None:
@@ -105,10 +105,10 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
         _print_problems(err, problems)
         err.print(f"{len(problems)} problem(s); nothing was run", soft_wrap=True)
         return EXIT_INVALID
-    for pair in job.pairs:
-        w, h = pair.out_size
-        out.print(f"  {pair.name}: {w}x{h}, {pair.config.steps} evaluations, {pair.config.optimizer}",
-                  soft_wrap=True, markup=False)
+    from stylebatch.estimate import describe_job  # issue 16: memory and time per pair, and in total
+
+    for line in describe_job(job.pairs):
+        out.print(line, soft_wrap=True, markup=False)
     return 0
 
 
@@ -124,7 +124,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         # Fabric re-executed this command for another device: rank 0 validates and plans, once.
         job = fabric.broadcast(None, src=0)
         return run_job(job, opts, fabric=fabric) if job is not None else 0
-    job = _load_from_image(args) if args.from_image else _load(args)
+    job = _load_from_image(args) if args.from_image else _load(args, _device(args.accelerator) if fabric is None else None)
     refuse = bool(job.problems or (job.all_problems and not args.skip_invalid) or not job.valid_pairs)
     if fabric is not None:
         fabric.broadcast(None if refuse else job, src=0)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from stylebatch.errors import ConfigError
+from stylebatch.tiling import grid_unit
 from stylebatch.vgg import LAYER_INDEX
 from stylebatch.yamlfiles import load_yaml
 
@@ -42,7 +43,10 @@ def _field(default: Any, doc: str, *, identity: bool = True, choices: tuple = ()
 class Config:
     """Settings of one pair. Defaults follow Gatys et al. (2016) where the paper states them."""
 
-    size: int = _field(512, "Longer side of the output in pixels; the content's aspect ratio is kept.", ge=1)
+    size: Union[int, str] = _field(
+        512, "Longer side of the output in pixels; the content's aspect ratio is kept. `auto`: the largest that "
+        "fits `memory_fraction` of the device's free memory (README, How large can I go).", ge=1
+    )
     steps: int = _field(
         500, "Budget of loss evaluations (forward+backward passes), the same unit for every optimizer.", ge=1
     )
@@ -138,13 +142,13 @@ class Config:
     # Default 4 from scripts/bench.py on 2 CPU cores: end to end +19 % pairs/hour at 128 px (batch 8:
     # +27 %, twice the memory), neutral at 256 px; late layers (few positions) gain most. README,
     # "Speed and memory". A GPU, which one pair leaves mostly idle, should gain more.
-    batch_size: int = _field(
+    batch_size: Union[int, str] = _field(
         4,
         "Optimise up to N Adam pairs together in one VGG pass when they share the pass (output size at every "
         "scale, layers, pooling, lr, steps, scales, precision, ema_decay); their loss weights, inputs and "
         "colour controls may differ (a style_weight sweep is one batch). L-BFGS pairs always run alone. "
         "Results match separate runs within float rounding amplified by Adam (mean |difference| < 5e-3), not "
-        "bit for bit. 1 turns batching off.",
+        "bit for bit. 1 turns batching off; `auto`: as many as fit `memory_fraction` of free memory (at most 32).",
         identity=False, ge=1,
     )
     batch_pixels: int = _field(
@@ -152,6 +156,17 @@ class Config:
         "At most this many output pixels per batch in total (bounds a batch's memory): the default "
         "batches 4 pairs at 512 px, 2 at 768, none at 1024.",
         identity=False, ge=1,
+    )
+    tile: Union[int, str, None] = _field(
+        None,
+        "Exact tiling for outputs larger than memory: a pass larger than N px (a multiple of 16) computes its "
+        "loss tile by tile with the whole image's Grams, equal to the untiled loss up to float rounding; `auto`: "
+        "tiles only where the pair would not fit `memory_fraction` of free memory. Empty: never. Tiled pairs run "
+        "unbatched.",
+    )
+    memory_fraction: float = _field(
+        0.8, "Share of the device's free memory that `auto` sizes, batches and tiles may plan to use.",
+        identity=False, gt=0, le=1,
     )
     checkpoint_every: int = _field(
         50, "Save a resumable checkpoint every N loss evaluations.", identity=False, ge=1
@@ -289,6 +304,10 @@ def check_value(key: str, value: Any) -> tuple[list[str], Any]:
     ok, value = _coerce(value, tp)
     if not ok:
         return [f"'{key}' must be {type_name(tp)}, got {value!r}"], value
+    if key in AUTO_KEYS and isinstance(value, str):
+        return ([] if value == "auto" else [f"'{key}' must be an integer or auto, got {value!r}"]), value
+    if key == "tile" and value is not None and (value < 16 or value % 16):
+        return [f"'tile' must be a multiple of 16 px (at least 16), or auto, got {value!r}"], value
     problems = []
     if f.metadata["choices"] and value not in f.metadata["choices"]:
         choices = ", ".join(f.metadata["choices"])
@@ -332,11 +351,17 @@ def check_value(key: str, value: Any) -> tuple[list[str], Any]:
 
 
 INIT_MODES = ("content", "noise", "style_stats")
+AUTO_KEYS = ("size", "batch_size", "tile")  # keys that also take `auto` (estimate.py resolves them)
 
 
 def cross_check(cfg: Config) -> list[str]:
     """Problems between keys, once every layer is merged."""
     problems = []
+    if cfg.size == "auto":
+        return problems  # checked again once the size is resolved (manifest.py)
+    if isinstance(cfg.tile, int) and cfg.tile % (unit := grid_unit(cfg.layers_used)):
+        problems.append(f"'tile' {cfg.tile}: with layer {max(cfg.layers_used, key=LAYER_INDEX.__getitem__)} tiles "
+                        f"must be a multiple of {unit} px")
     if isinstance(cfg.scales, list) and cfg.scales and cfg.scales[-1] >= cfg.size:
         problems.append(f"'scales' {cfg.scales}: each coarse pass must be smaller than 'size' {cfg.size} "
                         "(the final pass at 'size' is implied)")
