@@ -90,10 +90,11 @@ def next_rung(pair: Any, batch: int, device: torch.device) -> tuple[str, dict[st
         return "smaller lbfgs_history", {"lbfgs_history": LBFGS_SMALL_HISTORY}
     if not _tiled(pair):
         tile = autosize.auto_tile(dataclasses.replace(cfg, tile=None), pair.content_size, Device.current(device))
+        unit, side = tiling.grid_unit(cfg.layers_used), max(pair.out_size)
         if tile is None:  # the estimate thought it fitted untiled: at least four tiles
-            unit = tiling.grid_unit(cfg.layers_used)
-            tile = max(2 * unit, max(pair.out_size) // 2 // unit * unit)
-        return "tiled", {"tile": tile}
+            tile = max(unit, side // 2 // unit * unit)
+        if tile < side:  # an image of one tile cannot be tiled
+            return "tiled", {"tile": tile}
     return None
 
 
