@@ -302,10 +302,12 @@ def check_value(key: str, value: Any) -> tuple[list[str], Any]:
         return [f"unknown key '{key}'{did_you_mean(key, FIELDS)}"], value
     f, tp = FIELDS[key], HINTS[key]
     ok, value = _coerce(value, tp)
+    if key in AUTO_KEYS and (not ok or (isinstance(value, str) and value != "auto")):
+        return [f"'{key}' must be integer or auto{', or empty' if key == 'tile' else ''}, got {value!r}"], value
     if not ok:
         return [f"'{key}' must be {type_name(tp)}, got {value!r}"], value
-    if key in AUTO_KEYS and isinstance(value, str):
-        return ([] if value == "auto" else [f"'{key}' must be an integer or auto, got {value!r}"]), value
+    if key in AUTO_KEYS and value == "auto":
+        return [], value
     if key == "tile" and value is not None and (value < 16 or value % 16):
         return [f"'tile' must be a multiple of 16 px (at least 16), or auto, got {value!r}"], value
     problems = []
