@@ -38,7 +38,7 @@ MIN_OBSERVED = 64 * 2**20  # a pair whose own memory is below this says little a
 DEFAULTS = {
     # Resident set of `stylebatch run` before its first pair (Python, torch, Lightning, the network),
     # and the heap's slack over the allocator-level model, both measured here (scripts/memory_model.py).
-    "cpu": {"baseline": 900 * 2**20, "memory_scale": 1.1, "flop_rate": 200e9, "pair_overhead": 1.0},
+    "cpu": {"baseline": 750 * 2**20, "memory_scale": 1.25, "flop_rate": 200e9, "pair_overhead": 1.0},
     "cuda": {"baseline": 100 * 2**20, "memory_scale": 1.05, "flop_rate": 20e12, "pair_overhead": 0.5},
 }
 
@@ -186,7 +186,7 @@ def record_batch(device: torch.device, before: dict[str, Any], pairs: list[Any],
     from stylebatch import estimate
 
     try:
-        cfg, wh = pairs[0].config, pairs[0].content_size
+        cfg, wh = pairs[0].config, pairs[0].content_size or pairs[0].out_size
         tile = cfg.tile if isinstance(cfg.tile, int) else None
         own = estimate.own_bytes(cfg, wh, len(pairs), tile)
         start = min(before.get("done") or [0])

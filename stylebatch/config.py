@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from stylebatch.errors import ConfigError
 from stylebatch.tiling import grid_unit
@@ -43,7 +43,7 @@ def _field(default: Any, doc: str, *, identity: bool = True, choices: tuple = ()
 class Config:
     """Settings of one pair. Defaults follow Gatys et al. (2016) where the paper states them."""
 
-    size: Union[int, str] = _field(
+    size: Union[int, Literal["auto"]] = _field(
         512, "Longer side of the output in pixels; the content's aspect ratio is kept. `auto`: the largest that "
         "fits `memory_fraction` of the device's free memory (README, How large can I go).", ge=1
     )
@@ -142,13 +142,13 @@ class Config:
     # Default 4 from scripts/bench.py on 2 CPU cores: end to end +19 % pairs/hour at 128 px (batch 8:
     # +27 %, twice the memory), neutral at 256 px; late layers (few positions) gain most. README,
     # "Speed and memory". A GPU, which one pair leaves mostly idle, should gain more.
-    batch_size: Union[int, str] = _field(
+    batch_size: Union[int, Literal["auto"]] = _field(
         4,
         "Optimise up to N Adam pairs together in one VGG pass when they share the pass (output size at every "
         "scale, layers, pooling, lr, steps, scales, precision, ema_decay); their loss weights, inputs and "
         "colour controls may differ (a style_weight sweep is one batch). L-BFGS pairs always run alone. "
         "Results match separate runs within float rounding amplified by Adam (mean |difference| < 5e-3), not "
-        "bit for bit. 1 turns batching off; `auto`: as many as fit `memory_fraction` of free memory (at most 32).",
+        "bit for bit. 1 turns batching off; `auto`: as many as fit `memory_fraction` of free memory (at most 32; replaces `batch_pixels`).",
         identity=False, ge=1,
     )
     batch_pixels: int = _field(
@@ -157,7 +157,7 @@ class Config:
         "batches 4 pairs at 512 px, 2 at 768, none at 1024.",
         identity=False, ge=1,
     )
-    tile: Union[int, str, None] = _field(
+    tile: Union[int, Literal["auto"], None] = _field(
         None,
         "Exact tiling for outputs larger than memory: a pass larger than N px (a multiple of 16) computes its "
         "loss tile by tile with the whole image's Grams, equal to the untiled loss up to float rounding; `auto`: "
@@ -244,6 +244,8 @@ def type_name(tp: Any) -> str:
         return " or ".join(type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "empty"
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(str(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is list:
         return f"list of {type_name(typing.get_args(tp)[0])}"
     if typing.get_origin(tp) is dict:
@@ -262,6 +264,8 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
         return False, value
     if tp is type(None):
         return value is None, None
+    if typing.get_origin(tp) is Literal:
+        return value in typing.get_args(tp) and isinstance(value, str), value
     if typing.get_origin(tp) is list:
         (et,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -302,12 +306,10 @@ def check_value(key: str, value: Any) -> tuple[list[str], Any]:
         return [f"unknown key '{key}'{did_you_mean(key, FIELDS)}"], value
     f, tp = FIELDS[key], HINTS[key]
     ok, value = _coerce(value, tp)
-    if key in AUTO_KEYS and (not ok or (isinstance(value, str) and value != "auto")):
-        return [f"'{key}' must be integer or auto{', or empty' if key == 'tile' else ''}, got {value!r}"], value
     if not ok:
         return [f"'{key}' must be {type_name(tp)}, got {value!r}"], value
     if key in AUTO_KEYS and value == "auto":
-        return [], value
+        return [], value  # estimate.py resolves it once the image sizes are known
     if key == "tile" and value is not None and (value < 16 or value % 16):
         return [f"'tile' must be a multiple of 16 px (at least 16), or auto, got {value!r}"], value
     problems = []

@@ -89,7 +89,8 @@ def next_rung(pair: Any, batch: int, device: torch.device) -> tuple[str, dict[st
     if cfg.optimizer == "lbfgs" and cfg.lbfgs_history > LBFGS_SMALL_HISTORY:
         return "smaller lbfgs_history", {"lbfgs_history": LBFGS_SMALL_HISTORY}
     if not _tiled(pair):
-        tile = autosize.auto_tile(dataclasses.replace(cfg, tile=None), pair.content_size, Device.current(device))
+        wh = pair.content_size or pair.out_size  # (only the aspect matters)
+        tile = autosize.auto_tile(dataclasses.replace(cfg, tile=None), wh, Device.current(device))
         unit, side = tiling.grid_unit(cfg.layers_used), max(pair.out_size)
         if tile is None:  # the estimate thought it fitted untiled: at least four tiles
             tile = max(unit, side // 2 // unit * unit)
@@ -111,7 +112,7 @@ def failure(pair: Any, device: torch.device, tried: list[str]) -> str:
     w, h = pair.out_size or (0, 0)
     memory = Device.current(device)
     tile = pair.config.tile if isinstance(pair.config.tile, int) else None
-    est = estimate.estimate(pair.config, pair.content_size, memory, tile=tile)
+    est = estimate.estimate(pair.config, pair.content_size or pair.out_size, memory, tile=tile)
     tried_text = f"; tried {', '.join(tried)}" if tried else ""
     return (f"out of memory at {w}x{h} (estimated peak {est.peak / 2**30:.1f} GiB, {est.free / 2**30:.1f} GiB "
             f"free on {device.type}){tried_text}; lower 'size'")
