@@ -124,7 +124,8 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         # Fabric re-executed this command for another device: rank 0 validates and plans, once.
         job = fabric.broadcast(None, src=0)
         return run_job(job, opts, fabric=fabric) if job is not None else 0
-    job = _load_from_image(args) if args.from_image else _load(args, _device(args.accelerator) if fabric is None else None)
+    # `auto` sizes are measured for the device this run uses (None: the first GPU if any, else the CPU).
+    job = _load_from_image(args) if args.from_image else _load(args, "cpu" if args.accelerator == "cpu" else None)
     refuse = bool(job.problems or (job.all_problems and not args.skip_invalid) or not job.valid_pairs)
     if fabric is not None:
         fabric.broadcast(None if refuse else job, src=0)

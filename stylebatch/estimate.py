@@ -200,14 +200,26 @@ def pass_plans(cfg: Any, content_wh: tuple[int, int], tile: int | None = None) -
             for side, start, end in zip(cfg.scale_sizes, [0, *ends], ends)]
 
 
+def _mean_crops(length: int, tile: int, margin: int, unit: int) -> float:
+    """The summed length of the crops along one side, averaged over the grid's offsets."""
+    offsets = range(0, tile, unit)
+    total = 0
+    for o in offsets:
+        cuts = tiling.edges(length, tile, o)
+        total += sum(min(length, b + margin) - max(0, a - margin) for a, b in zip(cuts, cuts[1:]))
+    return total / len(offsets)
+
+
 def pass_flops(cfg: Any, wh: tuple[int, int], tile: int | None, batch: int = 1) -> float:
-    """FLOPs of one evaluation of a pass; tiled: pass 1 (forward) and pass 2 (forward and
-    backward) over every crop of a grid at offset 0."""
+    """FLOPs of one evaluation of a pass; tiled: pass 1 (forward) and pass 2 (forward and backward)
+    over every crop, averaged over the grid offsets (crops cover ~ the product of the summed crop
+    lengths along each side; FLOPs are proportional to pixels up to the pools' floors)."""
     w, h = wh
     if not tiling.needs_tiling(h, w, tile):
         return flops(h, w, cfg.layers_used, batch)
-    tiles = tiling.grid(h, w, tile, tiling.halo(cfg.layers_used))
-    return sum(3 * flops(t.cy1 - t.cy0, t.cx1 - t.cx0, cfg.layers_used, batch, backward=False) for t in tiles)
+    margin, unit = tiling.halo(cfg.layers_used), tiling.grid_unit(cfg.layers_used)
+    area = _mean_crops(h, tile, margin, unit) * _mean_crops(w, tile, margin, unit)
+    return 3 * flops(h, w, cfg.layers_used, batch, backward=False) * area / (h * w)
 
 
 def own_bytes(cfg: Any, content_wh: tuple[int, int], batch: int = 1, tile: int | None = None) -> int:

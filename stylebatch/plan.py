@@ -32,7 +32,7 @@ def batch_limit(pair: Any) -> int:
     would pass `batch_pixels` (memory grows with the pixels of the whole batch), at least 1."""
     cfg = pair.config
     if not pair.out_size or not isinstance(cfg.batch_size, int):
-        return 1  # `auto` is resolved when the job is loaded (estimate.largest_batch); unresolved: alone
+        return 1  # `auto` is resolved when the job is loaded (autosize.largest_batch); unresolved: alone
     w, h = pair.out_size
     return min(cfg.batch_size, max(1, cfg.batch_pixels // (w * h)))
 

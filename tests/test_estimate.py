@@ -177,3 +177,17 @@ def test_size_auto_resolves_once_and_sticks_on_resume(tmp_path: Path, monkeypatc
     other = tiny_job(tmp_path / "b", pairs=[{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}],
                      defaults={"size": "auto"})
     assert load_job(other).valid_pairs[0].config.size > pair.config.size  # fresh job, more memory: larger
+
+
+def test_each_run_records_its_figures_in_the_state_and_the_machine_file(tmp_path: Path, monkeypatch) -> None:
+    from stylebatch.cli import main
+    from tests.jobkit import records
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pairs = [{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}]
+    assert main(["run", str(tiny_job(tmp_path, pairs=pairs, defaults={"steps": 6})), "--weights", "random"]) == 0
+    measured = next(iter(records(tmp_path / "out").values()))["measured"]
+    assert measured["flops"] == estimate.work(Config(size=32, steps=6), (40, 30), 0, 6)
+    assert measured["predicted_bytes"] > 0 and measured["start_bytes"] > 0 and measured["seconds"] > 0
+    seen = json.loads(calibration.cache_file().read_text())["devices"][measured["device"]]
+    assert seen["rate"][0][0] == measured["flops"] and seen["rate"][0][1] == pytest.approx(measured["seconds"], abs=1e-3)
