@@ -137,8 +137,11 @@ def compare(part: str, cases: list, device: Device, baseline: int, floor: int, w
 
 def gpu_largest(device: Device, wh: tuple) -> None:
     """The largest untiled size the calibrated model fits in memory_fraction of free memory, run for real."""
+    import torch
+
     from stylebatch.autosize import largest_size
 
+    torch.cuda.empty_cache()  # the earlier runs' cached blocks are free memory for the next
     free = Device.current("cuda:0").free
     side = largest_size(Config(optimizer="adam", size=64, steps=2), wh, replace(device, free=free))
     est = estimate(config_of({"size": side, "steps": 2}), wh, replace(device, free=free))

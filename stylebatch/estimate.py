@@ -276,7 +276,6 @@ def describe_job(pairs: list[Any], device: str | None = None) -> list[str]:
         lines.append(f"  {pair.name}: {w}x{h}, {cfg.steps} evaluations, {cfg.optimizer}{tiled}; "
                      f"peak ~{_gib(est.peak)}, ~{_duration(est.seconds)}: {verdict}")
     calibrated = f"calibrated from {memory.observations} run(s)" if memory.observations else "not yet calibrated here"
-    lines.append(f"estimate on {memory.key} ({_gib(memory.free)} free, memory_fraction of it usable; "
-                 f"{calibrated}): largest peak ~{_gib(worst)}, ~{_duration(total)} in all on one device"
+    lines.append(f"estimate on {memory.key} ({_gib(memory.free)} free now; {calibrated}): largest peak ~{_gib(worst)}, ~{_duration(total)} in all on one device"
                  + (f"; {misfits} pair(s) do not fit" if misfits else ""))
     return lines
