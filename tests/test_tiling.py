@@ -174,3 +174,21 @@ def test_tiled_run_resumes_bit_identical_after_sigterm(tmp_path: Path) -> None:
     assert run_with_sigterm_at(cut, 10**9, "--weights", "random")[0] == 0
     for name in records(tmp_path / "whole" / "out"):
         assert torch.equal(final_target(tmp_path / "cut" / "out", name), final_target(tmp_path / "whole" / "out", name))
+
+
+@pytest.mark.parametrize("value, layers, problem", [
+    (24, None, "'tile' must be a multiple of 16 px"),
+    ("big", None, "'tile' must be integer or auto or empty"),
+    (48, {"pool5": 1.0}, "tiles must be a multiple of 32 px"),  # pool5's windows are 32 px
+    ("auto", None, None), (None, None, None), (64, {"pool5": 1.0}, None),
+])
+def test_tile_values(value, layers, problem) -> None:
+    from stylebatch.config import resolve
+    from stylebatch.errors import ConfigError
+
+    overrides = {"tile": value, **({"style_layers": layers} if layers else {})}
+    if problem is None:
+        assert resolve([("test", overrides)]).tile == value
+    else:
+        with pytest.raises(ConfigError, match=problem):
+            resolve([("test", overrides)])
