@@ -27,6 +27,8 @@ pair's and the evaluation count's, so a resumed run sees the same offsets as an 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import random
 from dataclasses import dataclass
 
@@ -108,6 +110,25 @@ def offset_for(seed: int, evaluation: int, tile: int, unit: int) -> tuple[int, i
     return rng.randrange(steps) * unit, rng.randrange(steps) * unit
 
 
+def _load_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+
+
+_MALLOC_TRIM = _load_trim()
+
+
+def release(device: torch.device) -> None:
+    """Give the heap's free memory back to the system after a tile (CPU, glibc). Crops of varying
+    sizes leave freed maps of a few MiB scattered in the heap, which glibc keeps: measured at
+    1024 px with tiles of 512, the resident set then grew past the untiled run's although the
+    allocator's own peak was a third lower."""
+    if device.type == "cpu" and _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 @dataclass
 class TiledObjective:
     """What TiledLoss needs besides the image: the network, the layers and the targets."""
@@ -178,6 +199,7 @@ class TiledLoss(torch.autograd.Function):
                     if x.numel():
                         grams[name] = grams[name] + _partial_gram(x, shapes[name][0] * shapes[name][1])
                 del feats
+                release(image.device)
             style = torch.zeros(b, device=image.device)
             slopes = {}
             for name in obj.style_layers:
@@ -217,6 +239,8 @@ class TiledLoss(torch.autograd.Function):
                 if surrogate.requires_grad:
                     (g_crop,) = torch.autograd.grad(surrogate, crop)
                     grad[:, :, t.cy0 : t.cy1, t.cx0 : t.cx1] += g_crop
+                del surrogate, crop
+            release(image.device)
         return grad, None
 
 
@@ -246,6 +270,8 @@ def tiled_targets(vgg: VGGFeatures, image: torch.Tensor, content_layer: str | No
                 whole = (h // 2 ** level(name)) * (w // 2 ** level(name))
                 g = _partial_gram(x, whole)
                 grams[name] = g if name not in grams else grams[name] + g
+        del feats
+        release(image.device)
     return content, grams
 
 
