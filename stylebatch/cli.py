@@ -94,14 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, device: str | None = None):
     from stylebatch.config import parse_set
     from stylebatch.manifest import load_job
 
     if not args.manifest:
         raise StylebatchError(f"{args.command}: give a manifest (or, for run, --from IMAGE)")
     sets = parse_set(args.set)
-    return load_job(args.manifest, preset=args.config, sets=sets, out=args.out, weights=args.weights)
+    return load_job(args.manifest, preset=args.config, sets=sets, out=args.out, weights=args.weights, device=device)
 
 
 def _print_problems(err: Console, problems: list[str]) -> None:
@@ -124,10 +124,10 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
         err.print(f"{len(problems)} problem(s); nothing was run", soft_wrap=True)
         return EXIT_INVALID
     out.print(shorten(_plan_line(job), 1000), soft_wrap=True, markup=False)  # may hold a long path
-    for pair in job.pairs:
-        w, h = pair.out_size
-        out.print(f"  {pair.name}: {w}x{h}, {pair.config.steps} evaluations, {pair.config.optimizer}",
-                  soft_wrap=True, markup=False)
+    from stylebatch.estimate import describe_job  # memory and time per pair, and in total
+
+    for line in describe_job(job.pairs):
+        out.print(line, soft_wrap=True, markup=False)
     return 0
 
 
@@ -149,7 +149,8 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         # Fabric re-executed this command for another device: rank 0 validates and plans, once.
         job = fabric.broadcast(None, src=0)
         return run_job(job, opts, fabric=fabric) if job is not None else 0
-    job = _load_from_image(args) if args.from_image else _load(args)
+    # `auto` sizes are measured for the device this run uses (None: the first GPU if any, else the CPU).
+    job = _load_from_image(args) if args.from_image else _load(args, "cpu" if args.accelerator == "cpu" else None)
     refuse = bool(job.problems or (job.all_problems and not args.skip_invalid) or not job.valid_pairs)
     if fabric is not None:
         fabric.broadcast(None if refuse else job, src=0)

@@ -16,9 +16,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from stylebatch.errors import ConfigError
+from stylebatch.tiling import grid_unit
 from stylebatch.values import number_problem, shown
 from stylebatch.vgg import LAYER_INDEX
 from stylebatch.yamlfiles import load_yaml
@@ -43,7 +44,10 @@ def _field(default: Any, doc: str, *, identity: bool = True, choices: tuple = ()
 class Config:
     """Settings of one pair. Defaults follow Gatys et al. (2016) where the paper states them."""
 
-    size: int = _field(512, "Longer side of the output in pixels; the content's aspect ratio is kept.", ge=1)
+    size: Union[int, Literal["auto"]] = _field(
+        512, "Longer side of the output in pixels; the content's aspect ratio is kept. `auto`: the largest that "
+        "fits `memory_fraction` of the device's free memory (README, How large can I go).", ge=1
+    )
     steps: int = _field(
         500, "Budget of loss evaluations (forward+backward passes), the same unit for every optimizer.", ge=1
     )
@@ -141,13 +145,13 @@ class Config:
     # Default 4 from scripts/bench.py on 2 CPU cores: end to end +19 % pairs/hour at 128 px (batch 8:
     # +27 %, twice the memory), neutral at 256 px; late layers (few positions) gain most. README,
     # "Speed and memory". A GPU, which one pair leaves mostly idle, should gain more.
-    batch_size: int = _field(
+    batch_size: Union[int, Literal["auto"]] = _field(
         4,
         "Optimise up to N Adam pairs together in one VGG pass when they share the pass (output size at every "
         "scale, layers, pooling, lr, steps, scales, precision, ema_decay); their loss weights, inputs and "
         "colour controls may differ (a style_weight sweep is one batch). L-BFGS pairs always run alone. "
         "Results match separate runs within float rounding amplified by Adam (mean |difference| < 5e-3), not "
-        "bit for bit. 1 turns batching off.",
+        "bit for bit. 1 turns batching off; `auto`: as many as fit `memory_fraction` of free memory (at most 32; replaces `batch_pixels`).",
         identity=False, ge=1,
     )
     batch_pixels: int = _field(
@@ -155,6 +159,17 @@ class Config:
         "At most this many output pixels per batch in total (bounds a batch's memory): the default "
         "batches 4 pairs at 512 px, 2 at 768, none at 1024.",
         identity=False, ge=1,
+    )
+    tile: Union[int, Literal["auto"], None] = _field(
+        None,
+        "Exact tiling for outputs larger than memory: a pass larger than N px (a multiple of 16) computes its "
+        "loss tile by tile with the whole image's Grams, equal to the untiled loss up to float rounding; `auto`: "
+        "tiles only where the pair would not fit `memory_fraction` of free memory. Empty: never. Tiled pairs run "
+        "unbatched.",
+    )
+    memory_fraction: float = _field(
+        0.8, "Share of the device's free memory that `auto` sizes, batches and tiles may plan to use.",
+        identity=False, gt=0, le=1,
     )
     checkpoint_every: int = _field(
         50, "Save a resumable checkpoint every N loss evaluations.", identity=False, ge=1
@@ -237,6 +252,8 @@ def type_name(tp: Any) -> str:
         return " or ".join(type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "empty"
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(str(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is list:
         return f"list of {type_name(typing.get_args(tp)[0])}"
     if typing.get_origin(tp) is dict:
@@ -255,6 +272,8 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
         return False, value
     if tp is type(None):
         return value is None, None
+    if typing.get_origin(tp) is Literal:
+        return value in typing.get_args(tp) and isinstance(value, str), value
     if typing.get_origin(tp) is list:
         (et,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -300,8 +319,12 @@ def check_value(key: str, value: Any) -> tuple[list[str], Any]:
     ok, value = _coerce(value, tp)
     if not ok:
         return [f"'{key}' must be {type_name(tp)}, got {shown(value)}"], value
+    if key in AUTO_KEYS and value == "auto":
+        return [], value  # estimate.py resolves it once the image sizes are known
     if f.metadata["le"] is None and (problem := number_problem(value)):
         return [f"'{key}' {problem}"], value  # what torch cannot hold (float32 image, int64 counts)
+    if key == "tile" and value is not None and (value < 16 or value % 16):
+        return [f"'tile' must be a multiple of 16 px (at least 16), or auto, got {shown(value)}"], value
     problems = []
     if f.metadata["choices"] and value not in f.metadata["choices"]:
         choices = ", ".join(f.metadata["choices"])
@@ -345,11 +368,17 @@ def check_value(key: str, value: Any) -> tuple[list[str], Any]:
 
 
 INIT_MODES = ("content", "noise", "style_stats")
+AUTO_KEYS = ("size", "batch_size", "tile")  # keys that also take `auto` (estimate.py resolves them)
 
 
 def cross_check(cfg: Config) -> list[str]:
     """Problems between keys, once every layer is merged."""
     problems = []
+    if cfg.size == "auto":
+        return problems  # checked again once the size is resolved (manifest.py)
+    if isinstance(cfg.tile, int) and cfg.tile % (unit := grid_unit(cfg.layers_used)):
+        problems.append(f"'tile' {cfg.tile}: with layer {max(cfg.layers_used, key=LAYER_INDEX.__getitem__)} tiles "
+                        f"must be a multiple of {unit} px")
     if isinstance(cfg.scales, list) and cfg.scales and cfg.scales[-1] >= cfg.size:
         problems.append(f"'scales' {cfg.scales}: each coarse pass must be smaller than 'size' {cfg.size} "
                         "(the final pass at 'size' is implied)")

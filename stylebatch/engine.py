@@ -95,11 +95,12 @@ def build_module(vgg: VGGFeatures, parts: list[tuple[torch.Tensor, list[torch.Te
     style images as the network sees them, its config, and its starting image (None: the content),
     all on the device. The first member's config gives what members share (plan.batch_key)."""
     cfg = parts[0][2]
-    targets = LossTargets.cat([compute_targets(vgg, content, styles, c) for content, styles, c, _ in parts])
+    tile = cfg.tile if isinstance(cfg.tile, int) else None  # `auto` is resolved when the job is loaded (autosize.py)
+    targets = LossTargets.cat([compute_targets(vgg, content, styles, c, tile) for content, styles, c, _ in parts])
     init = torch.cat([content if i is None else i for content, _, _, i in parts])
     return StyleTransferModule(vgg, init, targets, optimizer=optimizer_spec(cfg), pooling=cfg.pooling,
                                ema_decay=cfg.ema_decay, evaluations=evaluations, scale=scale,
-                               scale_end=cfg.scale_ends[scale])
+                               scale_end=cfg.scale_ends[scale], tile=tile, tile_seed=cfg.seed)
 
 
 def module_for(vgg: VGGFeatures, content: torch.Tensor, style: torch.Tensor | list[torch.Tensor], cfg: Config,

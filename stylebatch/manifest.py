@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stylebatch import autosize
 from stylebatch import config as cfgmod
 from stylebatch.config import Config
 from stylebatch.errors import ConfigError, ImageError
@@ -294,7 +295,8 @@ def _style_stem(style: Path | list[Path], weights: Any) -> str:
 class _FileChecker:
     """Checks (decode, size) and hashes each distinct file once, however many pairs use it."""
 
-    def __init__(self):
+    def __init__(self, auto: Any = None):
+        self.auto = auto or (lambda name, cfg, wh: cfg)  # resolves `auto` keys (autosize.resolver)
         self._checked: dict[tuple[Path, int], tuple[tuple[int, int] | None, str | None]] = {}
         self._hashes: dict[Path | str, str] = {}
 
@@ -367,9 +369,11 @@ def load_job(
     out: str | Path | None = None,
     weights: str | None = None,
     check_files: bool = True,
+    device: str | None = None,
 ) -> Job:
     """Parse, resolve and validate a manifest. Never raises for user errors: every problem is
-    recorded on the job (structure) or on its pair (config, files), so all can be listed at once."""
+    recorded on the job (structure) or on its pair (config, files), so all can be listed at once.
+    `device`: where `auto` sizes are measured for (default: the first GPU, else the CPU)."""
     manifest = Path(manifest)
     src = str(manifest)
     problems: list[str] = []
@@ -443,7 +447,7 @@ def load_job(
         problems += e.problems
         layers = []
 
-    files = _FileChecker()
+    files = _FileChecker(autosize.resolver(job.output_dir, device))  # issue 16: size/tile/batch_size auto
     for entry, raw, varied in _raw_entries(data, base, src, problems):
         urls = raw.pop(URLS, [])
         pair_keys = {k: v for k, v in raw.items() if k not in PAIR_KEYS}
@@ -556,6 +560,11 @@ def _check_pair_files(pair: Pair, files: _FileChecker, where: str, weights: str)
         return
     need = min_input_size(cfg.layers_used)
     pair.content_size = sizes["content"]
+    declared = cfg
+    cfg = pair.config = files.auto(pair.name, cfg, sizes["content"])  # issue 16: `auto` → numbers
+    if problems := cfgmod.cross_check(cfg):
+        pair.problems += [f"{where}: {p}" for p in problems]
+        return
     pair.out_size = fit_size(*sizes["content"], cfg.size)
     # The largest images are those of the final pass; the smallest, those of the first.
     first, last = cfg.scale_sizes[0], cfg.size
@@ -583,4 +592,5 @@ def _check_pair_files(pair: Pair, files: _FileChecker, where: str, weights: str)
         wid = files.weights_id(weights)
         style_sha = [files.sha256(p) for p in styles] if len(styles) > 1 else files.sha256(styles[0])
         init_sha = files.sha256(Path(cfg.init)) if _init_file(pair) else None
-        pair.id = pair_id(files.sha256(pair.content), style_sha, wid, cfg, init_sha)
+        # `tile: auto` stays auto in the id (it changes rounding only, and resolves per device).
+        pair.id = pair_id(files.sha256(pair.content), style_sha, wid, dataclasses.replace(cfg, tile=declared.tile), init_sha)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from stylebatch import oom, tiling
 from stylebatch.losses import content_loss, style_loss, total_variation
 from stylebatch.targets import LossTargets
 from stylebatch.vgg import VGGFeatures
@@ -52,12 +53,16 @@ class StyleTransferModule(L.LightningModule):
     init: (B, 3, H, W) in [0, 1] on the device; targets: the B pairs' targets and weights.
     `evaluations` counts loss evaluations (forward + backward), the unit of `steps`, from where this
     pass starts; `scale` is the pass's index and `scale_end` the evaluation count at which it ends.
+    `tile`: compute the loss tile by tile (tiling.py, exact) when the image is larger than this;
+    `tile_seed` seeds the tile grid's offset at each evaluation.
     """
 
     def __init__(self, vgg: VGGFeatures, init: torch.Tensor, targets: LossTargets, *, optimizer: OptimizerSpec,
-                 scale_end: int, pooling: str = "max", ema_decay: float = 0.0, evaluations: int = 0, scale: int = 0):
+                 scale_end: int, pooling: str = "max", ema_decay: float = 0.0, evaluations: int = 0, scale: int = 0,
+                 tile: int | None = None, tile_seed: int = 0):
         super().__init__()
         self.vgg = vgg
+        self.tile, self.tile_seed = tile, tile_seed
         self.strict_loading = False  # checkpoints hold the image and optimizer, not the VGG
         self.optimizer_spec, self.pooling, self.ema_decay = optimizer, pooling, ema_decay
         self.evaluations, self.scale, self.scale_end = evaluations, scale, scale_end
@@ -77,19 +82,25 @@ class StyleTransferModule(L.LightningModule):
             self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long, device=init.device))
         self.last_losses: dict[str, torch.Tensor] = {}  # (B,) each, from the latest evaluation
         self.restored_losses: dict[str, torch.Tensor] = {}  # from a checkpoint, until the first evaluation
+        oom.track(self)  # so the out-of-memory ladder can check a failed fit's module is gone
 
     def losses(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-image (B,) losses of `image`: content, style, tv (when any member weighs it), total."""
-        feats = self.vgg(image, [self.content_layer, *self.style_layers], pooling=self.pooling)
+        grams = {name: getattr(self, f"gram_{name}") for name in self.style_layers}
+        weights = {name: getattr(self, f"weight_{name}") for name in self.style_layers}
+        tiled = tiling.needs_tiling(*image.shape[-2:], self.tile)
+        if tiled:  # the same content and style losses, tile by tile (tiling.py)
+            c, s = tiling.TiledLoss.apply(image, self._tiled_objective(image, grams, weights))
+        else:
+            feats = self.vgg(image, [self.content_layer, *self.style_layers], pooling=self.pooling)
         # Grams and losses always in fp32: a Gram sums H*W products, which bf16's 8-bit mantissa
         # cannot carry. Autocast is switched off here (a .float() inside autocast is not enough:
         # the matmul would be cast back down).
         with torch.autocast(device_type=image.device.type, enabled=False):
-            feats = {k: v.float() for k, v in feats.items()}
-            c = content_loss(feats[self.content_layer], self.content_target) * self.content_scale
-            grams = {name: getattr(self, f"gram_{name}") for name in self.style_layers}
-            weights = {name: getattr(self, f"weight_{name}") for name in self.style_layers}
-            s = style_loss(feats, grams, weights)
+            if not tiled:
+                feats = {k: v.float() for k, v in feats.items()}
+                c = content_loss(feats[self.content_layer], self.content_target) * self.content_scale
+                s = style_loss(feats, grams, weights)
             out = {"content": c, "style": s}
             total = self.alpha * c + self.beta * s
             if self.use_tv:
@@ -97,6 +108,15 @@ class StyleTransferModule(L.LightningModule):
                 total = total + self.tv * out["tv"]
         out["total"] = total
         return out
+
+    def _tiled_objective(self, image: torch.Tensor, grams: dict, weights: dict) -> tiling.TiledObjective:
+        """This evaluation's tiles: the grid moved by the offset seeded from (tile_seed, evaluations)."""
+        layers = [self.content_layer, *self.style_layers]
+        h, w = image.shape[-2:]
+        offset = tiling.offset_for(self.tile_seed, self.evaluations, self.tile, tiling.grid_unit(layers))
+        return tiling.TiledObjective(self.vgg, self.content_layer, self.style_layers, self.pooling,
+                                     self.content_target, self.content_scale, grams, weights,
+                                     tiling.grid(h, w, self.tile, tiling.halo(layers), offset))
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         self.evaluations += 1
@@ -139,10 +159,10 @@ class StyleTransferModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         spec = self.optimizer_spec
         if spec.name == "adam":
-            return torch.optim.Adam([self.target], lr=spec.lr)
+            return oom.track(torch.optim.Adam([self.target], lr=spec.lr))
         if spec.name == "lbfgs":
-            return torch.optim.LBFGS([self.target], lr=spec.lr, max_iter=LBFGS_MAX_ITER,
-                                     history_size=spec.lbfgs_history, line_search_fn=spec.line_search)
+            return oom.track(torch.optim.LBFGS([self.target], lr=spec.lr, max_iter=LBFGS_MAX_ITER,
+                                               history_size=spec.lbfgs_history, line_search_fn=spec.line_search))
         raise ValueError(f"unknown optimizer {spec.name!r}")  # OptimizerSpec refuses it first
 
     def train_dataloader(self) -> DataLoader:

@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 from stylebatch.images import fit_size
+from stylebatch.tiling import needs_tiling
 
 
 def pass_sizes(pair: Any) -> list[tuple[int, int]]:
@@ -30,8 +31,8 @@ def batch_limit(pair: Any) -> int:
     """How many pairs like this one may share a batch: `batch_size`, fewer where the batch's pixels
     would pass `batch_pixels` (memory grows with the pixels of the whole batch), at least 1."""
     cfg = pair.config
-    if not pair.out_size:
-        return 1
+    if not pair.out_size or not isinstance(cfg.batch_size, int):
+        return 1  # `auto` is resolved when the job is loaded (autosize.largest_batch); unresolved: alone
     w, h = pair.out_size
     return min(cfg.batch_size, max(1, cfg.batch_pixels // (w * h)))
 
@@ -42,6 +43,8 @@ def batch_key(pair: Any) -> str | None:
     limit = batch_limit(pair)
     if cfg.optimizer != "adam" or limit <= 1 or not getattr(pair, "content_size", None):
         return None
+    if isinstance(cfg.tile, int) and needs_tiling(*pair.out_size[::-1], cfg.tile):
+        return None  # a tiled pair is already as large as memory allows: it runs alone
     shape = {
         "passes": pass_sizes(pair), "ends": cfg.scale_ends, "limit": limit,
         "layers": [cfg.content_layer, sorted(cfg.style_layers)], "pooling": cfg.pooling,

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from stylebatch import claims, workers
+from stylebatch import calibration, claims, oom, workers
 from stylebatch.atomic import atomic_write, fault_point
 from stylebatch.engine import Member, NonFiniteLossError, PairHooks, PairResult, stylize
 from stylebatch.errors import (EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StopNow, StylebatchError, WorkerLostError,
@@ -170,6 +170,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
             # Under each pair's claim: a pair a live process works on is planned, its record untouched.
             pending = claims.pending(state, job.valid_pairs, lambda p: needs_work(job, state, p, opts, reporter))
+            pending = [oom.with_fallback(p, state.read(p.name)) for p in pending]  # issue 16: earlier rungs
             shares = make_plan(pending, world, _recorded_batches(state, pending))  # batches of names, per rank
         except BaseException as e:
             if fabric is not None:
@@ -366,6 +367,7 @@ def _run_batch(
     memory, or any error of one member: an image changed since validation, an unwritable output),
     its pairs are run again one by one, each from its own checkpoint: the faulty pair fails with
     its own reason and the others finish, as they would have unbatched."""
+    batch = [oom.with_fallback(p, state.read(p.name)) for p in batch]  # issue 16: settings of earlier rungs
     names = [p.name for p in batch] if len(batch) > 1 else None
     begun = [_begin(job, p, state, stop, reporter, rank, names) for p in batch]
     members = [
@@ -373,6 +375,8 @@ def _run_batch(
                pair_metadata(job, p, weights_id), hooks)
         for p, (hooks, _) in zip(batch, begun)
     ]
+    # issue 16: the measured peak and rate, for the estimates (from where the checkpoints stand)
+    before = calibration.observe(device, [int((state.read(p.name) or {}).get("steps_done", 0)) for p in batch])
     try:
         for p in batch:
             fault_point(f"pair:{p.name}")
@@ -382,23 +386,27 @@ def _run_batch(
             for p in batch:
                 state.undo_attempt(p.name)
             raise
-        oom = isinstance(e, torch.cuda.OutOfMemoryError)
-        why = "out of memory" if oom else _reason(batch[0], e) if len(batch) == 1 else \
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        if len(batch) > 1 and not oom:
+        out_of_memory = oom.is_oom(e)
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}" if out_of_memory or len(batch) > 1 \
+            else _reason(batch[0], e)
+        if len(batch) > 1 and not out_of_memory:
             log.warning("batch %s failed:\n%s", names, traceback.format_exc())
         e.__traceback__ = None  # its frames hold the batch's tensors: drop them so _free_memory frees them
         results = None
     if results is not None:
+        figures = calibration.record_batch(device, before, batch, results)  # issue 16
         for p, result, (_, started) in zip(batch, results, begun):
             _conclude(job, p, state, reporter, result, started)
+            state.update(p.name, measured=figures)
+        return
+    if out_of_memory:  # issue 16: the ladder (oom.py): unbatched, smaller history, tiled, then failed
+        del members
+        oom.climb(batch, device, state, why, before,
+                  rerun=lambda pairs: _run_batch(job, pairs, vgg, device, state, stop, reporter, rank, weights_id),
+                  fail=lambda pair, message: _fail(state, pair, reporter, message))
         return
     _free_memory(device)
     if len(batch) == 1:
-        if why == "out of memory":
-            w, h = batch[0].out_size or (0, 0)
-            why = f"out of memory at {w}x{h}; lower 'size'" + ("" if batch[0].config.optimizer == "adam" else
-                                                              " or use optimizer: adam")
         _fail(state, batch[0], reporter, why)
         return
     log.warning("batch %s: %s; running its pairs one by one", names, why)

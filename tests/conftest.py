@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,9 @@ from stylebatch.vgg import VGGFeatures, load_vgg
 # compare a subprocess run against an in-process one.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+# Runs record their memory and rate in a per-machine calibration file (calibration.py): tests keep
+# theirs in a temporary cache, here and in the CLI subprocesses, never in the user's.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="stylebatch-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stylebatch import atomic, runner
+from stylebatch import atomic, oom
 from stylebatch.cli import main
 from stylebatch.module import StyleTransferModule
 from stylebatch.state import JobState
@@ -212,7 +212,7 @@ def test_nan_loss_fails_the_pair_and_is_never_checkpointed(tmp_path: Path, capsy
 def test_out_of_memory_frees_memory_and_fails_only_that_pair(tmp_path: Path, capsys, monkeypatch) -> None:
     modules: list[weakref.ref] = []
     freed: list[tuple[str, bool]] = []
-    original_step, original_free = StyleTransferModule.training_step, runner._free_memory
+    original_step, original_free = StyleTransferModule.training_step, oom.free
 
     def oom_step(self, batch, batch_idx):
         if target(self):
@@ -220,16 +220,17 @@ def test_out_of_memory_frees_memory_and_fails_only_that_pair(tmp_path: Path, cap
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return original_step(self, batch, batch_idx)
 
-    def free(device):
-        original_free(device)
-        freed.append((str(device), modules[0]() is None))
+    def free(device, *args):
+        out = original_free(device, *args)
+        freed.append((str(device), modules[-1]() is None))
+        return out
 
     monkeypatch.setattr(StyleTransferModule, "training_step", oom_step)
-    monkeypatch.setattr(runner, "_free_memory", free)
+    monkeypatch.setattr(oom, "free", free)
     code, stdout, stderr = run(job(tmp_path), capsys)
     assert code == 1, stdout + stderr
-    assert len(modules) == 1
-    assert freed == [("cpu", True)]  # freed once, and by then the failed pair's module (its tensors) was gone
+    assert len(modules) == 2  # as planned, then tiled (the out-of-memory ladder, oom.py), then failed
+    assert freed == [("cpu", True)] * 2  # freed before each rung: by then the failed fit's module was gone
     recs = records(tmp_path / "out")
     assert recs["a__s1"]["status"] == "failed" and "out of memory at 32x24" in recs["a__s1"]["error"]
     assert "lower 'size'" in recs["a__s1"]["error"]
