@@ -93,7 +93,7 @@ def test_ratio_sweep_expands_to_four_named_pairs_and_runs(tmp_path: Path) -> Non
     weights = sorted(p.config.style_weight for p in job.pairs)
     assert len(job.pairs) == 4 and len(set(weights)) == 4
     assert len({p.name for p in job.pairs}) == 4
-    assert all(p.name.startswith("chelsea__great_wave__style_weight-") for p in job.pairs)
+    assert all(p.name.startswith("chelsea__starry_night__style_weight-") for p in job.pairs)
     out = tmp_path / "sweep"
     assert main(["run", str(manifest), "--weights", "random", "--out", str(out),
                  "--set", "size=32", "--set", "steps=3"]) == 0

@@ -85,8 +85,8 @@ def test_a_changed_setting_says_what_changed(done: Path, capsys: pytest.CaptureF
     capsys.readouterr()
     assert main(["run", str(done), "--weights", "random", "--set", "style_weight=3"]) == 0
     text = capsys.readouterr().out
-    assert "redoing a__s1: style_weight 2 → 3 (the previous output is replaced)" in text
-    assert "redoing b__s2: style_weight 2 → 3 (the previous output is replaced)" in text
+    assert "redoing a__s1: style_weight 0.1 → 3 (the previous output is replaced)" in text
+    assert "redoing b__s2: style_weight 0.1 → 3 (the previous output is replaced)" in text
     shutil.copy(done.parent / "images" / "s2.png", done.parent / "images" / "s1.png")  # an input's bytes change
     assert main(["run", str(done), "--weights", "random", "--set", "style_weight=3"]) == 0
     text = capsys.readouterr().out

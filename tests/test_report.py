@@ -166,7 +166,7 @@ def test_columns_and_rows_can_be_named(grid: Path) -> None:
     # A key that does not vary makes one column; a misspelt one is one clear line.
     assert main(["report", str(grid), "--columns", "style_weight", "--rows", "style"]) == 0
     page = _parse(report_dir / "report.html")
-    assert page.col_heads == ["style \\ style_weight", "style_weight = 2"] * 3  # one section per content
+    assert page.col_heads == ["style \\ style_weight", "style_weight = 0.1"] * 3  # one section per content
     assert len(page.rows) == 12 and "content: a.png" in " ".join(page.text)
     assert main(["report", str(grid), "--columns", "stlye"]) == 2
 
