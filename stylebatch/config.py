@@ -85,7 +85,7 @@ class Config:
     )
     content_weight: float = _field(1.0, "alpha: weight of the content loss.", ge=0)
     style_weight: float = _field(
-        0.1,
+        0.03,
         "beta: weight of the style loss; alpha/beta trades content for style. Not the paper's 1e3: our "
         "losses are normalised relative errors, and the layer weights sum to 341 by default; 0.001 keeps the "
         "photo with a tint of the style, 1 leaves texture with a hint of the content (README, alpha/beta).",
