@@ -54,23 +54,13 @@ SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/l
 class Pair:
     name: str
     content: Path
-    style: Path
+    styles: list[Path]  # every style file: one, or a blend's several (empty when none was given)
     config: Config | None
     entry: str  # where it came from, for messages: "pairs[2]" or "grid[5]"
     problems: list[str] = field(default_factory=list)
     out_size: tuple[int, int] | None = None  # (w, h)
     content_size: tuple[int, int] | None = None  # (w, h) of the content file: fixes every pass's size
     id: str = ""
-    styles: list[Path] = field(default_factory=list)  # a blend's style files (`style` is the first)
-
-    @property
-    def style_files(self) -> list[Path]:
-        return self.styles or [self.style]
-
-    @property
-    def style_arg(self) -> Path | list[Path]:
-        """What the engine takes: one style path, or a blend's list."""
-        return list(self.styles) if len(self.styles) > 1 else self.style
 
     @property
     def label(self) -> str:
@@ -457,8 +447,8 @@ def load_job(
         if name is None and content is not None and style is not None:
             name = f"{Path(content).stem}__{_style_stem(style, raw.get('style_blend'))}"
             name += "".join(f"__{k}-{_format_value(raw[k])}" for k in varied)
-        styles = style if isinstance(style, list) else []
-        pair = Pair(str(name), content, styles[0] if styles else style, None, entry, styles=styles)
+        styles = list(style) if isinstance(style, list) else [style] if style is not None else []
+        pair = Pair(str(name), content, styles, None, entry)
         where = f"{src}: {pair.label}"
         given_but_bad = [k for k in ("content", "style") if k in raw and raw[k] is None]  # already said why
         if (name is not None or not given_but_bad) and (problem := _check_name(name)):
@@ -497,7 +487,7 @@ def load_job(
                         "set it once in defaults, the preset or --set")
 
     # An output must never overwrite an input (output_dir next to the images, a name like an input's).
-    inputs = {_resolved(p) for pair in job.pairs for p in (pair.content, *pair.style_files, *_init_file(pair))
+    inputs = {_resolved(p) for pair in job.pairs for p in (pair.content, *pair.styles, *_init_file(pair))
               if p is not None} - {None}
     for pair in job.pairs:
         if pair.config is None or _check_name(pair.name):
@@ -524,7 +514,7 @@ def load_job(
 
 
 def _blend_problem(pair: Pair) -> str | None:
-    n, blend = len(pair.style_files), pair.config.style_blend
+    n, blend = len(pair.styles), pair.config.style_blend
     if blend is not None and len(blend) != n:
         return f"'style_blend' has {len(blend)} weight(s) for {n} style file(s)"
     return None
@@ -547,7 +537,7 @@ def _resolved(path: Path) -> Path | None:
 def _check_pair_files(pair: Pair, files: _FileChecker, where: str, weights: str) -> None:
     cfg = pair.config
     sizes = {}
-    styles = pair.style_files
+    styles = pair.styles
     roles = [("content", pair.content)] + [("style" if len(styles) == 1 else f"style[{i}]", p)
                                              for i, p in enumerate(styles)]
     roles += [("init", p) for p in _init_file(pair)]

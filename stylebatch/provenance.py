@@ -50,9 +50,9 @@ def pair_metadata(job: Job, pair: Pair, weights_id: str) -> dict[str, Any]:
         "name": pair.name,
         "id": pair.id,
         "content": str(pair.content.resolve()),  # absolute: `run --from` finds them from anywhere
-        "style": str(pair.style.resolve()),
+        "style": str(pair.styles[0].resolve()),  # the first (the only one, but for a blend)
         "content_sha256": sha256_file(pair.content),
-        "style_sha256": sha256_file(pair.style),
+        "style_sha256": sha256_file(pair.styles[0]),
         "weights": weights_id,
         "weights_source": job.weights if job.weights in ("imagenet", "random") else str(Path(job.weights).resolve()),
         "config": pair.config.to_dict(),
@@ -222,8 +222,8 @@ def _job_from_image(image: Path, out: Path, weights: str | None, sets: dict[str,
     if problem := check_output_dir(out):
         raise StylebatchError(f"--out: {problem}")
     cfg = cfgmod.resolve([(where, meta["config"]), ("--set", sets or {})])
-    pair = Pair(str(meta["name"]), Path(meta["content"]), Path(meta["style"]), cfg, entry=f"--from {image.name}",
-                styles=[Path(p) for p in meta.get("styles", [])])  # a blend's every style
+    styles = [Path(p) for p in meta.get("styles") or [meta["style"]]]  # a blend records every style
+    pair = Pair(str(meta["name"]), Path(meta["content"]), styles, cfg, entry=f"--from {image.name}")
     _check_pair_files(pair, _FileChecker(), where, source)
     job = Job(image, Path(out), source, [pair], [])
     if pair.id and meta.get("id") and pair.id != meta["id"] and not sets:

@@ -359,6 +359,11 @@ def _conclude(job: Job, pair: Pair, state: JobState, reporter: Reporter, result:
     reporter.pair_end(pair, "done", f"{shared}{seconds:.1f} s")
 
 
+def _style_arg(pair: Pair) -> Path | list[Path]:
+    """What the engine takes for the style: the one style file, or a blend's list."""
+    return pair.styles[0] if len(pair.styles) == 1 else list(pair.styles)
+
+
 def _run_batch(
     job: Job, batch: list[Pair], vgg: VGGFeatures, device: torch.device, state: JobState, stop: StopFlag,
     reporter: Reporter, rank: int, weights_id: str,
@@ -371,7 +376,7 @@ def _run_batch(
     names = [p.name for p in batch] if len(batch) > 1 else None
     begun = [_begin(job, p, state, stop, reporter, rank, names) for p in batch]
     members = [
-        Member(p.content, p.style_arg, p.config, state.checkpoint_path(p.name), _output_path(job, p),
+        Member(p.content, _style_arg(p), p.config, state.checkpoint_path(p.name), _output_path(job, p),
                pair_metadata(job, p, weights_id), hooks)
         for p, (hooks, _) in zip(batch, begun)
     ]

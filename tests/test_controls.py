@@ -88,7 +88,7 @@ def test_blend_in_pairs_and_grid_names_ids_and_problems(tmp_path: Path, make_ima
     job = blend([0.7, 0.3])
     assert not job.all_problems, job.all_problems
     pair = job.pairs[0]
-    assert pair.name == "c__s1-0.7+s2-0.3" and [p.name for p in pair.style_files] == ["s1.png", "s2.png"]
+    assert pair.name == "c__s1-0.7+s2-0.3" and [p.name for p in pair.styles] == ["s1.png", "s2.png"]
     assert blend([7, 3]).pairs[0].id == pair.id  # the same weights, normalised
     assert blend([0.6, 0.4]).pairs[0].id != pair.id  # the weights are in the id
     shutil.copy(tmp_path / "s3.png", tmp_path / "s2b.png")
