@@ -26,7 +26,8 @@ from stylebatch import config as cfgmod
 from stylebatch.config import Config
 from stylebatch.errors import ImageError, StylebatchError
 from stylebatch.images import EXIF_IFD, EXIF_USER_COMMENT, USER_COMMENT_ASCII, opened, save_image
-from stylebatch.manifest import Job, Pair, _check_name, _check_pair_files, _FileChecker, check_output_dir
+from stylebatch.manifest import Job, Pair
+from stylebatch.pair_checks import FileChecker, check_name, check_output_dir, check_pair_files
 from stylebatch.state import sha256_file
 from stylebatch.values import text_problem
 from stylebatch.vgg import check_weights_path, weights_identity
@@ -217,14 +218,14 @@ def _job_from_image(image: Path, out: Path, weights: str | None, sets: dict[str,
         raise StylebatchError([f"{image}: cannot reproduce: {b}" for b in bad])
     source = _weights_for(meta, weights, image)
     where = f"{image} (recorded settings)"
-    if problem := _check_name(meta.get("name")):
+    if problem := check_name(meta.get("name")):
         raise StylebatchError(f"{where}: {problem}")
     if problem := check_output_dir(out):
         raise StylebatchError(f"--out: {problem}")
     cfg = cfgmod.resolve([(where, meta["config"]), ("--set", sets or {})])
     styles = [Path(p) for p in meta.get("styles") or [meta["style"]]]  # a blend records every style
     pair = Pair(str(meta["name"]), Path(meta["content"]), styles, cfg, entry=f"--from {image.name}")
-    _check_pair_files(pair, _FileChecker(), where, source)
+    check_pair_files(pair, FileChecker(), where, source)
     job = Job(image, Path(out), source, [pair], [])
     if pair.id and meta.get("id") and pair.id != meta["id"] and not sets:
         job.problems.append(f"{where}: the rebuilt pair id {pair.id} differs from the recorded {meta['id']}")
