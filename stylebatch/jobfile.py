@@ -52,9 +52,9 @@ def job_file_bytes(job: Any) -> bytes:
     lines = []
     for p in job.pairs:
         entry: dict[str, Any] = {"name": p.name, "id": p.id, "entry": p.entry, "content": str(p.content),
-                                 "style": str(p.style)}
-        if len(p.style_files) > 1:
-            entry["styles"] = [str(s) for s in p.style_files]
+                                 "style": str(p.styles[0] if p.styles else None)}
+        if len(p.styles) > 1:
+            entry["styles"] = [str(s) for s in p.styles]
         if p.config is None:
             entry["set"] = None
         else:  # getattr, not to_dict(): a deep copy of every config is most of the time at 100k pairs

@@ -26,7 +26,8 @@ from stylebatch import config as cfgmod
 from stylebatch.config import Config
 from stylebatch.errors import ImageError, StylebatchError
 from stylebatch.images import EXIF_IFD, EXIF_USER_COMMENT, USER_COMMENT_ASCII, opened, save_image
-from stylebatch.manifest import Job, Pair, _check_name, _check_pair_files, _FileChecker, check_output_dir
+from stylebatch.manifest import Job, Pair
+from stylebatch.pair_checks import FileChecker, check_name, check_output_dir, check_pair_files
 from stylebatch.state import sha256_file
 from stylebatch.values import text_problem
 from stylebatch.vgg import check_weights_path, weights_identity
@@ -50,9 +51,9 @@ def pair_metadata(job: Job, pair: Pair, weights_id: str) -> dict[str, Any]:
         "name": pair.name,
         "id": pair.id,
         "content": str(pair.content.resolve()),  # absolute: `run --from` finds them from anywhere
-        "style": str(pair.style.resolve()),
+        "style": str(pair.styles[0].resolve()),  # the first (the only one, but for a blend)
         "content_sha256": sha256_file(pair.content),
-        "style_sha256": sha256_file(pair.style),
+        "style_sha256": sha256_file(pair.styles[0]),
         "weights": weights_id,
         "weights_source": job.weights if job.weights in ("imagenet", "random") else str(Path(job.weights).resolve()),
         "config": pair.config.to_dict(),
@@ -217,14 +218,14 @@ def _job_from_image(image: Path, out: Path, weights: str | None, sets: dict[str,
         raise StylebatchError([f"{image}: cannot reproduce: {b}" for b in bad])
     source = _weights_for(meta, weights, image)
     where = f"{image} (recorded settings)"
-    if problem := _check_name(meta.get("name")):
+    if problem := check_name(meta.get("name")):
         raise StylebatchError(f"{where}: {problem}")
     if problem := check_output_dir(out):
         raise StylebatchError(f"--out: {problem}")
     cfg = cfgmod.resolve([(where, meta["config"]), ("--set", sets or {})])
-    pair = Pair(str(meta["name"]), Path(meta["content"]), Path(meta["style"]), cfg, entry=f"--from {image.name}",
-                styles=[Path(p) for p in meta.get("styles", [])])  # a blend's every style
-    _check_pair_files(pair, _FileChecker(), where, source)
+    styles = [Path(p) for p in meta.get("styles") or [meta["style"]]]  # a blend records every style
+    pair = Pair(str(meta["name"]), Path(meta["content"]), styles, cfg, entry=f"--from {image.name}")
+    check_pair_files(pair, FileChecker(), where, source)
     job = Job(image, Path(out), source, [pair], [])
     if pair.id and meta.get("id") and pair.id != meta["id"] and not sets:
         job.problems.append(f"{where}: the rebuilt pair id {pair.id} differs from the recorded {meta['id']}")

@@ -3,7 +3,8 @@ compute the exit code from the on-disk state.
 
 Top to bottom: `run_job` (rank 0's stateful work and the plan, then its own share) →
 `run_batches` (one worker's share, batch by batch) → `_run_batch` (one batch through
-`engine.stylize`, its records, its failure isolation).
+`engine.stylize`, its records, its failure isolation). Which pairs need work, the options and the
+stop flag: run_setup.py; the pairs' records and the exit code: pair_records.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import signal
 import subprocess
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,110 +25,20 @@ import torch
 
 from stylebatch import calibration, claims, oom, workers
 from stylebatch.atomic import atomic_write, fault_point
-from stylebatch.engine import Member, NonFiniteLossError, PairHooks, PairResult, stylize
-from stylebatch.errors import (EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StopNow, StylebatchError, WorkerLostError,
-                               is_disk_full)
+from stylebatch.engine import Member, stylize
+from stylebatch.errors import StylebatchError, WorkerLostError, is_disk_full
 from stylebatch.jobfile import write_job_file
 from stylebatch.live_report import LiveReport, report_every_s
 from stylebatch.manifest import Job, Pair
+from stylebatch.pair_records import (begin_pair, conclude_pair, exit_code, fail_pair, failure_reason, record_invalid,
+                                     recorded_batches, summarize_job)
 from stylebatch.plan import plan as make_plan
 from stylebatch.provenance import pair_metadata
-from stylebatch.state import (HOST, INVALID_PREFIX, JobState, effective_status, output_intact, output_stamp,
-                              redo_note, sha256_file, stale_output_note)
+from stylebatch.run_setup import Reporter, RunOptions, StopFlag, needs_work, output_path
+from stylebatch.state import HOST, JobState, effective_status
 from stylebatch.vgg import VGGFeatures, load_vgg, weights_identity
 
 log = logging.getLogger("stylebatch")
-
-
-@dataclass
-class RunOptions:
-    fresh: bool = False
-    retry_failed: bool = False
-    skip_invalid: bool = False
-    break_lock: bool = False
-    device: str = "cpu"
-    sync_timeout: float = 600.0  # seconds a rank waits for rank 0's plan (or for a worker to start)
-    verify: bool = False  # issue 15: re-hash every done output (sha256) instead of trusting size+mtime+inode
-
-
-class Reporter:
-    """What the runner tells the user; the CLI draws it with rich. This one stays silent."""
-
-    def start(self, total: int, done: int, pending: list[Pair]) -> None: ...
-    def pair_start(self, pair: Pair, steps_done: int, batch: list[str] | None) -> None: ...
-    def pair_progress(self, pair: Pair, evaluations: int, losses: dict[str, float]) -> None: ...
-    def pair_end(self, pair: Pair, status: str, detail: str = "") -> None: ...
-    def waiting(self, ranks: list[int], counts: dict[str, int]) -> None: ...
-    def note(self, message: str) -> None: ...  # issue 15: one line for the user (a pair redone, and why)
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM/SIGUSR1; the pair in progress checkpoints and the job exits 3.
-    A second Ctrl-C stops at once (the pair then resumes from its last periodic checkpoint)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self, on_signal: Any = None):
-        self.signum: int | None = None
-        self.on_signal = on_signal
-        self._previous: dict[int, Any] = {}
-
-    def __bool__(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise StopNow  # issue 15: not KeyboardInterrupt, which Lightning turns into exit 1
-        first = self.signum is None
-        self.signum = signum
-        log.warning("received %s: checkpointing the current pair and stopping", signal.Signals(signum).name)
-        if first and self.on_signal is not None:
-            self.on_signal(signum)
-
-    def install(self) -> None:
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-
-def _output_path(job: Job, pair: Pair) -> Path:
-    return job.output_dir / f"{pair.name}.{pair.config.format}"
-
-
-def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter: Reporter | None = None) -> bool:
-    """Whether a pair is to run now; resets a record whose id no longer matches."""
-    record = state.read(pair.name)
-    if record is None:
-        return True
-    if record.get("id") != pair.id:
-        # Inputs, weights or pixel-changing settings changed: the old checkpoint means nothing.
-        note = redo_note(pair, record, _output_path(job, pair), job.weights)  # issue 15: say what changed
-        if note:
-            log.info("%s", note)
-            (reporter or Reporter()).note(note)
-        state.checkpoint_path(pair.name).unlink(missing_ok=True)
-        state.write(pair.name, {"id": pair.id, "status": "pending", "attempts": 0, "steps_done": 0})
-        return True
-    status = record.get("status")
-    if status == "done":
-        out = _output_path(job, pair)
-        same_encoding = record.get("encoding", {"format": "png"}) == pair.config.encoding()
-        # issue 15: size + mtime + inode recorded at write time; the full sha256 on --verify or a changed stamp
-        if same_encoding and output_intact(state, pair.name, record, out, getattr(opts, "verify", False)):
-            return False
-        log.info("%s: output missing or changed since it was written; redoing the pair", pair.name)
-        (reporter or Reporter()).note(stale_output_note(pair.name, record, pair.config.encoding(), out))  # issue 15
-        state.update(pair.name, status="pending", steps_done=0, attempts=0)
-        return True
-    if status == "failed" and record.get("attempts", 0) >= pair.config.max_attempts and not opts.retry_failed:
-        return False
-    return True
-
-
 
 
 def _log_rank(fabric: Any) -> None:
@@ -166,12 +76,12 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             for leftover in (state.root / "ranks", state.root / "stop"):
                 shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
             write_job_file(job, state.root)  # issue 15: compact job.json (jobfile.py)
-            _record_invalid(job, state)
+            record_invalid(job, state)
             vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
             # Under each pair's claim: a pair a live process works on is planned, its record untouched.
             pending = claims.pending(state, job.valid_pairs, lambda p: needs_work(job, state, p, opts, reporter))
             pending = [oom.with_fallback(p, state.read(p.name)) for p in pending]  # issue 16: earlier rungs
-            shares = make_plan(pending, world, _recorded_batches(state, pending))  # batches of names, per rank
+            shares = make_plan(pending, world, recorded_batches(state, pending))  # batches of names, per rank
         except BaseException as e:
             if fabric is not None:
                 fabric.broadcast({"abort": str(e)}, src=0)  # let the workers exit 0 instead of hanging
@@ -268,15 +178,6 @@ def _wait_for_workers(state: JobState, world: int, timeout: float, reporter: Rep
         time.sleep(0.5)
 
 
-def summarize_job(job: Job, state: JobState) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for pair in job.valid_pairs:
-        record = state.read(pair.name)
-        status = effective_status(record) if record else "pending"
-        counts[status] = counts.get(status, 0) + 1
-    return counts
-
-
 def _requeue(job_id: str) -> None:
     """Under SLURM, rank 0 alone asks for the requeue once every worker has checkpointed."""
     try:
@@ -284,12 +185,6 @@ def _requeue(job_id: str) -> None:
         log.info("scontrol requeue %s: exit %d %s", job_id, result.returncode, result.stderr.strip())
     except (OSError, subprocess.SubprocessError) as e:
         log.error("could not requeue SLURM job %s: %s", job_id, e)
-
-
-def _recorded_batches(state: JobState, pairs: list[Pair]) -> dict[str, list[str]]:
-    """The batch each pair was last run in (its record's `batch`), for pairs that have one."""
-    recorded = {p.name: (state.read(p.name) or {}).get("batch") for p in pairs}
-    return {name: members for name, members in recorded.items() if members}
 
 
 def run_batches(
@@ -312,51 +207,9 @@ def run_batches(
         _run_batch(job, batch, vgg, device, state, stop, reporter, rank, weights_id)
 
 
-def _begin(job: Job, pair: Pair, state: JobState, stop: StopFlag, reporter: Reporter, rank: int,
-           batch: list[str] | None) -> tuple[PairHooks, float]:
-    """Mark a pair running (owner, attempt, batch membership) and make the hooks that watch it."""
-    record = state.read(pair.name) or {}
-    started = time.time()
-    state.write(pair.name, {
-        **record, "id": pair.id, "status": "running", "attempts": int(record.get("attempts", 0)) + 1,
-        "steps": pair.config.steps, "started": started, "error": None, "output": _output_path(job, pair).name,
-        "batch": batch, **state.owner(rank),
-    })
-    reporter.pair_start(pair, int(record.get("steps_done", 0)), batch)
-    last_beat = [time.monotonic()]
-
-    def on_progress(n: int, losses: dict[str, float]) -> None:
-        reporter.pair_progress(pair, n, losses)
-        if time.monotonic() - last_beat[0] > 30:
-            state.update(pair.name, steps_done=n, heartbeat=time.time())
-            last_beat[0] = time.monotonic()
-
-    def on_checkpoint(n: int) -> None:
-        state.update(pair.name, steps_done=n, heartbeat=time.time())
-
-    stop_file = state.root / "stop"  # written by rank 0 when it is signalled: reaches workers on any node
-    hooks = PairHooks(should_stop=lambda: bool(stop) or stop_file.exists(), on_progress=on_progress,
-                      on_checkpoint=on_checkpoint)
-    return hooks, started
-
-
-def _conclude(job: Job, pair: Pair, state: JobState, reporter: Reporter, result: PairResult, started: float) -> None:
-    if result.interrupted:
-        state.update(pair.name, status="interrupted", steps_done=result.evaluations, heartbeat=time.time())
-        reporter.pair_end(pair, "interrupted")
-        return
-    if not pair.config.keep_checkpoints:
-        state.checkpoint_path(pair.name).unlink(missing_ok=True)
-    seconds = round(time.time() - started, 3)
-    state.update(
-        pair.name, status="done", steps_done=result.evaluations, output_sha256=result.output_sha256,
-        encoding=pair.config.encoding(), output_stat=output_stamp(_output_path(job, pair)),
-        losses=result.losses, seconds=seconds, finished=time.time(),
-    )
-    shared = f"batch of {result.batch_size}, " if result.batch_size > 1 else ""
-    log.info("%s: done, %d evaluations, %s%.1fs, losses %s", pair.name, result.evaluations, shared, seconds,
-             result.losses)
-    reporter.pair_end(pair, "done", f"{shared}{seconds:.1f} s")
+def _style_arg(pair: Pair) -> Path | list[Path]:
+    """What the engine takes for the style: the one style file, or a blend's list."""
+    return pair.styles[0] if len(pair.styles) == 1 else list(pair.styles)
 
 
 def _run_batch(
@@ -369,9 +222,9 @@ def _run_batch(
     its own reason and the others finish, as they would have unbatched."""
     batch = [oom.with_fallback(p, state.read(p.name)) for p in batch]  # issue 16: settings of earlier rungs
     names = [p.name for p in batch] if len(batch) > 1 else None
-    begun = [_begin(job, p, state, stop, reporter, rank, names) for p in batch]
+    begun = [begin_pair(job, p, state, stop, reporter, rank, names) for p in batch]
     members = [
-        Member(p.content, p.style_arg, p.config, state.checkpoint_path(p.name), _output_path(job, p),
+        Member(p.content, _style_arg(p), p.config, state.checkpoint_path(p.name), output_path(job, p),
                pair_metadata(job, p, weights_id), hooks)
         for p, (hooks, _) in zip(batch, begun)
     ]
@@ -388,7 +241,7 @@ def _run_batch(
             raise
         out_of_memory = oom.is_oom(e)
         why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}" if out_of_memory or len(batch) > 1 \
-            else _reason(batch[0], e)
+            else failure_reason(batch[0], e)
         if len(batch) > 1 and not out_of_memory:
             log.warning("batch %s failed:\n%s", names, traceback.format_exc())
         e.__traceback__ = None  # its frames hold the batch's tensors: drop them so _free_memory frees them
@@ -396,18 +249,18 @@ def _run_batch(
     if results is not None:
         figures = calibration.record_batch(device, before, batch, results)  # issue 16
         for p, result, (_, started) in zip(batch, results, begun):
-            _conclude(job, p, state, reporter, result, started)
+            conclude_pair(job, p, state, reporter, result, started)
             state.update(p.name, measured=figures)
         return
     if out_of_memory:  # issue 16: the ladder (oom.py): unbatched, smaller history, tiled, then failed
         del members
         oom.climb(batch, device, state, why, before,
                   rerun=lambda pairs: _run_batch(job, pairs, vgg, device, state, stop, reporter, rank, weights_id),
-                  fail=lambda pair, message: _fail(state, pair, reporter, message))
+                  fail=lambda pair, message: fail_pair(state, pair, reporter, message))
         return
     _free_memory(device)
     if len(batch) == 1:
-        _fail(state, batch[0], reporter, why)
+        fail_pair(state, batch[0], reporter, why)
         return
     log.warning("batch %s: %s; running its pairs one by one", names, why)
     for p in batch:
@@ -416,54 +269,10 @@ def _run_batch(
         _run_batch(job, [p], vgg, device, state, stop, reporter, rank, weights_id)
 
 
-def _reason(pair: Pair, e: Exception) -> str:
-    """One line for a pair's record: the user's error as it is, anything else as an internal error
-    (with the traceback in the log)."""
-    if isinstance(e, StylebatchError):
-        return str(e).splitlines()[0]
-    if isinstance(e, (NonFiniteLossError, OSError)):
-        return str(e)
-    log.error("%s: internal error\n%s", pair.name, traceback.format_exc())
-    return f"internal error: {type(e).__name__}: {e}"
-
-
-def _fail(state: JobState, pair: Pair, reporter: Reporter, message: str) -> None:
-    log.error("%s: failed: %s", pair.name, message)
-    state.update(pair.name, status="failed", error=message, finished=time.time())
-    reporter.pair_end(pair, "failed", message)
-
-
 def _free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def exit_code(job: Job, state: JobState, interrupted: bool) -> int:
-    """0 all done, 1 some failed, 3 interrupted (resumable), from the records of this job's pairs."""
-    statuses = ["failed"] * (len(job.pairs) - len(job.valid_pairs))
-    for pair in job.valid_pairs:
-        record = state.read(pair.name)
-        statuses.append(effective_status(record) if record else "pending")
-    if interrupted or any(s in ("interrupted", "running", "pending") for s in statuses):
-        return EXIT_INTERRUPTED
-    if any(s == "failed" for s in statuses):
-        return EXIT_FAILED_PAIRS
-    return EXIT_OK
-
-
-def _record_invalid(job: Job, state: JobState) -> None:
-    """With --skip-invalid, each invalid entry is recorded as failed with its reasons, under a name
-    of its own (its output name may be the problem, or a duplicate of a valid pair's)."""
-    pairs_dir = state.root / "pairs"
-    if pairs_dir.is_dir():
-        for old in pairs_dir.glob(f"{INVALID_PREFIX}*"):
-            shutil.rmtree(old, ignore_errors=True)
-    for pair in job.pairs:
-        if pair.problems:
-            key = INVALID_PREFIX + "".join(ch if ch.isalnum() else "-" for ch in pair.entry).strip("-")
-            state.write(key, {"id": "", "status": "failed", "error": "; ".join(pair.problems), "attempts": 1,
-                              "entry": pair.entry})
 
 
 def _open_log(state: JobState, rank: int) -> Path:

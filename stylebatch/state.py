@@ -253,7 +253,7 @@ def redo_note(pair: Any, record: dict[str, Any], output: Path, weights: str) -> 
     old_styles = meta.get("styles") or [meta.get("style")]
     old_hashes = meta.get("styles_sha256") or [meta.get("style_sha256")]
     inputs = [("content", [meta.get("content")], [meta.get("content_sha256")], [pair.content]),
-              ("style", old_styles, old_hashes, list(pair.style_files))]
+              ("style", old_styles, old_hashes, list(pair.styles))]
     for role, old_paths, old_shas, paths in inputs:
         now = [str(Path(p).resolve()) for p in paths]
         if now != old_paths:

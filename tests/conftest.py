@@ -7,10 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from stylebatch.vgg import VGGFeatures, load_vgg
 
@@ -35,19 +33,12 @@ def vgg() -> VGGFeatures:
 
 @pytest.fixture
 def make_image(tmp_path: Path) -> Callable[..., Path]:
-    """make_image(name, size=(w, h), seed=0, mode="RGB") -> path of a small, smooth random image.
-    The format follows the suffix (.png, .jpg, ...); the file goes into the test's tmp_path."""
+    """make_image(name, size=(w, h), seed=0, mode="RGB") -> path of `jobkit.make_image`'s image in the
+    test's tmp_path. The format follows the suffix (.png, .jpg, ...)."""
 
     def make(name: str = "image.png", size: tuple[int, int] = (32, 32), seed: int = 0, mode: str = "RGB") -> Path:
-        rng = np.random.default_rng(seed)
-        w, h = size
-        coarse = rng.integers(0, 256, size=(max(2, h // 4), max(2, w // 4), 3), dtype=np.uint8)
-        img = Image.fromarray(coarse, "RGB").resize((w, h), Image.Resampling.BILINEAR)
-        noise = rng.integers(-20, 21, size=(h, w, 3))  # some high frequencies for the Gram matrices
-        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.int64) + noise, 0, 255).astype(np.uint8), "RGB")
-        path = tmp_path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        img.convert(mode).save(path)
-        return path
+        from tests.jobkit import make_image  # not at the top: it imports the engine, after the settings above
+
+        return make_image(tmp_path / name, seed, size, mode)
 
     return make

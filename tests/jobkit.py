@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -35,6 +35,22 @@ def make_image(path: Path, seed: int, size: tuple[int, int] = (40, 30), mode: st
     return path
 
 
+def write_manifest(path: Path, data: dict[str, Any] | None = None, text: str | None = None) -> Path:
+    """Write a manifest at `path`: `data` as YAML, in its key order and with non-ASCII text as is, or
+    `text` as given. `data` must not share objects: safe_dump would write them as YAML aliases,
+    which are refused."""
+    path.write_text(text if text is not None else yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
+                    encoding="utf-8")
+    return path
+
+
+def edit_manifest(path: Path, edit: Callable[[dict[str, Any]], Any]) -> Path:
+    """Rewrite the manifest at `path` with `edit` applied to its data (in place)."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    edit(data)
+    return write_manifest(path, data)
+
+
 def tiny_job(root: Path, pairs: list[dict[str, Any]] | None = None, defaults: dict[str, Any] | None = None,
              **top: Any) -> Path:
     """Write images and a manifest under `root`; returns the manifest path."""
@@ -48,9 +64,7 @@ def tiny_job(root: Path, pairs: list[dict[str, Any]] | None = None, defaults: di
             {"content": "images/b.png", "style": "images/s2.png", "optimizer": "lbfgs", "lbfgs_history": 5},
         ]
     manifest = {"output_dir": "out", "defaults": {**TINY, **(defaults or {})}, "pairs": pairs, **top}
-    path = root / "job.yaml"
-    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    return path
+    return write_manifest(root / "job.yaml", manifest)
 
 
 def records(out_dir: Path) -> dict[str, dict[str, Any]]:

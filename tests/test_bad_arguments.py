@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from stylebatch.cli import main
 from stylebatch.module import StyleTransferModule
-from tests.jobkit import records, tiny_job
+from tests.jobkit import records, tiny_job, write_manifest
 from tests.test_bad_inputs import png_bytes
 from tests.test_user_files import snapshot
 
@@ -52,10 +51,8 @@ def refused(argv: list[str], root: Path, capsys, *fragments: str, code: int = 2)
 
 
 def manifest_with(root: Path, text: str | None = None, **pair) -> Path:
-    path = root / "bad.yaml"
     data = {"output_dir": "out", "defaults": {"steps": 2, "size": 32}, "pairs": [{**GOOD, **pair}]}
-    path.write_text(text if text is not None else yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    return path
+    return write_manifest(root / "bad.yaml", data, text)
 
 
 # --- run's flags --------------------------------------------------------------------------------

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image, ImageFile
 
 from stylebatch.cli import main
 from stylebatch.errors import ImageError
 from stylebatch.images import load_image
 from stylebatch.manifest import load_job
-from tests.jobkit import make_image, records, run_subprocess, temp_files
+from tests.jobkit import make_image, records, run_subprocess, temp_files, write_manifest
 
 GOOD = {"content": "images/a.png", "style": "images/s1.png"}
 RUN_TINY = ["--weights", "random", "--set", "size=32", "--set", "steps=2", "--set", "optimizer=adam"]
@@ -39,16 +38,8 @@ def root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def write_manifest(root: Path, data: dict | None = None, text: str | None = None, name: str = "job.yaml") -> Path:
-    """`data` must not share objects: safe_dump would write them as YAML aliases, which are refused."""
-    path = root / name
-    path.write_text(text if text is not None else yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
-                    encoding="utf-8")
-    return path
-
-
 def one_pair(root: Path, **pair) -> Path:
-    return write_manifest(root, {"output_dir": "out", "pairs": [{**GOOD, **pair}]})
+    return write_manifest(root / "job.yaml", {"output_dir": "out", "pairs": [{**GOOD, **pair}]})
 
 
 def png_bytes(width: int, height: int, raw: bytes = b"\0", bit_depth: int = 8, color_type: int = 2) -> bytes:
@@ -102,29 +93,29 @@ def _case_directory(root: Path):
 
 
 def _case_syntax_tab(root: Path):
-    m = write_manifest(root, text="output_dir: out\npairs:\n\t- {content: images/a.png}\n")
+    m = write_manifest(root / "job.yaml", text="output_dir: out\npairs:\n\t- {content: images/a.png}\n")
     return m, [f"{m}:3:", "not valid YAML"]
 
 
 def _case_syntax_bracket(root: Path):
-    m = write_manifest(root, text="output_dir: out\npairs:\n  - {content: images/a.png, style: [x\n\n")
+    m = write_manifest(root / "job.yaml", text="output_dir: out\npairs:\n  - {content: images/a.png, style: [x\n\n")
     return m, [f"{m}:", "not valid YAML"]
 
 
 def _case_empty(root: Path):
-    return write_manifest(root, text=""), ["job.yaml", "empty"]
+    return write_manifest(root / "job.yaml", text=""), ["job.yaml", "empty"]
 
 
 def _case_only_comments(root: Path):
-    return write_manifest(root, text="# nothing here\n\n"), ["job.yaml", "empty"]
+    return write_manifest(root / "job.yaml", text="# nothing here\n\n"), ["job.yaml", "empty"]
 
 
 def _case_top_list(root: Path):
-    return write_manifest(root, text="- images/a.png\n- images/s1.png\n"), ["job.yaml", "must be a mapping", "list"]
+    return write_manifest(root / "job.yaml", text="- images/a.png\n- images/s1.png\n"), ["job.yaml", "must be a mapping", "list"]
 
 
 def _case_top_scalar(root: Path):
-    return write_manifest(root, text="just some words\n"), ["job.yaml", "must be a mapping", "str"]
+    return write_manifest(root / "job.yaml", text="just some words\n"), ["job.yaml", "must be a mapping", "str"]
 
 
 def _case_not_utf8(root: Path):
@@ -140,62 +131,62 @@ def _case_binary(root: Path):
 
 
 def _case_unknown_top_key(root: Path):
-    m = write_manifest(root, {"output_dir": "out", "pair": [GOOD]})
+    m = write_manifest(root / "job.yaml", {"output_dir": "out", "pair": [GOOD]})
     return m, ["job.yaml", "unknown top-level key 'pair'", "did you mean 'pairs'"]
 
 
 def _case_no_work(root: Path):
-    return write_manifest(root, {"output_dir": "out"}), ["job.yaml", "no work"]
+    return write_manifest(root / "job.yaml", {"output_dir": "out"}), ["job.yaml", "no work"]
 
 
 def _case_duplicate_yaml_key(root: Path):
     text = "output_dir: out\npairs:\n  - content: images/a.png\n    style: images/s1.png\n    steps: 3\n    steps: 300\n"
-    m = write_manifest(root, text=text)
+    m = write_manifest(root / "job.yaml", text=text)
     return m, [f"{m}:6:", "key 'steps' given twice (first on line 5)"]
 
 
 def _case_pairs_not_list(root: Path):
-    return write_manifest(root, {"output_dir": "out", "pairs": GOOD}), ["job.yaml", "'pairs' must be a list"]
+    return write_manifest(root / "job.yaml", {"output_dir": "out", "pairs": GOOD}), ["job.yaml", "'pairs' must be a list"]
 
 
 def _case_pair_not_mapping(root: Path):
-    m = write_manifest(root, {"output_dir": "out", "pairs": ["images/a.png"]})
+    m = write_manifest(root / "job.yaml", {"output_dir": "out", "pairs": ["images/a.png"]})
     return m, ["job.yaml", "pairs[0]", "expected a mapping"]
 
 
 def _case_pair_missing_style(root: Path):
-    m = write_manifest(root, {"output_dir": "out", "pairs": [GOOD, {"content": "images/b.png"}]})
+    m = write_manifest(root / "job.yaml", {"output_dir": "out", "pairs": [GOOD, {"content": "images/b.png"}]})
     return m, ["job.yaml", "pairs[1]", "missing 'style'"]
 
 
 def _case_pair_key_typo(root: Path):
-    m = write_manifest(root, {"output_dir": "out", "pairs": [{"contnet": "images/a.png", "style": "images/s1.png"}]})
+    m = write_manifest(root / "job.yaml", {"output_dir": "out", "pairs": [{"contnet": "images/a.png", "style": "images/s1.png"}]})
     return m, ["job.yaml", "pairs[0]", "unknown key 'contnet'", "did you mean 'content'"]
 
 
 def _case_defaults_key_typo(root: Path):
-    m = write_manifest(root, {"output_dir": "out", "defaults": {"stpes": 3}, "pairs": [GOOD]})
+    m = write_manifest(root / "job.yaml", {"output_dir": "out", "defaults": {"stpes": 3}, "pairs": [GOOD]})
     return m, ["job.yaml", "defaults", "unknown key 'stpes'", "did you mean 'steps'"]
 
 
 def _case_defaults_not_mapping(root: Path):
-    m = write_manifest(root, {"output_dir": "out", "defaults": [1, 2], "pairs": [GOOD]})
+    m = write_manifest(root / "job.yaml", {"output_dir": "out", "defaults": [1, 2], "pairs": [GOOD]})
     return m, ["job.yaml", "'defaults' must be a mapping"]
 
 
 def _case_grid_key_typo(root: Path):
     grid = {"content": ["images/a.png"], "style": ["images/s1.png", "images/s2.png"], "styel_weight": [1, 2]}
-    m = write_manifest(root, {"output_dir": "out", "grid": grid})
+    m = write_manifest(root / "job.yaml", {"output_dir": "out", "grid": grid})
     return m, ["job.yaml", "grid.styel_weight", "unknown key", "did you mean 'style_weight'"]
 
 
 def _case_grid_no_match(root: Path):
-    m = write_manifest(root, {"output_dir": "out", "grid": {"content": ["images/*.jpg"], "style": ["images/s1.png"]}})
+    m = write_manifest(root / "job.yaml", {"output_dir": "out", "grid": {"content": ["images/*.jpg"], "style": ["images/s1.png"]}})
     return m, ["job.yaml", "grid.content", "'images/*.jpg' matches no file"]
 
 
 def _case_grid_name(root: Path):
-    m = write_manifest(root, {"output_dir": "out", "grid": {"content": ["images/a.png"], "style": ["images/s1.png"],
+    m = write_manifest(root / "job.yaml", {"output_dir": "out", "grid": {"content": ["images/a.png"], "style": ["images/s1.png"],
                                                             "name": ["x"]}})
     return m, ["job.yaml", "grid.name", "not allowed"]
 
@@ -203,7 +194,7 @@ def _case_grid_name(root: Path):
 def _case_alias_bomb(root: Path):
     # "Billion laughs": 9 levels of 9 aliases is 9**9 strings once walked. Refused at the first alias.
     lines = ['a0: &a0 ["lol"]'] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
-    m = write_manifest(root, text="\n".join(lines + ["output_dir: out", "pairs: *a9", ""]))
+    m = write_manifest(root / "job.yaml", text="\n".join(lines + ["output_dir: out", "pairs: *a9", ""]))
     return m, [f"{m}:2:", "aliases", "not allowed"]
 
 
@@ -277,7 +268,7 @@ def test_bad_flags_refused(argv: list[str], fragments: list[str], root: Path, ca
 
 def test_yaml_12_numbers_are_numbers(root: Path) -> None:
     """`1e4` is a number to people and to YAML 1.2 (PyYAML reads it as text): accepted."""
-    manifest = write_manifest(root, text="output_dir: out\npairs:\n  - {content: images/a.png, style: images/s1.png, "
+    manifest = write_manifest(root / "job.yaml", text="output_dir: out\npairs:\n  - {content: images/a.png, style: images/s1.png, "
                                          "style_weight: 1e4, content_weight: 2.5E-1}\n")
     job = load_job(manifest, weights="random")
     assert not job.all_problems, job.all_problems
@@ -370,7 +361,7 @@ FILE_CASES = {name.removeprefix("_file_"): fn for name, fn in globals().items() 
 @pytest.mark.parametrize("case", sorted(FILE_CASES))
 def test_bad_file_refused(case: str, root: Path, capsys) -> None:
     pair, fragments = FILE_CASES[case](root)
-    manifest = write_manifest(root, {"output_dir": "out", "pairs": [dict(GOOD), {**GOOD, "name": "second", **pair}]})
+    manifest = write_manifest(root / "job.yaml", {"output_dir": "out", "pairs": [dict(GOOD), {**GOOD, "name": "second", **pair}]})
     refused_everywhere(root, manifest, [str(manifest), "pairs[1]", *fragments], [], capsys)
 
 
@@ -417,12 +408,12 @@ def test_pil_settings_are_strict_during_a_load_and_restored_after(root: Path, mo
 ], ids=["duplicate", "duplicate-explicit", "slash", "dotdot-slash", "dotdot", "backslash", "dot", "empty", "int",
         "too-long"])
 def test_bad_output_name_refused(pairs: list[dict], fragments: list[str], root: Path, capsys) -> None:
-    manifest = write_manifest(root, {"output_dir": "out", "pairs": pairs})
+    manifest = write_manifest(root / "job.yaml", {"output_dir": "out", "pairs": pairs})
     refused_everywhere(root, manifest, [str(manifest), *fragments], [], capsys)
 
 
 def test_output_that_would_overwrite_an_input_refused(root: Path, capsys) -> None:
-    manifest = write_manifest(root, {"output_dir": "images", "pairs": [{**GOOD, "name": "s1"}]})
+    manifest = write_manifest(root / "job.yaml", {"output_dir": "images", "pairs": [{**GOOD, "name": "s1"}]})
     refused_everywhere(root, manifest, [str(manifest), "pairs[0] 's1'", "would overwrite an input image"], [], capsys)
 
 
@@ -443,7 +434,7 @@ def test_unusable_output_dir_refused(case: str, root: Path, capsys) -> None:
         data["output_dir"] = "o\0ut"
     else:
         extra = ["--out", str(root / "taken" / "out")]
-    manifest = write_manifest(root, data)
+    manifest = write_manifest(root / "job.yaml", data)
     refused_everywhere(root, manifest, [str(manifest), fragments] if case != "--out-under-a-file" else [fragments],
                        extra, capsys)
 
@@ -473,7 +464,7 @@ def test_skip_invalid_runs_the_good_pairs_and_records_the_bad(root: Path, capsys
         {**GOOD, "name": "bad_size", "size": 0},
         dict(GOOD),  # a duplicate of pairs[0]'s output name
     ]
-    manifest = write_manifest(root, {"output_dir": "out", "pairs": pairs})
+    manifest = write_manifest(root / "job.yaml", {"output_dir": "out", "pairs": pairs})
     out_dir = root / "out"
 
     code, out, err = cli(["run", str(manifest), *RUN_TINY], capsys)
@@ -587,9 +578,8 @@ def test_unicode_and_spaces_in_paths_run_end_to_end(tmp_path: Path, capsys) -> N
     make_image(folder / "my café.png", seed=1)
     frames = [Image.new("RGB", (40, 30), c) for c in ((200, 30, 30), (30, 30, 200))]
     frames[0].save(folder / "stïle anim.gif", save_all=True, append_images=frames[1:])
-    manifest = write_manifest(tmp_path, {"output_dir": "résultats et sorties", "pairs": [
-        {"content": "fotos von Zoë/日本 画/my café.png", "style": "fotos von Zoë/日本 画/stïle anim.gif"}]},
-        name="travail ünï.yaml")
+    manifest = write_manifest(tmp_path / "travail ünï.yaml", {"output_dir": "résultats et sorties", "pairs": [
+        {"content": "fotos von Zoë/日本 画/my café.png", "style": "fotos von Zoë/日本 画/stïle anim.gif"}]})
     code, out, err = cli(["run", str(manifest), *RUN_TINY], capsys)
     assert code == 0, out + err
     out_dir = tmp_path / "résultats et sorties"

@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from stylebatch import cli
 from stylebatch.cli import main
-from tests.jobkit import REPO, cli_env, make_image, records, tiny_job
+from tests.jobkit import REPO, cli_env, make_image, records, tiny_job, write_manifest
 
 URL_LINE = "URLs are not supported; download the file first"
 
@@ -29,9 +28,7 @@ def root(tmp_path: Path) -> Path:
 
 
 def _manifest(root: Path, **top) -> Path:
-    path = root / "m.yaml"
-    path.write_text(yaml.safe_dump({"output_dir": "out", **top}, sort_keys=False))
-    return path
+    return write_manifest(root / "m.yaml", {"output_dir": "out", **top})
 
 
 def _error_lines(capsys: pytest.CaptureFixture) -> tuple[str, list[str]]:

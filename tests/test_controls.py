@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from stylebatch import color, engine
 from stylebatch import inputs as controls
@@ -24,7 +23,8 @@ from stylebatch.manifest import load_job
 from stylebatch.module import StyleTransferModule
 from stylebatch.targets import blended_grams
 from stylebatch.vgg import AVG_POOL_GAIN
-from tests.jobkit import REPO, final_target, fit_one, module_for, records, run_with_sigterm_at, tiny_job
+from tests.jobkit import (REPO, final_target, fit_one, module_for, records, run_with_sigterm_at, tiny_job,
+                          write_manifest)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode"),
@@ -73,9 +73,8 @@ def test_blend_weights_one_zero_give_exactly_the_single_styles_grams(vgg, make_i
 
 
 def _job(root: Path, body: dict[str, Any]) -> Any:
-    path = root / "job.yaml"
-    path.write_text(yaml.safe_dump({"output_dir": "out", "defaults": {"size": 32, **SHALLOW}, **body}))
-    return load_job(path, weights="random")
+    manifest = write_manifest(root / "job.yaml", {"output_dir": "out", "defaults": {"size": 32, **SHALLOW}, **body})
+    return load_job(manifest, weights="random")
 
 
 def test_blend_in_pairs_and_grid_names_ids_and_problems(tmp_path: Path, make_image) -> None:
@@ -88,7 +87,7 @@ def test_blend_in_pairs_and_grid_names_ids_and_problems(tmp_path: Path, make_ima
     job = blend([0.7, 0.3])
     assert not job.all_problems, job.all_problems
     pair = job.pairs[0]
-    assert pair.name == "c__s1-0.7+s2-0.3" and [p.name for p in pair.style_files] == ["s1.png", "s2.png"]
+    assert pair.name == "c__s1-0.7+s2-0.3" and [p.name for p in pair.styles] == ["s1.png", "s2.png"]
     assert blend([7, 3]).pairs[0].id == pair.id  # the same weights, normalised
     assert blend([0.6, 0.4]).pairs[0].id != pair.id  # the weights are in the id
     shutil.copy(tmp_path / "s3.png", tmp_path / "s2b.png")

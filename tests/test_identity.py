@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-import yaml
 
 from stylebatch.cli import main
 from stylebatch.vgg import RANDOM_WEIGHTS_SEED
-from tests.jobkit import records, tiny_job
+from tests.jobkit import edit_manifest, records, tiny_job
 
 
 def _started(out: Path) -> dict[str, float]:
@@ -21,12 +20,6 @@ def _started(out: Path) -> dict[str, float]:
 
 def _run(manifest: Path, *extra: str) -> int:
     return main(["run", str(manifest), *extra])
-
-
-def _edit(manifest: Path, edit) -> None:
-    data = yaml.safe_load(manifest.read_text())
-    edit(data)
-    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 @pytest.mark.slow
@@ -41,12 +34,12 @@ def test_reruns_follow_identity(tmp_path: Path) -> None:
     assert _started(out) == first
 
     # A bookkeeping key (checkpoint_every) changes no pixels: nothing reruns.
-    _edit(manifest, lambda d: d["defaults"].update(checkpoint_every=2))
+    edit_manifest(manifest, lambda d: d["defaults"].update(checkpoint_every=2))
     assert _run(manifest, "--weights", "random") == 0
     assert _started(out) == first
 
     # One pair's style_weight: only that pair reruns.
-    _edit(manifest, lambda d: d["pairs"][1].update(style_weight=5.0))
+    edit_manifest(manifest, lambda d: d["pairs"][1].update(style_weight=5.0))
     assert _run(manifest, "--weights", "random") == 0
     now = _started(out)
     assert now["a__s1"] == first["a__s1"] and now["b__s2"] != first["b__s2"]

@@ -5,17 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from stylebatch.cli import main
 from stylebatch.config import Config
 from stylebatch.manifest import load_job
-from tests.jobkit import REPO, make_image, records, tiny_job
-
-
-def _write(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+from tests.jobkit import REPO, make_image, records, tiny_job, write_manifest
 
 
 @pytest.fixture
@@ -42,14 +36,14 @@ PRECEDENCE = [
 @pytest.mark.parametrize(("layers", "expected"), PRECEDENCE)
 def test_precedence(layers: dict, expected: int, images: Path) -> None:
     preset = images / "preset.yaml"
-    _write(preset, {"steps": layers["preset"]} if "preset" in layers else {})
+    write_manifest(preset, {"steps": layers["preset"]} if "preset" in layers else {})
     defaults = {"preset": str(preset)}
     if "defaults" in layers:
         defaults["steps"] = layers["defaults"]
     pair = {"content": "images/a.png", "style": "images/s1.png"}
     if "pair" in layers:
         pair["steps"] = layers["pair"]
-    manifest = _write(images / "m.yaml", {"output_dir": "out", "defaults": defaults, "pairs": [pair]})
+    manifest = write_manifest(images / "m.yaml", {"output_dir": "out", "defaults": defaults, "pairs": [pair]})
     sets = {"steps": layers["set"]} if "set" in layers else None
     job = load_job(manifest, sets=sets, weights="random")
     assert not job.all_problems, job.all_problems
@@ -57,8 +51,8 @@ def test_precedence(layers: dict, expected: int, images: Path) -> None:
 
 
 def test_config_flag_beats_defaults_preset(images: Path) -> None:
-    p1, p2 = _write(images / "p1.yaml", {"steps": 11}), _write(images / "p2.yaml", {"steps": 22})
-    manifest = _write(images / "m.yaml", {"output_dir": "out", "defaults": {"preset": str(p1)},
+    p1, p2 = write_manifest(images / "p1.yaml", {"steps": 11}), write_manifest(images / "p2.yaml", {"steps": 22})
+    manifest = write_manifest(images / "m.yaml", {"output_dir": "out", "defaults": {"preset": str(p1)},
                                           "pairs": [{"content": "images/a.png", "style": "images/s1.png"}]})
     assert load_job(manifest, weights="random").pairs[0].config.steps == 11
     assert load_job(manifest, preset=str(p2), weights="random").pairs[0].config.steps == 22
@@ -67,7 +61,7 @@ def test_config_flag_beats_defaults_preset(images: Path) -> None:
 def test_out_is_relative_to_cwd_and_output_dir_to_manifest(images: Path, monkeypatch) -> None:
     sub = images / "sub"
     sub.mkdir()
-    manifest = _write(sub / "m.yaml", {"output_dir": "results", "pairs": [
+    manifest = write_manifest(sub / "m.yaml", {"output_dir": "results", "pairs": [
         {"content": "../images/a.png", "style": "../images/s1.png"}]})
     assert load_job(manifest, weights="random").output_dir == sub / "results"
     monkeypatch.chdir(images)
@@ -75,7 +69,7 @@ def test_out_is_relative_to_cwd_and_output_dir_to_manifest(images: Path, monkeyp
 
 
 def test_grid_expands_with_varied_keys_in_names(images: Path) -> None:
-    manifest = _write(images / "m.yaml", {"output_dir": "out", "grid": {
+    manifest = write_manifest(images / "m.yaml", {"output_dir": "out", "grid": {
         "content": ["images/a.png", "images/b.png"], "style": ["images/s*.png"],
         "style_weight": [10, 1e4], "steps": [7]}})
     job = load_job(manifest, weights="random")
@@ -101,7 +95,7 @@ def test_ratio_sweep_expands_to_four_named_pairs_and_runs(tmp_path: Path) -> Non
 
 
 def test_duplicate_names_refused_naming_both_entries(images: Path) -> None:
-    manifest = _write(images / "m.yaml", {"output_dir": "out", "pairs": [
+    manifest = write_manifest(images / "m.yaml", {"output_dir": "out", "pairs": [
         {"content": "images/a.png", "style": "images/s1.png"},
         {"content": "images/a.png", "style": "images/s1.png", "steps": 5}]})
     job = load_job(manifest, weights="random")
@@ -109,7 +103,7 @@ def test_duplicate_names_refused_naming_both_entries(images: Path) -> None:
 
 
 def test_validate_lists_every_problem_and_exits_2(images: Path, capsys) -> None:
-    manifest = _write(images / "m.yaml", {"output_dir": "out", "defaults": {"stpes": 3}, "pairs": [
+    manifest = write_manifest(images / "m.yaml", {"output_dir": "out", "defaults": {"stpes": 3}, "pairs": [
         {"content": "images/missing.png", "style": "images/s1.png"},
         {"content": "images/a.png", "style": "images/s1.png", "optimizer": "sgd"},
         {"content": "images/b.png", "style": "images/s2.png", "size": 0}]})

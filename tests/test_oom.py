@@ -115,7 +115,7 @@ def test_next_rung_order() -> None:
     from stylebatch.manifest import Pair
 
     def pair(**kw) -> Pair:
-        return Pair("p", Path("c.png"), Path("s.png"), Config(size=256, **kw), "pairs[0]",
+        return Pair("p", Path("c.png"), [Path("s.png")], Config(size=256, **kw), "pairs[0]",
                     out_size=(256, 192), content_size=(256, 192))
 
     cpu = torch.device("cpu")

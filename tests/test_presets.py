@@ -9,13 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from stylebatch.cli import main
 from stylebatch.config import PRESET_DIR
 from stylebatch.score import Scorer, load_output, load_pair
 from stylebatch.vgg import load_vgg
-from tests.jobkit import REPO
+from tests.jobkit import REPO, write_manifest
 
 IMAGES = REPO / "manifests" / "images"
 HED = REPO.parent / "shared" / "weights" / "vgg19_hed_features.pth"
@@ -24,9 +23,8 @@ SIZE, STEPS = 48, 60
 
 
 def _paint(tmp_path: Path, preset: str, weights: str) -> Path:
-    manifest = tmp_path / "job.yaml"
-    manifest.write_text(yaml.safe_dump({"output_dir": "out", "pairs": [
-        {"content": str(IMAGES / "chelsea.jpg"), "style": str(IMAGES / "starry_night.jpg")}]}))
+    manifest = write_manifest(tmp_path / "job.yaml", {"output_dir": "out", "pairs": [
+        {"content": str(IMAGES / "chelsea.jpg"), "style": str(IMAGES / "starry_night.jpg")}]})
     argv = ["run", str(manifest), "--weights", weights, "--set", f"size={SIZE}", "--set", f"steps={STEPS}",
             "--set", "report_every=0"]
     assert main(argv + ([] if preset == "default" else ["--config", preset])) == 0

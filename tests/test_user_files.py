@@ -135,12 +135,12 @@ def test_root_and_system_directories_are_refused_as_output_dir(where: str, tmp_p
 @pytest.fixture
 def fake_system_tree(tmp_path: Path, monkeypatch) -> Path:
     """A directory under tmp_path that counts as a system tree, for the commands that would write."""
-    from stylebatch import manifest
+    from stylebatch import pair_checks
 
     system = tmp_path / "sys-tree"
     (system / "conf").mkdir(parents=True)
     (system / "conf" / ".settings.tmp.1").write_bytes(b"the system's")
-    monkeypatch.setattr(manifest, "SYSTEM_TREES", (*manifest.SYSTEM_TREES, str(system)))
+    monkeypatch.setattr(pair_checks, "SYSTEM_TREES", (*pair_checks.SYSTEM_TREES, str(system)))
     return system
 
 
