@@ -193,7 +193,7 @@ def _device(accelerator: str) -> str:
 
 def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Every pair of the job, pending ones included, one record read at a time (status_view.py)."""
-    from stylebatch.state import pair_rows
+    from stylebatch.pair_rows import pair_rows
     from stylebatch.status_view import Summary, json_chunks
 
     rows = pair_rows(Path(args.output_dir))

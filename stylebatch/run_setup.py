@@ -11,7 +11,8 @@ from typing import Any
 
 from stylebatch.errors import StopNow
 from stylebatch.manifest import Job, Pair
-from stylebatch.state import JobState, output_intact, redo_note, stale_output_note
+from stylebatch.redo_notes import redo_note, stale_output_note
+from stylebatch.state import JobState, output_intact
 
 log = logging.getLogger("stylebatch")
 

@@ -11,7 +11,8 @@ Layout under the output directory:
     <output_dir>/.stylebatch/pairs/<name>/losses.csv   loss curve, kept in step with last.ckpt (curves.py)
     <output_dir>/.stylebatch/report/                   `stylebatch report`: pages, contact sheets, thumbnails
 
-Only the worker that owns a pair writes its record, always atomically.
+Only the worker that owns a pair writes its record, always atomically. The rows `status` shows are
+made from these records in pair_rows.py, the notes on a pair made again in redo_notes.py.
 
 Nothing here is reached through a symbolic link: every directory below the output directory is
 created or checked component by component, files are opened with O_NOFOLLOW, and the lock holder
@@ -34,8 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from stylebatch.atomic import atomic_write, link_message, open_nofollow, pid_alive, remove_stale_temps
-from stylebatch.errors import LockedError, StylebatchError, UnsafePathError
-from stylebatch.jobfile import read_job_file
+from stylebatch.errors import LockedError, UnsafePathError
 
 STATE_DIR = ".stylebatch"
 STATUSES = ("pending", "running", "done", "failed", "interrupted", "invalid")
@@ -217,65 +217,6 @@ def output_intact(state: JobState, name: str, record: dict[str, Any], path: Path
     return True
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 1e7 else f"{value:g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def _as_json(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-def redo_note(pair: Any, record: dict[str, Any], output: Path, weights: str) -> str | None:
-    """What changed since a pair was made, for a pair whose id no longer matches its record:
-    "redoing X: style_weight 1.5 → 3 (the previous output is replaced)", from the settings the
-    previous output carries; for a pair stopped part way, that its checkpoint is dropped."""
-    from stylebatch.provenance import read_metadata  # only for a changed pair (it reads the output's text chunk)
-
-    try:
-        meta = read_metadata(output) if record.get("status") == "done" else None
-    except StylebatchError:
-        meta = None
-    if meta is None or meta.get("id") != record.get("id"):
-        done = int(record.get("steps_done") or 0)
-        if not done:
-            return None
-        return (f"restarting {pair.name}: its inputs, weights or settings changed "
-                f"(its checkpoint at {done} evaluations is dropped)")
-    changes = []
-    old_cfg = meta.get("config") or {}
-    for key, value in pair.config.identity().items():
-        if key in old_cfg and old_cfg[key] != _as_json(value):
-            changes.append(f"{key} {_fmt(old_cfg[key])} → {_fmt(value)}")
-    old_styles = meta.get("styles") or [meta.get("style")]
-    old_hashes = meta.get("styles_sha256") or [meta.get("style_sha256")]
-    inputs = [("content", [meta.get("content")], [meta.get("content_sha256")], [pair.content]),
-              ("style", old_styles, old_hashes, list(pair.styles))]
-    for role, old_paths, old_shas, paths in inputs:
-        now = [str(Path(p).resolve()) for p in paths]
-        if now != old_paths:
-            changes.append(f"{role} {'+'.join(Path(str(p)).name for p in old_paths)} → {'+'.join(Path(p).name for p in now)}")
-        elif [sha256_file(Path(p)) for p in now] != old_shas:
-            changes.append(f"{role} {'+'.join(Path(p).name for p in now)} changed")
-    source = weights if weights in ("imagenet", "random") else str(Path(weights).resolve())
-    if meta.get("weights_source") != source:
-        changes.append(f"weights {meta.get('weights_source')} → {source}")
-    return f"redoing {pair.name}: {', '.join(changes) or 'the weights file changed'} (the previous output is replaced)"
-
-
-def stale_output_note(name: str, record: dict[str, Any], encoding: dict[str, Any], output: Path) -> str:
-    """Why a done pair is made again although its id matches."""
-    old = record.get("encoding", {"format": "png"})
-    if old != encoding:
-        return f"redoing {name}: output {_fmt(old)} → {_fmt(encoding)} (the previous output is replaced)"
-    if not os.path.lexists(output):
-        return f"redoing {name}: its output {output.name} is missing"
-    return f"redoing {name}: its output {output.name} changed since it was written (it is replaced)"
-
-
 def _try_flock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -316,40 +257,3 @@ def effective_status(record: dict[str, Any], now: float | None = None) -> str:
         return status if pid_alive(int(record.get("pid", -1))) else "interrupted"
     heartbeat = float(record.get("heartbeat", 0))
     return status if (now or time.time()) - heartbeat < STALE_HEARTBEAT_S else "interrupted"
-
-
-def _row(name: str, entry: str, record: dict[str, Any] | None, steps: Any) -> dict[str, Any]:
-    r = record or {}
-    return {
-        "name": name, "entry": entry, "status": effective_status(r) if record else "pending",
-        "steps_done": r.get("steps_done", 0), "steps": r.get("steps", steps), "attempts": r.get("attempts", 0),
-        "rank": r.get("rank"), "host": r.get("host"), "error": r.get("error"), "seconds": r.get("seconds"),
-        "output": r.get("output"), "losses": r.get("losses"),
-    }
-
-
-def pair_rows(output_dir: Path) -> Iterator[dict[str, Any]]:
-    """One status row per pair of the job, in manifest order, pending ones included (from job.json),
-    reading one record at a time; a directory without job.json (a run stopped before writing it)
-    lists its records. Invalid entries (run --skip-invalid) show as `invalid` with their reasons."""
-    state = JobState(output_dir)
-    if not state.root.is_dir():
-        raise StylebatchError(f"{output_dir}: not a stylebatch output directory (no {STATE_DIR}/)")
-    job = read_job_file(state.root)
-    if job is None:
-        for name in state.names():
-            record = state.read(name)
-            if record:
-                yield _row(name, str(record.get("entry") or ""), record, None)
-        return
-    invalid = {}
-    for name in state.names():
-        if name.startswith(INVALID_PREFIX):
-            record = state.read(name) or {}
-            invalid[record.get("entry")] = record
-    for e in job.entries:
-        if not e.has_config or e.entry in invalid:
-            bad = invalid.get(e.entry, {})
-            yield {**_row(e.name, e.entry, bad, None), "status": "invalid", "steps_done": 0, "steps": None}
-            continue
-        yield _row(e.name, e.entry, state.read(e.name), job.value(e, "steps"))

@@ -1,4 +1,4 @@
-"""What `stylebatch status` shows, made from the pair rows (state.pair_rows) one at a time; the CLI
+"""What `stylebatch status` shows, made from the pair rows (pair_rows.py) one at a time; the CLI
 prints it. Nothing here holds more than one pair's row except the short lists of pairs that need a
 look and, for `--all`, one line of text per pair.
 

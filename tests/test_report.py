@@ -18,6 +18,7 @@ from PIL import Image
 
 from stylebatch import matrix
 from stylebatch.cli import main
+from stylebatch.config import Config
 from stylebatch.provenance import read_metadata
 from stylebatch.report import write_report
 from stylebatch.sheet import CELL_MAX, SHEET_MAX, SHEET_PIXELS, sheet_geometry
@@ -166,7 +167,8 @@ def test_columns_and_rows_can_be_named(grid: Path) -> None:
     # A key that does not vary makes one column; a misspelt one is one clear line.
     assert main(["report", str(grid), "--columns", "style_weight", "--rows", "style"]) == 0
     page = _parse(report_dir / "report.html")
-    assert page.col_heads == ["style \\ style_weight", "style_weight = 0.1"] * 3  # one section per content
+    one = f"style_weight = {matrix.fmt(Config().style_weight)}"  # the default: the job does not set it
+    assert page.col_heads == ["style \\ style_weight", one] * 3  # one section per content
     assert len(page.rows) == 12 and "content: a.png" in " ".join(page.text)
     assert main(["report", str(grid), "--columns", "stlye"]) == 2
 

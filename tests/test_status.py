@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stylebatch import state as state_mod
+from stylebatch import pair_rows as pair_rows_mod
 from stylebatch.cli import main
 from stylebatch.jobfile import read_job_file
 from stylebatch.state import JobState
@@ -60,7 +60,7 @@ def test_json_is_one_document_written_pair_by_pair(interrupted: Path, monkeypatc
     built in memory."""
     sink = io.StringIO()
     monkeypatch.setattr("sys.stdout", sink)
-    original = state_mod.pair_rows
+    original = pair_rows_mod.pair_rows
     written_before: list[int] = []
 
     def watched(output_dir):
@@ -68,7 +68,7 @@ def test_json_is_one_document_written_pair_by_pair(interrupted: Path, monkeypatc
             written_before.append(len(sink.getvalue()))
             yield row
 
-    monkeypatch.setattr(state_mod, "pair_rows", watched)
+    monkeypatch.setattr(pair_rows_mod, "pair_rows", watched)
     assert main(["status", str(interrupted), "--json"]) == 0
     # Each row is read only after the one before it was written: the output grew between reads.
     assert len(written_before) == 4 and all(b > a for a, b in zip(written_before, written_before[1:]))
