@@ -152,7 +152,7 @@ def batch_note(path: str | Path) -> str | None:
     if not isinstance(batch, list) or len(batch) < 2:
         return None
     return (f"{path} was made in a batch of {len(batch)} ({', '.join(map(str, batch))}); it is rerun alone, so "
-            "the result matches it within the batching tolerance (see batch_size), not bit for bit")
+            "the result is of the same quality but not the same pixels (see batch_size)")
 
 
 def input_files(meta: dict[str, Any]) -> list[tuple[str, str, str | None]]:
