@@ -103,12 +103,13 @@ def test_a_second_ctrl_c_exits_3_as_it_says(tmp_path: Path, capsys) -> None:
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, trainer, module, *rest)
 
+    before = signal.getsignal(signal.SIGINT)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(engine._BudgetCallback, "on_train_batch_end", ctrl_c_twice)
         code = main(["run", str(manifest), "--weights", "random"])
     assert fired and code == 3
     assert "stopped at once (second Ctrl-C); exit 3" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # nothing left ignoring Ctrl-C
+    assert signal.getsignal(signal.SIGINT) is before  # the run put Ctrl-C's handler back as it found it
     assert records(tmp_path / "out")["a__s1"]["steps_done"] == 4  # resumes from its last checkpoint
     assert main(["run", str(manifest), "--weights", "random"]) == 0
 

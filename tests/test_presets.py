@@ -50,6 +50,6 @@ def test_every_preset_paints_on_random_weights(tmp_path: Path, preset: str) -> N
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HED.is_file(), reason="the shared trained network is not beside this checkout")
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "legacy"])  # legacy keeps the photo's colours
 def test_every_preset_paints_on_a_trained_network(tmp_path: Path, preset: str) -> None:
     _check(tmp_path, preset, str(HED))
