@@ -165,7 +165,7 @@ class Config:
         "Optimise up to N Adam pairs together in one VGG pass when they share the pass (output size at every "
         "scale, layers, pooling, lr, steps, scales, precision, ema_decay); their loss weights, inputs and "
         "colour controls may differ (a style_weight sweep is one batch). L-BFGS pairs always run alone. "
-        "A member's picture is of the same quality as its separate run (neutral scores within ~10 %), not the "
+        "A member's picture is of the same quality as its separate run (neutral scores within ~15 %), not the "
         "same pixels: batched convolutions round differently and Adam grows that into other brush strokes "
         "(README, Batching). 1 turns batching off; `auto`: as many as fit `memory_fraction` of free memory (at most 32; replaces `batch_pixels`).",
         identity=False, ge=1,
