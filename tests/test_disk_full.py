@@ -14,6 +14,7 @@ import errno
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,36 +32,86 @@ PAIRS = [
 LEFT_FREE = 8 << 10  # bytes left when the disk fills: less than any checkpoint or output here
 
 
+class _RunsOut:
+    """A temp file on a disk with LEFT_FREE bytes left: the write that would pass them goes to
+    /dev/full (dup2 onto the file's descriptor), where the kernel fails it with ENOSPC."""
+
+    def __init__(self, fh: Any):
+        self.fh, self.written = fh, 0
+
+    def write(self, data: Any) -> int:
+        before, self.written = self.written, self.written + memoryview(data).nbytes
+        if before <= LEFT_FREE < self.written:  # this write passes what is left
+            self.fh.flush()  # what fitted is on the disk; from here on the kernel refuses
+            full = os.open("/dev/full", os.O_WRONLY)
+            os.dup2(full, self.fh.fileno())
+            os.close(full)
+        return self.fh.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fh, name)
+
+    def __enter__(self) -> "_RunsOut":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.fh.close()
+
+
+class SmallDisk:
+    """A disk that runs out of space on demand, for real. Where mounting is allowed (root), a 4 MiB
+    tmpfs that `fill` fills up with ballast, leaving LEFT_FREE bytes; elsewhere a plain directory
+    whose temp files, once full, take LEFT_FREE bytes each and then meet the kernel's ENOSPC from
+    /dev/full (`_RunsOut`): the same product path, a real ENOSPC part-way through a write."""
+
+    def __init__(self, root: Path, mounted: bool):
+        self.root, self.mounted, self.full = root, mounted, False
+
+    def fill_when_opening(self, monkeypatch, prefix: str | None) -> list[Path]:
+        """When stylebatch opens a temp file whose name starts with `prefix`, fill the disk first
+        (tmpfs: leaving LEFT_FREE bytes); `prefix` None: full at once. Returns the temps it fired for."""
+        real_open_temp, fired = atomic._open_temp, []
+
+        def open_temp(tmp: Path):
+            if prefix is not None and tmp.name.startswith(prefix) and not fired:
+                fired.append(tmp)
+                self._fill()
+            if self.full and not self.mounted and self.root in tmp.parents:
+                return _RunsOut(real_open_temp(tmp))
+            return real_open_temp(tmp)
+
+        monkeypatch.setattr(atomic, "_open_temp", open_temp)
+        if prefix is None:
+            self._fill()
+        return fired
+
+    def _fill(self) -> None:
+        self.full = True
+        if self.mounted:
+            st = os.statvfs(self.root)
+            free = st.f_bavail * st.f_frsize
+            with open(self.root / "ballast", "wb") as fh:
+                fh.write(b"\0" * max(0, free - LEFT_FREE))
+
+    def free(self) -> None:
+        self.full = False
+        (self.root / "ballast").unlink(missing_ok=True)
+
+    def files(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.root) if n != "ballast")
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path):
-    """A 4 MiB tmpfs (needs root and mount rights; skipped elsewhere)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                             capture_output=True).returncode == 0
     try:
-        yield mount
+        yield SmallDisk(mount, mounted)
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill_when_opening(monkeypatch, disk: Path, prefix: str) -> list[Path]:
-    """When stylebatch opens a temp file whose name starts with `prefix`, fill `disk` up first,
-    leaving LEFT_FREE bytes. Returns the temps it fired for."""
-    real_open_temp, fired = atomic._open_temp, []
-
-    def open_temp(tmp: Path):
-        if tmp.name.startswith(prefix) and not fired:
-            fired.append(tmp)
-            st = os.statvfs(disk)
-            free = st.f_bavail * st.f_frsize
-            with open(disk / "ballast", "wb") as fh:
-                fh.write(b"\0" * max(0, free - LEFT_FREE))
-        return real_open_temp(tmp)
-
-    monkeypatch.setattr(atomic, "_open_temp", open_temp)
-    return fired
+        if mounted:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def one_disk_full_line(code: int, out: str, err: str, file: str) -> None:
@@ -73,14 +124,14 @@ def one_disk_full_line(code: int, out: str, err: str, file: str) -> None:
 
 
 @pytest.mark.parametrize("what", ["checkpoint", "output"])
-def test_a_really_full_disk_stops_the_job_and_uses_no_attempt(what: str, small_disk: Path, tmp_path: Path,
+def test_a_really_full_disk_stops_the_job_and_uses_no_attempt(what: str, small_disk: SmallDisk, tmp_path: Path,
                                                              capsys, monkeypatch) -> None:
     manifest = tiny_job(tmp_path, pairs=[dict(p) for p in PAIRS],
                         defaults={"size": 64, "steps": 4, "checkpoint_every": 2, "keep_checkpoints": False})
-    out = small_disk / "out"
+    out = small_disk.root / "out"
     before = snapshot(tmp_path / "images")
     prefix = ".last.ckpt" if what == "checkpoint" else ".a__s1.png"
-    fired = fill_when_opening(monkeypatch, small_disk, prefix + atomic.TMP_MARK)
+    fired = small_disk.fill_when_opening(monkeypatch, prefix + atomic.TMP_MARK)
     code = main(["run", str(manifest), *ARGS, "--out", str(out)])
     captured = capsys.readouterr()
     monkeypatch.undo()
@@ -93,22 +144,25 @@ def test_a_really_full_disk_stops_the_job_and_uses_no_attempt(what: str, small_d
     assert temp_files(out) == [] and not (out / "a__s1.png").exists()
     assert snapshot(tmp_path / "images") == before
 
-    (small_disk / "ballast").unlink()  # space freed: the same command finishes the job
+    small_disk.free()  # space freed: the same command finishes the job
     assert main(["run", str(manifest), *ARGS, "--out", str(out)]) == 0
     recs = records(out)
     assert all(r["status"] == "done" and r["attempts"] == 1 for r in recs.values()), recs
 
 
-def test_torch_saves_report_of_a_full_disk_is_translated_where_every_writer_meets_it(small_disk: Path) -> None:
+def test_torch_saves_report_of_a_full_disk_is_translated_where_every_writer_meets_it(small_disk: SmallDisk,
+                                                                                     monkeypatch) -> None:
     """atomic_write itself turns torch.save's RuntimeError into OSError(ENOSPC) naming the file."""
     import torch
 
-    target = small_disk / "big.ckpt"
+    if not small_disk.mounted:
+        small_disk.fill_when_opening(monkeypatch, None)
+    target = small_disk.root / "big.ckpt"
     with pytest.raises(OSError) as info:
         atomic.atomic_write(target, lambda fh: torch.save({"t": torch.zeros(2_000_000)}, fh))  # 8 MB > 4 MiB
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
     assert isinstance(info.value.__cause__, RuntimeError) and "inline_container" in str(info.value.__cause__)
-    assert os.listdir(small_disk) == []  # the temp is gone, nothing else written
+    assert small_disk.files() == []  # the temp is gone, nothing else written
 
 
 @pytest.mark.slow
