@@ -34,13 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from stylebatch import cli  # noqa: E402
+from stylebatch.images import fit_size, resize  # noqa: E402
 from stylebatch.score import LAYERS, SCORE_SIZE, Scorer, load_output, load_pair  # noqa: E402
+from stylebatch.sheet import label_font  # noqa: E402
 from stylebatch.vgg import check_weights_path, load_vgg  # noqa: E402
 
 IMAGES = REPO / "manifests" / "images"
@@ -207,17 +209,10 @@ def sweep_summary(rows: list[Row], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType sizes
-        return ImageFont.load_default()
-
-
 def sheet(rows: list[Row], weights: str, pairs: list[tuple[str, str]], path: Path) -> None:
     """Rows = pairs; columns = content | style | each setting's output, captioned with its scores."""
     labels = list(dict.fromkeys(r.setting for r in rows if r.image is not None))
-    caption, font = 30, _font(12)
+    caption, font = 30, label_font(12)
     img = Image.new("RGB", ((2 + len(labels)) * CELL, len(pairs) * (CELL + caption)), "white")
     draw = ImageDraw.Draw(img)
     for i, (content, style) in enumerate(pairs):
@@ -229,8 +224,7 @@ def sheet(rows: list[Row], weights: str, pairs: list[tuple[str, str]], path: Pat
         y = i * (CELL + caption)
         for j, (file, text, r) in enumerate(cells):
             pic = Image.open(file).convert("RGB")
-            scale = CELL / max(pic.size)  # up or down: a 128 px output fills its cell too
-            pic = pic.resize((max(1, round(pic.width * scale)), max(1, round(pic.height * scale))), Image.Resampling.LANCZOS)
+            pic = resize(pic, fit_size(*pic.size, CELL))  # up or down: a 128 px output fills its cell too
             img.paste(pic, (j * CELL + (CELL - pic.width) // 2, y + (CELL - pic.height) // 2))
             draw.text((j * CELL + 4, y + CELL + 1), text[:40], fill="black", font=font)
             draw.text((j * CELL + 4, y + CELL + 15), f"content {r.content:.3g}  style {r.style:.3g}", fill="black", font=font)

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from stylebatch.images import load_image, to_tensor
+from stylebatch.images import fit_size, load_image, resize, to_tensor
 
 SCORE_SIZE = 256
 CONTENT_LAYER = "relu4_2"
@@ -58,10 +58,7 @@ def mse(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def fit(img: Image.Image, size: int) -> Image.Image:
     """Lanczos-resize so the longer side is `size` (up or down), aspect kept."""
-    w, h = img.size
-    scale = size / max(w, h)
-    wh = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return img if wh == img.size else img.resize(wh, Image.Resampling.LANCZOS)
+    return resize(img, fit_size(*img.size, size))
 
 
 class Scorer:

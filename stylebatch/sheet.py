@@ -88,7 +88,7 @@ def sheet_geometry(rows: int, columns: int, limit: int = SHEET_MAX, area: int = 
     return best
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def label_font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: the fixed bitmap font
@@ -133,7 +133,7 @@ def render_sheet(page: Page, layout: Layout, thumbs: Thumbs) -> tuple[bytes, She
     lines, geo = _wrapped_lines(page)
     sheet = Image.new("RGB", (max(1, geo.width), max(1, geo.height)), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
-    font = _font(max(8, CAPTION - 5))
+    font = label_font(max(8, CAPTION - 5))
     t, cap = geo.cell, geo.caption
 
     def box(x: int, y: int, src: Path | None, caption: str, status: str = "done", text: str = "") -> None:

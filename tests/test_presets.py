@@ -12,7 +12,7 @@ import pytest
 
 from stylebatch.cli import main
 from stylebatch.config import PRESET_DIR
-from stylebatch.score import Scorer, load_output, load_pair
+from stylebatch.score import LAYERS, Scorer, load_output, load_pair
 from stylebatch.vgg import load_vgg
 from tests.jobkit import REPO, write_manifest
 
@@ -32,8 +32,6 @@ def _paint(tmp_path: Path, preset: str, weights: str) -> Path:
 
 
 def _check(tmp_path: Path, preset: str, weights: str) -> None:
-    from stylebatch.score import LAYERS
-
     output = _paint(tmp_path, preset, weights)
     scorer = Scorer(load_vgg(weights, LAYERS), *load_pair(IMAGES / "chelsea.jpg", IMAGES / "starry_night.jpg", SIZE))
     refs, score = scorer.references(), scorer(load_output(output))
