@@ -29,10 +29,10 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stylebatch.config import Config  # noqa: E402
-from stylebatch.engine import module_for  # noqa: E402
-from stylebatch.module import StyleTransferModule  # noqa: E402
-from stylebatch.vgg import LAYER_INDEX, LAYER_NAMES, _VGG19_CFG, load_vgg  # noqa: E402
+from stylebatch.job.config import Config  # noqa: E402
+from stylebatch.fit.engine import module_for  # noqa: E402
+from stylebatch.fit.module import StyleTransferModule  # noqa: E402
+from stylebatch.fit.vgg import LAYER_INDEX, LAYER_NAMES, _VGG19_CFG, load_vgg  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -212,7 +212,7 @@ def pairs_per_hour(device: str, pairs: int, size: int, steps: int, batch_size: i
     """End to end through the CLI on a small manifest: load, optimise, checkpoint, save."""
     from PIL import Image
 
-    from stylebatch.cli import main
+    from stylebatch.cli.main import main
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -235,7 +235,7 @@ JOBS = {
 def job_pairs_per_hour(job: str, size: int, steps: int | None, batch_size: int, accel: str = "cpu") -> tuple[float, int]:
     """(pairs/hour, pairs) of a bundled manifest end to end through the CLI (load, optimise,
     checkpoints, save), at `size`, with `batch_size` (1: unbatched)."""
-    from stylebatch.cli import main
+    from stylebatch.cli.main import main
 
     manifest, preset, _ = JOBS[job]
     with tempfile.TemporaryDirectory() as tmp:
@@ -267,7 +267,7 @@ def _write_manifest(root: Path, pairs: int, size: int, steps: int, batch_size: i
 def per_pair_overhead(pairs: int = 20, size: int = 32, steps: int = 10) -> tuple[float, float]:
     """(seconds per pair end to end, seconds per pair outside the optimisation steps) on tiny pairs:
     validation, image loading, Trainer construction, targets, checkpoints, saving, state records."""
-    from stylebatch.cli import main as cli_main
+    from stylebatch.cli.main import main as cli_main
 
     # One thread for both measurements: tiny convolutions gain nothing from a second one, and on a
     # busy machine OpenMP's spinning workers make them erratic (both sides must match anyway).

@@ -30,9 +30,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stylebatch.jobfile import write_job_file  # noqa: E402
-from stylebatch.manifest import load_job  # noqa: E402
-from stylebatch.state import HOST, output_stamp, sha256_file  # noqa: E402
+from stylebatch.job.jobfile import write_job_file  # noqa: E402
+from stylebatch.job.manifest import load_job  # noqa: E402
+from stylebatch.jobdir.state import HOST, output_stamp, sha256_file  # noqa: E402
 
 DEFAULTS = {"size": 32, "steps": 20, "optimizer": "adam", "lr": 0.05, "log_every": 1, "checkpoint_every": 10,
             "batch_size": 1}

@@ -11,11 +11,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stylebatch.config import Config  # noqa: E402
-from stylebatch.engine import build_module, module_for  # noqa: E402
-from stylebatch.inputs import start_image  # noqa: E402
-from stylebatch.module import StyleTransferModule  # noqa: E402
-from stylebatch.vgg import load_vgg  # noqa: E402
+from stylebatch.job.config import Config  # noqa: E402
+from stylebatch.fit.engine import build_module, module_for  # noqa: E402
+from stylebatch.fit.inputs import start_image  # noqa: E402
+from stylebatch.fit.module import StyleTransferModule  # noqa: E402
+from stylebatch.fit.vgg import load_vgg  # noqa: E402
 
 
 def adam(module: StyleTransferModule, steps: int, bf16: bool) -> tuple[torch.Tensor, float]:

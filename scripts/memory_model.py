@@ -1,4 +1,4 @@
-"""The memory and time model (stylebatch/estimate.py) against measurements: each case is one pair run
+"""The memory and time model (stylebatch/memory/estimate.py) against measurements: each case is one pair run
 end to end through `stylebatch run` in a fresh process (random weights), its peak resident set read
 with os.wait4 (ru_maxrss: that child's own high-water mark) and its wall time measured.
 
@@ -32,9 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stylebatch.calibration import Device  # noqa: E402
-from stylebatch.config import Config  # noqa: E402
-from stylebatch.estimate import estimate, own_bytes, work  # noqa: E402
+from stylebatch.memory.calibration import Device  # noqa: E402
+from stylebatch.job.config import Config  # noqa: E402
+from stylebatch.memory.estimate import estimate, own_bytes, work  # noqa: E402
 
 IMAGES = REPO / "manifests" / "images"
 CONTENT, STYLE = IMAGES / "chelsea.jpg", IMAGES / "great_wave.jpg"
@@ -77,7 +77,7 @@ def run_case(overrides: dict, batch: int, device: str, root: Path, weights: str 
     args = ["run", str(manifest), "--weights", weights, "--accelerator", "gpu" if device == "cuda" else "cpu"]
     t = time.perf_counter()
     if device == "cuda":
-        from stylebatch.cli import main as cli_main
+        from stylebatch.cli.main import main as cli_main
 
         os.environ["XDG_CACHE_HOME"] = str(root / "cache")
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -139,7 +139,7 @@ def gpu_largest(device: Device, wh: tuple) -> None:
     """The largest untiled size the calibrated model fits in memory_fraction of free memory, run for real."""
     import torch
 
-    from stylebatch.autosize import largest_size
+    from stylebatch.memory.autosize import largest_size
 
     torch.cuda.empty_cache()  # the earlier runs' cached blocks are free memory for the next
     free = Device.current("cuda:0").free
@@ -161,7 +161,7 @@ def gpu_ladder_check(wh: tuple) -> None:
     finishes the pair tiled."""
     import torch
 
-    from stylebatch.module import StyleTransferModule
+    from stylebatch.fit.module import StyleTransferModule
 
     original = StyleTransferModule.training_step
 

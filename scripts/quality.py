@@ -1,5 +1,5 @@
 """How good are the pictures? Run presets (and a sweep) through the product's own `stylebatch run`,
-score every output with the neutral scorer (stylebatch/score.py), print one table and draw one sheet
+score every output with the neutral scorer (stylebatch/fit/score.py), print one table and draw one sheet
 per network.
 
     python scripts/quality.py                                   # default fast modern, 9 pairs, 256 px, 100 evaluations
@@ -39,11 +39,11 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stylebatch import cli  # noqa: E402
+from stylebatch.cli import main as cli  # noqa: E402
 from stylebatch.images import fit_size, resize  # noqa: E402
-from stylebatch.score import LAYERS, SCORE_SIZE, Scorer, load_output, load_pair  # noqa: E402
-from stylebatch.sheet import label_font  # noqa: E402
-from stylebatch.vgg import check_weights_path, load_vgg  # noqa: E402
+from stylebatch.fit.score import LAYERS, SCORE_SIZE, Scorer, load_output, load_pair  # noqa: E402
+from stylebatch.report.sheet import label_font  # noqa: E402
+from stylebatch.fit.vgg import check_weights_path, load_vgg  # noqa: E402
 
 IMAGES = REPO / "manifests" / "images"
 SHARED_WEIGHTS = REPO.parent / "shared" / "weights" / "vgg19_hed_features.pth"

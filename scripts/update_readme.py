@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from stylebatch.config import FIELDS, HINTS, type_name
+from stylebatch.job.config import FIELDS, HINTS, type_name
 from stylebatch.errors import EXIT_CODES
 
 README = Path(__file__).resolve().parent.parent / "README.md"

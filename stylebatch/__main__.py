@@ -1,3 +1,3 @@
-from stylebatch.cli import entry_point
+from stylebatch.cli.main import entry_point
 
 entry_point()

@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 import torch
 
-from stylebatch.vgg import VGGFeatures, load_vgg
+from stylebatch.fit.vgg import VGGFeatures, load_vgg
 
 # One intra-op thread for the whole session, here and (through the inherited OMP_NUM_THREADS) in the
 # CLI subprocesses tests start. Tests use tiny tensors, where a second thread gains nothing, and with

@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from stylebatch.engine import module_for  # noqa: F401 (re-exported for tests: the module for tensors)
+from stylebatch.fit.engine import module_for  # noqa: F401 (re-exported for tests: the module for tensors)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,8 +109,8 @@ def run_with_sigterm_at(manifest: Path, evaluation: int, *args: str) -> tuple[in
 
     import pytest
 
-    from stylebatch import engine
-    from stylebatch.cli import main
+    from stylebatch.fit import engine
+    from stylebatch.cli.main import main
 
     original = engine._BudgetCallback.on_train_batch_end
     fired: list[bool] = []
@@ -130,7 +130,7 @@ def run_with_sigterm_at(manifest: Path, evaluation: int, *args: str) -> tuple[in
 def fit_one(vgg, content: Path, style: Any, cfg: Any, ckpt_path: Path, output: Path, hooks: Any = None,
             metadata: dict | None = None):
     """One pair through the product's one fit path (`engine.stylize`, a batch of one)."""
-    from stylebatch.engine import Member, PairHooks, stylize
+    from stylebatch.fit.engine import Member, PairHooks, stylize
 
     member = Member(content, style, cfg, ckpt_path, output, metadata or {}, hooks or PairHooks())
     return stylize([member], vgg, torch.device("cpu"))[0]

@@ -10,7 +10,7 @@ import pytest
 
 from stylebatch.atomic import atomic_write, remove_stale_temps
 from stylebatch.errors import LockedError
-from stylebatch.state import JobState
+from stylebatch.jobdir.state import JobState
 
 
 def test_failing_replace_keeps_previous_file(tmp_path: Path, monkeypatch) -> None:

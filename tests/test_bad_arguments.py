@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylebatch.cli import main
-from stylebatch.module import StyleTransferModule
+from stylebatch.cli.main import main
+from stylebatch.fit.module import StyleTransferModule
 from tests.jobkit import records, tiny_job, write_manifest
 from tests.test_bad_inputs import png_bytes
 from tests.test_user_files import snapshot

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from stylebatch.cli import main
+from stylebatch.cli.main import main
 from stylebatch.errors import ImageError
 from stylebatch.images import load_image
-from stylebatch.manifest import load_job
+from stylebatch.job.manifest import load_job
 from tests.jobkit import make_image, records, run_subprocess, temp_files, write_manifest
 
 GOOD = {"content": "images/a.png", "style": "images/s1.png"}

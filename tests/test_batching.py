@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from stylebatch.checkpoint import join_checkpoints, split_checkpoint
-from stylebatch.cli import main
-from stylebatch.config import Config
-from stylebatch.vgg import load_vgg
+from stylebatch.fit.checkpoint import join_checkpoints, split_checkpoint
+from stylebatch.cli.main import main
+from stylebatch.job.config import Config
+from stylebatch.fit.vgg import load_vgg
 from tests.jobkit import final_target, module_for, records, run_subprocess, run_with_sigterm_at, temp_files, tiny_job
 
 CFG = Config(optimizer="adam", lr=0.05, size=32, steps=8, batch_size=3, style_layers={"conv1_1": 1.0, "conv2_1": 1.0, "conv3_1": 1.0}, content_layer="conv2_2")
@@ -37,8 +37,8 @@ def _adam(module, steps: int) -> torch.Tensor:
 
 def _batch(vgg, cfgs: list[Config]):
     """One module for the members i = 0.. with their own inputs and configs (engine.build_module)."""
-    from stylebatch.engine import build_module
-    from stylebatch.inputs import start_image
+    from stylebatch.fit.engine import build_module
+    from stylebatch.fit.inputs import start_image
 
     parts = []
     for i, cfg in enumerate(cfgs):
@@ -183,7 +183,7 @@ def test_a_failing_member_fails_alone_and_its_batch_finishes(tmp_path: Path, mon
 
 @pytest.mark.slow
 def test_a_batch_out_of_memory_runs_its_pairs_one_by_one(tmp_path: Path, monkeypatch) -> None:
-    from stylebatch.module import StyleTransferModule
+    from stylebatch.fit.module import StyleTransferModule
 
     original = StyleTransferModule.training_step
 
@@ -227,7 +227,7 @@ def test_batching_turned_off_on_resume_continues_each_pair_alone(tmp_path: Path,
     """Interrupted in a batch of 3 at 13 evaluations, resumed with `batch_size: 1` (bookkeeping:
     nothing restarts): each member continues alone from its own checkpoint slice (17 evaluations
     each, the unbatched q3 its 30), and the curve rows logged before the interruption are kept."""
-    from stylebatch.module import StyleTransferModule
+    from stylebatch.fit.module import StyleTransferModule
 
     root = tmp_path / "job"
     manifest = _batched_job(root, 3)

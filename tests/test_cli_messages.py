@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from stylebatch import cli
-from stylebatch.cli import main
+from stylebatch.cli import main as cli  # noqa: E402
+from stylebatch.cli.main import main
 from tests.jobkit import REPO, cli_env, make_image, records, tiny_job, write_manifest
 
 URL_LINE = "URLs are not supported; download the file first"
@@ -90,7 +90,7 @@ def test_every_argument_and_flag_has_help() -> None:
 def test_a_second_ctrl_c_exits_3_as_it_says(tmp_path: Path, capsys) -> None:
     """Two SIGINTs inside a fit: Lightning turns a KeyboardInterrupt into exit 1; the second Ctrl-C
     must stop at once and exit 3 (resumable), saying so."""
-    from stylebatch import engine
+    from stylebatch.fit import engine
 
     manifest = tiny_job(tmp_path, defaults={"steps": 12, "checkpoint_every": 4, "batch_size": 1})
     original = engine._BudgetCallback.on_train_batch_end

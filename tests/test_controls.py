@@ -12,17 +12,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylebatch import color, engine
-from stylebatch import inputs as controls
-from stylebatch.cli import main
-from stylebatch.config import Config, load_preset, resolve
+from stylebatch.fit import color
+from stylebatch.fit import engine
+from stylebatch.fit import inputs as controls
+from stylebatch.cli.main import main
+from stylebatch.job.config import Config, load_preset, resolve
 from stylebatch.errors import ConfigError
 from stylebatch.images import load_image, resize, to_pil, to_tensor
-from stylebatch.losses import total_variation
-from stylebatch.manifest import load_job
-from stylebatch.module import StyleTransferModule
-from stylebatch.targets import blended_grams
-from stylebatch.vgg import AVG_POOL_GAIN
+from stylebatch.fit.losses import total_variation
+from stylebatch.job.manifest import load_job
+from stylebatch.fit.module import StyleTransferModule
+from stylebatch.fit.targets import blended_grams
+from stylebatch.fit.vgg import AVG_POOL_GAIN
 from tests.jobkit import (REPO, final_target, fit_one, module_for, records, run_with_sigterm_at, tiny_job,
                           write_manifest)
 

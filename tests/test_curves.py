@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from stylebatch.cli import main
-from stylebatch.curves import CurveWriter, read_curve
+from stylebatch.cli.main import main
+from stylebatch.jobdir.curves import CurveWriter, read_curve
 from tests.jobkit import records, run_subprocess, run_with_sigterm_at, tiny_job
 
 NAMES = ("a__s1", "b__s2")

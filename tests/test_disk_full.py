@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from stylebatch import atomic
-from stylebatch.cli import main
+from stylebatch.cli.main import main
 from tests.jobkit import cli_env, records, temp_files, tiny_job
 from tests.test_distributed import _cmd, _free_port
 from tests.test_user_files import snapshot

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylebatch.cli import main
-from stylebatch.manifest import load_job
-from stylebatch.plan import plan
+from stylebatch.cli.main import main
+from stylebatch.job.manifest import load_job
+from stylebatch.run.plan import plan
 from tests.jobkit import cli_env, final_target, records, temp_files, tiny_job
 
 pytestmark = pytest.mark.slow  # real processes: launchers, torchrun, simulated SLURM, kills

@@ -13,9 +13,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stylebatch import autosize, calibration, estimate
-from stylebatch.calibration import Device
-from stylebatch.config import Config
+from stylebatch.memory import autosize
+from stylebatch.memory import calibration
+from stylebatch.memory import estimate
+from stylebatch.memory.calibration import Device
+from stylebatch.job.config import Config
 from tests.jobkit import fit_one, module_for, tiny_job
 
 LAYER_SETS = [
@@ -146,7 +148,7 @@ def test_calibration_records_and_reads_back_per_device(tmp_path: Path) -> None:
 
 
 def test_validate_prints_peak_time_and_fit_per_pair_and_in_total(tmp_path: Path, capsys) -> None:
-    from stylebatch.cli import main
+    from stylebatch.cli.main import main
 
     assert main(["validate", str(tiny_job(tmp_path)), "--weights", "random"]) == 0
     out = capsys.readouterr().out
@@ -159,7 +161,7 @@ def test_validate_prints_peak_time_and_fit_per_pair_and_in_total(tmp_path: Path,
 
 
 def test_size_auto_resolves_once_and_sticks_on_resume(tmp_path: Path, monkeypatch) -> None:
-    from stylebatch.manifest import load_job
+    from stylebatch.job.manifest import load_job
 
     manifest = tiny_job(tmp_path, pairs=[{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}],
                         defaults={"size": "auto", "batch_size": "auto", "tile": "auto"})
@@ -180,7 +182,7 @@ def test_size_auto_resolves_once_and_sticks_on_resume(tmp_path: Path, monkeypatc
 
 
 def test_each_run_records_its_figures_in_the_state_and_the_machine_file(tmp_path: Path, monkeypatch) -> None:
-    from stylebatch.cli import main
+    from stylebatch.cli.main import main
     from tests.jobkit import records
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

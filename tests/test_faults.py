@@ -25,10 +25,11 @@ import pytest
 import torch
 from PIL import Image
 
-from stylebatch import atomic, oom
-from stylebatch.cli import main
-from stylebatch.module import StyleTransferModule
-from stylebatch.state import JobState
+from stylebatch import atomic
+from stylebatch.memory import ladder as oom
+from stylebatch.cli.main import main
+from stylebatch.fit.module import StyleTransferModule
+from stylebatch.jobdir.state import JobState
 from tests.jobkit import REPO, cli_env, records, temp_files, tiny_job
 
 ARGS = ["--weights", "random"]
@@ -256,7 +257,7 @@ def test_second_run_on_a_locked_directory_exits_4(tmp_path: Path, capsys) -> Non
 
 
 def _hold_lock_in_subprocess(out: Path) -> subprocess.Popen:
-    code = ("import sys, time; from pathlib import Path; from stylebatch.state import JobState\n"
+    code = ("import sys, time; from pathlib import Path; from stylebatch.jobdir.state import JobState\n"
             "with JobState(Path(sys.argv[1])).lock():\n    print('locked', flush=True); time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=REPO, env=cli_env(),
                             stdout=subprocess.PIPE, text=True)
@@ -299,7 +300,7 @@ def test_break_lock_takes_over_a_lock_that_flock_still_reports_held(tmp_path: Pa
 
 
 def test_internal_error_prints_traceback_and_hint_and_exits_70(tmp_path: Path, capsys, monkeypatch) -> None:
-    from stylebatch import manifest as manifest_module
+    from stylebatch.job import manifest as manifest_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("something impossible happened")

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from stylebatch import __version__
-from stylebatch.cli import main
+from stylebatch.cli.main import main
 from stylebatch.images import to_tensor
-from stylebatch.manifest import load_job
-from stylebatch.state import sha256_file
+from stylebatch.job.manifest import load_job
+from stylebatch.jobdir.state import sha256_file
 from tests.jobkit import records, tiny_job
 
 ONE_PAIR = [{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam", "lr": 0.05,
@@ -117,7 +117,7 @@ def test_jpg_and_webp_carry_the_settings_and_reencode_without_rerunning(tmp_path
     curve = (out / ".stylebatch" / "pairs" / "a__s1" / "losses.csv").read_text()
 
     # Another encoding of the same pair: re-encoded from the kept final checkpoint, not optimised again.
-    from stylebatch import module
+    from stylebatch.fit import module
 
     def no_optimising(*args):
         raise AssertionError("the pair was optimised again")

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from stylebatch.losses import content_loss, gram_matrix, style_loss, total_variation
+from stylebatch.fit.losses import content_loss, gram_matrix, style_loss, total_variation
 
 LAYERS = ["conv1_1", "relu2_1", "conv3_1"]
 

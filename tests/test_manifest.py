@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from stylebatch.cli import main
-from stylebatch.config import Config
-from stylebatch.manifest import load_job
+from stylebatch.cli.main import main
+from stylebatch.job.config import Config
+from stylebatch.job.manifest import load_job
 from tests.jobkit import REPO, make_image, records, tiny_job, write_manifest
 
 
@@ -140,7 +140,7 @@ def test_skip_invalid_runs_valid_pairs_and_exits_1(images: Path) -> None:
 
 def test_file_broken_after_validation_fails_only_its_pair(images: Path, monkeypatch) -> None:
     manifest = tiny_job(images, defaults={"steps": 3})
-    from stylebatch import runner
+    from stylebatch.run import runner
 
     original = runner._run_batch
 

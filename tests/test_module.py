@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import torch
 
-from stylebatch import engine
-from stylebatch.config import Config
-from stylebatch.engine import PairHooks, PairResult
+from stylebatch.fit import engine
+from stylebatch.job.config import Config
+from stylebatch.fit.engine import PairHooks, PairResult
 from stylebatch.images import load_image, to_pil, to_tensor
-from stylebatch.inputs import load_images, pass_inputs
-from stylebatch.losses import gram_matrix, total_variation
-from stylebatch.module import OptimizerSpec, StyleTransferModule
+from stylebatch.fit.inputs import load_images, pass_inputs
+from stylebatch.fit.losses import gram_matrix, total_variation
+from stylebatch.fit.module import OptimizerSpec, StyleTransferModule
 from tests.jobkit import fit_one, module_for
 
 # engine.py filters this at import; pytest restores the warning filters around every test.
@@ -276,7 +276,7 @@ def test_module_losses_are_the_documented_weighted_sum(vgg):
 def test_an_unknown_optimizer_is_refused_never_run_as_another(vgg) -> None:
     """A new optimizer name that nothing handles fails loudly: in the config, and in the module even
     if a config let it through (it is never silently run as L-BFGS)."""
-    from stylebatch.config import resolve
+    from stylebatch.job.config import resolve
     from stylebatch.errors import ConfigError
 
     with pytest.raises(ConfigError, match="'optimizer' must be one of lbfgs, adam"):

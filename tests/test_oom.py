@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylebatch import oom
-from stylebatch.cli import main
-from stylebatch.module import StyleTransferModule
+from stylebatch.memory import ladder as oom
+from stylebatch.cli.main import main
+from stylebatch.fit.module import StyleTransferModule
 from tests.jobkit import records, tiny_job
 
 ORIGINAL = StyleTransferModule.training_step
@@ -97,8 +97,8 @@ def test_control_a_module_kept_alive_is_reported_not_freed(tmp_path: Path, monke
 
 
 def test_recorded_rungs_apply_again_on_a_resume(tmp_path: Path) -> None:
-    from stylebatch.manifest import load_job
-    from stylebatch.plan import batch_key
+    from stylebatch.job.manifest import load_job
+    from stylebatch.run.plan import batch_key
 
     manifest = tiny_job(tmp_path, pairs=ADAM_PAIRS, defaults={"batch_size": 2})
     pair = load_job(manifest, check_files=True).valid_pairs[0]
@@ -111,8 +111,8 @@ def test_recorded_rungs_apply_again_on_a_resume(tmp_path: Path) -> None:
 
 
 def test_next_rung_order() -> None:
-    from stylebatch.config import Config
-    from stylebatch.manifest import Pair
+    from stylebatch.job.config import Config
+    from stylebatch.job.manifest import Pair
 
     def pair(**kw) -> Pair:
         return Pair("p", Path("c.png"), [Path("s.png")], Config(size=256, **kw), "pairs[0]",

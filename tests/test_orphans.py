@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from stylebatch.cli import main
-from stylebatch.state import JobState
+from stylebatch.cli.main import main
+from stylebatch.jobdir.state import JobState
 from tests.jobkit import REPO, cli_env, records, tiny_job
 from tests.test_distributed import SIX, _cmd, _free_port, _logs, _rank_pids
 
@@ -61,7 +61,7 @@ def _error_lines(err: str) -> list[str]:
 
 def test_a_pair_claimed_by_a_live_process_is_neither_read_for_planning_nor_written(tmp_path: Path, capsys,
                                                                                    monkeypatch) -> None:
-    from stylebatch import claims
+    from stylebatch.jobdir import claims
 
     monkeypatch.setattr(claims, "WAIT_S", 0.5)
     manifest = tiny_job(tmp_path, pairs=[dict(p) for p in PAIRS], defaults={"steps": 3, "checkpoint_every": 2})
@@ -89,7 +89,7 @@ def test_a_pair_claimed_by_a_live_process_is_neither_read_for_planning_nor_writt
 
 
 def test_claimed_waits_for_a_busy_batch_and_skips_one_finished_meanwhile(tmp_path: Path) -> None:
-    from stylebatch import claims
+    from stylebatch.jobdir import claims
 
     state = JobState(tmp_path)
 
@@ -114,7 +114,7 @@ def test_claimed_waits_for_a_busy_batch_and_skips_one_finished_meanwhile(tmp_pat
 
 _GRANDCHILD = textwrap.dedent("""
     import os, signal, sys, time
-    from stylebatch import workers
+    from stylebatch.run import workers
     marker = sys.argv[1]
     if sys.argv[2] == "watch-only":
         workers._request_parent_death_signal = lambda signum: None  # only the parent-pid watch is left
@@ -153,7 +153,7 @@ def test_a_process_whose_parent_dies_is_stopped(mode: str, tmp_path: Path) -> No
 
 def test_break_lock_refuses_while_the_holder_is_alive_on_this_host(tmp_path: Path, capsys) -> None:
     manifest = tiny_job(tmp_path, pairs=[dict(PAIRS[0])], defaults={"steps": 2})
-    code = ("import sys, time; from pathlib import Path; from stylebatch.state import JobState\n"
+    code = ("import sys, time; from pathlib import Path; from stylebatch.jobdir.state import JobState\n"
             "with JobState(Path(sys.argv[1])).lock():\n    print('locked', flush=True); time.sleep(120)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out")], cwd=REPO, env=cli_env(),
                               stdout=subprocess.PIPE, text=True)
@@ -254,7 +254,7 @@ def test_orphaned_worker_stops_and_no_pair_is_worked_on_by_two_processes(tmp_pat
     assert ": done," not in orphan_log
 
     # Claims: for every pair, one holder at a time; the killed rank 0 held its claims until it died.
-    from stylebatch import claims
+    from stylebatch.jobdir import claims
 
     state = JobState(out)
     orphan_held = set()

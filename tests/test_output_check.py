@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from stylebatch import state as state_mod
-from stylebatch.cli import main
+from stylebatch.jobdir import state as state_mod
+from stylebatch.cli.main import main
 from tests.jobkit import records, tiny_job
 
 FAST = {"steps": 4, "checkpoint_every": 2, "log_every": 2, "optimizer": "adam", "lr": 0.05,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from stylebatch import plan as plan_module
-from stylebatch.cli import main
-from stylebatch.config import Config
-from stylebatch.plan import batch_key, batch_limit, group, plan
+from stylebatch.run import plan as plan_module
+from stylebatch.cli.main import main
+from stylebatch.job.config import Config
+from stylebatch.run.plan import batch_key, batch_limit, group, plan
 from tests.jobkit import records, tiny_job
 
 CFG = Config(optimizer="adam", lr=0.05, size=32, steps=8, batch_size=3)

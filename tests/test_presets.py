@@ -1,5 +1,5 @@
 """Every preset paints on any network: run through `stylebatch run` on a real photo and painting
-(48 px, a short budget), each output, scored by the neutral scorer (stylebatch/score.py), sits
+(48 px, a short budget), each output, scored by the neutral scorer (stylebatch/fit/score.py), sits
 between the two corners: much closer to the painting's style than the photo is, and much closer to
 the photo's content than the painting is. Random weights always; the shared trained network
 (`../shared/weights/vgg19_hed_features.pth`, activations ~100x torchvision's) when it is there."""
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from stylebatch.cli import main
-from stylebatch.config import PRESET_DIR
-from stylebatch.score import LAYERS, Scorer, load_output, load_pair
-from stylebatch.vgg import load_vgg
+from stylebatch.cli.main import main
+from stylebatch.job.config import PRESET_DIR
+from stylebatch.fit.score import LAYERS, Scorer, load_output, load_pair
+from stylebatch.fit.vgg import load_vgg
 from tests.jobkit import REPO, write_manifest
 
 IMAGES = REPO / "manifests" / "images"

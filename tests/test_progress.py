@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import pytest
 from rich.console import Console
 
-from stylebatch import progress
-from stylebatch.config import Config
-from stylebatch.progress import RichReporter, _RateETA
+from stylebatch.cli import progress
+from stylebatch.job.config import Config
+from stylebatch.cli.progress import RichReporter, _RateETA
 
 
 @dataclass

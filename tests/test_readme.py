@@ -21,7 +21,7 @@ def test_readme_reference_sections_match_code() -> None:
 
 
 def test_reference_lists_every_config_key() -> None:
-    from stylebatch.config import FIELDS
+    from stylebatch.job.config import FIELDS
 
     text = (REPO / "README.md").read_text(encoding="utf-8")
     assert all(f"| `{name}` |" in text for name in FIELDS)

@@ -16,13 +16,13 @@ from urllib.parse import unquote, urlparse
 import pytest
 from PIL import Image
 
-from stylebatch import matrix
-from stylebatch.cli import main
-from stylebatch.config import Config
-from stylebatch.provenance import read_metadata
-from stylebatch.report import write_report
-from stylebatch.sheet import CELL_MAX, SHEET_MAX, SHEET_PIXELS, sheet_geometry
-from stylebatch.state import HOST, JobState
+from stylebatch.report import matrix
+from stylebatch.cli.main import main
+from stylebatch.job.config import Config
+from stylebatch.fit.provenance import read_metadata
+from stylebatch.report.build import write_report
+from stylebatch.report.sheet import CELL_MAX, SHEET_MAX, SHEET_PIXELS, sheet_geometry
+from stylebatch.jobdir.state import HOST, JobState
 from tests.jobkit import make_image, records, tiny_job
 
 FAST = {"steps": 3, "checkpoint_every": 2, "log_every": 1, "optimizer": "adam", "lr": 0.05}
@@ -205,7 +205,7 @@ def test_failed_and_invalid_pairs_show_their_errors(tmp_path: Path) -> None:
         {"content": "images/missing.png", "style": "images/s2.png"},  # invalid: skipped
     ]
     manifest = tiny_job(tmp_path, pairs=pairs, defaults=FAST)
-    from stylebatch import runner
+    from stylebatch.run import runner
 
     original = runner._run_batch
 
@@ -384,7 +384,7 @@ def test_pages_stay_small_for_a_big_job(tmp_path: Path) -> None:
 
 def test_the_running_job_writes_a_report_that_reloads_then_a_final_one(tmp_path: Path, monkeypatch) -> None:
     """Rank 0 refreshes the report (in a child process) while pairs run, and once more at the end."""
-    from stylebatch import engine
+    from stylebatch.fit import engine
 
     manifest = tiny_job(tmp_path, pairs=[{"content": "images/a.png", "style": "images/s1.png"},
                                          {"content": "images/b.png", "style": "images/s2.png"}],
@@ -418,8 +418,8 @@ def test_the_running_job_writes_a_report_that_reloads_then_a_final_one(tmp_path:
 def test_report_every_is_read_from_the_pairs_config() -> None:
     from types import SimpleNamespace as NS
 
-    from stylebatch.config import Config
-    from stylebatch.live_report import report_every_s
+    from stylebatch.job.config import Config
+    from stylebatch.report.live import report_every_s
 
     assert report_every_s(NS(valid_pairs=[NS(config=Config())])) == 5 * 60  # the default: every 5 minutes
     assert report_every_s(NS(valid_pairs=[NS(config=NS(report_every=2.0)), NS(config=NS(report_every=0.5))])) == 30
@@ -427,7 +427,7 @@ def test_report_every_is_read_from_the_pairs_config() -> None:
 
 
 def test_every_wrapped_column_of_a_sheet_starts_with_its_header() -> None:
-    from stylebatch.sheet import _wrapped_lines
+    from stylebatch.report.sheet import _wrapped_lines
 
     rows = [matrix.Value(f"r{i}", f"r{i}") for i in range(90)]
     page = matrix.Page(1, [matrix.Block(0, rows[:60], [matrix.Value("c", "c")], {}),

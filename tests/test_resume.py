@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylebatch.cli import main
+from stylebatch.cli.main import main
 from tests.jobkit import cli_env, final_target, records, run_subprocess, run_with_sigterm_at, temp_files, tiny_job
 
 NAMES = ("a__s1", "b__s2")

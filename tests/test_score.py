@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from stylebatch.score import CONTENT_LAYER, STYLE_LAYERS, Scorer, fit, load_pair, main
-from stylebatch.vgg import IMAGENET_MEAN, IMAGENET_STD
+from stylebatch.fit.score import CONTENT_LAYER, STYLE_LAYERS, Scorer, fit, load_pair, main
+from stylebatch.fit.vgg import IMAGENET_MEAN, IMAGENET_STD
 
 # Each fake layer's features are the image's pixels times a layer factor (C = 3 channels).
 FACTORS = {"relu1_1": 1.0, "relu2_1": 2.0, "relu3_1": 3.0, "relu4_1": 4.0, "relu4_2": 0.5, "relu5_1": 5.0}

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from stylebatch import pair_rows as pair_rows_mod
-from stylebatch.cli import main
-from stylebatch.jobfile import read_job_file
-from stylebatch.state import JobState
+from stylebatch.report import rows as pair_rows_mod
+from stylebatch.cli.main import main
+from stylebatch.job.jobfile import read_job_file
+from stylebatch.jobdir.state import JobState
 from tests.jobkit import records, run_with_sigterm_at, tiny_job
 
 FAST = {"steps": 12, "checkpoint_every": 4, "log_every": 2, "optimizer": "adam", "lr": 0.05, "batch_size": 1}
@@ -84,7 +84,7 @@ def test_the_summary_caps_long_lists(tmp_path: Path, capsys: pytest.CaptureFixtu
     names = [f"p{i:03d}" for i in range(120)]
     for name in names:
         state.write(name, {"status": "failed", "error": f"boom {name}", "attempts": 2})
-    monkeypatch.setattr("stylebatch.status_view.SHOWN", 10)
+    monkeypatch.setattr("stylebatch.cli.status.SHOWN", 10)
     assert main(["status", str(out)]) == 0  # no job.json (a run stopped before writing it): the records
     text = capsys.readouterr().out
     assert "p009" in text and "p010" not in text and "110 more failed" in text and "120 failed" in text

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylebatch import tiling
-from stylebatch.config import Config
-from stylebatch.targets import compute_targets
+from stylebatch.fit import tiling
+from stylebatch.job.config import Config
+from stylebatch.fit.targets import compute_targets
 from tests.jobkit import final_target, module_for, records, run_with_sigterm_at, tiny_job
 
 SHALLOW = dict(content_layer="conv2_1", style_layers={"conv1_1": 1.0, "conv2_1": 0.5})
@@ -131,7 +131,7 @@ def test_fits_tiled_follow_the_untiled_fit(tmp_path: Path, make_image, optimizer
     below the tile (untiled), the 64 px pass tiled; the results agree within rounding."""
     from tests.jobkit import fit_one
 
-    from stylebatch.vgg import load_vgg
+    from stylebatch.fit.vgg import load_vgg
 
     # L-BFGS's line search magnifies round-off on some images (seeds 1 and 2: 0.1); these fit calmly.
     content, style = make_image("c.png", (64, 48), seed=5), make_image("s.png", (48, 48), seed=6)
@@ -152,8 +152,8 @@ def test_fits_tiled_follow_the_untiled_fit(tmp_path: Path, make_image, optimizer
 
 
 def test_tiled_pairs_never_batch(tmp_path: Path) -> None:
-    from stylebatch.manifest import load_job
-    from stylebatch.plan import batch_key
+    from stylebatch.job.manifest import load_job
+    from stylebatch.run.plan import batch_key
 
     manifest = tiny_job(tmp_path, pairs=[{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}],
                         defaults={"tile": 16})
@@ -185,7 +185,7 @@ def test_tiled_run_resumes_bit_identical_after_sigterm(tmp_path: Path) -> None:
     ("auto", None, None), (None, None, None), (64, {"pool5": 1.0}, None),
 ])
 def test_tile_values(value, layers, problem) -> None:
-    from stylebatch.config import resolve
+    from stylebatch.job.config import resolve
     from stylebatch.errors import ConfigError
 
     overrides = {"tile": value, **({"style_layers": layers} if layers else {})}

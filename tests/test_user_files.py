@@ -18,7 +18,7 @@ import pytest
 
 from stylebatch import atomic
 from stylebatch.atomic import atomic_write, remove_stale_temps, temp_path
-from stylebatch.cli import main
+from stylebatch.cli.main import main
 from tests.jobkit import tiny_job
 
 ARGS = ["--weights", "random"]
@@ -135,7 +135,7 @@ def test_root_and_system_directories_are_refused_as_output_dir(where: str, tmp_p
 @pytest.fixture
 def fake_system_tree(tmp_path: Path, monkeypatch) -> Path:
     """A directory under tmp_path that counts as a system tree, for the commands that would write."""
-    from stylebatch import pair_checks
+    from stylebatch.job import checks as pair_checks
 
     system = tmp_path / "sys-tree"
     (system / "conf").mkdir(parents=True)
@@ -216,8 +216,8 @@ def test_atomic_write_never_writes_through_a_link_at_its_temp_name(tmp_path: Pat
 
 def test_a_stale_pair_temp_is_removed_only_by_the_pairs_claimer(tmp_path: Path, capsys, monkeypatch) -> None:
     """A live process's temp in a pair it holds is never swept away by another run's start-up."""
-    from stylebatch import claims
-    from stylebatch.state import JobState
+    from stylebatch.jobdir import claims
+    from stylebatch.jobdir.state import JobState
 
     monkeypatch.setattr(claims, "WAIT_S", 0.5)
 

@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from stylebatch.vgg import LAYER_INDEX, LAYER_NAMES, VGGFeatures, load_vgg, min_input_size
+from stylebatch.fit.vgg import LAYER_INDEX, LAYER_NAMES, VGGFeatures, load_vgg, min_input_size
 
 BLOCK_CHANNELS = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
 BLOCK_CONVS = {1: 2, 2: 2, 3: 4, 4: 4, 5: 4}  # VGG19 ("E")

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torchvision
 
-from stylebatch import vgg as vgg_module
+from stylebatch.fit import vgg as vgg_module
 from stylebatch.errors import WeightsError
-from stylebatch.vgg import load_vgg
+from stylebatch.fit.vgg import load_vgg
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,337 @@
+"""Command line: `stylebatch run | validate | status`. The only module that prints (with rich) and
+maps errors to exit codes; `main(argv) -> int` is what tests call in process."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from stylebatch import __version__
+from stylebatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, StopNow, StylebatchError, is_disk_full
+from stylebatch.cli.flags import check_devices, check_paths, seconds, whole_number
+from stylebatch.job.values import shorten
+
+log = logging.getLogger("stylebatch")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one `error:` line like every other refusal (exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise StylebatchError(f"{self.prog}: {shorten(message, 400)} (see {self.prog} --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    epilog = "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
+    parser = _Parser(
+        prog="stylebatch", description="Neural style transfer (Gatys et al. 2016) for many pairs, resumable.",
+        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"stylebatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def job_args(p: argparse.ArgumentParser, manifest_optional: bool = False) -> None:
+        p.add_argument("manifest", nargs="?" if manifest_optional else None, help="YAML manifest listing the pairs")
+        p.add_argument("--config", metavar="PRESET", help="preset name in configs/ (e.g. fast, gatys2016) or a YAML path")
+        p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override a config key (last wins)")
+        p.add_argument("--weights", help="imagenet (default), random, or a path to VGG19 weights")
+        p.add_argument("--out", help="output directory (overrides the manifest's output_dir; relative to cwd)")
+        p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+    run = sub.add_parser("run", help="run (or resume) every pair of a manifest")
+    job_args(run, manifest_optional=True)
+    run.add_argument("--from", dest="from_image", metavar="IMAGE",
+                     help="instead of a manifest: make an output again from the settings it carries "
+                          "(into --out, default ./reproduced)")
+    run.add_argument("--fresh", action="store_true", help="forget previous progress and start over")
+    run.add_argument("--retry-failed", action="store_true", help="retry pairs that used up max_attempts")
+    run.add_argument("--skip-invalid", action="store_true", help="run the valid pairs, record invalid ones as failed")
+    run.add_argument("--break-lock", action="store_true", help="remove a stale job lock (e.g. on NFS)")
+    run.add_argument("--verify", action="store_true",
+                     help="re-hash every finished output (sha256) instead of trusting its recorded size, mtime and inode")
+    run.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto",
+                     help="where the pairs run: auto (a GPU if there is one), cpu or gpu")
+    run.add_argument("--devices", default="1", help="number of devices (workers), or auto")
+    run.add_argument("--num-nodes", default="1", help="number of machines (SLURM/torchrun), each with --devices workers")
+    run.add_argument("--sync-timeout", default="600",
+                     help="seconds workers wait for rank 0's plan (and rank 0 for a worker to start)")
+
+    val = sub.add_parser("validate", help="check a manifest and every file it names; print the plan")
+    job_args(val)
+
+    status = sub.add_parser("status", help="show the state of every pair of a job directory")
+    status.add_argument("output_dir", help="the job's output directory (the manifest's output_dir or --out)")
+    status.add_argument("--all", action="store_true", help="one line per pair (default: counts, failed and running pairs)")
+    status.add_argument("--json", action="store_true",
+                        help='machine-readable, streamed: {"pairs": [one object per line], "counts": {...}}')
+    status.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+    report = sub.add_parser("report", help="write the job's results as a matrix: report.html and contact sheets")
+    report.add_argument("output_dir", help="the job's output directory (the manifest's output_dir or --out)")
+    report.add_argument("--columns", default="auto", metavar="KEY",
+                        help="content, style or a config key whose values make the columns "
+                             "(default: the key a sweep varies, else style)")
+    report.add_argument("--rows", default="auto", metavar="KEY",
+                        help="content, style or a config key whose values make the rows (default: content)")
+    report.add_argument("--live-every", type=float, metavar="SECONDS",
+                        help="as the running job writes it: pages reload every SECONDS while pairs are left")
+    report.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+    inspect = sub.add_parser("inspect", help="print the settings, input hashes and versions an output carries")
+    inspect.add_argument("image", help="an output image made by stylebatch")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return parser
+
+
+def _load(args: argparse.Namespace, device: str | None = None):
+    from stylebatch.job.config import parse_set
+    from stylebatch.job.manifest import load_job
+
+    if not args.manifest:
+        raise StylebatchError(f"{args.command}: give a manifest (or, for run, --from IMAGE)")
+    sets = parse_set(args.set)
+    return load_job(args.manifest, preset=args.config, sets=sets, out=args.out, weights=args.weights, device=device)
+
+
+def _print_problems(err: Console, problems: list[str]) -> None:
+    for problem in problems:
+        err.print(f"error: {shorten(problem, 1000)}", soft_wrap=True, markup=False, highlight=False)
+
+
+def _plan_line(job: Any) -> str:
+    pairs = job.valid_pairs
+    work = sum(p.cost for p in pairs)
+    return (f"{job.manifest}: {len(pairs)} valid pair(s) of {len(job.pairs)}, output to {job.output_dir}; "
+            f"work {work / 1e6:,.1f} Mpx x evaluations")
+
+
+def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
+    job = _load(args)
+    problems = job.all_problems
+    if problems:  # the plan line only for a job that would run: never just above a refusal
+        _print_problems(err, problems)
+        err.print(f"{len(problems)} problem(s); nothing was run", soft_wrap=True)
+        return EXIT_INVALID
+    out.print(shorten(_plan_line(job), 1000), soft_wrap=True, markup=False)  # may hold a long path
+    from stylebatch.memory.estimate import describe_job  # memory and time per pair, and in total
+
+    for line in describe_job(job.pairs):
+        out.print(line, soft_wrap=True, markup=False)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from stylebatch.run.runner import RunOptions, run_job
+
+    from stylebatch.run.workers import launch
+
+    devices = whole_number("--devices", args.devices, auto=True)
+    num_nodes = whole_number("--num-nodes", args.num_nodes)
+    sync_timeout = seconds("--sync-timeout", args.sync_timeout)
+    check_devices(args.accelerator, devices)
+    opts = RunOptions(
+        fresh=args.fresh, retry_failed=args.retry_failed, skip_invalid=args.skip_invalid,
+        break_lock=args.break_lock, sync_timeout=sync_timeout, verify=args.verify,
+    )
+    fabric = launch(args.accelerator, devices, num_nodes, sync_timeout)
+    if fabric is not None and fabric.global_rank != 0:
+        # Fabric re-executed this command for another device: rank 0 validates and plans, once.
+        job = fabric.broadcast(None, src=0)
+        return run_job(job, opts, fabric=fabric) if job is not None else 0
+    # `auto` sizes are measured for the device this run uses (None: the first GPU if any, else the CPU).
+    job = _load_from_image(args) if args.from_image else _load(args, "cpu" if args.accelerator == "cpu" else None)
+    refuse = bool(job.problems or (job.all_problems and not args.skip_invalid) or not job.valid_pairs)
+    if fabric is not None:
+        fabric.broadcast(None if refuse else job, src=0)
+    if job.all_problems:
+        _print_problems(err, job.all_problems)
+    if refuse:
+        err.print(f"{len(job.all_problems)} problem(s); nothing was run (see --skip-invalid)", soft_wrap=True)
+        return EXIT_INVALID
+    if args.from_image:
+        from stylebatch.fit.provenance import batch_note
+
+        if note := batch_note(args.from_image):
+            err.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
+    if fabric is None:
+        opts.device = _device(args.accelerator)
+    from stylebatch.cli.progress import RichReporter
+
+    reporter = RichReporter(out)
+    try:
+        code = run_job(job, opts, reporter, fabric=fabric)
+    finally:
+        reporter.stop()
+    if _WHOLE_PROCESS:
+        # The job is over and the process exits with the code printed next: a Ctrl-C from here on
+        # would turn it into 130 (Python's KeyboardInterrupt exit) after "exit 3" was printed.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    out.print(f"exit {code}: {EXIT_CODES[code]}; outputs in {job.output_dir}", soft_wrap=True, markup=False)
+    return code
+
+
+def _device(accelerator: str) -> str:
+    import torch
+
+    if accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise StylebatchError("--accelerator gpu: no CUDA device is available here")
+        return "cuda:0"
+    return "cpu"
+
+
+def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """Every pair of the job, pending ones included, one record read at a time (status_view.py)."""
+    from stylebatch.report.rows import pair_rows
+    from stylebatch.cli.status import Summary, json_chunks
+
+    rows = pair_rows(Path(args.output_dir))
+    summary = Summary(every=args.all)
+    fh = out.file
+    if args.json:
+        for chunk in json_chunks(rows, summary):
+            fh.write(chunk)
+        fh.flush()
+        return 0
+    for row in rows:
+        summary.add(row)
+    if args.all:
+        fh.writelines(summary.aligned())
+        fh.flush()
+    elif (table := summary.table()) is not None:
+        out.print(table)
+    if more := summary.more():
+        out.print(more, soft_wrap=True, markup=False)
+    out.print(summary.line(args.output_dir), soft_wrap=True, markup=False)
+    return 0
+
+
+def _load_from_image(args: argparse.Namespace):
+    """`run --from IMAGE`: a one-pair job from the settings the image carries (--out, default ./reproduced)."""
+    from stylebatch.job.config import parse_set
+    from stylebatch.fit.provenance import job_from_image, recorded_threads
+
+    if args.manifest or args.config:
+        raise StylebatchError("run --from IMAGE takes no manifest or --config: the image's settings are the job")
+    job = job_from_image(args.from_image, args.out or "reproduced", weights=args.weights, sets=parse_set(args.set))
+    threads = recorded_threads(args.from_image)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)  # CPU results depend on the intra-op thread count: use the original's
+    return job
+
+
+def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from stylebatch.report.build import write_report
+
+    if args.live_every:
+        os.nice(10)  # the running job's refresh (live_report.py): the pairs come first
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    result = write_report(Path(args.output_dir), columns=args.columns, rows=args.rows, live_every=args.live_every,
+                          workers=cores)
+    counts = ", ".join(f"{n} {s}" for s, n in result.counts.items())
+    layout = result.layout
+    out.print(f"{result.pairs} pairs ({counts}): rows {layout.row_axis}, columns {layout.column_axis}"
+              + (f", sections by {', '.join(layout.section_axes)}" if layout.section_axes else ""),
+              soft_wrap=True, markup=False)
+    out.print(f"report: {result.html}" + (f" (index of {result.pages} pages)" if result.pages > 1 else ""),
+              soft_wrap=True, markup=False)
+    sheets = result.sheets[0] if len(result.sheets) == 1 else f"{len(result.sheets)} in {result.sheets[0].parent}"
+    out.print(f"contact sheet: {sheets}", soft_wrap=True, markup=False)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from stylebatch.job.config import FIELDS
+    from stylebatch.fit.provenance import input_checks, input_files, read_metadata
+
+    meta = read_metadata(args.image)
+    checks = input_checks(meta)
+    if args.json:
+        out.print_json(json.dumps({**meta, "input_checks": checks}, default=str))
+        return 0
+    lines = [f"{args.image}", f"  name         {meta.get('name')}", f"  pair id      {meta.get('id')}"]
+    for role, path, sha in input_files(meta):
+        lines.append(f"  {role:<12} {path}")
+        lines.append(f"  {'':<12} sha256 {sha} ({checks[role]})")
+    lines.append(f"  weights      {meta.get('weights_source', '')} ({meta.get('weights')})")
+    lines.append(f"  evaluations  {meta.get('evaluations')}")
+    lines.append("  losses       " + ", ".join(f"{k} {v:.6g}" for k, v in (meta.get("losses") or {}).items()))
+    size, threads = meta.get("output_size") or ["?", "?"], meta.get("cpu_threads")
+    lines.append(f"  output       {size[0]}x{size[1]}, made on {meta.get('device', '?')}"
+                 + (f" with {threads} thread(s)" if threads else ""))
+    lines.append("  versions     " + ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items()))
+    lines.append("  config       (* differs from the default)")
+    for key, value in meta["config"].items():
+        f = FIELDS.get(key)
+        default = f and (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+        lines.append(f"  {'*' if f is None or value != default else ' '} {key:<18} {value}")
+    out.print("\n".join(lines), soft_wrap=True, markup=False, highlight=False)
+    if any(state != "ok" for state in checks.values()):
+        err.print("an input is missing or changed since: `run --from` would refuse", soft_wrap=True)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "status": cmd_status, "report": cmd_report,
+            "inspect": cmd_inspect}
+
+
+def main(argv: list[str] | None = None) -> int:
+    out, err = Console(highlight=False), Console(stderr=True, highlight=False)
+    logging.raiseExceptions = False  # a log line lost to a full disk is not worth a traceback on stderr
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # argparse: --help or --version (0)
+        return int(e.code or 0)
+    except StylebatchError as e:  # a usage mistake
+        _print_problems(err, e.problems)
+        return e.exit_code
+    try:
+        check_paths(args)
+        return COMMANDS[args.command](args, out, err)
+    except StylebatchError as e:
+        if args.debug:
+            err.print(traceback.format_exc(), markup=False)
+        _print_problems(err, e.problems)
+        return e.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted; run the same command again to resume", soft_wrap=True)
+        return EXIT_INTERRUPTED
+    except StopNow:
+        err.print("stopped at once (second Ctrl-C); exit 3: the pair in progress resumes from its last "
+                  "checkpoint when you run the same command again", soft_wrap=True)
+        return EXIT_INTERRUPTED
+    except OSError as e:  # the file system, not a bug (disk full, a directory removed): every write is
+        # atomic and every finished pair recorded, so running the same command again resumes: exit 3
+        if getattr(args, "debug", False):
+            err.print(traceback.format_exc(), markup=False)
+        fix = "free space" if is_disk_full(e) else "fix this"
+        err.print(f"error: {shorten(str(e), 1000)}; the job stopped, nothing finished is lost: {fix} and run the "
+                  "same command again to resume", soft_wrap=True, markup=False, highlight=False)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 (the one place that turns a bug into exit 70)
+        err.print(traceback.format_exc(), markup=False)
+        err.print(f"internal error: {type(e).__name__}: {e}. This is a bug in stylebatch {__version__}; "
+                  "please report it with the traceback above.", soft_wrap=True, markup=False)
+        return EXIT_INTERNAL
+
+
+_WHOLE_PROCESS = False  # True when main() is the process (entry_point), not a call from a test
+
+
+def entry_point() -> None:
+    global _WHOLE_PROCESS
+    _WHOLE_PROCESS = True
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""What a pass's images are compared with, and how much each loss term weighs, per pair.
+
+`compute_targets` turns one pair's pass inputs (content and style tensors) and its config into
+`LossTargets`: the content features, the (blended) style Gram matrices, and every weight as a (1,)
+tensor. `LossTargets.cat` joins members along the batch, so a batch of pairs with different α, β,
+TV or per-layer weights is one module with (B,) weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from stylebatch.fit import tiling
+from stylebatch.job.config import Config
+from stylebatch.fit.losses import gram_matrix
+
+
+def blend_weights(cfg: Config, n: int) -> list[float]:
+    if cfg.style_blend is None:
+        return [1.0 / n] * n
+    if len(cfg.style_blend) != n:
+        raise ValueError(f"style_blend has {len(cfg.style_blend)} weights for {n} style(s)")
+    return list(cfg.style_blend)
+
+
+def _grams(vgg, image: torch.Tensor, cfg: Config, tile: int | None) -> dict[str, torch.Tensor]:
+    """One image's Gram matrices: one VGG pass, or tile by tile where it is larger than `tile`."""
+    if tiling.needs_tiling(*image.shape[-2:], tile):
+        return tiling.tiled_targets(vgg, image, None, list(cfg.style_layers), cfg.pooling, tile)[1]
+    feats = vgg(image, list(cfg.style_layers), pooling=cfg.pooling)
+    return {name: gram_matrix(feats[name]) for name in cfg.style_layers}
+
+
+@torch.no_grad()
+def blended_grams(vgg, styles: list[torch.Tensor], cfg: Config, tile: int | None = None) -> dict[str, torch.Tensor]:
+    """{layer: sum_j w_j G_j}: each style's Gram matrices (one VGG pass per style), blended with the
+    normalised `style_blend` weights (JJ, NSPT and crowsonkb blend the targets the same way). A
+    single style's Grams are returned unscaled, so weights [1, 0] give exactly the first style's."""
+    weights = blend_weights(cfg, len(styles))
+    out: dict[str, torch.Tensor] = {}
+    for w, s in zip(weights, styles):
+        grams = _grams(vgg, s, cfg, tile)
+        for name in cfg.style_layers:
+            g = grams[name]
+            if len(styles) > 1:
+                g = g * w
+            out[name] = g if name not in out else out[name] + g
+    return out
+
+
+@dataclass
+class LossTargets:
+    """Targets and weights of B pairs (one pass). Every weight is a (B,) tensor."""
+
+    content_layer: str
+    content: torch.Tensor  # (B, C, h, w) content features at content_layer
+    grams: dict[str, torch.Tensor]  # style layer -> (B, C, C) Gram targets
+    content_scale: torch.Tensor  # multiplies the content MSE: 1 / its target's mean square when normalised
+    layer_weights: dict[str, torch.Tensor]  # style layer -> w_i (times 1 / its target's mean square)
+    alpha: torch.Tensor  # content_weight
+    beta: torch.Tensor  # style_weight
+    tv: torch.Tensor  # tv_weight
+
+    @staticmethod
+    def cat(parts: list["LossTargets"]) -> "LossTargets":
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        if any(p.content_layer != first.content_layer or set(p.grams) != set(first.grams) for p in parts):
+            raise ValueError("batch members must use the same layers")
+        cat = lambda get: torch.cat([get(p) for p in parts])  # noqa: E731
+        return LossTargets(
+            first.content_layer, cat(lambda p: p.content), {k: cat(lambda p, k=k: p.grams[k]) for k in first.grams},
+            cat(lambda p: p.content_scale), {k: cat(lambda p, k=k: p.layer_weights[k]) for k in first.grams},
+            cat(lambda p: p.alpha), cat(lambda p: p.beta), cat(lambda p: p.tv),
+        )
+
+
+def _relative(t: torch.Tensor, on: bool) -> torch.Tensor:
+    """(1,) scale of a loss term. Departure from the paper: with `normalize_losses` each term is
+    divided by its target's mean square, making it a relative error. The paper's absolute losses
+    depend on the network's activation scale (4th power for Grams), so weights tuned on one VGG fail
+    on another; relative errors keep one preset meaningful across networks."""
+    if not on:
+        return torch.ones(t.shape[0], device=t.device)
+    return 1.0 / t.pow(2).flatten(1).mean(1).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def compute_targets(vgg, content: torch.Tensor, styles: list[torch.Tensor], cfg: Config,
+                    tile: int | None = None) -> LossTargets:
+    """One pair's targets: content (1, 3, H, W) and its style image(s), already on the device; two
+    VGG passes for one style (one for the content, one per style), each tile by tile where the
+    image is larger than `tile` (a 4096 px image's conv1 maps alone would take 8 GiB)."""
+    if tiling.needs_tiling(*content.shape[-2:], tile):
+        feats = tiling.tiled_targets(vgg, content, cfg.content_layer, [], cfg.pooling, tile)[0]
+    else:
+        feats = vgg(content, [cfg.content_layer], pooling=cfg.pooling)[cfg.content_layer]
+    grams = blended_grams(vgg, styles, cfg, tile)
+    one = lambda v: torch.full((1,), float(v), device=content.device)  # noqa: E731
+    return LossTargets(
+        cfg.content_layer, feats, grams, _relative(feats, cfg.normalize_losses),
+        {name: cfg.style_layers[name] * _relative(g, cfg.normalize_losses) for name, g in grams.items()},
+        one(cfg.content_weight), one(cfg.style_weight), one(cfg.tv_weight),
+    )

@@ -1,0 +1,1 @@
+"""stylebatch.job."""

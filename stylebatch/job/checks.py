@@ -1,0 +1,188 @@
+"""Checks of a manifest's pairs and the job's output directory: names, output directories, the
+input files (decoded, sized, hashed once each) and the stable pair id they give."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stylebatch.job import config as cfgmod
+from stylebatch.job.config import Config
+from stylebatch.errors import ImageError
+from stylebatch.images import check_image, fit_size
+from stylebatch.jobdir.state import INVALID_PREFIX, STATE_DIR, sha256_file
+from stylebatch.job.values import path_problem, shown, text_problem
+from stylebatch.fit.vgg import LAYER_INDEX, check_weights_path, min_input_size, weights_identity
+
+if TYPE_CHECKING:
+    from stylebatch.job.manifest import Pair
+
+MAX_NAME_BYTES = 200  # file systems allow 255 bytes; the temp file's name adds a prefix and a suffix
+# Never an output directory: the file system's root and the system's own directories (a job writes
+# outputs and its state there), nor anything inside the trees that belong to the system alone.
+SYSTEM_DIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/proc",
+               "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/var"}
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys", "/usr")
+
+
+def check_name(name: Any) -> str | None:
+    if not isinstance(name, str) or not name.strip():
+        return f"'name' must be non-empty text, got {shown(name)}"
+    if problem := text_problem(name):
+        return f"'name' {shown(name)} {problem}"
+    if "/" in name or "\\" in name or "\0" in name or name in (".", "..") or ".." in name.split(os.sep):
+        return f"'name' {shown(name)} must not contain '/', '\\' or '..' (outputs stay inside output_dir)"
+    if name.startswith("."):
+        return f"'name' {shown(name)} must not start with '.' (reserved for {STATE_DIR})"
+    if name.startswith(INVALID_PREFIX):
+        return f"'name' {shown(name)} must not start with '{INVALID_PREFIX}' (reserved for the records of invalid entries)"
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME_BYTES:
+        return f"'name' is {size} bytes long, at most {MAX_NAME_BYTES} fit a file name"
+    return None
+
+
+class FileChecker:
+    """Checks (decode, size) and hashes each distinct file once, however many pairs use it."""
+
+    def __init__(self, auto: Any = None):
+        self.auto = auto or (lambda name, cfg, wh: cfg)  # resolves `auto` keys (autosize.resolver)
+        self._checked: dict[tuple[Path, int], tuple[tuple[int, int] | None, str | None]] = {}
+        self._hashes: dict[Path | str, str] = {}
+
+    def size(self, path: Path, max_pixels: int) -> tuple[tuple[int, int] | None, str | None]:
+        key = (path, max_pixels)
+        if key not in self._checked:
+            try:
+                self._checked[key] = (check_image(path, max_pixels), None)
+            except ImageError as e:
+                self._checked[key] = (None, str(e))
+        return self._checked[key]
+
+    def weights_id(self, weights: str) -> str:
+        if weights not in self._hashes:
+            self._hashes[weights] = weights_identity(weights)
+        return self._hashes[weights]
+
+    def sha256(self, path: Path) -> str:
+        if path not in self._hashes:
+            self._hashes[path] = sha256_file(path)
+        return self._hashes[path]
+
+
+def pair_id(content_sha: str, style_sha: str | list[str], weights_id: str, cfg: Config,
+            init_sha: str | None = None) -> str:
+    """Covers the inputs' bytes (every style of a blend, an init image), the network and the
+    pixel-changing config keys (blend weights included); not bookkeeping, not the init file's path."""
+    identity = cfg.identity()
+    if init_sha is not None:
+        identity["init"] = f"sha256:{init_sha}"
+    payload = {"content": content_sha, "style": style_sha, "weights": weights_id, "config": identity}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_output_dir(path: Path) -> str | None:
+    """Why `path` cannot be the output directory, or None."""
+    if problem := path_problem(str(path)):
+        return f"output_dir {shown(str(path))} {problem}"
+    try:
+        return _output_dir_problem(path)
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte, a loop of links...
+        return f"output_dir {shown(str(path))}: unusable ({e})"
+
+
+def _output_dir_problem(path: Path) -> str | None:
+    if "\0" in str(path):
+        return f"output_dir {str(path)!r}: unusable (contains a NUL byte)"
+    real = str(Path(os.path.abspath(path)).resolve())
+    if real in SYSTEM_DIRS or any(real.startswith(tree + "/") for tree in SYSTEM_TREES):
+        shown_as = f"{path} (that is {real})" if str(path) != real else str(path)
+        return (f"output_dir {shown_as}: the file system's root or a system directory; "
+                "use a directory of your own")
+    if path.exists() and not path.is_dir():
+        return f"output_dir {path}: exists and is not a directory"
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"output_dir {path}: {parent} is a file, so the directory cannot be created"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"output_dir {path}: {parent} is not writable"
+    return None
+
+
+def blend_problem(pair: Pair) -> str | None:
+    n, blend = len(pair.styles), pair.config.style_blend
+    if blend is not None and len(blend) != n:
+        return f"'style_blend' has {len(blend)} weight(s) for {n} style file(s)"
+    return None
+
+
+def init_file(pair: Pair) -> list[Path]:
+    """The pair's init image, as a one-item list, or [] for content/noise/style_stats."""
+    if pair.config is None or pair.config.init in cfgmod.INIT_MODES:
+        return []
+    return [Path(pair.config.init)]
+
+
+def resolved(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def check_pair_files(pair: Pair, files: FileChecker, where: str, weights: str) -> None:
+    cfg = pair.config
+    sizes = {}
+    styles = pair.styles
+    roles = [("content", pair.content)] + [("style" if len(styles) == 1 else f"style[{i}]", p)
+                                             for i, p in enumerate(styles)]
+    roles += [("init", p) for p in init_file(pair)]
+    for role, path in roles:
+        wh, err = files.size(path, cfg.max_pixels)
+        if err:
+            pair.problems.append(f"{where}: {role}: {err}")
+        sizes[role] = wh
+    if not all(sizes.values()):
+        return
+    need = min_input_size(cfg.layers_used)
+    pair.content_size = sizes["content"]
+    declared = cfg
+    cfg = pair.config = files.auto(pair.name, cfg, sizes["content"])  # issue 16: `auto` → numbers
+    if problems := cfgmod.cross_check(cfg):
+        pair.problems += [f"{where}: {p}" for p in problems]
+        return
+    pair.out_size = fit_size(*sizes["content"], cfg.size)
+    # The largest images are those of the final pass; the smallest, those of the first.
+    first, last = cfg.scale_sizes[0], cfg.size
+    style_roles = [r for r, _ in roles if r.startswith("style")]
+    biggest = [("output", pair.out_size)] + [(r, fit_size(*sizes[r], cfg.style_side(last))) for r in style_roles]
+    smallest = [("output", fit_size(*sizes["content"], first))]
+    smallest += [(r, fit_size(*sizes[r], cfg.style_side(first))) for r in style_roles]
+    for role, wh in biggest:
+        if wh[0] * wh[1] > cfg.max_pixels:
+            pair.problems.append(
+                f"{where}: size {cfg.size} makes the {role} {wh[0]}x{wh[1]} = {wh[0] * wh[1]:,} pixels, "
+                f"above max_pixels {cfg.max_pixels:,}; lower 'size'"
+            )
+            return
+    for role, wh in smallest:
+        if min(wh) < need:
+            at = f"size {cfg.size}" if first == last else f"the first scale ({first})"
+            pair.problems.append(
+                f"{where}: {at} makes the {role} {wh[0]}x{wh[1]}, but layer "
+                f"{max(cfg.layers_used, key=LAYER_INDEX.__getitem__)} needs at least {need} px on each side; "
+                "raise 'size'" + (" or the first scale" if first != last else "")
+            )
+            return
+    if not pair.problems and check_weights_path(weights) is None:
+        wid = files.weights_id(weights)
+        style_sha = [files.sha256(p) for p in styles] if len(styles) > 1 else files.sha256(styles[0])
+        init_sha = files.sha256(Path(cfg.init)) if init_file(pair) else None
+        # `tile: auto` stays auto in the id (it changes rounding only, and resolves per device).
+        pair.id = pair_id(files.sha256(pair.content), style_sha, wid, dataclasses.replace(cfg, tile=declared.tile), init_sha)

@@ -1,0 +1,197 @@
+"""This machine's side of the estimates: free memory, and what past runs measured here.
+
+Each pair's run records its measured peak and evaluation rate (`observe` before, `record` after:
+into the pair's state record and a per-machine calibration file,
+`$XDG_CACHE_HOME/stylebatch/calibration.json`, default `~/.cache/...`), so the estimates of the
+next `validate`, `size: auto` or out-of-memory message on this machine use its own figures:
+
+    baseline       bytes in use before a pair starts (CPU: the process's resident set with Python,
+                   torch and the network loaded; GPU: allocated, i.e. the network's weights)
+    floor          the process's peak before its first pair (CPU: loading `--weights random`
+                   builds a whole VGG19, classifier included, for a moment)
+    memory_scale   measured / predicted for the pair's own memory (CPU: heap slack; ~1 on GPU)
+    flop_rate      FLOP per second of whole runs (FLOPs from the layer shapes, estimate.flops)
+
+Without observations the defaults below are used (measured on the project's 2-core CPU; a GPU's
+rate is a guess until its first run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stylebatch.atomic import atomic_write
+
+log = logging.getLogger(__name__)
+KEEP = 32  # observations kept per device and kind (the newest)
+MIN_OBSERVED = 64 * 2**20  # a pair whose own memory is below this says little about the scale
+DEFAULTS = {
+    # Resident set of `stylebatch run` before its first pair (Python, torch, Lightning, the network),
+    # and the heap's slack over the allocator-level model, both measured here (scripts/memory_model.py).
+    "cpu": {"baseline": 750 * 2**20, "memory_scale": 1.25, "flop_rate": 200e9, "pair_overhead": 1.0},
+    "cuda": {"baseline": 100 * 2**20, "memory_scale": 1.05, "flop_rate": 20e12, "pair_overhead": 0.5},
+}
+
+
+def cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "stylebatch" / "calibration.json"
+
+
+def device_key(device: torch.device) -> str:
+    """What calibration is kept per: the GPU's name, or the CPU's model and thread count."""
+    if device.type == "cuda":
+        return "cuda:" + torch.cuda.get_device_name(device)
+    model = "cpu"
+    try:
+        model = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()).group(1).strip()
+    except (OSError, AttributeError):
+        pass
+    return f"cpu:{model} x{torch.get_num_threads()}"
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes the device has free now: CUDA's own count, or the CPU's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        found = re.search(r"MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+        return int(found.group(1)) * 1024
+    except (OSError, AttributeError):
+        return 8 * 2**30  # not Linux: assume a modest machine
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) and isinstance(data.get("devices"), dict) else {"devices": {}}
+    except (OSError, ValueError):
+        return {"devices": {}}
+
+
+@dataclass
+class Device:
+    """Free memory and this machine's calibration, as estimate.estimate takes them."""
+
+    kind: str
+    key: str
+    free: int
+    baseline: int
+    floor: int
+    memory_scale: float
+    flop_rate: float
+    pair_overhead: float
+    observations: int = 0
+
+    @staticmethod
+    def current(device: torch.device | str, path: Path | None = None) -> "Device":
+        device = torch.device(device)
+        key = device_key(device)
+        seen = _load(path or cache_file())["devices"].get(key, {})
+        d = DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+        ratios = [m / p for p, m in seen.get("memory", []) if p >= MIN_OBSERVED]
+        # A run's seconds include its fixed cost (targets, Trainer, saving), which the estimate adds apart.
+        rates = [f / max(s - d["pair_overhead"], s / 2) for f, s in seen.get("rate", []) if s > 0]
+        return Device(
+            device.type, key, free_memory(device),
+            int(statistics.median(seen["baseline"])) if seen.get("baseline") else d["baseline"],
+            int(statistics.median(seen["floor"])) if seen.get("floor") else d["baseline"],
+            statistics.median(ratios) if ratios else d["memory_scale"],
+            statistics.median(rates) if rates else d["flop_rate"],
+            d["pair_overhead"], len(ratios) + len(rates),
+        )
+
+
+def _rss() -> tuple[int, int]:
+    """(current, peak) resident set of this process, bytes."""
+    text = Path("/proc/self/status").read_text()
+    get = lambda k: int(re.search(rf"{k}:\s+(\d+) kB", text).group(1)) * 1024  # noqa: E731
+    return get("VmRSS"), get("VmHWM")
+
+
+_observed: list[bool] = []  # whether a pair has run in this process yet
+
+
+def observe(device: torch.device, done: list[int] | None = None) -> dict[str, Any]:
+    """Where memory stands before a batch (the runner calls this, then `record_batch` after it);
+    `done`: the evaluations its members' checkpoints already stand at."""
+    from stylebatch.memory.ladder import mark  # oom imports this module
+
+    out: dict[str, Any] = {"time": time.perf_counter(), "done": done or [], "mark": mark(), "first": not _observed}
+    _observed.append(True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return {**out, "start": torch.cuda.memory_allocated(device)}
+    try:
+        rss, hwm = _rss()
+    except (OSError, AttributeError):
+        return out
+    return {**out, "start": rss, "hwm": hwm}
+
+
+def measured_peak(device: torch.device, before: dict[str, Any]) -> int | None:
+    """The pair's peak (bytes, same sense as estimate's `peak`), or None where it cannot be told:
+    on CPU the kernel keeps one high-water mark per process, so only a pair that raised it shows."""
+    if "start" not in before:
+        return None
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    _, hwm = _rss()
+    return hwm if hwm > before["hwm"] else None
+
+
+def record(device: torch.device, before: dict[str, Any], predicted_own: int, work_flops: float,
+           path: Path | None = None) -> dict[str, Any]:
+    """Add one run's figures to the machine's calibration file; returns them for the pair's state
+    record. `predicted_own`: the model's bytes for the pair without baseline or scale;
+    `work_flops`: the FLOPs of the evaluations this run did."""
+    seconds = time.perf_counter() - before["time"]
+    peak = measured_peak(device, before)
+    entry = {"device": device_key(device), "predicted_bytes": predicted_own, "peak_bytes": peak,
+             "start_bytes": before.get("start"), "start_peak_bytes": before.get("hwm"), "seconds": round(seconds, 3),
+             "flops": work_flops}
+    path = path or cache_file()
+    try:
+        data = _load(path)
+        seen = data["devices"].setdefault(entry["device"], {})
+        if peak is not None and before.get("start") is not None:
+            own = peak - before["start"]
+            seen["memory"] = (seen.get("memory", []) + [[predicted_own, own]])[-KEEP:]
+            seen["baseline"] = (seen.get("baseline", []) + [before["start"]])[-KEEP:]
+        if before.get("first") and before.get("hwm") is not None:  # the process's first pair: its floor
+            seen["floor"] = (seen.get("floor", []) + [before["hwm"]])[-KEEP:]
+        if work_flops > 0 and seconds > 0:
+            seen["rate"] = (seen.get("rate", []) + [[work_flops, seconds]])[-KEEP:]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(data, indent=1).encode())
+    except OSError as e:  # a read-only home must not fail the pair
+        log.warning("could not update %s: %s", path, e)
+    return entry
+
+
+def record_batch(device: torch.device, before: dict[str, Any], pairs: list[Any], results: list[Any]) -> dict[str, Any]:
+    """`record` for a batch the runner ran: the model's bytes for it and the FLOPs of the
+    evaluations it did (from where its checkpoints stood to where it stopped). Never raises: a
+    failed measurement must not fail a finished pair."""
+    from stylebatch.memory import estimate
+
+    try:
+        cfg, wh = pairs[0].config, pairs[0].content_size or pairs[0].out_size
+        tile = cfg.tile if isinstance(cfg.tile, int) else None
+        own = estimate.own_bytes(cfg, wh, len(pairs), tile)
+        start = min(before.get("done") or [0])
+        work = estimate.work(cfg, wh, start, results[0].evaluations, len(pairs), tile)
+        return record(device, before, own, work)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not record this run's memory and rate: %s", e)
+        return {}

@@ -1,0 +1,109 @@
+"""What one cell of the report shows, one row or column head, one line of the failed list; and
+the loss curve as a small SVG. Plain dicts for the templates (`templates/page.html.j2`), which
+escape every value."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote
+
+from stylebatch.jobdir.curves import X_COLUMN
+from stylebatch.report.matrix import IMAGE_AXES, PairView, Value, fmt
+from stylebatch.report.thumbs import Thumbs
+
+CURVE_POINTS = 24  # a curve is drawn with at most this many points (it is 40 px tall)
+SERIES = {"content": "#1f77b4", "style": "#e4572e", "total": "#333333"}
+MAX_PROBLEMS = 200  # failed pairs listed by name on a page; `status` lists them all
+ERROR_CHARS = 400  # an error is cut to this length in its cell
+
+
+def href(target: Path, base: Path) -> str:
+    return quote(os.path.relpath(target, base).replace(os.sep, "/"))
+
+
+def curve_data(rows: list[dict[str, float]], width: int = 160, height: int = 400) -> dict[str, Any] | None:
+    """Content, style and total loss against evaluations, log scale: integer polylines (a 400-unit
+    tall viewBox drawn 40 px tall, so integers lose nothing) for a small SVG."""
+    if not rows:
+        return None
+    if len(rows) > CURVE_POINTS:
+        step = (len(rows) - 1) / (CURVE_POINTS - 1)
+        rows = [rows[round(i * step)] for i in range(CURVE_POINTS)]
+    series = [k for k in SERIES if k in rows[0]]
+    values = [r[k] for r in rows for k in series if r[k] > 0 and math.isfinite(r[k])]
+    if not values:
+        return None
+    lo, hi = math.log10(min(values)), math.log10(max(values))
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    x0, x1 = rows[0][X_COLUMN], rows[-1][X_COLUMN]
+    xs = [round(1 + (width - 2) * ((r[X_COLUMN] - x0) / (x1 - x0) if x1 > x0 else 1.0)) for r in rows]
+    floor, span = 10 ** lo, (height - 8) / (hi - lo)
+    lines = []
+    for k in series:
+        ys = [round(4 + span * (hi - math.log10(max(r[k], floor)))) if math.isfinite(r[k]) else height for r in rows]
+        lines.append((SERIES[k], " ".join(f"{x},{y}" for x, y in zip(xs, ys))))
+    first, last = rows[0], rows[-1]
+    title = "; ".join(f"{k} {first[k]:.3g} → {last[k]:.3g}" for k in series)
+    title += f" (evaluations {int(x0)}–{int(x1)}; log scale 1e{lo:.1f}–1e{hi:.1f})"
+    return {"w": width, "h": height, "title": title, "lines": lines}
+
+
+def anchor(name: str) -> str:
+    return "pair-" + quote(name, safe="")
+
+
+def cell(v: PairView, base: Path, out_dir: Path, thumbs: Thumbs, steps: Any) -> dict[str, Any]:
+    r = v.record
+    done = int(r.get("steps_done") or 0)
+    total = r.get("steps") or steps
+    shown = v.output if v.output is not None else v.snapshot
+    thumb = thumbs.get(shown)
+    badge = v.status
+    if v.status in ("running", "interrupted") and total:
+        badge = f"{v.status} {done}/{total}"
+    stats = []
+    losses = r.get("losses") if v.status == "done" else None
+    if losses:
+        stats += [f"content {fmt(float(losses.get('content', float('nan'))))}",
+                  f"style {fmt(float(losses.get('style', float('nan'))))}"]
+    if v.status == "done" and done:
+        stats.append(f"{done} evals")
+    if r.get("seconds") and v.status == "done":
+        stats.append(f"{float(r['seconds']):.1f} s")
+    if v.snapshot is not None and v.output is None:
+        stats.append(f"snapshot {v.snapshot.stem.removeprefix('iter_')}")
+    error = r.get("error") if v.failed else None
+    return {
+        "name": v.name, "status": v.status, "badge": badge, "anchor": anchor(v.name),
+        "href": href(shown, base) if shown is not None else None,
+        "thumb": {"src": href(thumb.path, base), "w": thumb.width, "h": thumb.height} if thumb else None,
+        "placeholder": {"done": "output missing"}.get(v.status, v.status),
+        "progress": round(100 * min(done, total) / total) if v.status in ("running", "interrupted") and total else None,
+        "stats": " · ".join(stats), "error": error[:ERROR_CHARS] + ("…" if len(error) > ERROR_CHARS else "") if error else None,
+        "curve": None,
+    }
+
+
+def head(value: Value, axis: str, base: Path, thumbs: Thumbs) -> dict[str, Any]:
+    thumb = thumbs.get(value.image) if axis in IMAGE_AXES else None
+    return {"label": value.label, "key": None if axis in IMAGE_AXES else axis,
+            "href": href(value.image, base) if thumb is not None else None,
+            "thumb": {"src": href(thumb.path, base), "w": thumb.width, "h": thumb.height} if thumb else None}
+
+
+def counts(views: list[PairView]) -> list[tuple[str, int]]:
+    found: dict[str, int] = {}
+    for v in views:
+        found[v.status] = found.get(v.status, 0) + 1
+    order = ("done", "running", "interrupted", "pending", "failed", "invalid")
+    return sorted(found.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+
+
+def problems(views: list[PairView], href: Callable[[PairView], str | None]) -> tuple[list[dict[str, Any]], int]:
+    failed = [v for v in views if v.failed]
+    return ([{"name": v.name, "entry": v.entry, "error": v.record.get("error") or "", "href": href(v),
+              "anchor": anchor(v.name)} for v in failed[:MAX_PROBLEMS]], len(failed))

@@ -1,0 +1,123 @@
+"""A run's records of its pairs: a pair begun (its record and hooks), concluded, failed; the
+invalid entries; the counts and the exit code read back from the records."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import traceback
+
+from stylebatch.fit.engine import NonFiniteLossError, PairHooks, PairResult
+from stylebatch.errors import EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StylebatchError
+from stylebatch.job.manifest import Job, Pair
+from stylebatch.run.options import Reporter, StopFlag, output_path
+from stylebatch.jobdir.state import INVALID_PREFIX, JobState, effective_status, output_stamp
+
+log = logging.getLogger("stylebatch")
+
+
+def summarize_job(job: Job, state: JobState) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for pair in job.valid_pairs:
+        record = state.read(pair.name)
+        status = effective_status(record) if record else "pending"
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def recorded_batches(state: JobState, pairs: list[Pair]) -> dict[str, list[str]]:
+    """The batch each pair was last run in (its record's `batch`), for pairs that have one."""
+    recorded = {p.name: (state.read(p.name) or {}).get("batch") for p in pairs}
+    return {name: members for name, members in recorded.items() if members}
+
+
+def begin_pair(job: Job, pair: Pair, state: JobState, stop: StopFlag, reporter: Reporter, rank: int,
+           batch: list[str] | None) -> tuple[PairHooks, float]:
+    """Mark a pair running (owner, attempt, batch membership) and make the hooks that watch it."""
+    record = state.read(pair.name) or {}
+    started = time.time()
+    state.write(pair.name, {
+        **record, "id": pair.id, "status": "running", "attempts": int(record.get("attempts", 0)) + 1,
+        "steps": pair.config.steps, "started": started, "error": None, "output": output_path(job, pair).name,
+        "batch": batch, **state.owner(rank),
+    })
+    reporter.pair_start(pair, int(record.get("steps_done", 0)), batch)
+    last_beat = [time.monotonic()]
+
+    def on_progress(n: int, losses: dict[str, float]) -> None:
+        reporter.pair_progress(pair, n, losses)
+        if time.monotonic() - last_beat[0] > 30:
+            state.update(pair.name, steps_done=n, heartbeat=time.time())
+            last_beat[0] = time.monotonic()
+
+    def on_checkpoint(n: int) -> None:
+        state.update(pair.name, steps_done=n, heartbeat=time.time())
+
+    stop_file = state.root / "stop"  # written by rank 0 when it is signalled: reaches workers on any node
+    hooks = PairHooks(should_stop=lambda: bool(stop) or stop_file.exists(), on_progress=on_progress,
+                      on_checkpoint=on_checkpoint)
+    return hooks, started
+
+
+def conclude_pair(job: Job, pair: Pair, state: JobState, reporter: Reporter, result: PairResult, started: float) -> None:
+    if result.interrupted:
+        state.update(pair.name, status="interrupted", steps_done=result.evaluations, heartbeat=time.time())
+        reporter.pair_end(pair, "interrupted")
+        return
+    if not pair.config.keep_checkpoints:
+        state.checkpoint_path(pair.name).unlink(missing_ok=True)
+    seconds = round(time.time() - started, 3)
+    state.update(
+        pair.name, status="done", steps_done=result.evaluations, output_sha256=result.output_sha256,
+        encoding=pair.config.encoding(), output_stat=output_stamp(output_path(job, pair)),
+        losses=result.losses, seconds=seconds, finished=time.time(),
+    )
+    shared = f"batch of {result.batch_size}, " if result.batch_size > 1 else ""
+    log.info("%s: done, %d evaluations, %s%.1fs, losses %s", pair.name, result.evaluations, shared, seconds,
+             result.losses)
+    reporter.pair_end(pair, "done", f"{shared}{seconds:.1f} s")
+
+
+def failure_reason(pair: Pair, e: Exception) -> str:
+    """One line for a pair's record: the user's error as it is, anything else as an internal error
+    (with the traceback in the log)."""
+    if isinstance(e, StylebatchError):
+        return str(e).splitlines()[0]
+    if isinstance(e, (NonFiniteLossError, OSError)):
+        return str(e)
+    log.error("%s: internal error\n%s", pair.name, traceback.format_exc())
+    return f"internal error: {type(e).__name__}: {e}"
+
+
+def fail_pair(state: JobState, pair: Pair, reporter: Reporter, message: str) -> None:
+    log.error("%s: failed: %s", pair.name, message)
+    state.update(pair.name, status="failed", error=message, finished=time.time())
+    reporter.pair_end(pair, "failed", message)
+
+
+def exit_code(job: Job, state: JobState, interrupted: bool) -> int:
+    """0 all done, 1 some failed, 3 interrupted (resumable), from the records of this job's pairs."""
+    statuses = ["failed"] * (len(job.pairs) - len(job.valid_pairs))
+    for pair in job.valid_pairs:
+        record = state.read(pair.name)
+        statuses.append(effective_status(record) if record else "pending")
+    if interrupted or any(s in ("interrupted", "running", "pending") for s in statuses):
+        return EXIT_INTERRUPTED
+    if any(s == "failed" for s in statuses):
+        return EXIT_FAILED_PAIRS
+    return EXIT_OK
+
+
+def record_invalid(job: Job, state: JobState) -> None:
+    """With --skip-invalid, each invalid entry is recorded as failed with its reasons, under a name
+    of its own (its output name may be the problem, or a duplicate of a valid pair's)."""
+    pairs_dir = state.root / "pairs"
+    if pairs_dir.is_dir():
+        for old in pairs_dir.glob(f"{INVALID_PREFIX}*"):
+            shutil.rmtree(old, ignore_errors=True)
+    for pair in job.pairs:
+        if pair.problems:
+            key = INVALID_PREFIX + "".join(ch if ch.isalnum() else "-" for ch in pair.entry).strip("-")
+            state.write(key, {"id": "", "status": "failed", "error": "; ".join(pair.problems), "attempts": 1,
+                              "entry": pair.entry})
