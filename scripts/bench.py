@@ -29,10 +29,10 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stylebatch.job.config import Config  # noqa: E402
 from stylebatch.fit.engine import module_for  # noqa: E402
 from stylebatch.fit.module import StyleTransferModule  # noqa: E402
-from stylebatch.fit.vgg import LAYER_INDEX, LAYER_NAMES, _VGG19_CFG, load_vgg  # noqa: E402
+from stylebatch.fit.vgg import _VGG19_CFG, LAYER_INDEX, LAYER_NAMES, load_vgg  # noqa: E402
+from stylebatch.job.config import Config  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -134,8 +134,9 @@ def checkpoint_bytes(module: StyleTransferModule, optimizer: str, cfg: Config) -
     return buf.tell()
 
 
-def bench_size(size: int, vgg, device: torch.device, cfg: Config, evals: int,
-               compile_mode: str | None = None) -> dict[str, float]:
+def bench_size(
+    size: int, vgg, device: torch.device, cfg: Config, evals: int, compile_mode: str | None = None
+) -> dict[str, float]:
     h, w = size * 3 // 4, size  # a 4:3 landscape, like most photos
     gen = torch.Generator().manual_seed(0)
     content = torch.rand(1, 3, h, w, generator=gen).to(device)
@@ -167,8 +168,18 @@ def bench_size(size: int, vgg, device: torch.device, cfg: Config, evals: int,
     counted = counted_flops(module) if device.type == "cpu" or size <= 512 else float("nan")
     ckpt_adam = checkpoint_bytes(module, "adam", cfg)
     ckpt_lbfgs = checkpoint_bytes(module, "lbfgs", cfg)
-    return {"h": h, "w": w, "seconds": seconds, "bare": bare, "compiled": compiled, "peak_mib": peak, "flops": flops, "counted": counted,
-            "ckpt_adam": ckpt_adam, "ckpt_lbfgs": ckpt_lbfgs}
+    return {
+        "h": h,
+        "w": w,
+        "seconds": seconds,
+        "bare": bare,
+        "compiled": compiled,
+        "peak_mib": peak,
+        "flops": flops,
+        "counted": counted,
+        "ckpt_adam": ckpt_adam,
+        "ckpt_lbfgs": ckpt_lbfgs,
+    }
 
 
 def bare_vgg_seconds(vgg, image: torch.Tensor, cfg: Config, evals: int) -> float:
@@ -200,8 +211,8 @@ def layer_gain(device: torch.device, size: int, batch: int, cfg: Config, repeats
             x.requires_grad_()
 
             def step():
-                conv(x).sum().backward()
-                x.grad = None
+                conv(x).sum().backward()  # noqa: B023 (called at once, inside the loop)
+                x.grad = None  # noqa: B023
 
             per_image.append(best_time(step, device, repeats) / b * 1000)
         rows.append((name, f"{cin}->{cout}", f"{hh}x{ww}", per_image[0], per_image[1]))
@@ -232,15 +243,29 @@ JOBS = {
 }
 
 
-def job_pairs_per_hour(job: str, size: int, steps: int | None, batch_size: int, accel: str = "cpu") -> tuple[float, int]:
+def job_pairs_per_hour(
+    job: str, size: int, steps: int | None, batch_size: int, accel: str = "cpu"
+) -> tuple[float, int]:
     """(pairs/hour, pairs) of a bundled manifest end to end through the CLI (load, optimise,
     checkpoints, save), at `size`, with `batch_size` (1: unbatched)."""
     from stylebatch.cli.main import main
 
     manifest, preset, _ = JOBS[job]
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["run", str(REPO / manifest), "--weights", "random", "--accelerator", accel, "--out", tmp,
-                "--set", f"size={size}", "--set", f"batch_size={batch_size}"]
+        args = [
+            "run",
+            str(REPO / manifest),
+            "--weights",
+            "random",
+            "--accelerator",
+            accel,
+            "--out",
+            tmp,
+            "--set",
+            f"size={size}",
+            "--set",
+            f"batch_size={batch_size}",
+        ]
         args += ["--config", preset] if preset else []
         args += ["--set", f"steps={steps}"] if steps else []
         t = time.perf_counter()
@@ -255,10 +280,16 @@ def _write_manifest(root: Path, pairs: int, size: int, steps: int, batch_size: i
     images = REPO / "manifests" / "images"
     contents = ["chelsea.jpg", "coffee.jpg"]  # same aspect ratio (3:2): batchable together
     styles = ["great_wave.jpg", "starry_night.jpg", "composition_vii.jpg"]
-    lines = ["output_dir: out", "defaults: {size: %d, steps: %d, optimizer: adam, checkpoint_every: %d, batch_size: %d}"
-             % (size, steps, max(1, steps // 2), batch_size), "pairs:"]
+    lines = [
+        "output_dir: out",
+        f"defaults: {{size: {size}, steps: {steps}, optimizer: adam, checkpoint_every: {max(1, steps // 2)}, "
+        f"batch_size: {batch_size}}}",
+        "pairs:",
+    ]
     for i in range(pairs):
-        lines.append(f"  - {{content: {images / contents[i % 2]}, style: {images / styles[i % 3]}, name: p{i}, seed: {i}}}")
+        lines.append(
+            f"  - {{content: {images / contents[i % 2]}, style: {images / styles[i % 3]}, name: p{i}, seed: {i}}}"
+        )
     path = root / f"m{batch_size}.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -300,9 +331,12 @@ def e2e_peak_rss(size: int, steps: int, pairs: int = 1, batch_size: int = 1) -> 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = _write_manifest(Path(tmp), pairs, size, steps, batch_size)
         t = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(manifest), "--weights", "random",
-                                 "--accelerator", "cpu"], cwd=tmp, env={**os.environ, "PYTHONPATH": str(REPO)},
-                                stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stylebatch", "run", str(manifest), "--weights", "random", "--accelerator", "cpu"],
+            cwd=tmp,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.DEVNULL,
+        )
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not the max over all children
         proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - t
@@ -317,9 +351,25 @@ def workers_pairs_per_hour(devices: int, pairs: int, size: int, steps: int) -> f
     with tempfile.TemporaryDirectory() as tmp:
         manifest = _write_manifest(Path(tmp), pairs, size, steps)
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "stylebatch", "run", str(manifest), "--weights", "random",
-                        "--accelerator", "cpu", "--devices", str(devices)], check=True, cwd=tmp,
-                       env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stylebatch",
+                "run",
+                str(manifest),
+                "--weights",
+                "random",
+                "--accelerator",
+                "cpu",
+                "--devices",
+                str(devices),
+            ],
+            check=True,
+            cwd=tmp,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.DEVNULL,
+        )
         return pairs / (time.perf_counter() - t) * 3600
 
 
@@ -330,26 +380,52 @@ def main() -> int:
     parser.add_argument("--weights", default="random")
     parser.add_argument("--e2e-pairs", type=int, default=6)
     parser.add_argument("--e2e-sizes", type=int, nargs="*", default=[128])
-    parser.add_argument("--layer-gain", type=int, nargs=2, metavar=("SIZE", "BATCH"), default=None,
-                        help="also time each conv layer alone and in a batch (explains the batching gain)")
+    parser.add_argument(
+        "--layer-gain",
+        type=int,
+        nargs=2,
+        metavar=("SIZE", "BATCH"),
+        default=None,
+        help="also time each conv layer alone and in a batch (explains the batching gain)",
+    )
     parser.add_argument("--e2e-steps", type=int, default=20)
-    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 4], help="end-to-end runs at these batch sizes")
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="*", default=[1, 4], help="end-to-end runs at these batch sizes"
+    )
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="also measure pairs/hour with N CPU workers")
     parser.add_argument("--overhead", action="store_true", help="also measure per-pair overhead on 20 tiny pairs")
-    parser.add_argument("--memory-e2e", nargs="*", default=[], metavar="SIZE[xBATCH]",
-                        help="also run one pair of this size (or a batch of BATCH pairs: 512x4) end to end in a "
-                             "fresh process; print its peak RSS")
-    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
-                        help="also time the losses under torch.compile (bench only: compiling takes minutes)")
-    parser.add_argument("--jobs", nargs="*", default=[], choices=sorted(JOBS),
-                        help="pairs/hour of bundled jobs, unbatched vs batched (batch_size 4), at --job-sizes")
+    parser.add_argument(
+        "--memory-e2e",
+        nargs="*",
+        default=[],
+        metavar="SIZE[xBATCH]",
+        help="also run one pair of this size (or a batch of BATCH pairs: 512x4) end to end in a "
+        "fresh process; print its peak RSS",
+    )
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="MODE",
+        help="also time the losses under torch.compile (bench only: compiling takes minutes)",
+    )
+    parser.add_argument(
+        "--jobs",
+        nargs="*",
+        default=[],
+        choices=sorted(JOBS),
+        help="pairs/hour of bundled jobs, unbatched vs batched (batch_size 4), at --job-sizes",
+    )
     parser.add_argument("--job-sizes", type=int, nargs="*", default=[128, 256])
     parser.add_argument("--job-steps", type=int, default=None, help="override the jobs' evaluation budget")
     parser.add_argument("--out", help="also write the report to this file")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sizes = args.sizes if args.sizes is not None else ([128, 256, 512, 1024] if device.type == "cuda" else [128, 256, 512])
+    sizes = (
+        args.sizes if args.sizes is not None else ([128, 256, 512, 1024] if device.type == "cuda" else [128, 256, 512])
+    )
     cfg = Config(optimizer="adam")
     vgg = load_vgg(args.weights, cfg.layers_used).to(device)
     lines = []
@@ -366,20 +442,26 @@ def main() -> int:
     peak = max(v for k, v in peaks.items() if "bf16" not in k)
     say(f"floor uses the best fp32 peak: {peak / 1e9:.1f} GFLOP/s")
     say()
-    say("| size | HxW | s/eval | floor s | ratio | bare VGG s | ratio bare | GFLOP analytic | GFLOP counted "
-        "| peak MiB | ckpt Adam KiB | ckpt L-BFGS KiB |")
+    say(
+        "| size | HxW | s/eval | floor s | ratio | bare VGG s | ratio bare | GFLOP analytic | GFLOP counted "
+        "| peak MiB | ckpt Adam KiB | ckpt L-BFGS KiB |"
+    )
     say("|---|---|---|---|---|---|---|---|---|---|---|---|")
     compiled_lines: list[str] = []
     for size in sizes:
         r = bench_size(size, vgg, device, cfg, args.evals, args.compile)
         floor = r["flops"] / peak
         if args.compile:
-            compiled_lines.append(f"torch.compile({args.compile}) at {size} px: {r['compiled']:.4f} s/eval, "
-                                  f"{r['compiled'] / floor:.2f}x the floor ({r['seconds'] / r['compiled']:.2f}x eager)")
-        say(f"| {size} | {r['h']}x{r['w']} | {r['seconds']:.4f} | {floor:.4f} | {r['seconds'] / floor:.2f} | "
+            compiled_lines.append(
+                f"torch.compile({args.compile}) at {size} px: {r['compiled']:.4f} s/eval, "
+                f"{r['compiled'] / floor:.2f}x the floor ({r['seconds'] / r['compiled']:.2f}x eager)"
+            )
+        say(
+            f"| {size} | {r['h']}x{r['w']} | {r['seconds']:.4f} | {floor:.4f} | {r['seconds'] / floor:.2f} | "
             f"{r['bare']:.4f} | {r['bare'] / floor:.2f} | "
             f"{r['flops'] / 1e9:.2f} | {r['counted'] / 1e9:.2f} | {r['peak_mib']:.0f} | "
-            f"{r['ckpt_adam'] / 1024:.0f} | {r['ckpt_lbfgs'] / 1024:.0f} |")
+            f"{r['ckpt_adam'] / 1024:.0f} | {r['ckpt_lbfgs'] / 1024:.0f} |"
+        )
     for line in compiled_lines:
         say(line)
     say()
@@ -388,8 +470,10 @@ def main() -> int:
         size, batch = int(size), int(batch or 1)
         rss, seconds = e2e_peak_rss(size, steps=4, pairs=batch, batch_size=batch)
         what = f"one {size} px Adam pair" if batch == 1 else f"{batch} {size} px Adam pairs batched"
-        say(f"{what} end to end in a fresh process (4 evaluations, a checkpoint every 2, output saved): "
-            f"peak RSS {rss:.0f} MiB, {seconds:.1f} s")
+        say(
+            f"{what} end to end in a fresh process (4 evaluations, a checkpoint every 2, output saved): "
+            f"peak RSS {rss:.0f} MiB, {seconds:.1f} s"
+        )
     if args.layer_gain:
         size, b = args.layer_gain
         say(f"per conv layer at {size} px, forward + backward to the input, ms per image: alone vs batch of {b}")
@@ -406,23 +490,31 @@ def main() -> int:
             pph = pairs_per_hour(accel, args.e2e_pairs, e2e_size, args.e2e_steps, batch_size=bs)
             base = base or pph
             label = "unbatched" if bs == 1 else f"batch_size {bs}"
-            say(f"end to end, {args.e2e_pairs} pairs at {e2e_size} px x {args.e2e_steps} Adam evaluations, "
-                f"{label}: {pph:.0f} pairs/hour ({pph / base:.2f}x the first)")
+            say(
+                f"end to end, {args.e2e_pairs} pairs at {e2e_size} px x {args.e2e_steps} Adam evaluations, "
+                f"{label}: {pph:.0f} pairs/hour ({pph / base:.2f}x the first)"
+            )
     for n in args.workers:
         pph = workers_pairs_per_hour(n, args.e2e_pairs, args.e2e_sizes[0], args.e2e_steps)
-        say(f"end to end with {n} CPU worker process(es), {args.e2e_pairs} pairs at {args.e2e_sizes[0]} px x "
-            f"{args.e2e_steps} evaluations: {pph:.0f} pairs/hour")
+        say(
+            f"end to end with {n} CPU worker process(es), {args.e2e_pairs} pairs at {args.e2e_sizes[0]} px x "
+            f"{args.e2e_steps} evaluations: {pph:.0f} pairs/hour"
+        )
     for job in args.jobs:
         for size in args.job_sizes:
             alone, pairs = job_pairs_per_hour(job, size, args.job_steps, 1, accel)
             batched, _ = job_pairs_per_hour(job, size, args.job_steps, 4, accel)
             budget = f"{args.job_steps} evaluations" if args.job_steps else "its own evaluation budget"
-            say(f"{job} ({JOBS[job][2]}), {pairs} pairs at {size} px, {budget}: unbatched {alone:.0f} pairs/hour, "
-                f"batch_size 4 {batched:.0f} pairs/hour ({batched / alone:.2f}x)")
+            say(
+                f"{job} ({JOBS[job][2]}), {pairs} pairs at {size} px, {budget}: unbatched {alone:.0f} pairs/hour, "
+                f"batch_size 4 {batched:.0f} pairs/hour ({batched / alone:.2f}x)"
+            )
     if args.overhead:
         per_pair, overhead = per_pair_overhead()
-        say(f"per-pair overhead (20 pairs, 32 px, 10 Adam evaluations): {per_pair * 1000:.0f} ms per pair, "
-            f"of which {overhead * 1000:.0f} ms outside the optimisation steps")
+        say(
+            f"per-pair overhead (20 pairs, 32 px, 10 Adam evaluations): {per_pair * 1000:.0f} ms per pair, "
+            f"of which {overhead * 1000:.0f} ms outside the optimisation steps"
+        )
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
     return 0

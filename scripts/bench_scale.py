@@ -34,12 +34,19 @@ from stylebatch.job.jobfile import write_job_file  # noqa: E402
 from stylebatch.job.manifest import load_job  # noqa: E402
 from stylebatch.jobdir.state import HOST, output_stamp, sha256_file  # noqa: E402
 
-DEFAULTS = {"size": 32, "steps": 20, "optimizer": "adam", "lr": 0.05, "log_every": 1, "checkpoint_every": 10,
-            "batch_size": 1}
+DEFAULTS = {
+    "size": 32,
+    "steps": 20,
+    "optimizer": "adam",
+    "lr": 0.05,
+    "log_every": 1,
+    "checkpoint_every": 10,
+    "batch_size": 1,
+}
 
 
 def _grid_shape(n: int) -> tuple[int, int]:
-    styles = max(1, int(round(n ** 0.5 / 1.6)))  # wider than tall, like a real style sweep
+    styles = max(1, int(round(n**0.5 / 1.6)))  # wider than tall, like a real style sweep
     return n // styles, styles
 
 
@@ -59,10 +66,18 @@ def make_job(root: Path, n: int) -> tuple[Path, Path, str]:
         for i in range(count):
             _png(images / f"{kind}{i:04d}.png", rng, (40, 30))
     manifest = root / "job.yaml"
-    manifest.write_text(json.dumps({  # JSON is YAML
-        "output_dir": "out", "defaults": DEFAULTS,
-        "grid": {"content": [f"images/c{i:04d}.png" for i in range(contents)],
-                 "style": [f"images/s{i:04d}.png" for i in range(styles)]}}))
+    manifest.write_text(
+        json.dumps(
+            {  # JSON is YAML
+                "output_dir": "out",
+                "defaults": DEFAULTS,
+                "grid": {
+                    "content": [f"images/c{i:04d}.png" for i in range(contents)],
+                    "style": [f"images/s{i:04d}.png" for i in range(styles)],
+                },
+            }
+        )
+    )
     job = load_job(manifest, weights="random")
     assert not job.all_problems, job.all_problems[:3]
     out = job.output_dir
@@ -70,19 +85,37 @@ def make_job(root: Path, n: int) -> tuple[Path, Path, str]:
     (state_root / "pairs").mkdir(parents=True)
     write_job_file(job, state_root)
     curve = "evaluations,content,style,total\n" + "".join(
-        f"{k},{1 / k!r},{10 / k!r},{11 / k!r}\n" for k in range(1, DEFAULTS["steps"] + 1))
+        f"{k},{1 / k!r},{10 / k!r},{11 / k!r}\n" for k in range(1, DEFAULTS["steps"] + 1)
+    )
     now = time.time()
-    for i, pair in enumerate(job.pairs[:-1]):  # the last pair stays pending
+    for pair in job.pairs[:-1]:  # the last pair stays pending
         output = out / f"{pair.name}.png"
         _png(output, rng)
         d = state_root / "pairs" / pair.name
         d.mkdir()
-        record = {"id": pair.id, "status": "done", "attempts": 1, "steps": DEFAULTS["steps"], "started": now,
-                  "error": None, "output": output.name, "batch": None, "rank": 0, "host": HOST, "pid": 1,
-                  "heartbeat": now, "steps_done": DEFAULTS["steps"], "output_sha256": sha256_file(output),
-                  "encoding": {"format": "png"}, "output_stat": output_stamp(output),
-                  "losses": {"content": 0.05, "style": 0.5, "total": 1.05}, "seconds": 1.5, "finished": now,
-                  "name": pair.name, "updated": now}
+        record = {
+            "id": pair.id,
+            "status": "done",
+            "attempts": 1,
+            "steps": DEFAULTS["steps"],
+            "started": now,
+            "error": None,
+            "output": output.name,
+            "batch": None,
+            "rank": 0,
+            "host": HOST,
+            "pid": 1,
+            "heartbeat": now,
+            "steps_done": DEFAULTS["steps"],
+            "output_sha256": sha256_file(output),
+            "encoding": {"format": "png"},
+            "output_stat": output_stamp(output),
+            "losses": {"content": 0.05, "style": 0.5, "total": 1.05},
+            "seconds": 1.5,
+            "finished": now,
+            "name": pair.name,
+            "updated": now,
+        }
         (d / "state.json").write_text(json.dumps(record, indent=1, sort_keys=True))
         (d / "losses.csv").write_text(curve)
     return manifest, out, job.pairs[-1].name
@@ -105,9 +138,14 @@ def measure(args: list[str], cwd: Path, until: str | None = None) -> tuple[float
     fresh `python -m stylebatch ...`."""
     with tempfile.NamedTemporaryFile(suffix=".json") as usage_file:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, usage_file.name, sys.executable, "-m", "stylebatch",
-                                 *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", LAUNCHER, usage_file.name, sys.executable, "-m", "stylebatch", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        )
         first, tail = None, []
         for line in proc.stdout:
             if until and first is None and line.startswith(until):
@@ -129,8 +167,10 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="reuse a job of the same size kept in --dir by --keep")
     args = parser.parse_args()
     base = Path(args.dir or tempfile.mkdtemp(prefix="bench_scale_"))
-    print(f"jobs under {base}; python {sys.version.split()[0]}, {os.cpu_count()} CPU(s), "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"jobs under {base}; python {sys.version.split()[0]}, {os.cpu_count()} CPU(s), "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     results: dict[int, dict[str, tuple[float, float]]] = {}
     try:
         for n in args.sizes:
@@ -144,14 +184,17 @@ def main() -> None:
                 shutil.rmtree(root, ignore_errors=True)
                 manifest, out, pending = make_job(root, n)
                 (root / "pending.json").write_text(json.dumps(pending))
-                print(f"\nN = {n:,}: grid {_grid_shape(n)[0]} x {_grid_shape(n)[1]}, "
-                      f"generated in {time.perf_counter() - t:.1f} s", flush=True)
+                print(
+                    f"\nN = {n:,}: grid {_grid_shape(n)[0]} x {_grid_shape(n)[1]}, "
+                    f"generated in {time.perf_counter() - t:.1f} s",
+                    flush=True,
+                )
             row: dict[str, tuple[float, float]] = {}
 
             def note(name: str, seconds: float, rss: float) -> None:
-                row[name] = (seconds, rss)
-                print(f"  {name:<36} {seconds:8.2f} s  {1e6 * seconds / n:8.1f} us/pair  peak RSS {rss:7.0f} MiB",
-                      flush=True)
+                row[name] = (seconds, rss)  # noqa: B023 (called inside the loop)
+                per_pair = 1e6 * seconds / n  # noqa: B023
+                print(f"  {name:<36} {seconds:8.2f} s  {per_pair:8.1f} us/pair  peak RSS {rss:7.0f} MiB", flush=True)
 
             s, rss, _, _ = measure(["validate", str(manifest)], root)
             note("validate", s, rss)
@@ -163,8 +206,11 @@ def main() -> None:
             note("run: whole (1 pair + final report)", s, rss)
             s, rss, first, _ = measure(["run", str(manifest), "--weights", "random"], root, until="exit ")
             note("run: all done (start-up)", first or s, rss)
-            for name, cmd in (("status", ["status", str(out)]), ("status --json", ["status", str(out), "--json"]),
-                              ("status --all", ["status", str(out), "--all"])):
+            for name, cmd in (
+                ("status", ["status", str(out)]),
+                ("status --json", ["status", str(out), "--json"]),
+                ("status --all", ["status", str(out), "--all"]),
+            ):
                 s, rss, _, _ = measure(cmd, root)
                 note(name, s, rss)
             # Cold: no report yet. Moved aside (removing 100,000 thumbnails takes minutes on a busy disk).
@@ -178,8 +224,10 @@ def main() -> None:
             pages = len(list(report.glob("page-*.html"))) or 1
             biggest = max(f.stat().st_size for f in report.glob("*.html"))
             job_json = (out / ".stylebatch" / "job.json").stat().st_size
-            print(f"  report: {pages} page(s), largest HTML file {biggest / 1e6:.2f} MB; job.json {job_json / 1e6:.1f} MB "
-                  f"({job_json / n:.0f} bytes/pair)")
+            print(
+                f"  report: {pages} page(s), largest HTML file {biggest / 1e6:.2f} MB; job.json {job_json / 1e6:.1f} MB "
+                f"({job_json / n:.0f} bytes/pair)"
+            )
             results[n] = row
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)

@@ -32,8 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stylebatch.memory.calibration import Device  # noqa: E402
 from stylebatch.job.config import Config  # noqa: E402
+from stylebatch.memory.calibration import Device  # noqa: E402
 from stylebatch.memory.estimate import estimate, own_bytes, work  # noqa: E402
 
 IMAGES = REPO / "manifests" / "images"
@@ -85,8 +85,13 @@ def run_case(overrides: dict, batch: int, device: str, root: Path, weights: str 
         rusage_peak = None
     else:
         env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(root / "cache")}
-        proc = subprocess.Popen([sys.executable, "-m", "stylebatch", *args], cwd=root, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stylebatch", *args],
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not the max over all children
         code, rusage_peak = os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024
     seconds = time.perf_counter() - t
@@ -124,12 +129,21 @@ def compare(part: str, cases: list, device: Device, baseline: int, floor: int, w
                 continue
         if calibrated is None:  # the calibration case: what one run teaches the product
             own, flops = own_bytes(cfg, wh, batch, tile), work(cfg, wh, 0, cfg.steps, batch, tile)
-            calibrated = replace(device, baseline=baseline, floor=floor, memory_scale=(peak - baseline) / own,
-                                 flop_rate=flops / max(seconds - device.pair_overhead, seconds / 2))
+            calibrated = replace(
+                device,
+                baseline=baseline,
+                floor=floor,
+                memory_scale=(peak - baseline) / own,
+                flop_rate=flops / max(seconds - device.pair_overhead, seconds / 2),
+            )
         est = estimate(cfg, wh, calibrated, batch=batch, tile=tile)
-        predicted, measured, unit = (est.peak / 2**20, peak / 2**20, "MiB") if part == "memory" else (est.seconds, seconds, "s")
-        print(f"| {label} | {predicted:.1f} {unit} | {measured:.1f} {unit} | {(predicted - measured) / measured:+.1%} |",
-              flush=True)
+        predicted, measured, unit = (
+            (est.peak / 2**20, peak / 2**20, "MiB") if part == "memory" else (est.seconds, seconds, "s")
+        )
+        print(
+            f"| {label} | {predicted:.1f} {unit} | {measured:.1f} {unit} | {(predicted - measured) / measured:+.1%} |",
+            flush=True,
+        )
     if calibrated is not None:
         print(f"calibration: memory scale {calibrated.memory_scale:.3f}, {calibrated.flop_rate / 1e9:.1f} GFLOP/s")
     return calibrated or device
@@ -151,8 +165,10 @@ def gpu_largest(device: Device, wh: tuple) -> None:
             outcome = f"ran: peak {peak / 2**30:.1f} GiB ({(est.peak - peak) / peak:+.1%} predicted), {seconds:.0f} s"
         except SystemExit as e:
             outcome = f"FAILED: {str(e)[:200]}"
-    print(f"largest untiled size for 0.8 of {free / 2**30:.1f} GiB free: {side} px, predicted peak "
-          f"{est.peak / 2**30:.1f} GiB; {outcome}")
+    print(
+        f"largest untiled size for 0.8 of {free / 2**30:.1f} GiB free: {side} px, predicted peak "
+        f"{est.peak / 2**30:.1f} GiB; {outcome}"
+    )
 
 
 def gpu_ladder_check(wh: tuple) -> None:
@@ -183,9 +199,14 @@ def gpu_ladder_check(wh: tuple) -> None:
         StyleTransferModule.training_step = original
     rungs = (record.get("memory_fallback") or {}).get("rungs", [])
     ok = record["status"] == "done" and [r["rung"] for r in rungs] == ["tiled"] and all(r["freed"] for r in rungs)
-    print(f"ladder check on CUDA ({'ok' if ok else 'FAILED'}): status {record['status']}, rungs "
-          + "; ".join(f"{r['rung']} (allocated {r.get('allocated')} <= before {r.get('baseline')}, "
-                      f"live objects {r['live_objects']})" for r in rungs))
+    print(
+        f"ladder check on CUDA ({'ok' if ok else 'FAILED'}): status {record['status']}, rungs "
+        + "; ".join(
+            f"{r['rung']} (allocated {r.get('allocated')} <= before {r.get('baseline')}, "
+            f"live objects {r['live_objects']})"
+            for r in rungs
+        )
+    )
 
 
 def main() -> int:
@@ -207,8 +228,10 @@ def main() -> int:
         floor_peak, _, tiny = run_case({"size": 32}, 1, args.device, Path(tmp))
     baseline = tiny.get("start_bytes") or floor_peak
     floor = tiny.get("start_peak_bytes") or baseline
-    print(f"# memory model vs measured on {device.key}; from a 32 px run: baseline (in use before a pair) "
-          f"{baseline / 2**20:.0f} MiB, floor (peak before it) {floor / 2**20:.0f} MiB")
+    print(
+        f"# memory model vs measured on {device.key}; from a 32 px run: baseline (in use before a pair) "
+        f"{baseline / 2**20:.0f} MiB, floor (peak before it) {floor / 2**20:.0f} MiB"
+    )
     if args.device == "cuda":  # allocator peaks in this process; the first size calibrates
         cases = [(f"{s} adam", {"size": s}, 1) for s in args.sizes]
         cases += [(f"{s} adam, tile 1024", {"size": s, "tile": 1024}, 1) for s in args.sizes if s > 1024]
@@ -216,7 +239,7 @@ def main() -> int:
         gpu_largest(calibrated, wh)
         gpu_ladder_check(wh)
         return 0
-    for part in (["memory", "time"] if args.part == "both" else [args.part]):
+    for part in ["memory", "time"] if args.part == "both" else [args.part]:
         compare(part, MEMORY_CASES if part == "memory" else TIME_CASES, device, baseline, floor, "cpu", wh)
     return 0
 
@@ -229,11 +252,16 @@ def big_run(args: argparse.Namespace) -> int:
     device = Device.current("cuda:0" if args.device == "cuda" else "cpu")
     cfg = config_of(overrides)
     est = estimate(cfg, wh, device, tile=args.tile)
-    print(f"# {args.big} px, tiles of {args.tile}, {args.steps} Adam evaluations, weights {args.weights}, "
-          f"on {device.key}: predicted peak {est.peak / 2**30:.2f} GiB, ~{est.seconds / 60:.1f} min", flush=True)
+    print(
+        f"# {args.big} px, tiles of {args.tile}, {args.steps} Adam evaluations, weights {args.weights}, "
+        f"on {device.key}: predicted peak {est.peak / 2**30:.2f} GiB, ~{est.seconds / 60:.1f} min",
+        flush=True,
+    )
     peak, seconds, measured = run_case(overrides, 1, args.device, root, weights=args.weights)
-    print(f"measured peak {peak / 2**30:.2f} GiB ({(est.peak - peak) / peak:+.1%} predicted), "
-          f"{seconds / 60:.1f} min; output {root / 'out' / 'p0.png'}")
+    print(
+        f"measured peak {peak / 2**30:.2f} GiB ({(est.peak - peak) / peak:+.1%} predicted), "
+        f"{seconds / 60:.1f} min; output {root / 'out' / 'p0.png'}"
+    )
     return 0
 
 

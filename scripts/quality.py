@@ -40,18 +40,23 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from stylebatch.cli import main as cli  # noqa: E402
-from stylebatch.images import fit_size, resize  # noqa: E402
 from stylebatch.fit.score import LAYERS, SCORE_SIZE, Scorer, load_output, load_pair  # noqa: E402
-from stylebatch.report.sheet import label_font  # noqa: E402
 from stylebatch.fit.vgg import check_weights_path, load_vgg  # noqa: E402
+from stylebatch.images import fit_size, resize  # noqa: E402
+from stylebatch.report.sheet import label_font  # noqa: E402
 
 IMAGES = REPO / "manifests" / "images"
 SHARED_WEIGHTS = REPO.parent / "shared" / "weights" / "vgg19_hed_features.pth"
 # Three photos x five paintings, nine pairs; the first is the shared pair of the issue's table.
 PAIRS = [
-    ("chelsea.jpg", "starry_night.jpg"), ("chelsea.jpg", "great_wave.jpg"), ("chelsea.jpg", "the_scream.jpg"),
-    ("coffee.jpg", "starry_night.jpg"), ("coffee.jpg", "composition_vii.jpg"), ("coffee.jpg", "shipwreck.jpg"),
-    ("rocket_portrait.jpg", "great_wave.jpg"), ("rocket_portrait.jpg", "the_scream.jpg"),
+    ("chelsea.jpg", "starry_night.jpg"),
+    ("chelsea.jpg", "great_wave.jpg"),
+    ("chelsea.jpg", "the_scream.jpg"),
+    ("coffee.jpg", "starry_night.jpg"),
+    ("coffee.jpg", "composition_vii.jpg"),
+    ("coffee.jpg", "shipwreck.jpg"),
+    ("rocket_portrait.jpg", "great_wave.jpg"),
+    ("rocket_portrait.jpg", "the_scream.jpg"),
     ("rocket_portrait.jpg", "composition_vii.jpg"),
 ]
 CELL = 256  # sheet cell side in pixels: the outputs' own size at the default --size
@@ -74,17 +79,36 @@ def pair_name(content: str, style: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["default", "fast", "modern"], metavar="NAME",
-                   help="`default` (no preset), a preset in configs/, or a YAML path (default: default fast modern)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every setting (repeatable)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--presets",
+        nargs="+",
+        default=["default", "fast", "modern"],
+        metavar="NAME",
+        help="`default` (no preset), a preset in configs/, or a YAML path (default: default fast modern)",
+    )
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every setting (repeatable)",
+    )
     p.add_argument("--sweep", metavar="KEY=V1,V2,...", help="run every preset at each value of one key")
-    p.add_argument("--weights", action="append", metavar="W",
-                   help="`random` or a VGG19 state dict path; repeatable (default: random + the shared file)")
+    p.add_argument(
+        "--weights",
+        action="append",
+        metavar="W",
+        help="`random` or a VGG19 state dict path; repeatable (default: random + the shared file)",
+    )
     p.add_argument("--pairs", nargs="+", metavar="NAME", help="only these pairs (content__style), default all nine")
     p.add_argument("--size", type=int, default=256, help="output size, longer side (default 256)")
-    p.add_argument("--steps", default="100", help="loss evaluations per pair (default 100), or `preset`: each preset's own")
+    p.add_argument(
+        "--steps", default="100", help="loss evaluations per pair (default 100), or `preset`: each preset's own"
+    )
     p.add_argument("--out", type=Path, default=REPO / "runs" / "quality", help="directory for outputs, table, sheets")
     args = p.parse_args(argv)
     if not args.weights:
@@ -174,13 +198,26 @@ def measure(args: argparse.Namespace) -> list[Row]:
                 rec = records[name]
                 image = outdir / f"{name}.png"
                 score = scorer(load_output(image))
-                rows.append(Row(short(weights), name, label, rec["steps_done"], rec["seconds"],
-                                score.content, score.style, image))
+                rows.append(
+                    Row(
+                        short(weights),
+                        name,
+                        label,
+                        rec["steps_done"],
+                        rec["seconds"],
+                        score.content,
+                        score.style,
+                        image,
+                    )
+                )
     return rows
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| weights | pair | setting | evaluations | seconds | content | style |", "|---|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| weights | pair | setting | evaluations | seconds | content | style |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         evals = "" if r.evaluations is None else str(r.evaluations)
         secs = "" if r.seconds is None else f"{r.seconds:.1f}"
@@ -203,9 +240,11 @@ def sweep_summary(rows: list[Row], args: argparse.Namespace) -> str:
                 diffs = [float(np.abs(a - b).mean()) for a, b in zip(arrays, arrays[1:]) if a.shape == b.shape]
                 mono = lambda v: all(x <= y for x, y in zip(v, v[1:])) or all(x >= y for x, y in zip(v, v[1:]))  # noqa: E731
                 span = lambda v: max(v) / max(min(v), 1e-12)  # noqa: E731
-                lines.append(f"{weights} {label} {name}: content monotone {mono(cs)} span {span(cs):.1f}x, "
-                             f"style monotone {mono(ss)} span {span(ss):.1f}x, "
-                             f"neighbour |diff| {', '.join(f'{d:.1f}' for d in diffs)} /255")
+                lines.append(
+                    f"{weights} {label} {name}: content monotone {mono(cs)} span {span(cs):.1f}x, "
+                    f"style monotone {mono(ss)} span {span(ss):.1f}x, "
+                    f"neighbour |diff| {', '.join(f'{d:.1f}' for d in diffs)} /255"
+                )
     return "\n".join(lines)
 
 
@@ -218,8 +257,10 @@ def sheet(rows: list[Row], weights: str, pairs: list[tuple[str, str]], path: Pat
     for i, (content, style) in enumerate(pairs):
         name = pair_name(content, style)
         mine = {r.setting: r for r in rows if r.weights == weights and r.pair == name}
-        cells = [(IMAGES / content, f"{Path(content).stem}", mine["content image"]),
-                 (IMAGES / style, f"{Path(style).stem}", mine["style image"])]
+        cells = [
+            (IMAGES / content, f"{Path(content).stem}", mine["content image"]),
+            (IMAGES / style, f"{Path(style).stem}", mine["style image"]),
+        ]
         cells += [(mine[label].image, label, mine[label]) for label in labels]
         y = i * (CELL + caption)
         for j, (file, text, r) in enumerate(cells):
@@ -227,7 +268,9 @@ def sheet(rows: list[Row], weights: str, pairs: list[tuple[str, str]], path: Pat
             pic = resize(pic, fit_size(*pic.size, CELL))  # up or down: a 128 px output fills its cell too
             img.paste(pic, (j * CELL + (CELL - pic.width) // 2, y + (CELL - pic.height) // 2))
             draw.text((j * CELL + 4, y + CELL + 1), text[:40], fill="black", font=font)
-            draw.text((j * CELL + 4, y + CELL + 15), f"content {r.content:.3g}  style {r.style:.3g}", fill="black", font=font)
+            draw.text(
+                (j * CELL + 4, y + CELL + 15), f"content {r.content:.3g}  style {r.style:.3g}", fill="black", font=font
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
 

@@ -50,12 +50,22 @@ def make_job(root: Path, steps: int) -> Path:
         img = Image.new("RGB", size)
         img.putdata([tuple(rng.randrange(256) for _ in range(3)) for _ in range(size[0] * size[1])])
         img.save(images / name)
-    pairs = [{"content": "images/a.png" if i % 2 else "images/b.png", "style": "images/s1.png" if i < 3 else "images/s2.png",
-              "name": name, "seed": i, "init": "noise",
-              **({"optimizer": "lbfgs", "lbfgs_history": 5} if i >= 4 else {"optimizer": "adam", "lr": 0.05})}
-             for i, name in enumerate(NAMES)]
-    manifest = {"output_dir": "out", "defaults": {"size": 32, "steps": steps, "checkpoint_every": 5, "log_every": 5},
-                "pairs": pairs}
+    pairs = [
+        {
+            "content": "images/a.png" if i % 2 else "images/b.png",
+            "style": "images/s1.png" if i < 3 else "images/s2.png",
+            "name": name,
+            "seed": i,
+            "init": "noise",
+            **({"optimizer": "lbfgs", "lbfgs_history": 5} if i >= 4 else {"optimizer": "adam", "lr": 0.05}),
+        }
+        for i, name in enumerate(NAMES)
+    ]
+    manifest = {
+        "output_dir": "out",
+        "defaults": {"size": 32, "steps": steps, "checkpoint_every": 5, "log_every": 5},
+        "pairs": pairs,
+    }
     path = root / "job.yaml"
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     return path
@@ -69,10 +79,26 @@ def free_port() -> int:
 
 def start(manifest: Path, out: Path, workers: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STYLEBATCH_")}
-    env.update(PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
-               MASTER_PORT=str(free_port()))
-    cmd = [sys.executable, "-m", "stylebatch", "run", str(manifest), "--weights", "random", "--accelerator", "cpu",
-           "--devices", str(workers), "--out", str(out), "--sync-timeout", "120"]
+    env.update(
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), OMP_NUM_THREADS="1", MASTER_PORT=str(free_port())
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "stylebatch",
+        "run",
+        str(manifest),
+        "--weights",
+        "random",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        str(workers),
+        "--out",
+        str(out),
+        "--sync-timeout",
+        "120",
+    ]
     return subprocess.Popen(cmd, cwd=manifest.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -127,10 +153,16 @@ def done_fraction(out: Path, steps: int) -> float:
     return total / (steps * len(NAMES))
 
 
-def soak(manifest: Path, out: Path, workers: int, kills: int, duration: float, startup: float, steps: int,
-         rng: random.Random) -> dict:
-    stats = {"kills": 0, "rank 0 killed": 0, "worker killed": 0, "finished before the kill": 0,
-             "kills since a fresh start": 0}
+def soak(
+    manifest: Path, out: Path, workers: int, kills: int, duration: float, startup: float, steps: int, rng: random.Random
+) -> dict:
+    stats = {
+        "kills": 0,
+        "rank 0 killed": 0,
+        "worker killed": 0,
+        "finished before the kill": 0,
+        "kills since a fresh start": 0,
+    }
     death: dict[int, float] = {}
     while stats["kills"] < kills:
         # A kill at a random moment of what is left of the job (the start-up included).
@@ -189,14 +221,18 @@ def main() -> None:
     for workers in (1, 2):
         out = root / f"soak-{workers}"
         stats = soak(manifest, out, workers, args.kills, duration, startup, args.steps, rng)
-        mismatches = sum((out / f"{n}.png").read_bytes() != reference[n] if (out / f"{n}.png").exists() else 1
-                         for n in NAMES)
-        print(f"workers {workers}: kills {stats['kills']} (rank 0 {stats['rank 0 killed']}, worker "
-              f"{stats['worker killed']}; {stats['kills since a fresh start']} since the last fresh start), rounds "
-              f"finished before their kill {stats['finished before the kill']}, "
-              f"final exit {stats['final exit']}, mismatches {mismatches} of {len(NAMES)}, processes left "
-              f"{stats['processes left']}, temp files left {stats['temp files left']}, pairs with overlapping "
-              f"claims {stats['claims overlapping']}", flush=True)
+        mismatches = sum(
+            (out / f"{n}.png").read_bytes() != reference[n] if (out / f"{n}.png").exists() else 1 for n in NAMES
+        )
+        print(
+            f"workers {workers}: kills {stats['kills']} (rank 0 {stats['rank 0 killed']}, worker "
+            f"{stats['worker killed']}; {stats['kills since a fresh start']} since the last fresh start), rounds "
+            f"finished before their kill {stats['finished before the kill']}, "
+            f"final exit {stats['final exit']}, mismatches {mismatches} of {len(NAMES)}, processes left "
+            f"{stats['processes left']}, temp files left {stats['temp files left']}, pairs with overlapping "
+            f"claims {stats['claims overlapping']}",
+            flush=True,
+        )
     print(f"work directory: {root}")
 
 

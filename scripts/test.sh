@@ -15,4 +15,6 @@ fi
 # --durations (in pyproject's addopts) prints the slowest tests. Two pytest-xdist workers: every test
 # runs single-threaded (tests/conftest.py), so two cores run two tests at once (whole suite 4:37 vs
 # 8:20 in one process on the 2-core reference machine). STYLEBATCH_TEST_WORKERS=0 runs in-process.
+# Lint and format first: a change that breaks either fails here, before the slower tests.
+.venv/bin/ruff check --quiet . && .venv/bin/ruff format --check --quiet . || { echo "ruff: fix the lines above (ruff check --fix; ruff format)"; exit 1; }
 exec .venv/bin/python -m pytest -n "${STYLEBATCH_TEST_WORKERS:-2}" "$@"

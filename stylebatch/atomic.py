@@ -20,8 +20,9 @@ import errno
 import os
 import re
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from stylebatch.errors import DISK_FULL, UnsafePathError
 
@@ -66,8 +67,10 @@ def link_message(path: Path) -> str:
         target = f" (to {os.readlink(path)})"
     except OSError:
         target = ""
-    return (f"{path}: is a symbolic link{target}; stylebatch never follows links inside its own files, "
-            "so nothing outside the output directory can be written through one: remove it and run again")
+    return (
+        f"{path}: is a symbolic link{target}; stylebatch never follows links inside its own files, "
+        "so nothing outside the output directory can be written through one: remove it and run again"
+    )
 
 
 class _ErrorRecorder:

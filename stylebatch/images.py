@@ -11,9 +11,9 @@ import math
 import re
 import stat
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -126,7 +126,9 @@ def load_image(path: str | Path, max_pixels: int) -> LoadedImage:
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:  # a later frame's size
             raise ImageError(_too_many_pixels(path, e, max_pixels)) from None
         except MemoryError:
-            raise ImageError(f"{path}: not enough memory to decode it; lower max_pixels or use a smaller file") from None
+            raise ImageError(
+                f"{path}: not enough memory to decode it; lower max_pixels or use a smaller file"
+            ) from None
         except Exception as e:  # noqa: BLE001 (a hostile file can make a decoder raise many types)
             raise ImageError(f"{path}: cannot be decoded ({_first_line(e)})") from None
 
@@ -183,8 +185,9 @@ EXIF_IFD, EXIF_USER_COMMENT = 0x8769, 0x9286
 USER_COMMENT_ASCII = b"ASCII\0\0\0"  # the EXIF UserComment character-code prefix
 
 
-def save_image(img: Image.Image, path: str | Path, text: dict[str, str] | None = None, format: str = "png",
-               quality: int = 95) -> bytes:
+def save_image(
+    img: Image.Image, path: str | Path, text: dict[str, str] | None = None, format: str = "png", quality: int = 95
+) -> bytes:
     """Encode (8 bits per channel) and write atomically; returns the bytes written.
 
     png: lossless, `text` in tEXt chunks. jpg/webp: `quality` 1-100 (webp at 100 is lossless); the

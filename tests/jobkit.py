@@ -6,8 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
@@ -39,8 +40,9 @@ def write_manifest(path: Path, data: dict[str, Any] | None = None, text: str | N
     """Write a manifest at `path`: `data` as YAML, in its key order and with non-ASCII text as is, or
     `text` as given. `data` must not share objects: safe_dump would write them as YAML aliases,
     which are refused."""
-    path.write_text(text if text is not None else yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
-                    encoding="utf-8")
+    path.write_text(
+        text if text is not None else yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
     return path
 
 
@@ -51,8 +53,9 @@ def edit_manifest(path: Path, edit: Callable[[dict[str, Any]], Any]) -> Path:
     return write_manifest(path, data)
 
 
-def tiny_job(root: Path, pairs: list[dict[str, Any]] | None = None, defaults: dict[str, Any] | None = None,
-             **top: Any) -> Path:
+def tiny_job(
+    root: Path, pairs: list[dict[str, Any]] | None = None, defaults: dict[str, Any] | None = None, **top: Any
+) -> Path:
     """Write images and a manifest under `root`; returns the manifest path."""
     images = root / "images"
     for i, name in enumerate(["a.png", "b.png", "s1.png", "s2.png"]):
@@ -98,8 +101,14 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 def run_subprocess(args: list[str], cwd: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
     """The real console entry point, in a fresh process (`python -m stylebatch`)."""
-    return subprocess.run([sys.executable, "-m", "stylebatch", *args], cwd=cwd, env=cli_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "stylebatch", *args],
+        cwd=cwd,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_with_sigterm_at(manifest: Path, evaluation: int, *args: str) -> tuple[int, bool]:
@@ -109,8 +118,8 @@ def run_with_sigterm_at(manifest: Path, evaluation: int, *args: str) -> tuple[in
 
     import pytest
 
-    from stylebatch.fit import engine
     from stylebatch.cli.main import main
+    from stylebatch.fit import engine
 
     original = engine._BudgetCallback.on_train_batch_end
     fired: list[bool] = []
@@ -127,8 +136,16 @@ def run_with_sigterm_at(manifest: Path, evaluation: int, *args: str) -> tuple[in
     return code, bool(fired)
 
 
-def fit_one(vgg, content: Path, style: Any, cfg: Any, ckpt_path: Path, output: Path, hooks: Any = None,
-            metadata: dict | None = None):
+def fit_one(
+    vgg,
+    content: Path,
+    style: Any,
+    cfg: Any,
+    ckpt_path: Path,
+    output: Path,
+    hooks: Any = None,
+    metadata: dict | None = None,
+):
     """One pair through the product's one fit path (`engine.stylize`, a batch of one)."""
     from stylebatch.fit.engine import Member, PairHooks, stylize
 

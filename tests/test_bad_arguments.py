@@ -80,8 +80,12 @@ def test_bad_run_flag_is_one_line(flags: list[str], fragments: list[str], root: 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_gpu_asked_for_without_one_is_one_line(root: Path, capsys) -> None:
-    refused(["run", str(root / "job.yaml"), *ARGS, "--accelerator", "gpu", "--devices", "2"], root, capsys,
-            "--accelerator gpu: no CUDA device is available here")
+    refused(
+        ["run", str(root / "job.yaml"), *ARGS, "--accelerator", "gpu", "--devices", "2"],
+        root,
+        capsys,
+        "--accelerator gpu: no CUDA device is available here",
+    )
 
 
 # --- names and paths: surrogates, control characters, huge values --------------------------------
@@ -89,9 +93,11 @@ def test_gpu_asked_for_without_one_is_one_line(root: Path, capsys) -> None:
 
 def _yaml_escaped(root: Path, key: str, escaped: str) -> Path:
     """A manifest whose `key` is a double-quoted YAML string with an escape (`\\ud83c`, `\\n`)."""
-    place = {"name": f'  - {{content: images/a.png, style: images/s1.png, name: "{escaped}"}}\n',
-             "content": f'  - {{content: "{escaped}", style: images/s1.png}}\n',
-             "style": f'  - {{content: images/a.png, style: ["images/s1.png", "{escaped}"]}}\n'}
+    place = {
+        "name": f'  - {{content: images/a.png, style: images/s1.png, name: "{escaped}"}}\n',
+        "content": f'  - {{content: "{escaped}", style: images/s1.png}}\n',
+        "style": f'  - {{content: images/a.png, style: ["images/s1.png", "{escaped}"]}}\n',
+    }
     top = f'output_dir: "{escaped}"\n' if key == "output_dir" else "output_dir: out\n"
     text = top + "pairs:\n" + place.get(key, "  - {content: images/a.png, style: images/s1.png}\n")
     path = root / "bad.yaml"
@@ -100,14 +106,19 @@ def _yaml_escaped(root: Path, key: str, escaped: str) -> Path:
 
 
 @pytest.mark.parametrize("key", ["name", "content", "style", "output_dir"])
-@pytest.mark.parametrize(("escaped", "fragment"), [("a\\ud83cb", "lone surrogate"), ("a\\nb", "control character"),
-                                                   ("a\\x1b[31mb", "control character")],
-                         ids=["surrogate", "newline", "escape"])
-def test_surrogates_and_control_characters_in_names_and_paths(key: str, escaped: str, fragment: str, root: Path,
-                                                              capsys) -> None:
+@pytest.mark.parametrize(
+    ("escaped", "fragment"),
+    [("a\\ud83cb", "lone surrogate"), ("a\\nb", "control character"), ("a\\x1b[31mb", "control character")],
+    ids=["surrogate", "newline", "escape"],
+)
+def test_surrogates_and_control_characters_in_names_and_paths(
+    key: str, escaped: str, fragment: str, root: Path, capsys
+) -> None:
     manifest = _yaml_escaped(root, key, escaped)
     for command in ("validate", "run"):
-        refused([command, str(manifest), *ARGS], root, capsys, fragment, "bad.yaml", "\\u" if "ud83c" in escaped else "")
+        refused(
+            [command, str(manifest), *ARGS], root, capsys, fragment, "bad.yaml", "\\u" if "ud83c" in escaped else ""
+        )
 
 
 @pytest.mark.parametrize("flag", ["--out", "--weights", "--config"])
@@ -194,10 +205,14 @@ INSPECT = {
     "directory": (lambda p: p.mkdir(), ["is a directory"]),
     "fifo": (lambda p: os.mkfifo(p), ["not a regular file"]),
     "truncated": (lambda p: p.write_bytes(png_bytes(40, 40, raw=b"\0" * 10)[:-20]), ["cannot be"]),
-    "losses-not-numbers": (lambda p: _stylebatch_png(p, '{"config": {}, "losses": {"total": "x"}}'),
-                           ["malformed", "'losses'"]),
-    "surrogate-in-settings": (lambda p: _stylebatch_png(p, '{"config": {"init": "\\ud83c"}}'),
-                              ["malformed", "lone surrogate"]),
+    "losses-not-numbers": (
+        lambda p: _stylebatch_png(p, '{"config": {}, "losses": {"total": "x"}}'),
+        ["malformed", "'losses'"],
+    ),
+    "surrogate-in-settings": (
+        lambda p: _stylebatch_png(p, '{"config": {"init": "\\ud83c"}}'),
+        ["malformed", "lone surrogate"],
+    ),
 }
 
 
@@ -229,15 +244,27 @@ def test_a_weights_zip_claiming_gigabytes_is_refused_without_reading_it(root: Pa
     loads: list = []
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
     for command in ("validate", "run"):
-        refused([command, str(root / "job.yaml"), "--weights", str(weights)], root, capsys,
-                "--weights", "bomb.pth", "4,294,901,760 bytes", "refused without unpacking")
+        refused(
+            [command, str(root / "job.yaml"), "--weights", str(weights)],
+            root,
+            capsys,
+            "--weights",
+            "bomb.pth",
+            "4,294,901,760 bytes",
+            "refused without unpacking",
+        )
     assert loads == []
 
 
 def test_a_zero_byte_weights_file_fails_validate(root: Path, capsys) -> None:
     (root / "empty.pth").write_bytes(b"")
-    refused(["validate", str(root / "job.yaml"), "--weights", str(root / "empty.pth")], root, capsys,
-            "empty.pth", "empty file (0 bytes)")
+    refused(
+        ["validate", str(root / "job.yaml"), "--weights", str(root / "empty.pth")],
+        root,
+        capsys,
+        "empty.pth",
+        "empty file (0 bytes)",
+    )
 
 
 # --- the L-BFGS hint ----------------------------------------------------------------------------

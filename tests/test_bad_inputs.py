@@ -111,7 +111,11 @@ def _case_only_comments(root: Path):
 
 
 def _case_top_list(root: Path):
-    return write_manifest(root / "job.yaml", text="- images/a.png\n- images/s1.png\n"), ["job.yaml", "must be a mapping", "list"]
+    return write_manifest(root / "job.yaml", text="- images/a.png\n- images/s1.png\n"), [
+        "job.yaml",
+        "must be a mapping",
+        "list",
+    ]
 
 
 def _case_top_scalar(root: Path):
@@ -140,13 +144,18 @@ def _case_no_work(root: Path):
 
 
 def _case_duplicate_yaml_key(root: Path):
-    text = "output_dir: out\npairs:\n  - content: images/a.png\n    style: images/s1.png\n    steps: 3\n    steps: 300\n"
+    text = (
+        "output_dir: out\npairs:\n  - content: images/a.png\n    style: images/s1.png\n    steps: 3\n    steps: 300\n"
+    )
     m = write_manifest(root / "job.yaml", text=text)
     return m, [f"{m}:6:", "key 'steps' given twice (first on line 5)"]
 
 
 def _case_pairs_not_list(root: Path):
-    return write_manifest(root / "job.yaml", {"output_dir": "out", "pairs": GOOD}), ["job.yaml", "'pairs' must be a list"]
+    return write_manifest(root / "job.yaml", {"output_dir": "out", "pairs": GOOD}), [
+        "job.yaml",
+        "'pairs' must be a list",
+    ]
 
 
 def _case_pair_not_mapping(root: Path):
@@ -160,7 +169,9 @@ def _case_pair_missing_style(root: Path):
 
 
 def _case_pair_key_typo(root: Path):
-    m = write_manifest(root / "job.yaml", {"output_dir": "out", "pairs": [{"contnet": "images/a.png", "style": "images/s1.png"}]})
+    m = write_manifest(
+        root / "job.yaml", {"output_dir": "out", "pairs": [{"contnet": "images/a.png", "style": "images/s1.png"}]}
+    )
     return m, ["job.yaml", "pairs[0]", "unknown key 'contnet'", "did you mean 'content'"]
 
 
@@ -181,13 +192,17 @@ def _case_grid_key_typo(root: Path):
 
 
 def _case_grid_no_match(root: Path):
-    m = write_manifest(root / "job.yaml", {"output_dir": "out", "grid": {"content": ["images/*.jpg"], "style": ["images/s1.png"]}})
+    m = write_manifest(
+        root / "job.yaml", {"output_dir": "out", "grid": {"content": ["images/*.jpg"], "style": ["images/s1.png"]}}
+    )
     return m, ["job.yaml", "grid.content", "'images/*.jpg' matches no file"]
 
 
 def _case_grid_name(root: Path):
-    m = write_manifest(root / "job.yaml", {"output_dir": "out", "grid": {"content": ["images/a.png"], "style": ["images/s1.png"],
-                                                            "name": ["x"]}})
+    m = write_manifest(
+        root / "job.yaml",
+        {"output_dir": "out", "grid": {"content": ["images/a.png"], "style": ["images/s1.png"], "name": ["x"]}},
+    )
     return m, ["job.yaml", "grid.name", "not allowed"]
 
 
@@ -249,27 +264,34 @@ CONFIG_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("key", "value", "fragment"), CONFIG_CASES,
-                         ids=[f"{k}={v!r}"[:40] for k, v, _ in CONFIG_CASES])
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"), CONFIG_CASES, ids=[f"{k}={v!r}"[:40] for k, v, _ in CONFIG_CASES]
+)
 def test_config_value_refused(key: str, value, fragment: str, root: Path, capsys) -> None:
     manifest = one_pair(root, **{key: value})
     refused_everywhere(root, manifest, [str(manifest), "pairs[0]", fragment], [], capsys)
 
 
-@pytest.mark.parametrize(("argv", "fragments"), [
-    (["--set", "steps=abc"], ["--set", "'steps' must be integer"]),
-    (["--set", "steps"], ["--set 'steps'", "expected key=value"]),
-    (["--set", "size=.inf"], ["--set", "'size' must be integer"]),
-    (["--config", "fats"], ["preset 'fats' not found", "did you mean 'fast'"]),
-])
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["--set", "steps=abc"], ["--set", "'steps' must be integer"]),
+        (["--set", "steps"], ["--set 'steps'", "expected key=value"]),
+        (["--set", "size=.inf"], ["--set", "'size' must be integer"]),
+        (["--config", "fats"], ["preset 'fats' not found", "did you mean 'fast'"]),
+    ],
+)
 def test_bad_flags_refused(argv: list[str], fragments: list[str], root: Path, capsys) -> None:
     refused_everywhere(root, one_pair(root), fragments, argv, capsys)
 
 
 def test_yaml_12_numbers_are_numbers(root: Path) -> None:
     """`1e4` is a number to people and to YAML 1.2 (PyYAML reads it as text): accepted."""
-    manifest = write_manifest(root / "job.yaml", text="output_dir: out\npairs:\n  - {content: images/a.png, style: images/s1.png, "
-                                         "style_weight: 1e4, content_weight: 2.5E-1}\n")
+    manifest = write_manifest(
+        root / "job.yaml",
+        text="output_dir: out\npairs:\n  - {content: images/a.png, style: images/s1.png, "
+        "style_weight: 1e4, content_weight: 2.5E-1}\n",
+    )
     job = load_job(manifest, weights="random")
     assert not job.all_problems, job.all_problems
     assert job.pairs[0].config.style_weight == 1e4 and job.pairs[0].config.content_weight == 0.25
@@ -361,7 +383,9 @@ FILE_CASES = {name.removeprefix("_file_"): fn for name, fn in globals().items() 
 @pytest.mark.parametrize("case", sorted(FILE_CASES))
 def test_bad_file_refused(case: str, root: Path, capsys) -> None:
     pair, fragments = FILE_CASES[case](root)
-    manifest = write_manifest(root / "job.yaml", {"output_dir": "out", "pairs": [dict(GOOD), {**GOOD, "name": "second", **pair}]})
+    manifest = write_manifest(
+        root / "job.yaml", {"output_dir": "out", "pairs": [dict(GOOD), {**GOOD, "name": "second", **pair}]}
+    )
     refused_everywhere(root, manifest, [str(manifest), "pairs[1]", *fragments], [], capsys)
 
 
@@ -394,19 +418,33 @@ def test_pil_settings_are_strict_during_a_load_and_restored_after(root: Path, mo
 # --- output names and the output directory ------------------------------------------------------
 
 
-@pytest.mark.parametrize(("pairs", "fragments"), [
-    ([dict(GOOD), dict(GOOD)], ["pairs[1]", "duplicate output name (also pairs[0])"]),
-    ([dict(GOOD), {**GOOD, "style": "images/s2.png", "name": "a__s1"}], ["pairs[1]", "duplicate output name"]),
-    ([{**GOOD, "name": "sub/evil"}], ["pairs[0]", "must not contain '/'"]),
-    ([{**GOOD, "name": "../escape"}], ["pairs[0]", "'../escape' must not contain '/'"]),
-    ([{**GOOD, "name": ".."}], ["pairs[0]", "must not contain"]),
-    ([{**GOOD, "name": "a\\b"}], ["pairs[0]", "must not contain"]),
-    ([{**GOOD, "name": ".stylebatch"}], ["pairs[0]", "must not start with '.'"]),
-    ([{**GOOD, "name": ""}], ["pairs[0]", "'name' must be non-empty text"]),
-    ([{**GOOD, "name": 7}], ["pairs[0]", "'name' must be non-empty text, got 7"]),
-    ([{**GOOD, "name": "n" * 250}], ["pairs[0]", "250 bytes long, at most 200"]),
-], ids=["duplicate", "duplicate-explicit", "slash", "dotdot-slash", "dotdot", "backslash", "dot", "empty", "int",
-        "too-long"])
+@pytest.mark.parametrize(
+    ("pairs", "fragments"),
+    [
+        ([dict(GOOD), dict(GOOD)], ["pairs[1]", "duplicate output name (also pairs[0])"]),
+        ([dict(GOOD), {**GOOD, "style": "images/s2.png", "name": "a__s1"}], ["pairs[1]", "duplicate output name"]),
+        ([{**GOOD, "name": "sub/evil"}], ["pairs[0]", "must not contain '/'"]),
+        ([{**GOOD, "name": "../escape"}], ["pairs[0]", "'../escape' must not contain '/'"]),
+        ([{**GOOD, "name": ".."}], ["pairs[0]", "must not contain"]),
+        ([{**GOOD, "name": "a\\b"}], ["pairs[0]", "must not contain"]),
+        ([{**GOOD, "name": ".stylebatch"}], ["pairs[0]", "must not start with '.'"]),
+        ([{**GOOD, "name": ""}], ["pairs[0]", "'name' must be non-empty text"]),
+        ([{**GOOD, "name": 7}], ["pairs[0]", "'name' must be non-empty text, got 7"]),
+        ([{**GOOD, "name": "n" * 250}], ["pairs[0]", "250 bytes long, at most 200"]),
+    ],
+    ids=[
+        "duplicate",
+        "duplicate-explicit",
+        "slash",
+        "dotdot-slash",
+        "dotdot",
+        "backslash",
+        "dot",
+        "empty",
+        "int",
+        "too-long",
+    ],
+)
 def test_bad_output_name_refused(pairs: list[dict], fragments: list[str], root: Path, capsys) -> None:
     manifest = write_manifest(root / "job.yaml", {"output_dir": "out", "pairs": pairs})
     refused_everywhere(root, manifest, [str(manifest), *fragments], [], capsys)
@@ -421,9 +459,13 @@ def test_output_that_would_overwrite_an_input_refused(root: Path, capsys) -> Non
 def test_unusable_output_dir_refused(case: str, root: Path, capsys) -> None:
     (root / "taken").write_text("a file, not a directory")
     data, extra = {"output_dir": "out", "pairs": [GOOD]}, []
-    fragments = {"existing-file": "exists and is not a directory", "under-a-file": "is a file, so the directory",
-                 "missing-key": "'output_dir' must be a directory path", "nul-byte": "unusable",
-                 "--out-under-a-file": "is a file, so the directory"}[case]
+    fragments = {
+        "existing-file": "exists and is not a directory",
+        "under-a-file": "is a file, so the directory",
+        "missing-key": "'output_dir' must be a directory path",
+        "nul-byte": "unusable",
+        "--out-under-a-file": "is a file, so the directory",
+    }[case]
     if case == "existing-file":
         data["output_dir"] = "taken"
     elif case == "under-a-file":
@@ -435,8 +477,9 @@ def test_unusable_output_dir_refused(case: str, root: Path, capsys) -> None:
     else:
         extra = ["--out", str(root / "taken" / "out")]
     manifest = write_manifest(root / "job.yaml", data)
-    refused_everywhere(root, manifest, [str(manifest), fragments] if case != "--out-under-a-file" else [fragments],
-                       extra, capsys)
+    refused_everywhere(
+        root, manifest, [str(manifest), fragments] if case != "--out-under-a-file" else [fragments], extra, capsys
+    )
 
 
 def test_missing_weights_file_refused(root: Path, capsys) -> None:
@@ -474,8 +517,14 @@ def test_skip_invalid_runs_the_good_pairs_and_records_the_bad(root: Path, capsys
     code, out, err = cli(["run", str(manifest), *RUN_TINY, "--skip-invalid"], capsys)
     assert code == 1, out + err
     assert "Traceback" not in out + err
-    for entry, fragment in [(2, "missing.png"), (3, "notes.jpg"), (4, "bomb.png"), (5, "../escaped"), (6, "'size'"),
-                            (7, "duplicate output name")]:
+    for entry, fragment in [
+        (2, "missing.png"),
+        (3, "notes.jpg"),
+        (4, "bomb.png"),
+        (5, "../escaped"),
+        (6, "'size'"),
+        (7, "duplicate output name"),
+    ]:
         assert_one_line_error("", err, [str(manifest), f"pairs[{entry}]", fragment])
     assert sorted(p.name for p in out_dir.glob("*.png")) == ["a__s1.png", "b__s2.png"]
     for name in ("a__s1.png", "b__s2.png"):
@@ -569,8 +618,10 @@ def test_animated_gif_uses_first_frame_and_says_so(tmp_path: Path, caplog) -> No
     rgb = load_image(path, max_pixels=10**6).rgb
     r, g, b = rgb.getpixel((8, 8))
     assert r > 200 and g < 50 and b < 50  # the first (red) frame
-    assert any("animated" in rec.getMessage() and "first frame" in rec.getMessage() and str(path) in rec.getMessage()
-               for rec in caplog.records)
+    assert any(
+        "animated" in rec.getMessage() and "first frame" in rec.getMessage() and str(path) in rec.getMessage()
+        for rec in caplog.records
+    )
 
 
 def test_unicode_and_spaces_in_paths_run_end_to_end(tmp_path: Path, capsys) -> None:
@@ -578,8 +629,15 @@ def test_unicode_and_spaces_in_paths_run_end_to_end(tmp_path: Path, capsys) -> N
     make_image(folder / "my café.png", seed=1)
     frames = [Image.new("RGB", (40, 30), c) for c in ((200, 30, 30), (30, 30, 200))]
     frames[0].save(folder / "stïle anim.gif", save_all=True, append_images=frames[1:])
-    manifest = write_manifest(tmp_path / "travail ünï.yaml", {"output_dir": "résultats et sorties", "pairs": [
-        {"content": "fotos von Zoë/日本 画/my café.png", "style": "fotos von Zoë/日本 画/stïle anim.gif"}]})
+    manifest = write_manifest(
+        tmp_path / "travail ünï.yaml",
+        {
+            "output_dir": "résultats et sorties",
+            "pairs": [
+                {"content": "fotos von Zoë/日本 画/my café.png", "style": "fotos von Zoë/日本 画/stïle anim.gif"}
+            ],
+        },
+    )
     code, out, err = cli(["run", str(manifest), *RUN_TINY], capsys)
     assert code == 0, out + err
     out_dir = tmp_path / "résultats et sorties"

@@ -10,13 +10,21 @@ import pytest
 import torch
 from PIL import Image
 
-from stylebatch.fit.checkpoint import join_checkpoints, split_checkpoint
 from stylebatch.cli.main import main
-from stylebatch.job.config import Config
+from stylebatch.fit.checkpoint import join_checkpoints, split_checkpoint
 from stylebatch.fit.vgg import load_vgg
+from stylebatch.job.config import Config
 from tests.jobkit import final_target, module_for, records, run_subprocess, run_with_sigterm_at, temp_files, tiny_job
 
-CFG = Config(optimizer="adam", lr=0.05, size=32, steps=8, batch_size=3, style_layers={"conv1_1": 1.0, "conv2_1": 1.0, "conv3_1": 1.0}, content_layer="conv2_2")
+CFG = Config(
+    optimizer="adam",
+    lr=0.05,
+    size=32,
+    steps=8,
+    batch_size=3,
+    style_layers={"conv1_1": 1.0, "conv2_1": 1.0, "conv3_1": 1.0},
+    content_layer="conv2_2",
+)
 
 
 def _inputs(i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,9 +77,12 @@ def test_members_with_different_weights_match_their_separate_runs() -> None:
     not normalised) share a module; each gets exactly its own gradient, and after 8 Adam steps each
     is its separate run within the batching tolerance."""
     vgg = load_vgg("random", CFG.layers_used)
-    variants = [{"style_weight": 0.1}, {"style_weight": 30.0, "tv_weight": 5.0},
-                {"content_weight": 0.2, "style_layers": {"conv1_1": 3.0, "conv2_1": 0.0, "conv3_1": 1.0}},
-                {"normalize_losses": False, "style_weight": 1e3}]  # absolute losses: ~1e-4 here
+    variants = [
+        {"style_weight": 0.1},
+        {"style_weight": 30.0, "tv_weight": 5.0},
+        {"content_weight": 0.2, "style_layers": {"conv1_1": 3.0, "conv2_1": 0.0, "conv3_1": 1.0}},
+        {"normalize_losses": False, "style_weight": 1e3},
+    ]  # absolute losses: ~1e-4 here
     cfgs = [Config(**{**CFG.to_dict(), "init": "noise", "seed": i, **v}) for i, v in enumerate(variants)]
     batch = _batch(vgg, cfgs)
     batch.losses(batch.target)["total"].sum().backward()
@@ -108,14 +119,26 @@ def test_checkpoint_split_then_join_is_exact() -> None:
     b = 3
     ckpt = {
         "state_dict": {"target": torch.rand(b, 3, 4, 4), "ema_steps": torch.tensor(5)},
-        "optimizer_states": [{"state": {0: {"step": torch.tensor(7.0), "exp_avg": torch.rand(b, 3, 4, 4),
-                                            "exp_avg_sq": torch.rand(b, 3, 4, 4)}}, "param_groups": [{"lr": 0.1}]}],
+        "optimizer_states": [
+            {
+                "state": {
+                    0: {
+                        "step": torch.tensor(7.0),
+                        "exp_avg": torch.rand(b, 3, 4, 4),
+                        "exp_avg_sq": torch.rand(b, 3, 4, 4),
+                    }
+                },
+                "param_groups": [{"lr": 0.1}],
+            }
+        ],
         "stylebatch": {"evaluations": 7, "scale": 1, "losses": {"content": torch.rand(b), "total": torch.rand(b)}},
         "global_step": 7,
     }
     parts = split_checkpoint(ckpt, b)
     assert [p["state_dict"]["target"].shape[0] for p in parts] == [1, 1, 1]
-    assert torch.equal(parts[1]["optimizer_states"][0]["state"][0]["exp_avg"], ckpt["optimizer_states"][0]["state"][0]["exp_avg"][1:2])
+    assert torch.equal(
+        parts[1]["optimizer_states"][0]["state"][0]["exp_avg"], ckpt["optimizer_states"][0]["state"][0]["exp_avg"][1:2]
+    )
     assert float(parts[2]["stylebatch"]["losses"]["content"]) == float(ckpt["stylebatch"]["losses"]["content"][2])
     joined = join_checkpoints(parts)
     assert torch.equal(joined["state_dict"]["target"], ckpt["state_dict"]["target"])
@@ -135,8 +158,18 @@ def test_checkpoint_split_then_join_is_exact() -> None:
 
 # --- end to end through the runner ---------------------------------------------------------------
 
-FOUR = [{"content": "images/a.png", "style": s, "name": f"q{i}", "seed": i, "init": "noise", "optimizer": "adam",
-         "lr": 0.05} for i, s in enumerate(["images/s1.png", "images/s2.png", "images/s1.png", "images/s2.png"])]
+FOUR = [
+    {
+        "content": "images/a.png",
+        "style": s,
+        "name": f"q{i}",
+        "seed": i,
+        "init": "noise",
+        "optimizer": "adam",
+        "lr": 0.05,
+    }
+    for i, s in enumerate(["images/s1.png", "images/s2.png", "images/s1.png", "images/s2.png"])
+]
 
 
 def _batched_job(root: Path, batch_size: int) -> Path:
@@ -211,7 +244,9 @@ def test_interrupted_batch_resumes_with_same_members_bit_identical(tmp_path: Pat
     code, fired = run_with_sigterm_at(manifest, 13, "--weights", "random")
     assert code == 3
     recs = records(root / "out")
-    assert fired and all(recs[f"q{i}"]["status"] == "interrupted" and recs[f"q{i}"]["steps_done"] == 13 for i in range(3))
+    assert fired and all(
+        recs[f"q{i}"]["status"] == "interrupted" and recs[f"q{i}"]["steps_done"] == 13 for i in range(3)
+    )
     # per-pair checkpoints, one slice each
     for i in range(3):
         ckpt = torch.load(root / "out" / ".stylebatch" / "pairs" / f"q{i}" / "last.ckpt", weights_only=True)
@@ -255,8 +290,16 @@ def test_batching_turned_off_on_resume_continues_each_pair_alone(tmp_path: Path,
 # --- one fit path: what a batch member gets is what it gets alone ------------------------------------
 
 SWEEP = {"content": ["images/a.png"], "style": ["images/s1.png"], "style_weight": [0.3, 1.0, 3.0, 10.0]}
-C2F = {"optimizer": "adam", "lr": 0.02, "scales": [16], "ema_decay": 0.5, "save_every": 10, "steps": 30,
-       "content_layer": "conv2_2", "style_layers": {"conv1_1": 1.0, "conv2_1": 1.0, "conv3_1": 1.0}}
+C2F = {
+    "optimizer": "adam",
+    "lr": 0.02,
+    "scales": [16],
+    "ema_decay": 0.5,
+    "save_every": 10,
+    "steps": 30,
+    "content_layer": "conv2_2",
+    "style_layers": {"conv1_1": 1.0, "conv2_1": 1.0, "conv3_1": 1.0},
+}
 
 
 def _sweep_job(root: Path, batch_size: int) -> Path:
@@ -285,7 +328,11 @@ def test_a_coarse_to_fine_weight_sweep_is_one_batch_and_each_member_matches_its_
         assert diff.mean() < 5e-3 and diff.max() < 0.1, f"{n}: mean {diff.mean():.2e}, max {diff.max():.2e}"
         # Snapshots: the same evaluation counts (across both passes), each this member's picture.
         snaps = {d: sorted((d / "out" / ".stylebatch" / "pairs" / n).glob("iter_*.png")) for d in (alone, batched)}
-        assert [p.name for p in snaps[batched]] == [p.name for p in snaps[alone]] == ["iter_10.png", "iter_20.png", "iter_30.png"]
+        assert (
+            [p.name for p in snaps[batched]]
+            == [p.name for p in snaps[alone]]
+            == ["iter_10.png", "iter_20.png", "iter_30.png"]
+        )
         for a, b in zip(snaps[alone], snaps[batched]):
             pa, pb = (torch.tensor(list(Image.open(p).convert("RGB").getdata()), dtype=torch.float32) for p in (a, b))
             assert (pa - pb).abs().mean() / 255 < 5e-3, f"{n} {a.name}"
@@ -318,13 +365,19 @@ def test_a_batch_killed_at_a_checkpoint_resumes_bit_identical(tmp_path: Path) ->
     root = tmp_path / "killed"
     manifest = _sweep_job(root, 4)
     marker = tmp_path / "fired"
-    proc = run_subprocess(["run", str(manifest), "--weights", "random", "--set", "checkpoint_every=8"], cwd=root,
-                          STYLEBATCH_FAULT="after_checkpoint@2", STYLEBATCH_FAULT_MARKER=str(marker))
+    proc = run_subprocess(
+        ["run", str(manifest), "--weights", "random", "--set", "checkpoint_every=8"],
+        cwd=root,
+        STYLEBATCH_FAULT="after_checkpoint@2",
+        STYLEBATCH_FAULT_MARKER=str(marker),
+    )
     assert marker.exists() and proc.returncode == -9, proc.stderr
     # Killed after the second checkpoint was on disk, before its record said so.
     assert {r["steps_done"] for r in records(root / "out").values()} == {8}
     ckpts = [torch.load(p, weights_only=True) for p in (root / "out" / ".stylebatch" / "pairs").glob("*/last.ckpt")]
-    assert len(ckpts) == 4 and {(c["stylebatch"]["scale"], c["stylebatch"]["evaluations"]) for c in ckpts} == {(1, 23)}  # pass 2 starts at 15
+    assert len(ckpts) == 4 and {(c["stylebatch"]["scale"], c["stylebatch"]["evaluations"]) for c in ckpts} == {
+        (1, 23)
+    }  # pass 2 starts at 15
     assert main(["run", str(manifest), "--weights", "random", "--set", "checkpoint_every=8"]) == 0
     assert not temp_files(root / "out")
     for n in records(reference / "out"):

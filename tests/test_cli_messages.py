@@ -37,13 +37,19 @@ def _error_lines(capsys: pytest.CaptureFixture) -> tuple[str, list[str]]:
     return captured.out, [line for line in captured.err.splitlines() if line.startswith("error: ")]
 
 
-@pytest.mark.parametrize("where, top", [
-    ("pairs[0]", {"pairs": [{"content": "https://example.org/cat.jpg", "style": "images/s1.png"}]}),
-    ("pairs[0]", {"pairs": [{"content": "images/a.png", "style": ["images/s1.png", "s3://bucket/s.png"]}]}),
-    ("grid.style", {"grid": {"content": ["images/a.png"], "style": ["http://example.org/wave.jpg"]}}),
-    ("grid.style[0]", {"grid": {"content": ["images/a.png"], "style": [{"blend": ["images/s1.png", "ftp://h/s.png"]}]}}),
-    ("pairs[0]", {"pairs": [{"content": "images/a.png", "style": "images/s1.png", "init": "https://e.org/i.png"}]}),
-])
+@pytest.mark.parametrize(
+    "where, top",
+    [
+        ("pairs[0]", {"pairs": [{"content": "https://example.org/cat.jpg", "style": "images/s1.png"}]}),
+        ("pairs[0]", {"pairs": [{"content": "images/a.png", "style": ["images/s1.png", "s3://bucket/s.png"]}]}),
+        ("grid.style", {"grid": {"content": ["images/a.png"], "style": ["http://example.org/wave.jpg"]}}),
+        (
+            "grid.style[0]",
+            {"grid": {"content": ["images/a.png"], "style": [{"blend": ["images/s1.png", "ftp://h/s.png"]}]}},
+        ),
+        ("pairs[0]", {"pairs": [{"content": "images/a.png", "style": "images/s1.png", "init": "https://e.org/i.png"}]}),
+    ],
+)
 def test_a_url_as_an_image_path_is_one_clear_line(root: Path, capsys, where: str, top: dict) -> None:
     assert main(["validate", str(_manifest(root, **top))]) == 2
     out, errors = _error_lines(capsys)
@@ -66,8 +72,13 @@ def test_weights_that_are_a_url_or_not_a_tensor_file(root: Path, capsys) -> None
 
 
 def test_validate_prints_no_plan_above_a_refusal(root: Path, capsys) -> None:
-    bad = tiny_job(root, pairs=[{"content": "images/missing.png", "style": "images/s1.png"},
-                                {"content": "images/a.png", "style": "images/s1.png"}])
+    bad = tiny_job(
+        root,
+        pairs=[
+            {"content": "images/missing.png", "style": "images/s1.png"},
+            {"content": "images/a.png", "style": "images/s1.png"},
+        ],
+    )
     assert main(["validate", str(bad)]) == 2
     out, errors = _error_lines(capsys)
     assert "valid pair(s)" not in out and "Mpx" not in out and errors
@@ -118,7 +129,7 @@ def test_the_demo_points_at_the_directory_it_wrote() -> None:
     demo = (REPO / "scripts" / "demo.sh").read_text()
     fallback = re.search(r"^\s*out=(\S+)\s*$", demo.split("--weights random instead")[1], re.M).group(1)
     assert fallback == "runs/example-random" and '--out "$out"' in demo
-    assert 'stylebatch status $out' in demo and 'stylebatch report $out' in demo  # printed for either directory
+    assert "stylebatch status $out" in demo and "stylebatch report $out" in demo  # printed for either directory
     readme = (REPO / "README.md").read_text()
     assert "runs/example-random" in readme
 
@@ -127,8 +138,14 @@ def test_a_ctrl_c_after_the_exit_line_keeps_the_exit_code(tmp_path: Path) -> Non
     """The job is over once `exit N: ...` is printed: a Ctrl-C then (while torch and Lightning shut
     down) must not turn the printed 0 into Python's 130."""
     manifest = tiny_job(tmp_path, defaults={"steps": 2, "batch_size": 1})
-    proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(manifest), "--weights", "random"],
-                            cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stylebatch", "run", str(manifest), "--weights", "random"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen = []
     for line in proc.stdout:
         seen.append(line)

@@ -12,20 +12,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylebatch.fit import color
-from stylebatch.fit import engine
-from stylebatch.fit import inputs as controls
 from stylebatch.cli.main import main
-from stylebatch.job.config import Config, load_preset, resolve
 from stylebatch.errors import ConfigError
-from stylebatch.images import load_image, resize, to_pil, to_tensor
+from stylebatch.fit import color, engine
+from stylebatch.fit import inputs as controls
 from stylebatch.fit.losses import total_variation
-from stylebatch.job.manifest import load_job
 from stylebatch.fit.module import StyleTransferModule
 from stylebatch.fit.targets import blended_grams
 from stylebatch.fit.vgg import AVG_POOL_GAIN
-from tests.jobkit import (REPO, final_target, fit_one, module_for, records, run_with_sigterm_at, tiny_job,
-                          write_manifest)
+from stylebatch.images import load_image, resize, to_pil, to_tensor
+from stylebatch.job.config import Config, load_preset, resolve
+from stylebatch.job.manifest import load_job
+from tests.jobkit import REPO, final_target, fit_one, module_for, records, run_with_sigterm_at, tiny_job, write_manifest
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode"),
@@ -97,8 +95,10 @@ def test_blend_in_pairs_and_grid_names_ids_and_problems(tmp_path: Path, make_ima
     assert any("3 weight(s) for 2 style file(s)" in p for p in blend([1, 1, 1]).all_problems)
 
     # A grid: a plain list means alternatives; one blend is one entry {blend, weights}.
-    job = _job(tmp_path, {"grid": {"content": ["c.png"],
-                                   "style": ["s1.png", {"blend": ["s1.png", "s2.png"], "weights": [1, 3]}]}})
+    job = _job(
+        tmp_path,
+        {"grid": {"content": ["c.png"], "style": ["s1.png", {"blend": ["s1.png", "s2.png"], "weights": [1, 3]}]}},
+    )
     assert not job.all_problems, job.all_problems
     assert [p.name for p in job.pairs] == ["c__s1", "c__s1-0.25+s2-0.75"]
     assert job.pairs[1].config.style_blend == [0.25, 0.75] and job.pairs[0].config.style_blend is None
@@ -115,8 +115,9 @@ def test_style_scale_and_style_size_set_the_style_size_at_every_scale(make_image
     def style_sizes(**kw: Any) -> list[tuple[int, int]]:
         cfg = resolve([("test", {"size": 32, **kw})])
         images = controls.load_images(content, style, cfg)
-        return [tuple(controls.pass_inputs(images, cfg, k).styles[0].shape[-1:-3:-1])
-                for k in range(len(cfg.scale_sizes))]
+        return [
+            tuple(controls.pass_inputs(images, cfg, k).styles[0].shape[-1:-3:-1]) for k in range(len(cfg.scale_sizes))
+        ]
 
     assert style_sizes() == [(32, 24)]  # the output's longer side
     assert style_sizes(style_scale=0.5) == [(16, 12)]
@@ -147,8 +148,10 @@ def test_preserve_color_modes(vgg, tmp_path: Path) -> None:
     rounding), none does not; histogram gives the style the cat's colours before transfer."""
     content, style = IMAGES / "chelsea.jpg", IMAGES / "great_wave.jpg"
     kw = dict(size=48, steps=30, style_weight=1e4)
-    outs = {mode: fit(vgg, tmp_path, content, style, mode, preserve_color=mode, **kw)
-            for mode in ("none", "luminance", "post", "histogram")}
+    outs = {
+        mode: fit(vgg, tmp_path, content, style, mode, preserve_color=mode, **kw)
+        for mode in ("none", "luminance", "post", "histogram")
+    }
     c = content_at(content, outs["none"].shape[-1:-3:-1])
     dist = {m: float((_chroma(o) - _chroma(c)).abs().mean()) for m, o in outs.items()}
     assert dist["luminance"] < 0.01 and dist["post"] < 0.01, dist
@@ -242,8 +245,10 @@ def test_avg_pooling_is_scaled_average_pooling_and_job_level(vgg, tmp_path: Path
     assert torch.equal(avg, by_hand) and not torch.equal(avg, mx)
 
     make_image("c.png", (32, 32), seed=1), make_image("s.png", (32, 32), seed=2)
-    pairs = [{"content": "c.png", "style": "s.png", "pooling": "avg"},
-             {"content": "c.png", "style": "s.png", "name": "other"}]
+    pairs = [
+        {"content": "c.png", "style": "s.png", "pooling": "avg"},
+        {"content": "c.png", "style": "s.png", "name": "other"},
+    ]
     assert any("'pooling' is job-level" in p for p in _job(tmp_path, {"pairs": pairs}).problems)
     pairs[1]["pooling"] = "avg"
     assert not _job(tmp_path, {"pairs": pairs}).all_problems
@@ -251,8 +256,15 @@ def test_avg_pooling_is_scaled_average_pooling_and_job_level(vgg, tmp_path: Path
 
 # 7-9. Coarse-to-fine, iterate averaging, intermediate images --------------------------------------
 
-SCALED = {"scales": [16, 24], "steps": 30, "checkpoint_every": 4, "save_every": 5, "ema_decay": 0.8,
-          "content_layer": "conv3_1", "style_layers": {"conv1_1": 1.0, "conv2_1": 1.0, "conv3_1": 1.0}}
+SCALED = {
+    "scales": [16, 24],
+    "steps": 30,
+    "checkpoint_every": 4,
+    "save_every": 5,
+    "ema_decay": 0.8,
+    "content_layer": "conv3_1",
+    "style_layers": {"conv1_1": 1.0, "conv2_1": 1.0, "conv3_1": 1.0},
+}
 NAMES = ("a__s1", "b__s2")  # jobkit's pairs: a 40x30 content with Adam, a 30x40 one with L-BFGS
 
 
@@ -353,10 +365,15 @@ def test_presets_resolve(preset: str) -> None:
 
 
 def test_bad_control_values_are_refused() -> None:
-    for bad, words in [({"scales": [64, 32]}, "ascending"), ({"scales": {"factor": 1.0, "min": 8}}, "factor"),
-                       ({"size": 64, "scales": [64]}, "smaller than 'size'"), ({"ema_decay": 1.0}, "<="),
-                       ({"preserve_color": "lum"}, "luminance"), ({"style_blend": [0, 0]}, "not all 0"),
-                       ({"pooling": "mean"}, "max, avg")]:
+    for bad, words in [
+        ({"scales": [64, 32]}, "ascending"),
+        ({"scales": {"factor": 1.0, "min": 8}}, "factor"),
+        ({"size": 64, "scales": [64]}, "smaller than 'size'"),
+        ({"ema_decay": 1.0}, "<="),
+        ({"preserve_color": "lum"}, "luminance"),
+        ({"style_blend": [0, 0]}, "not all 0"),
+        ({"pooling": "mean"}, "max, avg"),
+    ]:
         with pytest.raises(ConfigError) as e:
             resolve([("test", bad)])
         assert words in str(e.value), (bad, str(e.value))

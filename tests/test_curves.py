@@ -50,7 +50,10 @@ def test_writer_truncates_to_checkpoint_and_skips_torn_rows(tmp_path: Path) -> N
     w.append(12, {"content": 1.0, "style": 2.0, "total": 3.0})
     w.close()
     assert path.read_text().splitlines() == [
-        "evaluations,content,style,total", f"4,{4 / 3!r},{4e-7!r},4.1", f"8,{8 / 3!r},{8e-7!r},8.1", "12,1.0,2.0,3.0",
+        "evaluations,content,style,total",
+        f"4,{4 / 3!r},{4e-7!r},4.1",
+        f"8,{8 / 3!r},{8e-7!r},8.1",
+        "12,1.0,2.0,3.0",
     ]
     w.restart(at=0)
     assert read_curve(path) == []
@@ -80,8 +83,13 @@ def test_kill_mid_checkpoint_then_resume_gives_the_same_curve(tmp_path: Path, un
     manifest = tiny_job(tmp_path, defaults=CURVE_JOB)
     marker = tmp_path / "fired"
     # One thread like the in-process runs (conftest): CPU float results depend on the thread count.
-    proc = run_subprocess(["run", str(manifest), "--weights", "random"], cwd=tmp_path, OMP_NUM_THREADS="1",
-                          STYLEBATCH_FAULT="tmp:ckpt@2", STYLEBATCH_FAULT_MARKER=str(marker))
+    proc = run_subprocess(
+        ["run", str(manifest), "--weights", "random"],
+        cwd=tmp_path,
+        OMP_NUM_THREADS="1",
+        STYLEBATCH_FAULT="tmp:ckpt@2",
+        STYLEBATCH_FAULT_MARKER=str(marker),
+    )
     assert marker.exists(), proc.stderr
     assert proc.returncode == -signal.SIGKILL
     killed = read_curve(tmp_path / "out" / ".stylebatch" / "pairs" / "a__s1" / "losses.csv")

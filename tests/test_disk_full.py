@@ -51,7 +51,7 @@ class _RunsOut:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.fh, name)
 
-    def __enter__(self) -> "_RunsOut":
+    def __enter__(self) -> _RunsOut:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -105,8 +105,10 @@ class SmallDisk:
 def small_disk(tmp_path: Path):
     mount = tmp_path / "disk"
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                             capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode
+        == 0
+    )
     try:
         yield SmallDisk(mount, mounted)
     finally:
@@ -124,10 +126,14 @@ def one_disk_full_line(code: int, out: str, err: str, file: str) -> None:
 
 
 @pytest.mark.parametrize("what", ["checkpoint", "output"])
-def test_a_really_full_disk_stops_the_job_and_uses_no_attempt(what: str, small_disk: SmallDisk, tmp_path: Path,
-                                                             capsys, monkeypatch) -> None:
-    manifest = tiny_job(tmp_path, pairs=[dict(p) for p in PAIRS],
-                        defaults={"size": 64, "steps": 4, "checkpoint_every": 2, "keep_checkpoints": False})
+def test_a_really_full_disk_stops_the_job_and_uses_no_attempt(
+    what: str, small_disk: SmallDisk, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    manifest = tiny_job(
+        tmp_path,
+        pairs=[dict(p) for p in PAIRS],
+        defaults={"size": 64, "steps": 4, "checkpoint_every": 2, "keep_checkpoints": False},
+    )
     out = small_disk.root / "out"
     before = snapshot(tmp_path / "images")
     prefix = ".last.ckpt" if what == "checkpoint" else ".a__s1.png"
@@ -150,8 +156,9 @@ def test_a_really_full_disk_stops_the_job_and_uses_no_attempt(what: str, small_d
     assert all(r["status"] == "done" and r["attempts"] == 1 for r in recs.values()), recs
 
 
-def test_torch_saves_report_of_a_full_disk_is_translated_where_every_writer_meets_it(small_disk: SmallDisk,
-                                                                                     monkeypatch) -> None:
+def test_torch_saves_report_of_a_full_disk_is_translated_where_every_writer_meets_it(
+    small_disk: SmallDisk, monkeypatch
+) -> None:
     """atomic_write itself turns torch.save's RuntimeError into OSError(ENOSPC) naming the file."""
     import torch
 
@@ -171,12 +178,22 @@ def test_an_injected_enospc_in_any_process_stops_the_job(devices: str, tmp_path:
     """The real console script, each process failing its second checkpoint write with ENOSPC
     (a fault point): exit 3, no traceback, every stderr line an error line, the disk-full one
     saying to free space; no pair failed, none charged an attempt; the rerun finishes."""
-    six = [{"content": "images/a.png", "style": "images/s1.png", "name": f"p{i}", "seed": i, "optimizer": "adam",
-            "lr": 0.05} for i in range(4)]
+    six = [
+        {
+            "content": "images/a.png",
+            "style": "images/s1.png",
+            "name": f"p{i}",
+            "seed": i,
+            "optimizer": "adam",
+            "lr": 0.05,
+        }
+        for i in range(4)
+    ]
     manifest = tiny_job(tmp_path, pairs=six, defaults={"steps": 30, "checkpoint_every": 5, "batch_size": 1})
     env = cli_env(OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port()), STYLEBATCH_FAULT="tmp:ckpt@2!enospc")
-    proc = subprocess.run(_cmd(manifest, "--devices", devices), cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        _cmd(manifest, "--devices", devices), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -187,7 +204,8 @@ def test_an_injected_enospc_in_any_process_stops_the_job(devices: str, tmp_path:
     assert all(r["attempts"] == 0 for r in recs.values() if r["status"] == "interrupted")
 
     env.pop("STYLEBATCH_FAULT")
-    proc = subprocess.run(_cmd(manifest, "--devices", devices), cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        _cmd(manifest, "--devices", devices), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert all(r["status"] == "done" and r["attempts"] == 1 for r in records(tmp_path / "out").values())

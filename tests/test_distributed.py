@@ -22,8 +22,18 @@ from tests.jobkit import cli_env, final_target, records, temp_files, tiny_job
 
 pytestmark = pytest.mark.slow  # real processes: launchers, torchrun, simulated SLURM, kills
 
-SIX = [{"content": "images/a.png" if i % 2 else "images/b.png", "style": "images/s1.png" if i < 3 else "images/s2.png",
-        "name": f"p{i}", "seed": i, "init": "noise", "optimizer": "adam", "lr": 0.05} for i in range(6)]
+SIX = [
+    {
+        "content": "images/a.png" if i % 2 else "images/b.png",
+        "style": "images/s1.png" if i < 3 else "images/s2.png",
+        "name": f"p{i}",
+        "seed": i,
+        "init": "noise",
+        "optimizer": "adam",
+        "lr": 0.05,
+    }
+    for i in range(6)
+]
 
 
 def _free_port() -> int:
@@ -37,20 +47,38 @@ def _job(root: Path, steps: int = 6) -> Path:
 
 
 def _cmd(manifest: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "stylebatch", "run", str(manifest), "--weights", "random", "--accelerator", "cpu",
-            "--sync-timeout", "60", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "stylebatch",
+        "run",
+        str(manifest),
+        "--weights",
+        "random",
+        "--accelerator",
+        "cpu",
+        "--sync-timeout",
+        "60",
+        *extra,
+    ]
 
 
 def _run(args: list[str], cwd: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, env=cli_env(OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port()), **env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        args,
+        cwd=cwd,
+        env=cli_env(OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port()), **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _logs(out: Path) -> str:
     return "\n".join(p.read_text() for p in sorted((out / ".stylebatch" / "logs").glob("*.log")))
 
 
-def _assert_each_once(out: Path, ranks: set[int] = {0, 1}) -> None:
+def _assert_each_once(out: Path, ranks: frozenset[int] = frozenset({0, 1})) -> None:
     recs = records(out)
     assert sorted(recs) == [f"p{i}" for i in range(6)]
     assert all(r["status"] == "done" and r["attempts"] == 1 for r in recs.values()), recs
@@ -84,9 +112,24 @@ def test_two_cpu_workers_match_single_process(tmp_path: Path) -> None:
 
 def test_torchrun_covers_every_pair_once(tmp_path: Path) -> None:
     manifest = _job(tmp_path)
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "-m", "stylebatch", "run", str(manifest), "--weights", "random", "--accelerator", "cpu",
-            "--sync-timeout", "60"]
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "stylebatch",
+        "run",
+        str(manifest),
+        "--weights",
+        "random",
+        "--accelerator",
+        "cpu",
+        "--sync-timeout",
+        "60",
+    ]
     proc = _run(args, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _assert_each_once(tmp_path / "out")
@@ -99,12 +142,25 @@ def test_simulated_slurm_covers_every_pair_once(tmp_path: Path) -> None:
     port = str(_free_port())
     procs = []
     for rank in range(2):
-        env = cli_env(OMP_NUM_THREADS="1", SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_PROCID=str(rank),
-                      SLURM_LOCALID=str(rank), SLURM_NODEID="0", SLURM_NNODES="1", SLURM_JOB_ID=job_id,
-                      SLURM_JOB_NAME="stylebatch", SLURM_NODELIST="localhost", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=port)
-        procs.append(subprocess.Popen(_cmd(manifest), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        env = cli_env(
+            OMP_NUM_THREADS="1",
+            SLURM_NTASKS="2",
+            SLURM_NTASKS_PER_NODE="2",
+            SLURM_PROCID=str(rank),
+            SLURM_LOCALID=str(rank),
+            SLURM_NODEID="0",
+            SLURM_NNODES="1",
+            SLURM_JOB_ID=job_id,
+            SLURM_JOB_NAME="stylebatch",
+            SLURM_NODELIST="localhost",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+        )
+        procs.append(
+            subprocess.Popen(
+                _cmd(manifest), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     _assert_each_once(tmp_path / "out")
@@ -153,8 +209,13 @@ def _alive(pid: int) -> bool:
 def test_sigterm_to_parent_stops_both_ranks_then_rerun_completes(tmp_path: Path) -> None:
     manifest = _job(tmp_path, steps=150)
     out = tmp_path / "out"
-    proc = subprocess.Popen(_cmd(manifest, "--devices", "2"), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=cli_env(OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port())))
+    proc = subprocess.Popen(
+        _cmd(manifest, "--devices", "2"),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cli_env(OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port())),
+    )
     running_ranks = lambda: {r.get("rank") for r in records(out).values() if r.get("status") == "running"}  # noqa: E731
     _wait_for(lambda: running_ranks() == {0, 1} and 1 in _rank_pids(out), 120, proc)
     worker_pid = _rank_pids(out)[1]
@@ -179,8 +240,13 @@ def test_sigterm_to_parent_stops_both_ranks_then_rerun_completes(tmp_path: Path)
 def test_killed_worker_then_rerun_with_one_device(tmp_path: Path) -> None:
     manifest = _job(tmp_path, steps=80)
     out = tmp_path / "out"
-    proc = subprocess.Popen(_cmd(manifest, "--devices", "2"), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=cli_env(OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port())))
+    proc = subprocess.Popen(
+        _cmd(manifest, "--devices", "2"),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cli_env(OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port())),
+    )
     done = lambda: [n for n, r in records(out).items() if r.get("status") == "done"]  # noqa: E731
     _wait_for(lambda: len(done()) >= 1 and 1 in _rank_pids(out), 180, proc)
     os.kill(_rank_pids(out)[1], signal.SIGKILL)

@@ -13,11 +13,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stylebatch.memory import autosize
-from stylebatch.memory import calibration
-from stylebatch.memory import estimate
-from stylebatch.memory.calibration import Device
 from stylebatch.job.config import Config
+from stylebatch.memory import autosize, calibration, estimate
+from stylebatch.memory.calibration import Device
 from tests.jobkit import fit_one, module_for, tiny_job
 
 LAYER_SETS = [
@@ -51,8 +49,9 @@ def test_saved_bytes_equal_the_formula_exactly(vgg, kw: dict, h: int, w: int, ba
     cfg = Config(optimizer="adam", **kw)
     content = torch.rand(batch, 3, h, w)
     module = module_for(vgg, content, torch.rand(batch, 3, 48, 48), cfg)
-    formula = estimate.saved_bytes(h, w, cfg.content_layer, list(cfg.style_layers), cfg.pooling, batch,
-                                   tv=cfg.tv_weight > 0)
+    formula = estimate.saved_bytes(
+        h, w, cfg.content_layer, list(cfg.style_layers), cfg.pooling, batch, tv=cfg.tv_weight > 0
+    )
     assert _saved_by_autograd(module) == formula
 
 
@@ -74,12 +73,21 @@ def _image_sized(state: dict, numel: int) -> int:
 
 
 @pytest.mark.parametrize("optimizer, history, steps", [("adam", 0, 6), ("lbfgs", 3, 30)])
-def test_optimizer_state_is_the_vectors_the_model_counts(tmp_path: Path, make_image, vgg, optimizer, history,
-                                                          steps) -> None:
+def test_optimizer_state_is_the_vectors_the_model_counts(
+    tmp_path: Path, make_image, vgg, optimizer, history, steps
+) -> None:
     """After a fit, the optimizer's state holds the model's image-sized vectors: Adam 2, L-BFGS
     2 per history entry (min(history, evaluations)) + 2 (direction, previous gradient)."""
-    cfg = Config(size=32, steps=steps, optimizer=optimizer, lbfgs_history=max(history, 1), keep_checkpoints=True,
-                 content_layer="conv2_1", style_layers={"conv1_1": 1.0}, init="noise")
+    cfg = Config(
+        size=32,
+        steps=steps,
+        optimizer=optimizer,
+        lbfgs_history=max(history, 1),
+        keep_checkpoints=True,
+        content_layer="conv2_1",
+        style_layers={"conv1_1": 1.0},
+        init="noise",
+    )
     content, style = make_image("c.png", (32, 32), seed=1), make_image("s.png", (32, 32), seed=2)
     fit_one(vgg, content, style, cfg, tmp_path / "last.ckpt", tmp_path / "o.png")
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
@@ -89,8 +97,17 @@ def test_optimizer_state_is_the_vectors_the_model_counts(tmp_path: Path, make_im
 
 
 def _device(free: int, **kw) -> Device:
-    return Device("cpu", "test", free, baseline=500 * 2**20, floor=500 * 2**20, memory_scale=1.0, flop_rate=1e11,
-                  pair_overhead=1.0, **kw)
+    return Device(
+        "cpu",
+        "test",
+        free,
+        baseline=500 * 2**20,
+        floor=500 * 2**20,
+        memory_scale=1.0,
+        flop_rate=1e11,
+        pair_overhead=1.0,
+        **kw,
+    )
 
 
 def test_estimate_grows_with_size_history_and_batch_and_tiling_bounds_it() -> None:
@@ -155,7 +172,10 @@ def test_validate_prints_peak_time_and_fit_per_pair_and_in_total(tmp_path: Path,
     lines = [line for line in out.splitlines() if line.startswith("  ")]
     assert len(lines) == 2 and all("peak ~" in line and ": fits" in line for line in lines)
     assert "largest peak ~" in out and "in all on one device" in out
-    assert main(["validate", str(tiny_job(tmp_path / "b", defaults={"memory_fraction": 1e-6})), "--weights", "random"]) == 0
+    assert (
+        main(["validate", str(tiny_job(tmp_path / "b", defaults={"memory_fraction": 1e-6})), "--weights", "random"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.count("does NOT fit") == 2 and "2 pair(s) do not fit" in out
 
@@ -163,8 +183,11 @@ def test_validate_prints_peak_time_and_fit_per_pair_and_in_total(tmp_path: Path,
 def test_size_auto_resolves_once_and_sticks_on_resume(tmp_path: Path, monkeypatch) -> None:
     from stylebatch.job.manifest import load_job
 
-    manifest = tiny_job(tmp_path, pairs=[{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}],
-                        defaults={"size": "auto", "batch_size": "auto", "tile": "auto"})
+    manifest = tiny_job(
+        tmp_path,
+        pairs=[{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}],
+        defaults={"size": "auto", "batch_size": "auto", "tile": "auto"},
+    )
     monkeypatch.setattr(calibration, "free_memory", lambda device: 3 * 2**30)
     pair = load_job(manifest).valid_pairs[0]
     assert not pair.problems
@@ -172,12 +195,16 @@ def test_size_auto_resolves_once_and_sticks_on_resume(tmp_path: Path, monkeypatc
     assert max(pair.out_size) == pair.config.size and isinstance(pair.config.batch_size, int)
     # A previous run's job.json (as runner writes it) keeps the size though free memory changed.
     (tmp_path / "out" / ".stylebatch").mkdir(parents=True)
-    (tmp_path / "out" / ".stylebatch" / "job.json").write_text(json.dumps(
-        {"pairs": [{"name": pair.name, "config": {**pair.config.to_dict(), "size": 96}}]}, default=str))
+    (tmp_path / "out" / ".stylebatch" / "job.json").write_text(
+        json.dumps({"pairs": [{"name": pair.name, "config": {**pair.config.to_dict(), "size": 96}}]}, default=str)
+    )
     monkeypatch.setattr(calibration, "free_memory", lambda device: 6 * 2**30)
     assert load_job(manifest).valid_pairs[0].config.size == 96
-    other = tiny_job(tmp_path / "b", pairs=[{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}],
-                     defaults={"size": "auto"})
+    other = tiny_job(
+        tmp_path / "b",
+        pairs=[{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}],
+        defaults={"size": "auto"},
+    )
     assert load_job(other).valid_pairs[0].config.size > pair.config.size  # fresh job, more memory: larger
 
 
@@ -192,4 +219,6 @@ def test_each_run_records_its_figures_in_the_state_and_the_machine_file(tmp_path
     assert measured["flops"] == estimate.work(Config(size=32, steps=6), (40, 30), 0, 6)
     assert measured["predicted_bytes"] > 0 and measured["start_bytes"] > 0 and measured["seconds"] > 0
     seen = json.loads(calibration.cache_file().read_text())["devices"][measured["device"]]
-    assert seen["rate"][0][0] == measured["flops"] and seen["rate"][0][1] == pytest.approx(measured["seconds"], abs=1e-3)
+    assert seen["rate"][0][0] == measured["flops"] and seen["rate"][0][1] == pytest.approx(
+        measured["seconds"], abs=1e-3
+    )

@@ -18,18 +18,18 @@ import signal
 import subprocess
 import sys
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 from PIL import Image
 
 from stylebatch import atomic
-from stylebatch.memory import ladder as oom
 from stylebatch.cli.main import main
 from stylebatch.fit.module import StyleTransferModule
 from stylebatch.jobdir.state import JobState
+from stylebatch.memory import ladder as oom
 from tests.jobkit import REPO, cli_env, records, temp_files, tiny_job
 
 ARGS = ["--weights", "random"]
@@ -41,9 +41,11 @@ PAIRS = [
 
 
 def job(root: Path, **defaults) -> Path:
-    return tiny_job(root, pairs=[dict(p) for p in PAIRS],
-                    defaults={"steps": 3, "checkpoint_every": 2, "log_every": 100, "keep_checkpoints": False,
-                              **defaults})
+    return tiny_job(
+        root,
+        pairs=[dict(p) for p in PAIRS],
+        defaults={"steps": 3, "checkpoint_every": 2, "log_every": 100, "keep_checkpoints": False, **defaults},
+    )
 
 
 def run(manifest: Path, capsys, *extra: str) -> tuple[int, str, str]:
@@ -181,8 +183,9 @@ def test_full_disk_for_the_job_state_stops_with_one_line_and_exit_3(tmp_path: Pa
 
 
 @pytest.mark.parametrize(("log_every", "caught_at"), [(1, 3), (100, 4)], ids=["at-log-interval", "before-checkpoint"])
-def test_nan_loss_fails_the_pair_and_is_never_checkpointed(tmp_path: Path, capsys, monkeypatch, log_every: int,
-                                                           caught_at: int) -> None:
+def test_nan_loss_fails_the_pair_and_is_never_checkpointed(
+    tmp_path: Path, capsys, monkeypatch, log_every: int, caught_at: int
+) -> None:
     original = StyleTransferModule.losses
 
     def nan_from_third_evaluation(self, image):
@@ -257,10 +260,13 @@ def test_second_run_on_a_locked_directory_exits_4(tmp_path: Path, capsys) -> Non
 
 
 def _hold_lock_in_subprocess(out: Path) -> subprocess.Popen:
-    code = ("import sys, time; from pathlib import Path; from stylebatch.jobdir.state import JobState\n"
-            "with JobState(Path(sys.argv[1])).lock():\n    print('locked', flush=True); time.sleep(120)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=REPO, env=cli_env(),
-                            stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time; from pathlib import Path; from stylebatch.jobdir.state import JobState\n"
+        "with JobState(Path(sys.argv[1])).lock():\n    print('locked', flush=True); time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(out)], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -319,15 +325,19 @@ def test_debug_shows_the_traceback_of_a_user_error(tmp_path: Path, capsys) -> No
     missing = tmp_path / "no_job_here"
     assert main(["status", str(missing)]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.strip() == f"error: {missing}: not a stylebatch output directory (no .stylebatch/)"
+    assert (
+        "Traceback" not in err
+        and err.strip() == f"error: {missing}: not a stylebatch output directory (no .stylebatch/)"
+    )
     assert main(["status", str(missing), "--debug"]) == 2
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "StylebatchError" in err
     assert err.strip().splitlines()[-1].startswith(f"error: {missing}: not a stylebatch output directory")
 
 
-def test_a_pair_that_fails_unexpectedly_is_isolated_and_its_traceback_logged(tmp_path: Path, capsys,
-                                                                             monkeypatch) -> None:
+def test_a_pair_that_fails_unexpectedly_is_isolated_and_its_traceback_logged(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
     original = StyleTransferModule.training_step
 
     def bug(self, batch, batch_idx):

@@ -18,8 +18,9 @@ from stylebatch.job.manifest import load_job
 from stylebatch.jobdir.state import sha256_file
 from tests.jobkit import records, tiny_job
 
-ONE_PAIR = [{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam", "lr": 0.05,
-             "style_weight": 300.0}]
+ONE_PAIR = [
+    {"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam", "lr": 0.05, "style_weight": 300.0}
+]
 SMALL = {"steps": 8, "checkpoint_every": 4, "log_every": 2}
 
 
@@ -82,8 +83,10 @@ def test_run_from_a_batched_output_says_it_reruns_alone(tmp_path: Path, capsys: 
     assert main(["run", "--from", str(original), "--out", str(tmp_path / "again")]) == 0
     err = capsys.readouterr().err
     assert "made in a batch of 2 (m0, m1); it is rerun alone" in err and "not the same pixels" in err
-    diff = (to_tensor(Image.open(tmp_path / "again" / "m1.png").convert("RGB"))
-            - to_tensor(Image.open(original).convert("RGB"))).abs()
+    diff = (
+        to_tensor(Image.open(tmp_path / "again" / "m1.png").convert("RGB"))
+        - to_tensor(Image.open(original).convert("RGB"))
+    ).abs()
     assert diff.mean() < 5e-3  # within the batching tolerance
     # An output made alone says nothing of the kind.
     assert main(["run", "--from", str(tmp_path / "again" / "m1.png"), "--out", str(tmp_path / "third")]) == 0
@@ -104,8 +107,9 @@ def test_run_from_refuses_changed_inputs(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["run"]) == 2
 
 
-def test_jpg_and_webp_carry_the_settings_and_reencode_without_rerunning(tmp_path: Path,
-                                                                        capsys: pytest.CaptureFixture) -> None:
+def test_jpg_and_webp_carry_the_settings_and_reencode_without_rerunning(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     manifest = tiny_job(tmp_path, pairs=ONE_PAIR, defaults={**SMALL, "steps": 4, "format": "jpg", "quality": 80})
     out = tmp_path / "out"
     assert main(["run", str(manifest), "--weights", "random"]) == 0

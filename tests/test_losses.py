@@ -49,9 +49,7 @@ def test_gram_of_eight_4x4_feature_maps_by_hand():
     values = [[[((c + 1) * (4 * i + j) + c) % 7 - 3 for j in range(4)] for i in range(4)] for c in range(8)]
     f = torch.tensor([values], dtype=torch.float32)  # (1, 8, 4, 4)
     positions = list(itertools.product(range(4), range(4)))
-    by_hand = [
-        [sum(values[c][i][j] * values[d][i][j] for i, j in positions) / 16 for d in range(8)] for c in range(8)
-    ]
+    by_hand = [[sum(values[c][i][j] * values[d][i][j] for i, j in positions) / 16 for d in range(8)] for c in range(8)]
     g = gram_matrix(f)
     assert g.shape == (1, 8, 8)
     # Small integers and a power-of-two divisor: float32 is exact, so the match is exact.
@@ -121,11 +119,15 @@ def test_losses_are_per_image(feats):
     weights = {name: 1.0 for name in LAYERS}
     both = style_loss(image_feats, targets, weights)
     for b in range(2):
-        one = style_loss({k: v[b : b + 1] for k, v in image_feats.items()},
-                         {k: v[b : b + 1] for k, v in targets.items()}, weights)
+        one = style_loss(
+            {k: v[b : b + 1] for k, v in image_feats.items()}, {k: v[b : b + 1] for k, v in targets.items()}, weights
+        )
         assert torch.allclose(one, both[b : b + 1], rtol=1e-5)
-        assert torch.allclose(content_loss(image_feats["conv3_1"][b : b + 1], target_feats["conv3_1"][b : b + 1]),
-                              content_loss(image_feats["conv3_1"], target_feats["conv3_1"])[b : b + 1], rtol=1e-5)
+        assert torch.allclose(
+            content_loss(image_feats["conv3_1"][b : b + 1], target_feats["conv3_1"][b : b + 1]),
+            content_loss(image_feats["conv3_1"], target_feats["conv3_1"])[b : b + 1],
+            rtol=1e-5,
+        )
 
 
 def test_total_variation_matches_reference():
@@ -135,8 +137,12 @@ def test_total_variation_matches_reference():
     b_, c_, h_, w_ = image.shape
     x = image.double().tolist()
     for b in range(b_):
-        horizontal = [(x[b][c][i][j + 1] - x[b][c][i][j]) ** 2 for c in range(c_) for i in range(h_) for j in range(w_ - 1)]
-        vertical = [(x[b][c][i + 1][j] - x[b][c][i][j]) ** 2 for c in range(c_) for i in range(h_ - 1) for j in range(w_)]
+        horizontal = [
+            (x[b][c][i][j + 1] - x[b][c][i][j]) ** 2 for c in range(c_) for i in range(h_) for j in range(w_ - 1)
+        ]
+        vertical = [
+            (x[b][c][i + 1][j] - x[b][c][i][j]) ** 2 for c in range(c_) for i in range(h_ - 1) for j in range(w_)
+        ]
         expected = sum(horizontal) / len(horizontal) + sum(vertical) / len(vertical)
         assert tv[b].item() == pytest.approx(expected, rel=1e-5)
     assert torch.equal(total_variation(torch.full((1, 3, 4, 4), 0.3)), torch.zeros(1))

@@ -52,8 +52,14 @@ def test_precedence(layers: dict, expected: int, images: Path) -> None:
 
 def test_config_flag_beats_defaults_preset(images: Path) -> None:
     p1, p2 = write_manifest(images / "p1.yaml", {"steps": 11}), write_manifest(images / "p2.yaml", {"steps": 22})
-    manifest = write_manifest(images / "m.yaml", {"output_dir": "out", "defaults": {"preset": str(p1)},
-                                          "pairs": [{"content": "images/a.png", "style": "images/s1.png"}]})
+    manifest = write_manifest(
+        images / "m.yaml",
+        {
+            "output_dir": "out",
+            "defaults": {"preset": str(p1)},
+            "pairs": [{"content": "images/a.png", "style": "images/s1.png"}],
+        },
+    )
     assert load_job(manifest, weights="random").pairs[0].config.steps == 11
     assert load_job(manifest, preset=str(p2), weights="random").pairs[0].config.steps == 22
 
@@ -61,17 +67,28 @@ def test_config_flag_beats_defaults_preset(images: Path) -> None:
 def test_out_is_relative_to_cwd_and_output_dir_to_manifest(images: Path, monkeypatch) -> None:
     sub = images / "sub"
     sub.mkdir()
-    manifest = write_manifest(sub / "m.yaml", {"output_dir": "results", "pairs": [
-        {"content": "../images/a.png", "style": "../images/s1.png"}]})
+    manifest = write_manifest(
+        sub / "m.yaml",
+        {"output_dir": "results", "pairs": [{"content": "../images/a.png", "style": "../images/s1.png"}]},
+    )
     assert load_job(manifest, weights="random").output_dir == sub / "results"
     monkeypatch.chdir(images)
     assert load_job(manifest, out="elsewhere", weights="random").output_dir == Path("elsewhere")
 
 
 def test_grid_expands_with_varied_keys_in_names(images: Path) -> None:
-    manifest = write_manifest(images / "m.yaml", {"output_dir": "out", "grid": {
-        "content": ["images/a.png", "images/b.png"], "style": ["images/s*.png"],
-        "style_weight": [10, 1e4], "steps": [7]}})
+    manifest = write_manifest(
+        images / "m.yaml",
+        {
+            "output_dir": "out",
+            "grid": {
+                "content": ["images/a.png", "images/b.png"],
+                "style": ["images/s*.png"],
+                "style_weight": [10, 1e4],
+                "steps": [7],
+            },
+        },
+    )
     job = load_job(manifest, weights="random")
     assert not job.all_problems, job.all_problems
     names = [p.name for p in job.pairs]
@@ -89,24 +106,41 @@ def test_ratio_sweep_expands_to_four_named_pairs_and_runs(tmp_path: Path) -> Non
     assert len({p.name for p in job.pairs}) == 4
     assert all(p.name.startswith("chelsea__starry_night__style_weight-") for p in job.pairs)
     out = tmp_path / "sweep"
-    assert main(["run", str(manifest), "--weights", "random", "--out", str(out),
-                 "--set", "size=32", "--set", "steps=3"]) == 0
+    assert (
+        main(["run", str(manifest), "--weights", "random", "--out", str(out), "--set", "size=32", "--set", "steps=3"])
+        == 0
+    )
     assert sorted(f.stem for f in out.glob("*.png")) == sorted(p.name for p in job.pairs)
 
 
 def test_duplicate_names_refused_naming_both_entries(images: Path) -> None:
-    manifest = write_manifest(images / "m.yaml", {"output_dir": "out", "pairs": [
-        {"content": "images/a.png", "style": "images/s1.png"},
-        {"content": "images/a.png", "style": "images/s1.png", "steps": 5}]})
+    manifest = write_manifest(
+        images / "m.yaml",
+        {
+            "output_dir": "out",
+            "pairs": [
+                {"content": "images/a.png", "style": "images/s1.png"},
+                {"content": "images/a.png", "style": "images/s1.png", "steps": 5},
+            ],
+        },
+    )
     job = load_job(manifest, weights="random")
     assert any("duplicate output name" in p and "pairs[1]" in p and "pairs[0]" in p for p in job.all_problems)
 
 
 def test_validate_lists_every_problem_and_exits_2(images: Path, capsys) -> None:
-    manifest = write_manifest(images / "m.yaml", {"output_dir": "out", "defaults": {"stpes": 3}, "pairs": [
-        {"content": "images/missing.png", "style": "images/s1.png"},
-        {"content": "images/a.png", "style": "images/s1.png", "optimizer": "sgd"},
-        {"content": "images/b.png", "style": "images/s2.png", "size": 0}]})
+    manifest = write_manifest(
+        images / "m.yaml",
+        {
+            "output_dir": "out",
+            "defaults": {"stpes": 3},
+            "pairs": [
+                {"content": "images/missing.png", "style": "images/s1.png"},
+                {"content": "images/a.png", "style": "images/s1.png", "optimizer": "sgd"},
+                {"content": "images/b.png", "style": "images/s2.png", "size": 0},
+            ],
+        },
+    )
     assert main(["validate", str(manifest), "--weights", "random"]) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
@@ -120,17 +154,27 @@ def test_validate_lists_every_problem_and_exits_2(images: Path, capsys) -> None:
 
 
 def test_run_refuses_invalid_manifest_before_any_work(images: Path, capsys) -> None:
-    manifest = tiny_job(images, pairs=[{"content": "images/a.png", "style": "images/s1.png"},
-                                       {"content": "images/nope.png", "style": "images/s1.png"}])
+    manifest = tiny_job(
+        images,
+        pairs=[
+            {"content": "images/a.png", "style": "images/s1.png"},
+            {"content": "images/nope.png", "style": "images/s1.png"},
+        ],
+    )
     assert main(["run", str(manifest), "--weights", "random"]) == 2
     assert "nope.png" in capsys.readouterr().err
     assert not (images / "out").exists()
 
 
 def test_skip_invalid_runs_valid_pairs_and_exits_1(images: Path) -> None:
-    manifest = tiny_job(images, pairs=[{"content": "images/a.png", "style": "images/s1.png"},
-                                       {"content": "images/nope.png", "style": "images/s1.png"}],
-                        defaults={"steps": 3})
+    manifest = tiny_job(
+        images,
+        pairs=[
+            {"content": "images/a.png", "style": "images/s1.png"},
+            {"content": "images/nope.png", "style": "images/s1.png"},
+        ],
+        defaults={"steps": 3},
+    )
     assert main(["run", str(manifest), "--weights", "random", "--skip-invalid"]) == 1
     recs = records(images / "out")
     assert recs["a__s1"]["status"] == "done" and (images / "out" / "a__s1.png").is_file()

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from stylebatch.fit import engine
-from stylebatch.job.config import Config
 from stylebatch.fit.engine import PairHooks, PairResult
-from stylebatch.images import load_image, to_pil, to_tensor
 from stylebatch.fit.inputs import load_images, pass_inputs
 from stylebatch.fit.losses import gram_matrix, total_variation
 from stylebatch.fit.module import OptimizerSpec, StyleTransferModule
+from stylebatch.images import load_image, to_pil, to_tensor
+from stylebatch.job.config import Config
 from tests.jobkit import fit_one, module_for
 
 # engine.py filters this at import; pytest restores the warning filters around every test.
@@ -140,8 +140,9 @@ def test_vgg_is_frozen_and_left_out_of_checkpoints(pair, vgg, optimizer):
 
     before = vgg_digest(vgg)
     steps, every = (6, 2) if optimizer == "adam" else (30, 1)
-    run = pair.run(hooks=PairHooks(on_checkpoint=on_checkpoint), optimizer=optimizer, steps=steps,
-                   checkpoint_every=every)
+    run = pair.run(
+        hooks=PairHooks(on_checkpoint=on_checkpoint), optimizer=optimizer, steps=steps, checkpoint_every=every
+    )
 
     assert vgg_digest(vgg) == before
     assert all(p.grad is None and not p.requires_grad for p in vgg.parameters())
@@ -220,8 +221,7 @@ def test_adam_keeps_pixels_in_range_at_every_step_and_in_checkpoints(pair):
         ckpt_ranges.append((target.min().item(), target.max().item()))
 
     # A large learning rate: every step pushes pixels past 0 and 1.
-    run = pair.run(hooks=PairHooks(on_checkpoint=on_checkpoint), optimizer="adam", lr=0.3, steps=8,
-                   checkpoint_every=1)
+    run = pair.run(hooks=PairHooks(on_checkpoint=on_checkpoint), optimizer="adam", lr=0.3, steps=8, checkpoint_every=1)
     assert len(run.module.evaluated_ranges) == 8 and len(ckpt_ranges) == 7
     for lo, hi in run.module.evaluated_ranges + ckpt_ranges:
         assert 0.0 <= lo and hi <= 1.0
@@ -252,8 +252,13 @@ def test_module_losses_are_the_documented_weighted_sum(vgg):
     gen = torch.Generator().manual_seed(5)
     content, style = torch.rand(2, 3, 20, 16, generator=gen), torch.rand(2, 3, 24, 24, generator=gen)
     image = torch.rand(2, 3, 20, 16, generator=gen)
-    cfg = Config(content_layer="conv2_1", style_layers={"conv1_1": 0.5, "relu2_1": 2.0},
-                 content_weight=3.0, style_weight=7.0, tv_weight=0.25)
+    cfg = Config(
+        content_layer="conv2_1",
+        style_layers={"conv1_1": 0.5, "relu2_1": 2.0},
+        content_weight=3.0,
+        style_weight=7.0,
+        tv_weight=0.25,
+    )
     module = module_for(vgg, content, style, cfg)
     with torch.no_grad():
         got = module.losses(image)
@@ -276,8 +281,8 @@ def test_module_losses_are_the_documented_weighted_sum(vgg):
 def test_an_unknown_optimizer_is_refused_never_run_as_another(vgg) -> None:
     """A new optimizer name that nothing handles fails loudly: in the config, and in the module even
     if a config let it through (it is never silently run as L-BFGS)."""
-    from stylebatch.job.config import resolve
     from stylebatch.errors import ConfigError
+    from stylebatch.job.config import resolve
 
     with pytest.raises(ConfigError, match="'optimizer' must be one of lbfgs, adam"):
         resolve([("test", {"optimizer": "sgd"})])

@@ -59,8 +59,9 @@ def _error_lines(err: str) -> list[str]:
 # --- claims, in process ---------------------------------------------------------------------------
 
 
-def test_a_pair_claimed_by_a_live_process_is_neither_read_for_planning_nor_written(tmp_path: Path, capsys,
-                                                                                   monkeypatch) -> None:
+def test_a_pair_claimed_by_a_live_process_is_neither_read_for_planning_nor_written(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
     from stylebatch.jobdir import claims
 
     monkeypatch.setattr(claims, "WAIT_S", 0.5)
@@ -134,8 +135,13 @@ _PARENT = textwrap.dedent("""
 @pytest.mark.parametrize("mode", ["pdeathsig", "watch-only"])
 def test_a_process_whose_parent_dies_is_stopped(mode: str, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
-    parent = subprocess.Popen([sys.executable, "-c", _PARENT, _GRANDCHILD, str(marker), mode], cwd=REPO,
-                              env=cli_env(), stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, _GRANDCHILD, str(marker), mode],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         child = int(parent.stdout.readline())
         assert _alive(child) and not marker.exists()
@@ -153,10 +159,13 @@ def test_a_process_whose_parent_dies_is_stopped(mode: str, tmp_path: Path) -> No
 
 def test_break_lock_refuses_while_the_holder_is_alive_on_this_host(tmp_path: Path, capsys) -> None:
     manifest = tiny_job(tmp_path, pairs=[dict(PAIRS[0])], defaults={"steps": 2})
-    code = ("import sys, time; from pathlib import Path; from stylebatch.jobdir.state import JobState\n"
-            "with JobState(Path(sys.argv[1])).lock():\n    print('locked', flush=True); time.sleep(120)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out")], cwd=REPO, env=cli_env(),
-                              stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time; from pathlib import Path; from stylebatch.jobdir.state import JobState\n"
+        "with JobState(Path(sys.argv[1])).lock():\n    print('locked', flush=True); time.sleep(120)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "out")], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert main(["run", str(manifest), *ARGS, "--break-lock"]) == 4
@@ -179,9 +188,14 @@ def _job(root: Path, steps: int) -> Path:
 
 
 def _popen(manifest: Path, cwd: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(_cmd(manifest, "--devices", "2", *extra), cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env=cli_env(OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port())))
+    return subprocess.Popen(
+        _cmd(manifest, "--devices", "2", *extra),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port())),
+    )
 
 
 def _checkpointed_on_both_ranks(out: Path) -> bool:
@@ -227,9 +241,14 @@ def test_orphaned_worker_stops_and_no_pair_is_worked_on_by_two_processes(tmp_pat
     processes at once, the output depending on which finished last."""
     steps = 120
     manifest = _job(tmp_path, steps=steps)
-    clean = subprocess.run(_cmd(manifest, "--devices", "2", "--out", str(tmp_path / "clean")), cwd=tmp_path,
-                           env=cli_env(OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port())), capture_output=True,
-                           text=True, timeout=600)
+    clean = subprocess.run(
+        _cmd(manifest, "--devices", "2", "--out", str(tmp_path / "clean")),
+        cwd=tmp_path,
+        env=cli_env(OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port())),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert clean.returncode == 0, clean.stdout + clean.stderr
 
     out = tmp_path / "out"

@@ -10,12 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from stylebatch.jobdir import state as state_mod
 from stylebatch.cli.main import main
+from stylebatch.jobdir import state as state_mod
 from tests.jobkit import records, tiny_job
 
-FAST = {"steps": 4, "checkpoint_every": 2, "log_every": 2, "optimizer": "adam", "lr": 0.05,
-        "style_weight": 0.1}  # pinned: the redo note below names the value it had
+FAST = {
+    "steps": 4,
+    "checkpoint_every": 2,
+    "log_every": 2,
+    "optimizer": "adam",
+    "lr": 0.05,
+    "style_weight": 0.1,
+}  # pinned: the redo note below names the value it had
 PAIRS = [{"content": "images/a.png", "style": "images/s1.png"}, {"content": "images/b.png", "style": "images/s2.png"}]
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from stylebatch.run import plan as plan_module
 from stylebatch.cli.main import main
 from stylebatch.job.config import Config
+from stylebatch.run import plan as plan_module
 from stylebatch.run.plan import batch_key, batch_limit, group, plan
 from tests.jobkit import records, tiny_job
 
@@ -56,14 +56,34 @@ def test_loss_weights_may_differ_in_a_batch_but_the_network_pass_may_not() -> No
     anything that shapes the network pass splits it."""
     sweep = [_P(f"w{i}", _with(CFG, style_weight=w, batch_size=4)) for i, w in enumerate([0.1, 1.0, 10.0, 100.0])]
     assert [[p.name for p in b] for b in group(sweep, {})] == [["w0", "w1", "w2", "w3"]]
-    same = {"content_weight": 3.0, "tv_weight": 2.0, "style_layers": {**CFG.style_layers, next(iter(CFG.style_layers)): 5.0},
-            "normalize_losses": False, "init": "noise", "seed": 9, "preserve_color": "luminance",
-            "style_scale": 0.5, "save_every": 2, "keep_checkpoints": True, "format": "jpg"}
+    same = {
+        "content_weight": 3.0,
+        "tv_weight": 2.0,
+        "style_layers": {**CFG.style_layers, next(iter(CFG.style_layers)): 5.0},
+        "normalize_losses": False,
+        "init": "noise",
+        "seed": 9,
+        "preserve_color": "luminance",
+        "style_scale": 0.5,
+        "save_every": 2,
+        "keep_checkpoints": True,
+        "format": "jpg",
+    }
     for key, value in same.items():
         assert batch_key(_P("x", _with(CFG, **{key: value}))) == batch_key(_P("y", CFG)), key
-    differs = {"lr": 0.3, "steps": 9, "pooling": "avg", "precision": "bf16", "ema_decay": 0.5,
-               "content_layer": "conv3_1", "style_layers": {"conv1_1": 1.0}, "scales": [16],
-               "checkpoint_every": 7, "log_every": 3, "optimizer": "lbfgs"}
+    differs = {
+        "lr": 0.3,
+        "steps": 9,
+        "pooling": "avg",
+        "precision": "bf16",
+        "ema_decay": 0.5,
+        "content_layer": "conv3_1",
+        "style_layers": {"conv1_1": 1.0},
+        "scales": [16],
+        "checkpoint_every": 7,
+        "log_every": 3,
+        "optimizer": "lbfgs",
+    }
     for key, value in differs.items():
         assert batch_key(_P("x", _with(CFG, **{key: value}))) != batch_key(_P("y", CFG)), key
     # Coarse-to-fine batches when every pass has the same size; contents whose aspect gives the same
@@ -87,8 +107,12 @@ def test_batch_pixels_caps_a_batch_by_its_total_pixels() -> None:
     assert [[p.name for p in b] for b in group(alone, recorded={})] == [["b0"], ["b1"], ["b2"]]
     # The defaults: 4 pairs at 512 px (4:3 or square), 2 at 768, 1 at 1024.
     default = Config(optimizer="adam")
-    assert [batch_limit(_P("x", default, out_size=s)) for s in [(512, 384), (512, 512), (768, 576), (1024, 768)]] \
-        == [4, 4, 2, 1]
+    assert [batch_limit(_P("x", default, out_size=s)) for s in [(512, 384), (512, 512), (768, 576), (1024, 768)]] == [
+        4,
+        4,
+        2,
+        1,
+    ]
 
 
 def test_plan_balances_whole_batches_over_workers_deterministically() -> None:
@@ -111,8 +135,10 @@ def test_the_plan_is_made_once_and_the_worker_loop_never_regroups(tmp_path: Path
         return original(pairs, recorded)
 
     monkeypatch.setattr(plan_module, "group", counted)
-    pairs = [{"content": "images/a.png", "style": "images/s1.png", "name": f"p{i}", "seed": i, "optimizer": "adam"}
-             for i in range(3)]
+    pairs = [
+        {"content": "images/a.png", "style": "images/s1.png", "name": f"p{i}", "seed": i, "optimizer": "adam"}
+        for i in range(3)
+    ]
     manifest = tiny_job(tmp_path, pairs=pairs, defaults={"steps": 4, "batch_size": 2})
     assert main(["run", str(manifest), "--weights", "random"]) == 0
     assert calls == [3]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from stylebatch.cli.main import main
-from stylebatch.job.config import PRESET_DIR
 from stylebatch.fit.score import LAYERS, Scorer, load_output, load_pair
 from stylebatch.fit.vgg import load_vgg
+from stylebatch.job.config import PRESET_DIR
 from tests.jobkit import REPO, write_manifest
 
 IMAGES = REPO / "manifests" / "images"
@@ -23,10 +23,25 @@ SIZE, STEPS = 48, 60
 
 
 def _paint(tmp_path: Path, preset: str, weights: str) -> Path:
-    manifest = write_manifest(tmp_path / "job.yaml", {"output_dir": "out", "pairs": [
-        {"content": str(IMAGES / "chelsea.jpg"), "style": str(IMAGES / "starry_night.jpg")}]})
-    argv = ["run", str(manifest), "--weights", weights, "--set", f"size={SIZE}", "--set", f"steps={STEPS}",
-            "--set", "report_every=0"]
+    manifest = write_manifest(
+        tmp_path / "job.yaml",
+        {
+            "output_dir": "out",
+            "pairs": [{"content": str(IMAGES / "chelsea.jpg"), "style": str(IMAGES / "starry_night.jpg")}],
+        },
+    )
+    argv = [
+        "run",
+        str(manifest),
+        "--weights",
+        weights,
+        "--set",
+        f"size={SIZE}",
+        "--set",
+        f"steps={STEPS}",
+        "--set",
+        "report_every=0",
+    ]
     assert main(argv + ([] if preset == "default" else ["--config", preset])) == 0
     return tmp_path / "out" / "chelsea__starry_night.png"
 

@@ -10,8 +10,8 @@ import pytest
 from rich.console import Console
 
 from stylebatch.cli import progress
-from stylebatch.job.config import Config
 from stylebatch.cli.progress import RichReporter, _RateETA
+from stylebatch.job.config import Config
 
 
 @dataclass

@@ -16,13 +16,13 @@ from urllib.parse import unquote, urlparse
 import pytest
 from PIL import Image
 
-from stylebatch.report import matrix
 from stylebatch.cli.main import main
-from stylebatch.job.config import Config
 from stylebatch.fit.provenance import read_metadata
+from stylebatch.job.config import Config
+from stylebatch.jobdir.state import HOST, JobState
+from stylebatch.report import matrix
 from stylebatch.report.build import write_report
 from stylebatch.report.sheet import CELL_MAX, SHEET_MAX, SHEET_PIXELS, sheet_geometry
-from stylebatch.jobdir.state import HOST, JobState
 from tests.jobkit import make_image, records, tiny_job
 
 FAST = {"steps": 3, "checkpoint_every": 2, "log_every": 1, "optimizer": "adam", "lr": 0.05}
@@ -162,8 +162,10 @@ def test_columns_and_rows_can_be_named(grid: Path) -> None:
     for j, row in enumerate(page.rows):
         for i, cell in enumerate(row["cells"]):
             meta = read_metadata(_output_of(cell, report_dir))
-            assert (Path(meta["content"]).name, Path(meta["style"]).name) == (Path(CONTENTS[i]).name,
-                                                                              Path(STYLES[j]).name)
+            assert (Path(meta["content"]).name, Path(meta["style"]).name) == (
+                Path(CONTENTS[i]).name,
+                Path(STYLES[j]).name,
+            )
     # A key that does not vary makes one column; a misspelt one is one clear line.
     assert main(["report", str(grid), "--columns", "style_weight", "--rows", "style"]) == 0
     page = _parse(report_dir / "report.html")
@@ -174,8 +176,12 @@ def test_columns_and_rows_can_be_named(grid: Path) -> None:
 
 
 def test_a_sweep_puts_its_varied_key_across(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    manifest = tiny_job(tmp_path, pairs=[], defaults=FAST, grid={
-        "content": ["images/a.png", "images/b.png"], "style": ["images/s1.png"], "style_weight": [1000, 10]})
+    manifest = tiny_job(
+        tmp_path,
+        pairs=[],
+        defaults=FAST,
+        grid={"content": ["images/a.png", "images/b.png"], "style": ["images/s1.png"], "style_weight": [1000, 10]},
+    )
     assert main(["run", str(manifest), "--weights", "random"]) == 0
     out = tmp_path / "out"
     report_dir = out / ".stylebatch" / "report"
@@ -244,20 +250,28 @@ def test_large_matrices_are_paged_with_an_index_and_a_sheet_per_page(grid: Path,
     index = _parse(report_dir / "report.html")
     _check_links(index, report_dir)
     block_links = [unquote(u) for _, u in index.links if u.startswith("page-")]
-    assert block_links == ["page-0001.html#block-1", "page-0002.html#block-1",
-                           "page-0003.html#block-1", "page-0003.html#block-2"]
+    assert block_links == [
+        "page-0001.html#block-1",
+        "page-0002.html#block-1",
+        "page-0003.html#block-1",
+        "page-0003.html#block-2",
+    ]
     seen: list[str] = []
     for n in (1, 2, 3):
         page = _parse(report_dir / f"page-000{n}.html")
         _check_links(page, report_dir)
-        assert page.col_heads == ["content \\ style", *(["s1.png", "s2.png"], ["s3.png", "s4.png"],
-                                                         ["s1.png", "s2.png", "content \\ style", "s3.png",
-                                                          "s4.png"])[n - 1]]
+        assert page.col_heads == [
+            "content \\ style",
+            *(["s1.png", "s2.png"], ["s3.png", "s4.png"], ["s1.png", "s2.png", "content \\ style", "s3.png", "s4.png"])[
+                n - 1
+            ],
+        ]
         seen += [c["id"] for r in page.rows for c in r["cells"] if c]
         with Image.open(report_dir / f"sheet-000{n}.jpg") as sheet:
             assert max(sheet.size) <= SHEET_MAX
     assert sorted(seen) == sorted(f"pair-{n}" for n in records(grid))  # every pair once
     assert not (report_dir / "contact_sheet.jpg").exists()
+
     # The same pages made by two forked writers (as the CLI does): every link still resolves (no
     # thumbnail a writer made was pruned by the report).
     def page_text(path: Path) -> str:
@@ -310,7 +324,7 @@ def test_a_running_job_reloads_and_shows_progress_and_the_latest_snapshot(grid: 
 
 
 def test_names_are_escaped(tmp_path: Path) -> None:
-    pairs = [{"content": "images/a.png", "style": "images/s1.png", "name": "<i>bold<i> & \"q\""}]
+    pairs = [{"content": "images/a.png", "style": "images/s1.png", "name": '<i>bold<i> & "q"'}]
     manifest = tiny_job(tmp_path, pairs=pairs, defaults=FAST)
     assert main(["run", str(manifest), "--weights", "random"]) == 0
     write_report(tmp_path / "out")
@@ -332,8 +346,9 @@ def test_sheet_geometry_is_bounded_and_never_a_strip() -> None:
     assert sheet_geometry(1 + 4, 1).cell == CELL_MAX
 
 
-CURVE = "evaluations,content,style,total\n" + "".join(f"{n},{1 / n!r},{10 / n!r},{11 / n!r}\n"
-                                                     for n in range(10, 501, 10))
+CURVE = "evaluations,content,style,total\n" + "".join(
+    f"{n},{1 / n!r},{10 / n!r},{11 / n!r}\n" for n in range(10, 501, 10)
+)
 
 
 def _records_only_job(out: Path, pairs: list[tuple[str, str, str]]) -> None:
@@ -343,15 +358,35 @@ def _records_only_job(out: Path, pairs: list[tuple[str, str, str]]) -> None:
     (root / "pairs").mkdir(parents=True)
     entries = []
     for i, (name, content, style) in enumerate(pairs):
-        entries.append(json.dumps({"name": name, "id": f"{i:016x}", "entry": f"grid[{i}]", "content": content,
-                                   "style": style, "set": {}}))
+        entries.append(
+            json.dumps(
+                {"name": name, "id": f"{i:016x}", "entry": f"grid[{i}]", "content": content, "style": style, "set": {}}
+            )
+        )
         d = root / "pairs" / name
         d.mkdir()
-        (d / "state.json").write_text(json.dumps({"status": "done", "steps_done": 500, "steps": 500, "seconds": 12.5,
-                                                 "losses": {"content": 0.002, "style": 0.02}, "name": name}))
+        (d / "state.json").write_text(
+            json.dumps(
+                {
+                    "status": "done",
+                    "steps_done": 500,
+                    "steps": 500,
+                    "seconds": 12.5,
+                    "losses": {"content": 0.002, "style": 0.02},
+                    "name": name,
+                }
+            )
+        )
         (d / "losses.csv").write_text(CURVE)
-    head = {"format": 2, "manifest": "m.yaml", "cwd": str(out.parent), "weights": "imagenet",
-            "keys": ["size", "steps"], "bookkeeping": [], "defaults": {"size": 512, "steps": 500}}
+    head = {
+        "format": 2,
+        "manifest": "m.yaml",
+        "cwd": str(out.parent),
+        "weights": "imagenet",
+        "keys": ["size", "steps"],
+        "bookkeeping": [],
+        "defaults": {"size": 512, "steps": 500},
+    }
     (root / "job.json").write_text(json.dumps(head)[:-1] + ', "pairs": [\n' + ",\n".join(entries) + "\n]}")
 
 
@@ -365,15 +400,17 @@ def test_pages_stay_small_for_a_big_job(tmp_path: Path) -> None:
     """3,000 done pairs (60 contents x 50 styles) with curves, from records alone: every page well
     under 2 MB, the index lists every page, every pair is on exactly one."""
     out = tmp_path / "out"
-    _records_only_job(out, [(f"c{i // 50}__s{i % 50}", f"images/c{i // 50}.jpg", f"images/s{i % 50}.jpg")
-                            for i in range(3000)])
+    _records_only_job(
+        out, [(f"c{i // 50}__s{i % 50}", f"images/c{i // 50}.jpg", f"images/s{i % 50}.jpg") for i in range(3000)]
+    )
     root = out / ".stylebatch"
     result = write_report(out)
     report_dir = root / "report"
     assert result.pages == 5  # 50 columns: 5 blocks of 10; 60 rows fit one block of 600 cells
     index = _parse(report_dir / "report.html")
-    assert sorted({u.split("#")[0] for _, u in index.links if u.startswith("page-")}) == \
-        [f"page-000{i}.html" for i in range(1, 6)]
+    assert sorted({u.split("#")[0] for _, u in index.links if u.startswith("page-")}) == [
+        f"page-000{i}.html" for i in range(1, 6)
+    ]
     seen = []
     for page_file in sorted(report_dir.glob("page-*.html")):
         assert page_file.stat().st_size < 1_500_000, page_file.stat().st_size
@@ -386,10 +423,14 @@ def test_the_running_job_writes_a_report_that_reloads_then_a_final_one(tmp_path:
     """Rank 0 refreshes the report (in a child process) while pairs run, and once more at the end."""
     from stylebatch.fit import engine
 
-    manifest = tiny_job(tmp_path, pairs=[{"content": "images/a.png", "style": "images/s1.png"},
-                                         {"content": "images/b.png", "style": "images/s2.png"}],
-                        defaults={**FAST, "steps": 40, "checkpoint_every": 5, "batch_size": 1,
-                                  "report_every": 0.02})  # every 1.2 s
+    manifest = tiny_job(
+        tmp_path,
+        pairs=[
+            {"content": "images/a.png", "style": "images/s1.png"},
+            {"content": "images/b.png", "style": "images/s2.png"},
+        ],
+        defaults={**FAST, "steps": 40, "checkpoint_every": 5, "batch_size": 1, "report_every": 0.02},
+    )  # every 1.2 s
     page = tmp_path / "out" / ".stylebatch" / "report" / "report.html"
     original = engine._BudgetCallback.on_train_batch_end
     seen: list[str] = []
@@ -412,7 +453,10 @@ def test_the_running_job_writes_a_report_that_reloads_then_a_final_one(tmp_path:
     assert '<meta http-equiv="refresh" content="10">' in seen[0]  # every max(10 s, report_every)
     final = _parse(page)
     assert not any(m.get("http-equiv") == "refresh" for m in final.metas)
-    assert {c["id"] for r in final.rows for c in r["cells"] if c and "done" in c["text"]} == {"pair-a__s1", "pair-b__s2"}
+    assert {c["id"] for r in final.rows for c in r["cells"] if c and "done" in c["text"]} == {
+        "pair-a__s1",
+        "pair-b__s2",
+    }
 
 
 def test_report_every_is_read_from_the_pairs_config() -> None:
@@ -430,11 +474,16 @@ def test_every_wrapped_column_of_a_sheet_starts_with_its_header() -> None:
     from stylebatch.report.sheet import _wrapped_lines
 
     rows = [matrix.Value(f"r{i}", f"r{i}") for i in range(90)]
-    page = matrix.Page(1, [matrix.Block(0, rows[:60], [matrix.Value("c", "c")], {}),
-                           matrix.Block(1, rows[60:], [matrix.Value("c", "c")], {})])
+    page = matrix.Page(
+        1,
+        [
+            matrix.Block(0, rows[:60], [matrix.Value("c", "c")], {}),
+            matrix.Block(1, rows[60:], [matrix.Value("c", "c")], {}),
+        ],
+    )
     lines, geo = _wrapped_lines(page)
     assert geo.blocks > 1 and geo.width <= SHEET_MAX and geo.height <= SHEET_MAX
-    columns = [lines[k:k + geo.block_rows] for k in range(0, len(lines), geo.block_rows)]
+    columns = [lines[k : k + geo.block_rows] for k in range(0, len(lines), geo.block_rows)]
     assert len(columns) <= geo.blocks and all(col[0][1] == -1 for col in columns)
     data_rows = [(block.section, i) for block, i in lines if i >= 0]
     assert data_rows == [(0, i) for i in range(60)] + [(1, i) for i in range(30)]  # each row once, in order

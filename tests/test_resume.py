@@ -52,8 +52,12 @@ def _assert_complete(out: Path, baseline: dict[str, torch.Tensor]) -> None:
 def test_kill_at_fault_point_then_resume(point: str, tmp_path: Path, baseline: dict[str, torch.Tensor]) -> None:
     manifest = tiny_job(tmp_path)
     marker = tmp_path / "fault-fired"
-    proc = run_subprocess(["run", str(manifest), "--weights", "random"], cwd=tmp_path,
-                          STYLEBATCH_FAULT=point, STYLEBATCH_FAULT_MARKER=str(marker))
+    proc = run_subprocess(
+        ["run", str(manifest), "--weights", "random"],
+        cwd=tmp_path,
+        STYLEBATCH_FAULT=point,
+        STYLEBATCH_FAULT_MARKER=str(marker),
+    )
     assert marker.exists(), f"fault point {point} never fired:\n{proc.stdout}\n{proc.stderr}"
     assert proc.returncode == -signal.SIGKILL
     # The same command again finishes the rest.
@@ -66,8 +70,13 @@ def test_external_sigkill_then_status_then_resume(tmp_path: Path, baseline: dict
     manifest = tiny_job(tmp_path, defaults={"steps": 60})
     # A longer run so there is time to kill it once its state shows progress; compare against a
     # baseline of the same settings, computed below in process.
-    proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(manifest), "--weights", "random"],
-                            cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stylebatch", "run", str(manifest), "--weights", "random"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     out = tmp_path / "out"
     deadline = time.monotonic() + 120
     try:

@@ -46,8 +46,11 @@ OUTPUT = pixels([[(20, 40, 60), (250, 10, 5)], [(0, 180, 60), (100, 80, 70)]])
 def test_score_matches_hand_computation():
     s = Scorer(fake_extract, CONTENT, STYLE)(OUTPUT)
     k = FACTORS[CONTENT_LAYER]
-    diffs = [(k * (a - b) / 255) ** 2 for xy in itertools.product(range(2), range(2))
-             for a, b in zip(OUTPUT.getpixel(xy), CONTENT.getpixel(xy))]
+    diffs = [
+        (k * (a - b) / 255) ** 2
+        for xy in itertools.product(range(2), range(2))
+        for a, b in zip(OUTPUT.getpixel(xy), CONTENT.getpixel(xy))
+    ]
     assert s.content == pytest.approx(sum(diffs) / len(diffs), rel=1e-6)  # float32 pixels
     style = sum(loop_mse(loop_gram(OUTPUT, FACTORS[n]), loop_gram(STYLE, FACTORS[n])) for n in STYLE_LAYERS)
     assert s.style == pytest.approx(style, rel=1e-6)  # to_tensor's float32 pixels, float64 Grams
@@ -94,8 +97,10 @@ def test_real_vgg_score_uses_post_relu_layers(vgg, make_image):
     s = Scorer(vgg, content, style)(output)
     with torch.no_grad():
         to = lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)[None]  # noqa: E731
-        fo, fc, fs = (vgg_by_index(vgg, to(img)) for img in (output.resize(content.size, Image.Resampling.BICUBIC),
-                                                               content, style))
+        fo, fc, fs = (
+            vgg_by_index(vgg, to(img))
+            for img in (output.resize(content.size, Image.Resampling.BICUBIC), content, style)
+        )
     assert all((f >= 0).all() for f in fo.values())  # post-ReLU
     g = lambda f: torch.einsum("bchw,bdhw->bcd", f.double(), f.double()) / f[0].numel()  # noqa: E731
     style_ref = sum(float((g(fo[n]) - g(fs[n])).pow(2).mean()) for n in STYLE_LAYERS)

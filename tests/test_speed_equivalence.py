@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from stylebatch.job.config import Config
 from stylebatch.fit.vgg import LAYER_INDEX, load_vgg
+from stylebatch.job.config import Config
 from tests.jobkit import module_for
 
 

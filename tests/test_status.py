@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from stylebatch.report import rows as pair_rows_mod
 from stylebatch.cli.main import main
 from stylebatch.job.jobfile import read_job_file
 from stylebatch.jobdir.state import JobState
+from stylebatch.report import rows as pair_rows_mod
 from tests.jobkit import records, run_with_sigterm_at, tiny_job
 
 FAST = {"steps": 12, "checkpoint_every": 4, "log_every": 2, "optimizer": "adam", "lr": 0.05, "batch_size": 1}
-PAIRS = [{"content": c, "style": s} for c in ("images/a.png", "images/b.png") for s in ("images/s1.png", "images/s2.png")]
+PAIRS = [
+    {"content": c, "style": s} for c in ("images/a.png", "images/b.png") for s in ("images/s1.png", "images/s2.png")
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +53,12 @@ def test_status_lists_the_pairs_that_have_not_started(interrupted: Path, capsys:
     assert "a__s1" in text and "b__s2" not in text  # the summary lists what needs a look, not pending pairs
     assert main(["status", str(interrupted), "--all"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[:2] for line in lines[1:5]] == [["a__s1", "interrupted"], ["a__s2", "pending"],
-                                                        ["b__s1", "pending"], ["b__s2", "pending"]]
+    assert [line.split()[:2] for line in lines[1:5]] == [
+        ["a__s1", "interrupted"],
+        ["a__s2", "pending"],
+        ["b__s1", "pending"],
+        ["b__s2", "pending"],
+    ]
 
 
 def test_json_is_one_document_written_pair_by_pair(interrupted: Path, monkeypatch) -> None:

@@ -12,13 +12,15 @@ import pytest
 import torch
 
 from stylebatch.fit import tiling
-from stylebatch.job.config import Config
 from stylebatch.fit.targets import compute_targets
+from stylebatch.job.config import Config
 from tests.jobkit import final_target, module_for, records, run_with_sigterm_at, tiny_job
 
 SHALLOW = dict(content_layer="conv2_1", style_layers={"conv1_1": 1.0, "conv2_1": 0.5})
-DEEP = dict(content_layer="conv4_2", style_layers={"conv1_1": 1.0, "relu2_1": 1.0, "conv3_1": 1.0,
-                                                    "conv4_1": 1.0, "conv5_1": 1.0})
+DEEP = dict(
+    content_layer="conv4_2",
+    style_layers={"conv1_1": 1.0, "relu2_1": 1.0, "conv3_1": 1.0, "conv4_1": 1.0, "conv5_1": 1.0},
+)
 TOLERANCE = 1e-5
 
 
@@ -67,8 +69,17 @@ def _losses(module, tile=None, margin=None, offset=(0, 0)):
         grams = {n: getattr(module, f"gram_{n}") for n in module.style_layers}
         weights = {n: getattr(module, f"weight_{n}") for n in module.style_layers}
         grid = tiling.grid(*x.shape[-2:], tile, tiling.halo(layers) if margin is None else margin, offset)
-        obj = tiling.TiledObjective(module.vgg, module.content_layer, module.style_layers, module.pooling,
-                                    module.content_target, module.content_scale, grams, weights, grid)
+        obj = tiling.TiledObjective(
+            module.vgg,
+            module.content_layer,
+            module.style_layers,
+            module.pooling,
+            module.content_target,
+            module.content_scale,
+            grams,
+            weights,
+            grid,
+        )
         c, s = tiling.TiledLoss.apply(x, obj)
         total = module.alpha * c + module.beta * s
     total.sum().backward()
@@ -82,23 +93,29 @@ def _error(a: tuple, b: tuple) -> float:
     return max(loss, grad)
 
 
-@pytest.mark.parametrize("layers, hw, tile, offset", [
-    (SHALLOW, (48, 64), 16, (0, 0)),
-    (SHALLOW, (50, 63), 32, (16, 16)),  # odd sides: pools floor, border tiles end at the image's edge
-    (DEEP, (176, 64), 64, (0, 0)),  # tall: crops begin and end inside the image
-    (DEEP, (176, 64), 64, (48, 16)),
-])
+@pytest.mark.parametrize(
+    "layers, hw, tile, offset",
+    [
+        (SHALLOW, (48, 64), 16, (0, 0)),
+        (SHALLOW, (50, 63), 32, (16, 16)),  # odd sides: pools floor, border tiles end at the image's edge
+        (DEEP, (176, 64), 64, (0, 0)),  # tall: crops begin and end inside the image
+        (DEEP, (176, 64), 64, (48, 16)),
+    ],
+)
 def test_tiled_loss_and_gradient_equal_the_untiled(vgg, layers: dict, hw: tuple, tile: int, offset: tuple) -> None:
     module = _module(vgg, layers, hw)
     assert _error(_losses(module, tile, offset=offset), _losses(module)) < TOLERANCE
 
 
-@pytest.mark.parametrize("layers, hw, tile, margin, offset", [
-    (SHALLOW, (48, 64), 16, 0, (0, 0)),  # no halo: conv1_1..conv2_1 see 4 px past each edge
-    (DEEP, (176, 64), 64, 48, (0, 0)),  # below conv5_1's 70 px
-    (SHALLOW, (48, 64), 16, None, (1, 0)),  # an odd edge splits pool1's windows
-    (DEEP, (176, 64), 64, None, (8, 8)),  # a multiple of 8, not 16: pool4's windows split
-])
+@pytest.mark.parametrize(
+    "layers, hw, tile, margin, offset",
+    [
+        (SHALLOW, (48, 64), 16, 0, (0, 0)),  # no halo: conv1_1..conv2_1 see 4 px past each edge
+        (DEEP, (176, 64), 64, 48, (0, 0)),  # below conv5_1's 70 px
+        (SHALLOW, (48, 64), 16, None, (1, 0)),  # an odd edge splits pool1's windows
+        (DEEP, (176, 64), 64, None, (8, 8)),  # a multiple of 8, not 16: pool4's windows split
+    ],
+)
 def test_controls_too_small_a_halo_or_an_unaligned_offset_do_not_match(vgg, layers, hw, tile, margin, offset) -> None:
     module = _module(vgg, layers, hw)
     try:
@@ -129,15 +146,25 @@ def test_tiled_targets_equal_one_pass(vgg) -> None:
 def test_fits_tiled_follow_the_untiled_fit(tmp_path: Path, make_image, optimizer: str) -> None:
     """Whole fits through the product's path (engine.stylize), coarse-to-fine: the 32 px pass is
     below the tile (untiled), the 64 px pass tiled; the results agree within rounding."""
-    from tests.jobkit import fit_one
-
     from stylebatch.fit.vgg import load_vgg
+    from tests.jobkit import fit_one
 
     # L-BFGS's line search magnifies round-off on some images (seeds 1 and 2: 0.1); these fit calmly.
     content, style = make_image("c.png", (64, 48), seed=5), make_image("s.png", (48, 48), seed=6)
-    base = dict(size=64, scales=[32], steps=24, optimizer=optimizer, lbfgs_history=5, init="noise",
-                checkpoint_every=10**6, log_every=10**6, keep_checkpoints=True, style_weight=2.0,
-                lr=0.02 if optimizer == "adam" else None, **SHALLOW)  # a calm fit: round-off stays round-off
+    base = dict(
+        size=64,
+        scales=[32],
+        steps=24,
+        optimizer=optimizer,
+        lbfgs_history=5,
+        init="noise",
+        checkpoint_every=10**6,
+        log_every=10**6,
+        keep_checkpoints=True,
+        style_weight=2.0,
+        lr=0.02 if optimizer == "adam" else None,
+        **SHALLOW,
+    )  # a calm fit: round-off stays round-off
     vgg = load_vgg("random", Config(**SHALLOW).layers_used)
     images, passes = {}, {}
     for tile in (None, 16):
@@ -155,8 +182,11 @@ def test_tiled_pairs_never_batch(tmp_path: Path) -> None:
     from stylebatch.job.manifest import load_job
     from stylebatch.run.plan import batch_key
 
-    manifest = tiny_job(tmp_path, pairs=[{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}],
-                        defaults={"tile": 16})
+    manifest = tiny_job(
+        tmp_path,
+        pairs=[{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}],
+        defaults={"tile": 16},
+    )
     pair = load_job(manifest).valid_pairs[0]
     assert batch_key(pair) is None
     pair.config = pair.config.__class__(**{**pair.config.to_dict(), "tile": None})
@@ -165,8 +195,10 @@ def test_tiled_pairs_never_batch(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_tiled_run_resumes_bit_identical_after_sigterm(tmp_path: Path) -> None:
-    pairs = [{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam", "lr": 0.05},
-             {"content": "images/b.png", "style": "images/s2.png", "optimizer": "lbfgs", "lbfgs_history": 5}]
+    pairs = [
+        {"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam", "lr": 0.05},
+        {"content": "images/b.png", "style": "images/s2.png", "optimizer": "lbfgs", "lbfgs_history": 5},
+    ]
     defaults = {"tile": 16, **SHALLOW}
     whole = tiny_job(tmp_path / "whole", pairs, defaults)
     assert run_with_sigterm_at(whole, 10**9, "--weights", "random")[0] == 0
@@ -178,15 +210,20 @@ def test_tiled_run_resumes_bit_identical_after_sigterm(tmp_path: Path) -> None:
         assert torch.equal(final_target(tmp_path / "cut" / "out", name), final_target(tmp_path / "whole" / "out", name))
 
 
-@pytest.mark.parametrize("value, layers, problem", [
-    (24, None, "'tile' must be a multiple of 16 px"),
-    ("big", None, "'tile' must be integer or auto or empty"),
-    (48, {"pool5": 1.0}, "tiles must be a multiple of 32 px"),  # pool5's windows are 32 px
-    ("auto", None, None), (None, None, None), (64, {"pool5": 1.0}, None),
-])
+@pytest.mark.parametrize(
+    "value, layers, problem",
+    [
+        (24, None, "'tile' must be a multiple of 16 px"),
+        ("big", None, "'tile' must be integer or auto or empty"),
+        (48, {"pool5": 1.0}, "tiles must be a multiple of 32 px"),  # pool5's windows are 32 px
+        ("auto", None, None),
+        (None, None, None),
+        (64, {"pool5": 1.0}, None),
+    ],
+)
 def test_tile_values(value, layers, problem) -> None:
-    from stylebatch.job.config import resolve
     from stylebatch.errors import ConfigError
+    from stylebatch.job.config import resolve
 
     overrides = {"tile": value, **({"style_layers": layers} if layers else {})}
     if problem is None:

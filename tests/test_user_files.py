@@ -72,13 +72,14 @@ def one_error_line(err: str, out: str, *fragments: str) -> str:
 
 def test_users_temp_like_files_survive_a_run_in_their_project_folder(tmp_path: Path, capsys) -> None:
     """`output_dir: .` in a project folder: the start-up sweep deleted every `.*.tmp.*` under it."""
-    manifest = tiny_job(tmp_path, pairs=[dict(p) for p in PAIRS], defaults={"steps": 3, "checkpoint_every": 2},
-                        output_dir=".")
+    manifest = tiny_job(
+        tmp_path, pairs=[dict(p) for p in PAIRS], defaults={"steps": 3, "checkpoint_every": 2}, output_dir="."
+    )
     users = {
         "docs/.notes.tmp.keep": b"my notes",
         ".config.yaml.tmp.123": b"half-edited config",
-        "docs/.a__s1.png.stylebatch-tmp.%d" % DEAD_PID: b"looks like ours, but not in an output's directory",
-        ".todo.txt.stylebatch-tmp.%d" % DEAD_PID: b"our pattern, but not for an output of this job",
+        f"docs/.a__s1.png.stylebatch-tmp.{DEAD_PID}": b"looks like ours, but not in an output's directory",
+        f".todo.txt.stylebatch-tmp.{DEAD_PID}": b"our pattern, but not for an output of this job",
         "src/.stylebatch-tmp.1": b"x",
     }
     for rel, data in users.items():
@@ -87,8 +88,10 @@ def test_users_temp_like_files_survive_a_run_in_their_project_folder(tmp_path: P
     (tmp_path / "docs" / "link-to-notes").symlink_to(".notes.tmp.keep")
     before = snapshot(tmp_path)
     # Left by a killed run of this job: these two are stylebatch's own and go.
-    ours = [tmp_path / (".a__s1.png.stylebatch-tmp.%d" % DEAD_PID),
-            tmp_path / ".stylebatch" / "pairs" / "a__s1" / (".last.ckpt.stylebatch-tmp.%d" % DEAD_PID)]
+    ours = [
+        tmp_path / f".a__s1.png.stylebatch-tmp.{DEAD_PID}",
+        tmp_path / ".stylebatch" / "pairs" / "a__s1" / f".last.ckpt.stylebatch-tmp.{DEAD_PID}",
+    ]
     for path in ours:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"stale")
@@ -122,8 +125,7 @@ def test_root_and_system_directories_are_refused_as_output_dir(where: str, tmp_p
     """Checked with `validate` only: on code without the refusal, `run` would write into them."""
     (tmp_path / "link-to-etc").symlink_to("/etc")
     for how in ("manifest", "--out"):
-        manifest = tiny_job(tmp_path, pairs=[dict(p) for p in PAIRS],
-                            output_dir=where if how == "manifest" else "out")
+        manifest = tiny_job(tmp_path, pairs=[dict(p) for p in PAIRS], output_dir=where if how == "manifest" else "out")
         extra = ["--out", where if where.startswith("/") else str(tmp_path / where)] if how == "--out" else []
         code, out, err = cli(["validate", str(manifest), *ARGS, *extra], capsys)
         assert code == 2, (how, out, err)
@@ -145,10 +147,15 @@ def fake_system_tree(tmp_path: Path, monkeypatch) -> Path:
 
 
 @pytest.mark.parametrize("how", ["manifest", "--out", "--from"])
-def test_run_refuses_a_system_tree_before_writing_anything(how: str, tmp_path: Path, capsys,
-                                                          fake_system_tree: Path) -> None:
-    manifest = tiny_job(tmp_path, pairs=[dict(p) for p in PAIRS], defaults={"steps": 2},
-                        output_dir=str(fake_system_tree / "conf") if how == "manifest" else "out")
+def test_run_refuses_a_system_tree_before_writing_anything(
+    how: str, tmp_path: Path, capsys, fake_system_tree: Path
+) -> None:
+    manifest = tiny_job(
+        tmp_path,
+        pairs=[dict(p) for p in PAIRS],
+        defaults={"steps": 2},
+        output_dir=str(fake_system_tree / "conf") if how == "manifest" else "out",
+    )
     if how == "--from":
         assert main(["run", str(manifest), *ARGS]) == 0
         argv = ["run", "--from", str(tmp_path / "out" / "a__s1.png"), *ARGS, "--out", str(fake_system_tree / "conf")]
@@ -177,8 +184,7 @@ LINKS = {  # planted at (relative to the output directory) -> what it points to
 
 
 @pytest.mark.parametrize("planted", sorted(LINKS))
-def test_a_planted_link_is_refused_with_one_line_and_its_target_untouched(planted: str, tmp_path: Path,
-                                                                          capsys) -> None:
+def test_a_planted_link_is_refused_with_one_line_and_its_target_untouched(planted: str, tmp_path: Path, capsys) -> None:
     manifest = tiny_job(tmp_path, pairs=[dict(p) for p in PAIRS], defaults={"steps": 2})
     out = tmp_path / "out"
     victim = tmp_path / "victim"
@@ -194,8 +200,12 @@ def test_a_planted_link_is_refused_with_one_line_and_its_target_untouched(plante
 
     for argv in (["run", str(manifest), *ARGS], ["status", str(out)]):
         code, stdout, err = cli(argv, capsys)
-        if argv[0] == "status" and planted in (".stylebatch/lock", ".stylebatch/logs", ".stylebatch/pairs/a__s1/claim",
-                                               ".stylebatch/pairs/a__s1/last.ckpt"):
+        if argv[0] == "status" and planted in (
+            ".stylebatch/lock",
+            ".stylebatch/logs",
+            ".stylebatch/pairs/a__s1/claim",
+            ".stylebatch/pairs/a__s1/last.ckpt",
+        ):
             continue  # status reads only the records
         assert code == 2, (argv[0], stdout, err)
         one_error_line(err, stdout, str(link), "symbolic link", "remove it")
@@ -235,4 +245,3 @@ def test_a_stale_pair_temp_is_removed_only_by_the_pairs_claimer(tmp_path: Path, 
         claims.release(state, "a__s1", fd)
     assert cli(["run", str(manifest), *ARGS], capsys)[0] == 0  # free now: run, and its stale temp gone
     assert not writing.exists()
-

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torchvision
 
-from stylebatch.fit import vgg as vgg_module
 from stylebatch.errors import WeightsError
+from stylebatch.fit import vgg as vgg_module
 from stylebatch.fit.vgg import load_vgg
 
 

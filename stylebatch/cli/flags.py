@@ -19,8 +19,9 @@ def whole_number(flag: str, text: str, auto: bool = False) -> int | None:
     if auto and value == "auto":
         return None
     if not value.isdigit() or int(value) < 1 or len(value) > 6:
-        raise StylebatchError(f"{flag} {shown(text)}: must be a whole number from 1 to 999999"
-                              + (", or auto" if auto else ""))
+        raise StylebatchError(
+            f"{flag} {shown(text)}: must be a whole number from 1 to 999999" + (", or auto" if auto else "")
+        )
     return int(value)
 
 
@@ -30,8 +31,9 @@ def seconds(flag: str, text: str) -> float:
     except ValueError:
         value = math.nan
     if not (0 < value <= MAX_SYNC_TIMEOUT):
-        raise StylebatchError(f"{flag} {shown(text)}: must be a number of seconds above 0 and at most "
-                              f"{MAX_SYNC_TIMEOUT:,}")
+        raise StylebatchError(
+            f"{flag} {shown(text)}: must be a number of seconds above 0 and at most {MAX_SYNC_TIMEOUT:,}"
+        )
     return value
 
 
@@ -41,8 +43,10 @@ def check_devices(accelerator: str, devices: int | None) -> None:
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if accelerator == "gpu" and not gpus:
-        raise StylebatchError("--accelerator gpu: no CUDA device is available here"
-                              + (f" (asked for --devices {devices})" if devices else ""))
+        raise StylebatchError(
+            "--accelerator gpu: no CUDA device is available here"
+            + (f" (asked for --devices {devices})" if devices else "")
+        )
     on_gpu = accelerator == "gpu" or (accelerator == "auto" and gpus > 0)
     external = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1) > 1
     if devices is None or external:
@@ -53,15 +57,22 @@ def check_devices(accelerator: str, devices: int | None) -> None:
     if not on_gpu and devices > cores:
         # Each CPU worker loads its own torch and VGG19: more workers than cores only compete for
         # them, and enough of them exhaust memory.
-        raise StylebatchError(f"--devices {devices}: this machine has {cores} CPU core(s); use at most {cores} "
-                              "CPU workers")
+        raise StylebatchError(
+            f"--devices {devices}: this machine has {cores} CPU core(s); use at most {cores} CPU workers"
+        )
 
 
 def check_paths(args: argparse.Namespace) -> None:
     """Every path given on the command line is printable UTF-8 text of a possible length."""
-    for flag, attr in (("manifest", "manifest"), ("--out", "out"), ("--weights", "weights"),
-                       ("--config", "config"), ("--from", "from_image"), ("output_dir", "output_dir"),
-                       ("image", "image")):
+    for flag, attr in (
+        ("manifest", "manifest"),
+        ("--out", "out"),
+        ("--weights", "weights"),
+        ("--config", "config"),
+        ("--from", "from_image"),
+        ("output_dir", "output_dir"),
+        ("image", "image"),
+    ):
         value = getattr(args, attr, None)
         if isinstance(value, str) and (problem := path_problem(value)):
             raise StylebatchError(f"{flag} {shown(value)}: {problem}")

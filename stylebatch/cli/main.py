@@ -17,8 +17,16 @@ from typing import Any
 from rich.console import Console
 
 from stylebatch import __version__
-from stylebatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, StopNow, StylebatchError, is_disk_full
 from stylebatch.cli.flags import check_devices, check_paths, seconds, whole_number
+from stylebatch.errors import (
+    EXIT_CODES,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    StopNow,
+    StylebatchError,
+    is_disk_full,
+)
 from stylebatch.job.values import shorten
 
 log = logging.getLogger("stylebatch")
@@ -34,57 +42,96 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     epilog = "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
     parser = _Parser(
-        prog="stylebatch", description="Neural style transfer (Gatys et al. 2016) for many pairs, resumable.",
-        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="stylebatch",
+        description="Neural style transfer (Gatys et al. 2016) for many pairs, resumable.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"stylebatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def job_args(p: argparse.ArgumentParser, manifest_optional: bool = False) -> None:
         p.add_argument("manifest", nargs="?" if manifest_optional else None, help="YAML manifest listing the pairs")
-        p.add_argument("--config", metavar="PRESET", help="preset name in configs/ (e.g. fast, gatys2016) or a YAML path")
-        p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override a config key (last wins)")
+        p.add_argument(
+            "--config", metavar="PRESET", help="preset name in configs/ (e.g. fast, gatys2016) or a YAML path"
+        )
+        p.add_argument(
+            "--set", metavar="KEY=VALUE", action="append", default=[], help="override a config key (last wins)"
+        )
         p.add_argument("--weights", help="imagenet (default), random, or a path to VGG19 weights")
         p.add_argument("--out", help="output directory (overrides the manifest's output_dir; relative to cwd)")
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
     run = sub.add_parser("run", help="run (or resume) every pair of a manifest")
     job_args(run, manifest_optional=True)
-    run.add_argument("--from", dest="from_image", metavar="IMAGE",
-                     help="instead of a manifest: make an output again from the settings it carries "
-                          "(into --out, default ./reproduced)")
+    run.add_argument(
+        "--from",
+        dest="from_image",
+        metavar="IMAGE",
+        help="instead of a manifest: make an output again from the settings it carries "
+        "(into --out, default ./reproduced)",
+    )
     run.add_argument("--fresh", action="store_true", help="forget previous progress and start over")
     run.add_argument("--retry-failed", action="store_true", help="retry pairs that used up max_attempts")
     run.add_argument("--skip-invalid", action="store_true", help="run the valid pairs, record invalid ones as failed")
     run.add_argument("--break-lock", action="store_true", help="remove a stale job lock (e.g. on NFS)")
-    run.add_argument("--verify", action="store_true",
-                     help="re-hash every finished output (sha256) instead of trusting its recorded size, mtime and inode")
-    run.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto",
-                     help="where the pairs run: auto (a GPU if there is one), cpu or gpu")
+    run.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-hash every finished output (sha256) instead of trusting its recorded size, mtime and inode",
+    )
+    run.add_argument(
+        "--accelerator",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="where the pairs run: auto (a GPU if there is one), cpu or gpu",
+    )
     run.add_argument("--devices", default="1", help="number of devices (workers), or auto")
-    run.add_argument("--num-nodes", default="1", help="number of machines (SLURM/torchrun), each with --devices workers")
-    run.add_argument("--sync-timeout", default="600",
-                     help="seconds workers wait for rank 0's plan (and rank 0 for a worker to start)")
+    run.add_argument(
+        "--num-nodes", default="1", help="number of machines (SLURM/torchrun), each with --devices workers"
+    )
+    run.add_argument(
+        "--sync-timeout",
+        default="600",
+        help="seconds workers wait for rank 0's plan (and rank 0 for a worker to start)",
+    )
 
     val = sub.add_parser("validate", help="check a manifest and every file it names; print the plan")
     job_args(val)
 
     status = sub.add_parser("status", help="show the state of every pair of a job directory")
     status.add_argument("output_dir", help="the job's output directory (the manifest's output_dir or --out)")
-    status.add_argument("--all", action="store_true", help="one line per pair (default: counts, failed and running pairs)")
-    status.add_argument("--json", action="store_true",
-                        help='machine-readable, streamed: {"pairs": [one object per line], "counts": {...}}')
+    status.add_argument(
+        "--all", action="store_true", help="one line per pair (default: counts, failed and running pairs)"
+    )
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help='machine-readable, streamed: {"pairs": [one object per line], "counts": {...}}',
+    )
     status.add_argument("--debug", action="store_true", help="show full tracebacks")
 
     report = sub.add_parser("report", help="write the job's results as a matrix: report.html and contact sheets")
     report.add_argument("output_dir", help="the job's output directory (the manifest's output_dir or --out)")
-    report.add_argument("--columns", default="auto", metavar="KEY",
-                        help="content, style or a config key whose values make the columns "
-                             "(default: the key a sweep varies, else style)")
-    report.add_argument("--rows", default="auto", metavar="KEY",
-                        help="content, style or a config key whose values make the rows (default: content)")
-    report.add_argument("--live-every", type=float, metavar="SECONDS",
-                        help="as the running job writes it: pages reload every SECONDS while pairs are left")
+    report.add_argument(
+        "--columns",
+        default="auto",
+        metavar="KEY",
+        help="content, style or a config key whose values make the columns "
+        "(default: the key a sweep varies, else style)",
+    )
+    report.add_argument(
+        "--rows",
+        default="auto",
+        metavar="KEY",
+        help="content, style or a config key whose values make the rows (default: content)",
+    )
+    report.add_argument(
+        "--live-every",
+        type=float,
+        metavar="SECONDS",
+        help="as the running job writes it: pages reload every SECONDS while pairs are left",
+    )
     report.add_argument("--debug", action="store_true", help="show full tracebacks")
 
     inspect = sub.add_parser("inspect", help="print the settings, input hashes and versions an output carries")
@@ -112,8 +159,10 @@ def _print_problems(err: Console, problems: list[str]) -> None:
 def _plan_line(job: Any) -> str:
     pairs = job.valid_pairs
     work = sum(p.cost for p in pairs)
-    return (f"{job.manifest}: {len(pairs)} valid pair(s) of {len(job.pairs)}, output to {job.output_dir}; "
-            f"work {work / 1e6:,.1f} Mpx x evaluations")
+    return (
+        f"{job.manifest}: {len(pairs)} valid pair(s) of {len(job.pairs)}, output to {job.output_dir}; "
+        f"work {work / 1e6:,.1f} Mpx x evaluations"
+    )
 
 
 def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -133,7 +182,6 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     from stylebatch.run.runner import RunOptions, run_job
-
     from stylebatch.run.workers import launch
 
     devices = whole_number("--devices", args.devices, auto=True)
@@ -141,8 +189,12 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     sync_timeout = seconds("--sync-timeout", args.sync_timeout)
     check_devices(args.accelerator, devices)
     opts = RunOptions(
-        fresh=args.fresh, retry_failed=args.retry_failed, skip_invalid=args.skip_invalid,
-        break_lock=args.break_lock, sync_timeout=sync_timeout, verify=args.verify,
+        fresh=args.fresh,
+        retry_failed=args.retry_failed,
+        skip_invalid=args.skip_invalid,
+        break_lock=args.break_lock,
+        sync_timeout=sync_timeout,
+        verify=args.verify,
     )
     fabric = launch(args.accelerator, devices, num_nodes, sync_timeout)
     if fabric is not None and fabric.global_rank != 0:
@@ -193,8 +245,8 @@ def _device(accelerator: str) -> str:
 
 def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Every pair of the job, pending ones included, one record read at a time (status_view.py)."""
-    from stylebatch.report.rows import pair_rows
     from stylebatch.cli.status import Summary, json_chunks
+    from stylebatch.report.rows import pair_rows
 
     rows = pair_rows(Path(args.output_dir))
     summary = Summary(every=args.all)
@@ -219,8 +271,8 @@ def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def _load_from_image(args: argparse.Namespace):
     """`run --from IMAGE`: a one-pair job from the settings the image carries (--out, default ./reproduced)."""
-    from stylebatch.job.config import parse_set
     from stylebatch.fit.provenance import job_from_image, recorded_threads
+    from stylebatch.job.config import parse_set
 
     if args.manifest or args.config:
         raise StylebatchError("run --from IMAGE takes no manifest or --config: the image's settings are the job")
@@ -239,23 +291,30 @@ def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.live_every:
         os.nice(10)  # the running job's refresh (live_report.py): the pairs come first
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    result = write_report(Path(args.output_dir), columns=args.columns, rows=args.rows, live_every=args.live_every,
-                          workers=cores)
+    result = write_report(
+        Path(args.output_dir), columns=args.columns, rows=args.rows, live_every=args.live_every, workers=cores
+    )
     counts = ", ".join(f"{n} {s}" for s, n in result.counts.items())
     layout = result.layout
-    out.print(f"{result.pairs} pairs ({counts}): rows {layout.row_axis}, columns {layout.column_axis}"
-              + (f", sections by {', '.join(layout.section_axes)}" if layout.section_axes else ""),
-              soft_wrap=True, markup=False)
-    out.print(f"report: {result.html}" + (f" (index of {result.pages} pages)" if result.pages > 1 else ""),
-              soft_wrap=True, markup=False)
+    out.print(
+        f"{result.pairs} pairs ({counts}): rows {layout.row_axis}, columns {layout.column_axis}"
+        + (f", sections by {', '.join(layout.section_axes)}" if layout.section_axes else ""),
+        soft_wrap=True,
+        markup=False,
+    )
+    out.print(
+        f"report: {result.html}" + (f" (index of {result.pages} pages)" if result.pages > 1 else ""),
+        soft_wrap=True,
+        markup=False,
+    )
     sheets = result.sheets[0] if len(result.sheets) == 1 else f"{len(result.sheets)} in {result.sheets[0].parent}"
     out.print(f"contact sheet: {sheets}", soft_wrap=True, markup=False)
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from stylebatch.job.config import FIELDS
     from stylebatch.fit.provenance import input_checks, input_files, read_metadata
+    from stylebatch.job.config import FIELDS
 
     meta = read_metadata(args.image)
     checks = input_checks(meta)
@@ -270,8 +329,10 @@ def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
     lines.append(f"  evaluations  {meta.get('evaluations')}")
     lines.append("  losses       " + ", ".join(f"{k} {v:.6g}" for k, v in (meta.get("losses") or {}).items()))
     size, threads = meta.get("output_size") or ["?", "?"], meta.get("cpu_threads")
-    lines.append(f"  output       {size[0]}x{size[1]}, made on {meta.get('device', '?')}"
-                 + (f" with {threads} thread(s)" if threads else ""))
+    lines.append(
+        f"  output       {size[0]}x{size[1]}, made on {meta.get('device', '?')}"
+        + (f" with {threads} thread(s)" if threads else "")
+    )
     lines.append("  versions     " + ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items()))
     lines.append("  config       (* differs from the default)")
     for key, value in meta["config"].items():
@@ -284,8 +345,13 @@ def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "status": cmd_status, "report": cmd_report,
-            "inspect": cmd_inspect}
+COMMANDS = {
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "status": cmd_status,
+    "report": cmd_report,
+    "inspect": cmd_inspect,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,21 +376,33 @@ def main(argv: list[str] | None = None) -> int:
         err.print("interrupted; run the same command again to resume", soft_wrap=True)
         return EXIT_INTERRUPTED
     except StopNow:
-        err.print("stopped at once (second Ctrl-C); exit 3: the pair in progress resumes from its last "
-                  "checkpoint when you run the same command again", soft_wrap=True)
+        err.print(
+            "stopped at once (second Ctrl-C); exit 3: the pair in progress resumes from its last "
+            "checkpoint when you run the same command again",
+            soft_wrap=True,
+        )
         return EXIT_INTERRUPTED
     except OSError as e:  # the file system, not a bug (disk full, a directory removed): every write is
         # atomic and every finished pair recorded, so running the same command again resumes: exit 3
         if getattr(args, "debug", False):
             err.print(traceback.format_exc(), markup=False)
         fix = "free space" if is_disk_full(e) else "fix this"
-        err.print(f"error: {shorten(str(e), 1000)}; the job stopped, nothing finished is lost: {fix} and run the "
-                  "same command again to resume", soft_wrap=True, markup=False, highlight=False)
+        err.print(
+            f"error: {shorten(str(e), 1000)}; the job stopped, nothing finished is lost: {fix} and run the "
+            "same command again to resume",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 (the one place that turns a bug into exit 70)
         err.print(traceback.format_exc(), markup=False)
-        err.print(f"internal error: {type(e).__name__}: {e}. This is a bug in stylebatch {__version__}; "
-                  "please report it with the traceback above.", soft_wrap=True, markup=False)
+        err.print(
+            f"internal error: {type(e).__name__}: {e}. This is a bug in stylebatch {__version__}; "
+            "please report it with the traceback above.",
+            soft_wrap=True,
+            markup=False,
+        )
         return EXIT_INTERNAL
 
 

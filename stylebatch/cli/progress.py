@@ -38,8 +38,13 @@ class RichReporter:
         self.console = console
         self.live = console.is_terminal
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), _RateETA(), console=console,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[count]}"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            _RateETA(),
+            console=console,
             disable=not self.live,
         )
         self.overall: Any = None
@@ -56,8 +61,9 @@ class RichReporter:
         self.pairs_total, self.pairs_done = done + len(pending), done
         self.progress.start()
         evals = sum(p.config.steps for p in pending)
-        self.overall = self.progress.add_task("pairs", total=max(evals, 1), completed=0, info="", rate=None,
-                                              count=self._count())
+        self.overall = self.progress.add_task(
+            "pairs", total=max(evals, 1), completed=0, info="", rate=None, count=self._count()
+        )
         self.started = time.monotonic()
 
     def _count(self) -> str:
@@ -80,8 +86,14 @@ class RichReporter:
         if steps_done:
             self.progress.update(self.overall, total=max(1, self.progress.tasks[self.overall].total - steps_done))
         label = pair.name if not batch else f"{pair.name} [batch of {len(batch)}]"
-        self.tasks[pair.name] = self.progress.add_task(label, total=pair.config.steps, completed=steps_done, info="",
-                                                       rate=None, count=f"{steps_done}/{pair.config.steps}")
+        self.tasks[pair.name] = self.progress.add_task(
+            label,
+            total=pair.config.steps,
+            completed=steps_done,
+            info="",
+            rate=None,
+            count=f"{steps_done}/{pair.config.steps}",
+        )
         if not self.live:
             resumed = f" (resuming at {steps_done})" if steps_done else ""
             in_batch = f" in a batch of {len(batch)}" if batch else ""
@@ -91,7 +103,9 @@ class RichReporter:
         steps = pair.config.steps
         self._advance(pair, n - self.offset.get(pair.name, 0))
         loss = f"loss {losses.get('total', 0):.4g}"
-        self.progress.update(self.tasks[pair.name], completed=min(n, steps), info=loss, count=f"{min(n, steps)}/{steps}")
+        self.progress.update(
+            self.tasks[pair.name], completed=min(n, steps), info=loss, count=f"{min(n, steps)}/{steps}"
+        )
         now = time.monotonic()
         if not self.live and now - self.last_line.get(pair.name, 0.0) >= PIPED_INTERVAL_S:
             self.console.print(f"  {pair.name}: {n}/{steps} evaluations, {loss}", soft_wrap=True, markup=False)
@@ -112,7 +126,9 @@ class RichReporter:
                 self.progress.update(self.overall, total=max(1, self.progress.tasks[self.overall].total - unused))
         info = f"failed {self.failed}" if self.failed else ""
         self.progress.update(self.overall, info=info, count=self._count())
-        line = f"{status} {pair.name}" + (f" ({detail})" if detail and status == "done" else f": {detail}" if detail else "")
+        line = f"{status} {pair.name}" + (
+            f" ({detail})" if detail and status == "done" else f": {detail}" if detail else ""
+        )
         if not self.live or status != "done":
             self.console.print(line, soft_wrap=True, markup=False)
 

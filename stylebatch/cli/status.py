@@ -11,7 +11,8 @@ look and, for `--all`, one line of text per pair.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from rich.table import Table
 
@@ -25,8 +26,15 @@ LOOK = ("failed", "invalid", "running", "interrupted")
 def cells(p: dict[str, Any]) -> list[str]:
     steps = f"{p['steps_done']}/{p['steps']}" if p["steps"] else str(p["steps_done"])
     error = (p["error"] or "").splitlines()[0][:300] if p["error"] else ""
-    return [p["name"], p["status"], steps, str(p["attempts"]), "" if p["rank"] is None else str(p["rank"]),
-            f"{p['seconds']:.1f}" if p["seconds"] else "", error]
+    return [
+        p["name"],
+        p["status"],
+        steps,
+        str(p["attempts"]),
+        "" if p["rank"] is None else str(p["rank"]),
+        f"{p['seconds']:.1f}" if p["seconds"] else "",
+        error,
+    ]
 
 
 class Summary:
@@ -55,8 +63,12 @@ class Summary:
         table = Table()
         for col in COLUMNS:  # names and errors wrap; the short columns never break a word ("interrupt-ed")
             wraps = col in ("pair", "error")
-            table.add_column(col, overflow="fold" if wraps else "ellipsis", no_wrap=not wraps,
-                             ratio=2 if col == "error" else (1 if col == "pair" else None))
+            table.add_column(
+                col,
+                overflow="fold" if wraps else "ellipsis",
+                no_wrap=not wraps,
+                ratio=2 if col == "error" else (1 if col == "pair" else None),
+            )
         for c in listed:
             table.add_row(*c)
         return table

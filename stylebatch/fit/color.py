@@ -22,16 +22,20 @@ from __future__ import annotations
 import torch
 
 # Full-range BT.601 RGB -> YCbCr (JPEG / JFIF), offsets 0.5 on Cb and Cr for values in [0, 1].
-_RGB_TO_YCBCR = torch.tensor([
-    [0.299, 0.587, 0.114],
-    [-0.168736, -0.331264, 0.5],
-    [0.5, -0.418688, -0.081312],
-])
-_YCBCR_TO_RGB = torch.tensor([
-    [1.0, 0.0, 1.402],
-    [1.0, -0.344136, -0.714136],
-    [1.0, 1.772, 0.0],
-])
+_RGB_TO_YCBCR = torch.tensor(
+    [
+        [0.299, 0.587, 0.114],
+        [-0.168736, -0.331264, 0.5],
+        [0.5, -0.418688, -0.081312],
+    ]
+)
+_YCBCR_TO_RGB = torch.tensor(
+    [
+        [1.0, 0.0, 1.402],
+        [1.0, -0.344136, -0.714136],
+        [1.0, 1.772, 0.0],
+    ]
+)
 _OFFSET = torch.tensor([0.0, 0.5, 0.5])
 
 MATCH_METHOD = "sym"  # the method `preserve_color: histogram` uses; see the module doc
@@ -87,8 +91,9 @@ def _sqrtm(cov: torch.Tensor) -> torch.Tensor:
     return vecs @ torch.diag(vals.clamp_min(0).sqrt()) @ vecs.T
 
 
-def match_color(image: torch.Tensor, reference: torch.Tensor, method: str = MATCH_METHOD,
-                eps: float = 1e-5) -> torch.Tensor:
+def match_color(
+    image: torch.Tensor, reference: torch.Tensor, method: str = MATCH_METHOD, eps: float = 1e-5
+) -> torch.Tensor:
     """Gatys 2017 §5.2: `image` (1, 3, H, W) with its pixels' colour mean and covariance made the
     `reference`'s (1, 3, h, w), by x -> A (x - mu_i) + mu_r; clamped to [0, 1]."""
     if image.shape[0] != 1 or reference.shape[0] != 1:

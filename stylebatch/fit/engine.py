@@ -13,24 +13,25 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from stylebatch.fit import inputs as pair_inputs
 from stylebatch.atomic import fault_point
+from stylebatch.fit import inputs as pair_inputs
 from stylebatch.fit.checkpoint import MemberCheckpointIO, join_checkpoints, position, read_checkpoint
-from stylebatch.job.config import Config
-from stylebatch.jobdir.curves import CURVE_FILE, CurveWriter
-from stylebatch.images import save_image
 from stylebatch.fit.module import LBFGS_MAX_ITER, OptimizerSpec, StyleTransferModule
 from stylebatch.fit.provenance import write_output
 from stylebatch.fit.targets import LossTargets, compute_targets
 from stylebatch.fit.vgg import VGGFeatures
+from stylebatch.images import save_image
+from stylebatch.job.config import Config
+from stylebatch.jobdir.curves import CURVE_FILE, CurveWriter
 
 log = logging.getLogger(__name__)
 SNAPSHOT_GLOB = "iter_*.png"
@@ -89,8 +90,13 @@ def optimizer_spec(cfg: Config) -> OptimizerSpec:
     return OptimizerSpec(cfg.optimizer, cfg.learning_rate, cfg.lbfgs_history, line_search)
 
 
-def build_module(vgg: VGGFeatures, parts: list[tuple[torch.Tensor, list[torch.Tensor], Config, torch.Tensor | None]],
-                 *, scale: int = 0, evaluations: int = 0) -> StyleTransferModule:
+def build_module(
+    vgg: VGGFeatures,
+    parts: list[tuple[torch.Tensor, list[torch.Tensor], Config, torch.Tensor | None]],
+    *,
+    scale: int = 0,
+    evaluations: int = 0,
+) -> StyleTransferModule:
     """One module for a batch at pass `scale`. Each part is one member: its content (1, 3, H, W) and
     style images as the network sees them, its config, and its starting image (None: the content),
     all on the device. The first member's config gives what members share (plan.batch_key)."""
@@ -98,13 +104,28 @@ def build_module(vgg: VGGFeatures, parts: list[tuple[torch.Tensor, list[torch.Te
     tile = cfg.tile if isinstance(cfg.tile, int) else None  # `auto` is resolved when the job is loaded (autosize.py)
     targets = LossTargets.cat([compute_targets(vgg, content, styles, c, tile) for content, styles, c, _ in parts])
     init = torch.cat([content if i is None else i for content, _, _, i in parts])
-    return StyleTransferModule(vgg, init, targets, optimizer=optimizer_spec(cfg), pooling=cfg.pooling,
-                               ema_decay=cfg.ema_decay, evaluations=evaluations, scale=scale,
-                               scale_end=cfg.scale_ends[scale], tile=tile, tile_seed=cfg.seed)
+    return StyleTransferModule(
+        vgg,
+        init,
+        targets,
+        optimizer=optimizer_spec(cfg),
+        pooling=cfg.pooling,
+        ema_decay=cfg.ema_decay,
+        evaluations=evaluations,
+        scale=scale,
+        scale_end=cfg.scale_ends[scale],
+        tile=tile,
+        tile_seed=cfg.seed,
+    )
 
 
-def module_for(vgg: VGGFeatures, content: torch.Tensor, style: torch.Tensor | list[torch.Tensor], cfg: Config,
-               init: torch.Tensor | None = None) -> StyleTransferModule:
+def module_for(
+    vgg: VGGFeatures,
+    content: torch.Tensor,
+    style: torch.Tensor | list[torch.Tensor],
+    cfg: Config,
+    init: torch.Tensor | None = None,
+) -> StyleTransferModule:
     """The module `stylize` would build for tensors (scripts, tests): content (B, 3, H, W) with one
     member per image and style (B, 3, h, w), one per member, or a list of (1, 3, h, w) tensors
     blended by a single member; `init` None: `inputs.start_image` (cfg.init)."""
@@ -222,7 +243,7 @@ def _resume_point(members: list[Member]) -> tuple[dict[str, Any] | None, int, in
     ckpts = [read_checkpoint(m.ckpt_path) for m in members]
     positions = {position(c) for c in ckpts}
     if len(positions) == 1 and None not in positions:
-        (scale, done), = positions
+        ((scale, done),) = positions
         return join_checkpoints(ckpts), scale, done
     for m in members:
         m.ckpt_path.unlink(missing_ok=True)
@@ -250,10 +271,14 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
     try:
         for k in range(first, len(cfg.scale_sizes)):
             passes = [pair_inputs.pass_inputs(im, m.cfg, k) for im, m in zip(images, members)]
-            inits = [pair_inputs.initial_image(im, m.cfg, p, None if previous is None else previous[i : i + 1])
-                     for i, (im, m, p) in enumerate(zip(images, members, passes))]
-            parts = [(p.content.to(device), [s.to(device) for s in p.styles], m.cfg, init.to(device))
-                     for p, m, init in zip(passes, members, inits)]
+            inits = [
+                pair_inputs.initial_image(im, m.cfg, p, None if previous is None else previous[i : i + 1])
+                for i, (im, m, p) in enumerate(zip(images, members, passes))
+            ]
+            parts = [
+                (p.content.to(device), [s.to(device) for s in p.styles], m.cfg, init.to(device))
+                for p, m, init in zip(passes, members, inits)
+            ]
             module = build_module(vgg, parts, scale=k, evaluations=done)
             resume = ckpt is not None and k == first
             if resume and done >= module.scale_end:
@@ -262,7 +287,9 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
                 module.load_state_dict(ckpt["state_dict"], strict=False)
             else:
                 callback = _BudgetCallback(cfg, members, curves)
-                snapshots = [_SnapshotCallback(i, m, p) for i, (m, p) in enumerate(zip(members, passes)) if m.cfg.save_every]
+                snapshots = [
+                    _SnapshotCallback(i, m, p) for i, (m, p) in enumerate(zip(members, passes)) if m.cfg.save_every
+                ]
                 trainer = _trainer(device, cfg, [callback, *snapshots], [m.ckpt_path for m in members])
                 try:
                     trainer.fit(module, ckpt_path=str(members[0].ckpt_path) if resume else None)
@@ -286,7 +313,20 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
     final = module.result()
     for i, (m, p) in enumerate(zip(members, passes)):
         image = pair_inputs.render(final[i : i + 1], p, m.cfg)  # post-hoc colour, 8 bits, the content's alpha
-        meta = {**m.metadata, "evaluations": module.evaluations, "losses": losses[i], **({"batch": names} if n > 1 else {})}
-        results.append(PairResult(module.evaluations, losses[i], seconds, False,
-                                  write_output(image, m.output, m.cfg, device, meta), batch_size=n))
+        meta = {
+            **m.metadata,
+            "evaluations": module.evaluations,
+            "losses": losses[i],
+            **({"batch": names} if n > 1 else {}),
+        }
+        results.append(
+            PairResult(
+                module.evaluations,
+                losses[i],
+                seconds,
+                False,
+                write_output(image, m.output, m.cfg, device, meta),
+                batch_size=n,
+            )
+        )
     return results

@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 
 from stylebatch.fit import color
-from stylebatch.job.config import INIT_MODES, Config
-from stylebatch.images import fit_size, load_image, resize, to_pil, to_tensor
 from stylebatch.fit.targets import blend_weights
+from stylebatch.images import fit_size, load_image, resize, to_pil, to_tensor
+from stylebatch.job.config import INIT_MODES, Config
 
 
 def style_list(style: Any) -> list:
@@ -100,8 +100,9 @@ def start_image(content: torch.Tensor, styles: list[torch.Tensor], cfg: Config) 
     return content.clone()
 
 
-def initial_image(images: PairImages, cfg: Config, inputs: PassInputs,
-                  previous: torch.Tensor | None = None) -> torch.Tensor:
+def initial_image(
+    images: PairImages, cfg: Config, inputs: PassInputs, previous: torch.Tensor | None = None
+) -> torch.Tensor:
     """Where a pass starts, (1, 3, H, W) on the CPU: the previous pass's result upsampled, else an
     init image, else `start_image`."""
     if previous is not None:

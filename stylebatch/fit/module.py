@@ -8,19 +8,20 @@ of checkpoints: it is rebuilt, not saved), the starting images, the loss targets
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from stylebatch.memory import ladder as oom
 from stylebatch.fit import tiling
 from stylebatch.fit.losses import content_loss, style_loss, total_variation
 from stylebatch.fit.targets import LossTargets
 from stylebatch.fit.vgg import VGGFeatures
+from stylebatch.memory import ladder as oom
 
 LBFGS_MAX_ITER = 20  # inner iterations per optimizer step: the granularity of stops and checkpoints
 OPTIMIZERS = ("lbfgs", "adam")
@@ -58,9 +59,21 @@ class StyleTransferModule(L.LightningModule):
     `tile_seed` seeds the tile grid's offset at each evaluation.
     """
 
-    def __init__(self, vgg: VGGFeatures, init: torch.Tensor, targets: LossTargets, *, optimizer: OptimizerSpec,
-                 scale_end: int, pooling: str = "max", ema_decay: float = 0.0, evaluations: int = 0, scale: int = 0,
-                 tile: int | None = None, tile_seed: int = 0):
+    def __init__(
+        self,
+        vgg: VGGFeatures,
+        init: torch.Tensor,
+        targets: LossTargets,
+        *,
+        optimizer: OptimizerSpec,
+        scale_end: int,
+        pooling: str = "max",
+        ema_decay: float = 0.0,
+        evaluations: int = 0,
+        scale: int = 0,
+        tile: int | None = None,
+        tile_seed: int = 0,
+    ):
         super().__init__()
         self.vgg = vgg
         self.tile, self.tile_seed = tile, tile_seed
@@ -69,8 +82,13 @@ class StyleTransferModule(L.LightningModule):
         self.evaluations, self.scale, self.scale_end = evaluations, scale, scale_end
         self.content_layer, self.style_layers = targets.content_layer, list(targets.grams)
         # Targets and weights are buffers (they follow the module's device), never saved.
-        for name, value in (("content_target", targets.content), ("content_scale", targets.content_scale),
-                            ("alpha", targets.alpha), ("beta", targets.beta), ("tv", targets.tv)):
+        for name, value in (
+            ("content_target", targets.content),
+            ("content_scale", targets.content_scale),
+            ("alpha", targets.alpha),
+            ("beta", targets.beta),
+            ("tv", targets.tv),
+        ):
             self.register_buffer(name, value, persistent=False)
         for name in self.style_layers:
             self.register_buffer(f"gram_{name}", targets.grams[name], persistent=False)
@@ -115,9 +133,17 @@ class StyleTransferModule(L.LightningModule):
         layers = [self.content_layer, *self.style_layers]
         h, w = image.shape[-2:]
         offset = tiling.offset_for(self.tile_seed, self.evaluations, self.tile, tiling.grid_unit(layers))
-        return tiling.TiledObjective(self.vgg, self.content_layer, self.style_layers, self.pooling,
-                                     self.content_target, self.content_scale, grams, weights,
-                                     tiling.grid(h, w, self.tile, tiling.halo(layers), offset))
+        return tiling.TiledObjective(
+            self.vgg,
+            self.content_layer,
+            self.style_layers,
+            self.pooling,
+            self.content_target,
+            self.content_scale,
+            grams,
+            weights,
+            tiling.grid(h, w, self.tile, tiling.halo(layers), offset),
+        )
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         self.evaluations += 1
@@ -162,8 +188,15 @@ class StyleTransferModule(L.LightningModule):
         if spec.name == "adam":
             return oom.track(torch.optim.Adam([self.target], lr=spec.lr))
         if spec.name == "lbfgs":
-            return oom.track(torch.optim.LBFGS([self.target], lr=spec.lr, max_iter=LBFGS_MAX_ITER,
-                                               history_size=spec.lbfgs_history, line_search_fn=spec.line_search))
+            return oom.track(
+                torch.optim.LBFGS(
+                    [self.target],
+                    lr=spec.lr,
+                    max_iter=LBFGS_MAX_ITER,
+                    history_size=spec.lbfgs_history,
+                    line_search_fn=spec.line_search,
+                )
+            )
         raise ValueError(f"unknown optimizer {spec.name!r}")  # OptimizerSpec refuses it first
 
     def train_dataloader(self) -> DataLoader:
@@ -181,5 +214,6 @@ class StyleTransferModule(L.LightningModule):
         self.evaluations = int(info["evaluations"])
         self.scale = int(info.get("scale", 0))
         # Older checkpoints stored the batch's summed floats; read those as one member's.
-        self.restored_losses = {k: v if isinstance(v, torch.Tensor) else torch.tensor([float(v)])
-                                for k, v in info.get("losses", {}).items()}
+        self.restored_losses = {
+            k: v if isinstance(v, torch.Tensor) else torch.tensor([float(v)]) for k, v in info.get("losses", {}).items()
+        }

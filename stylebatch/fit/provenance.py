@@ -22,15 +22,15 @@ from typing import Any
 from PIL import Image
 
 from stylebatch import __version__
-from stylebatch.job import config as cfgmod
-from stylebatch.job.config import Config
 from stylebatch.errors import ImageError, StylebatchError
-from stylebatch.images import EXIF_IFD, EXIF_USER_COMMENT, USER_COMMENT_ASCII, opened, save_image
-from stylebatch.job.manifest import Job, Pair
-from stylebatch.job.checks import FileChecker, check_name, check_output_dir, check_pair_files
-from stylebatch.jobdir.state import sha256_file
-from stylebatch.job.values import text_problem
 from stylebatch.fit.vgg import check_weights_path, weights_identity
+from stylebatch.images import EXIF_IFD, EXIF_USER_COMMENT, USER_COMMENT_ASCII, opened, save_image
+from stylebatch.job import config as cfgmod
+from stylebatch.job.checks import FileChecker, check_name, check_output_dir, check_pair_files
+from stylebatch.job.config import Config
+from stylebatch.job.manifest import Job, Pair
+from stylebatch.job.values import text_problem
+from stylebatch.jobdir.state import sha256_file
 
 KEY = "stylebatch"
 
@@ -41,8 +41,14 @@ def versions() -> dict[str, str]:
     import torch
     import torchvision
 
-    return {"stylebatch": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "lightning": lightning.__version__, "pillow": PIL.__version__, "python": platform.python_version()}
+    return {
+        "stylebatch": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "lightning": lightning.__version__,
+        "pillow": PIL.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def pair_metadata(job: Job, pair: Pair, weights_id: str) -> dict[str, Any]:
@@ -58,8 +64,14 @@ def pair_metadata(job: Job, pair: Pair, weights_id: str) -> dict[str, Any]:
         "weights_source": job.weights if job.weights in ("imagenet", "random") else str(Path(job.weights).resolve()),
         "config": pair.config.to_dict(),
         "versions": versions(),
-        **({"styles": [str(p.resolve()) for p in pair.styles],  # a blend: every style file
-            "styles_sha256": [sha256_file(p) for p in pair.styles]} if len(pair.styles) > 1 else {}),
+        **(
+            {
+                "styles": [str(p.resolve()) for p in pair.styles],  # a blend: every style file
+                "styles_sha256": [sha256_file(p) for p in pair.styles],
+            }
+            if len(pair.styles) > 1
+            else {}
+        ),
     }
 
 
@@ -68,8 +80,13 @@ def write_output(image: Image.Image, output: Path, cfg: Config, device: Any, met
     returns the file's sha256."""
     import torch
 
-    meta = {**meta, "device": device.type, "output_size": list(image.size), "encoding": cfg.encoding(),
-            "versions": versions()}
+    meta = {
+        **meta,
+        "device": device.type,
+        "output_size": list(image.size),
+        "encoding": cfg.encoding(),
+        "versions": versions(),
+    }
     if device.type == "cpu":
         meta["cpu_threads"] = torch.get_num_threads()  # CPU float results depend on it (`run --from` uses it)
     text = {KEY: json.dumps(meta, sort_keys=True, default=str)}  # ASCII: json escapes the rest
@@ -90,8 +107,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     except ImageError as e:
         raise StylebatchError(str(e)) from None
     if KEY not in text:
-        raise StylebatchError(f"{path}: carries no stylebatch settings (not a stylebatch output, or re-saved by "
-                              "another program that dropped them)")
+        raise StylebatchError(
+            f"{path}: carries no stylebatch settings (not a stylebatch output, or re-saved by "
+            "another program that dropped them)"
+        )
     try:
         meta = json.loads(text[KEY])
     except ValueError as e:
@@ -106,8 +125,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 def _shape_problem(meta: dict[str, Any]) -> str | None:
     """What `inspect` would trip over in settings written by hand (or by a hostile program)."""
     losses, size = meta.get("losses"), meta.get("output_size")
-    if losses is not None and not (isinstance(losses, dict) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in losses.values())):
+    if losses is not None and not (
+        isinstance(losses, dict)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in losses.values())
+    ):
         return "'losses' is not a mapping of numbers"
     if size is not None and not (isinstance(size, list) and len(size) == 2):
         return "'output_size' is not [width, height]"
@@ -130,7 +151,7 @@ def _exif_text(img: Image.Image) -> dict[str, str]:
     raw = img.getexif().get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT)
     if not isinstance(raw, bytes) or not raw.startswith(USER_COMMENT_ASCII):
         return {}
-    lines = raw[len(USER_COMMENT_ASCII):].decode("ascii", "replace").split("\n")
+    lines = raw[len(USER_COMMENT_ASCII) :].decode("ascii", "replace").split("\n")
     return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
@@ -151,8 +172,10 @@ def batch_note(path: str | Path) -> str | None:
         return None
     if not isinstance(batch, list) or len(batch) < 2:
         return None
-    return (f"{path} was made in a batch of {len(batch)} ({', '.join(map(str, batch))}); it is rerun alone, so "
-            "the result is of the same quality but not the same pixels (see batch_size)")
+    return (
+        f"{path} was made in a batch of {len(batch)} ({', '.join(map(str, batch))}); it is rerun alone, so "
+        "the result is of the same quality but not the same pixels (see batch_size)"
+    )
 
 
 def input_files(meta: dict[str, Any]) -> list[tuple[str, str, str | None]]:
@@ -187,16 +210,21 @@ def _weights_for(meta: dict[str, Any], weights: str | None, image: Path) -> str:
     if source is None:
         raise StylebatchError(f"{image}: made with weights {want}; pass --weights with that file")
     if problem := check_weights_path(source):
-        raise StylebatchError(f"{image}: made with weights {source}, which is not available here ({problem}); "
-                              "pass --weights with a copy of that file")
+        raise StylebatchError(
+            f"{image}: made with weights {source}, which is not available here ({problem}); "
+            "pass --weights with a copy of that file"
+        )
     if weights_identity(source) != want:
-        raise StylebatchError(f"{image}: made with weights {want}, but {source} is {weights_identity(source)}; "
-                              "that would not reproduce it")
+        raise StylebatchError(
+            f"{image}: made with weights {want}, but {source} is {weights_identity(source)}; "
+            "that would not reproduce it"
+        )
     return source
 
 
-def job_from_image(image: str | Path, out: str | Path, weights: str | None = None,
-                   sets: dict[str, Any] | None = None) -> Job:
+def job_from_image(
+    image: str | Path, out: str | Path, weights: str | None = None, sets: dict[str, Any] | None = None
+) -> Job:
     """A one-pair job that reproduces `image` into `out` (same name, inputs and config; `sets`
     override config keys, which of course makes it a variation, not a reproduction). Like
     `load_job`, it never raises for user errors: a job that cannot be built has no pairs and says why."""
@@ -211,9 +239,12 @@ def _job_from_image(image: Path, out: Path, weights: str | None, sets: dict[str,
     meta = read_metadata(image)
     checks = input_checks(meta)
     paths = {role: path for role, path, _ in input_files(meta)}
-    bad = [f"{role} {paths[role]} is {state}" + (" (its sha256 differs from the one recorded)"
-                                                 if state == "changed" else "")
-           for role, state in checks.items() if state != "ok"]
+    bad = [
+        f"{role} {paths[role]} is {state}"
+        + (" (its sha256 differs from the one recorded)" if state == "changed" else "")
+        for role, state in checks.items()
+        if state != "ok"
+    ]
     if bad:
         raise StylebatchError([f"{image}: cannot reproduce: {b}" for b in bad])
     source = _weights_for(meta, weights, image)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from stylebatch.fit import tiling
-from stylebatch.job.config import Config
 from stylebatch.fit.losses import gram_matrix
+from stylebatch.job.config import Config
 
 
 def blend_weights(cfg: Config, n: int) -> list[float]:
@@ -64,7 +64,7 @@ class LossTargets:
     tv: torch.Tensor  # tv_weight
 
     @staticmethod
-    def cat(parts: list["LossTargets"]) -> "LossTargets":
+    def cat(parts: list[LossTargets]) -> LossTargets:
         first = parts[0]
         if len(parts) == 1:
             return first
@@ -72,9 +72,14 @@ class LossTargets:
             raise ValueError("batch members must use the same layers")
         cat = lambda get: torch.cat([get(p) for p in parts])  # noqa: E731
         return LossTargets(
-            first.content_layer, cat(lambda p: p.content), {k: cat(lambda p, k=k: p.grams[k]) for k in first.grams},
-            cat(lambda p: p.content_scale), {k: cat(lambda p, k=k: p.layer_weights[k]) for k in first.grams},
-            cat(lambda p: p.alpha), cat(lambda p: p.beta), cat(lambda p: p.tv),
+            first.content_layer,
+            cat(lambda p: p.content),
+            {k: cat(lambda p, k=k: p.grams[k]) for k in first.grams},
+            cat(lambda p: p.content_scale),
+            {k: cat(lambda p, k=k: p.layer_weights[k]) for k in first.grams},
+            cat(lambda p: p.alpha),
+            cat(lambda p: p.beta),
+            cat(lambda p: p.tv),
         )
 
 
@@ -89,8 +94,9 @@ def _relative(t: torch.Tensor, on: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def compute_targets(vgg, content: torch.Tensor, styles: list[torch.Tensor], cfg: Config,
-                    tile: int | None = None) -> LossTargets:
+def compute_targets(
+    vgg, content: torch.Tensor, styles: list[torch.Tensor], cfg: Config, tile: int | None = None
+) -> LossTargets:
     """One pair's targets: content (1, 3, H, W) and its style image(s), already on the device; two
     VGG passes for one style (one for the content, one per style), each tile by tile where the
     image is larger than `tile` (a 4096 px image's conv1 maps alone would take 8 GiB)."""
@@ -101,7 +107,12 @@ def compute_targets(vgg, content: torch.Tensor, styles: list[torch.Tensor], cfg:
     grams = blended_grams(vgg, styles, cfg, tile)
     one = lambda v: torch.full((1,), float(v), device=content.device)  # noqa: E731
     return LossTargets(
-        cfg.content_layer, feats, grams, _relative(feats, cfg.normalize_losses),
+        cfg.content_layer,
+        feats,
+        grams,
+        _relative(feats, cfg.normalize_losses),
         {name: cfg.style_layers[name] * _relative(g, cfg.normalize_losses) for name, g in grams.items()},
-        one(cfg.content_weight), one(cfg.style_weight), one(cfg.tv_weight),
+        one(cfg.content_weight),
+        one(cfg.style_weight),
+        one(cfg.tv_weight),
     )

@@ -82,8 +82,10 @@ class Tile:
     def interior(self, lvl: int) -> tuple[slice, slice]:
         """The interior as positions of the crop's features at pooling level `lvl` (floors match
         the whole image's: edges are multiples of 2**lvl or the image's border)."""
-        return (slice(self.y0 // 2**lvl - self.cy0 // 2**lvl, self.y1 // 2**lvl - self.cy0 // 2**lvl),
-                slice(self.x0 // 2**lvl - self.cx0 // 2**lvl, self.x1 // 2**lvl - self.cx0 // 2**lvl))
+        return (
+            slice(self.y0 // 2**lvl - self.cy0 // 2**lvl, self.y1 // 2**lvl - self.cy0 // 2**lvl),
+            slice(self.x0 // 2**lvl - self.cx0 // 2**lvl, self.x1 // 2**lvl - self.cx0 // 2**lvl),
+        )
 
     def full(self, lvl: int) -> tuple[slice, slice]:
         """The interior as positions of the whole image's features at level `lvl`."""
@@ -98,8 +100,11 @@ def edges(length: int, tile: int, offset: int) -> list[int]:
 
 def grid(h: int, w: int, tile: int, margin: int, offset: tuple[int, int] = (0, 0)) -> list[Tile]:
     ys, xs = edges(h, tile, offset[0]), edges(w, tile, offset[1])
-    return [Tile(y0, y1, x0, x1, max(0, y0 - margin), min(h, y1 + margin), max(0, x0 - margin), min(w, x1 + margin))
-            for y0, y1 in zip(ys, ys[1:]) for x0, x1 in zip(xs, xs[1:])]
+    return [
+        Tile(y0, y1, x0, x1, max(0, y0 - margin), min(h, y1 + margin), max(0, x0 - margin), min(w, x1 + margin))
+        for y0, y1 in zip(ys, ys[1:])
+        for x0, x1 in zip(xs, xs[1:])
+    ]
 
 
 def offset_for(seed: int, evaluation: int, tile: int, unit: int) -> tuple[int, int]:
@@ -245,8 +250,9 @@ class TiledLoss(torch.autograd.Function):
 
 
 @torch.no_grad()
-def tiled_targets(vgg: VGGFeatures, image: torch.Tensor, content_layer: str | None, style_layers: list[str],
-                  pooling: str, tile: int) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+def tiled_targets(
+    vgg: VGGFeatures, image: torch.Tensor, content_layer: str | None, style_layers: list[str], pooling: str, tile: int
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """(features at `content_layer` (B, C, h, w) or None, {style layer: Gram}) of a large image,
     computed tile by tile: the target side of pass 1 (a 4096 px content or style image's conv1
     maps alone would take 8 GiB)."""

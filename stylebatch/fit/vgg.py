@@ -18,8 +18,8 @@ import zipfile
 from pathlib import Path
 
 import torch
-from torch import nn
 import torchvision
+from torch import nn
 from torchvision.models import VGG19_Weights
 
 from stylebatch.errors import WeightsError
@@ -107,7 +107,7 @@ class VGGFeatures(nn.Module):
                 out[wanted[i]] = x
         return out
 
-    def train(self, mode: bool = True) -> "VGGFeatures":
+    def train(self, mode: bool = True) -> VGGFeatures:
         # Lightning calls model.train() at fit start; the extractor stays in eval mode regardless.
         return super().train(False)
 
@@ -160,7 +160,7 @@ def _load_imagenet() -> dict:
 def weights_identity(weights: str) -> str:
     """What identifies the network in a pair's id: `imagenet`, `random:<seed>` or the file's sha256."""
     if weights in ("imagenet", "random"):
-        return "random:%d" % RANDOM_WEIGHTS_SEED if weights == "random" else "imagenet"
+        return f"random:{RANDOM_WEIGHTS_SEED}" if weights == "random" else "imagenet"
     digest = hashlib.sha256()
     with open(weights, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -193,8 +193,14 @@ def check_weights_path(weights: str) -> str | None:
 # legacy pickle (protocol 2+ starts with 0x80). Anything else, torch.load refuses with a hint about
 # weights_only=False that is wrong here (a PNG is not a state dict whatever the flag).
 _TENSOR_MAGIC = (b"PK\x03\x04", b"\x80")
-_KNOWN_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
-                b"%PDF": "a PDF", b"\x1f\x8b": "a gzip file", b"RIFF": "a RIFF (WebP/WAV) file"}
+_KNOWN_MAGIC = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF",
+    b"\x1f\x8b": "a gzip file",
+    b"RIFF": "a RIFF (WebP/WAV) file",
+}
 
 
 def _not_tensor_file(path: Path, weights: str) -> str | None:
@@ -205,10 +211,14 @@ def _not_tensor_file(path: Path, weights: str) -> str | None:
         return f"--weights {weights}: cannot be read ({e.strerror or e})"
     if head.startswith(_TENSOR_MAGIC):
         return None
-    what = next((name for magic, name in _KNOWN_MAGIC.items() if head.startswith(magic)),
-                "empty" if not head else "not a file torch.save writes")
-    return (f"--weights {weights}: cannot be loaded: not a PyTorch weights file ({what}); give a VGG19 "
-            "state dict saved with torch.save, or imagenet, or random")
+    what = next(
+        (name for magic, name in _KNOWN_MAGIC.items() if head.startswith(magic)),
+        "empty" if not head else "not a file torch.save writes",
+    )
+    return (
+        f"--weights {weights}: cannot be loaded: not a PyTorch weights file ({what}); give a VGG19 "
+        "state dict saved with torch.save, or imagenet, or random"
+    )
 
 
 def _weights_size_problem(path: Path, weights: str) -> str | None:
@@ -226,8 +236,10 @@ def _weights_size_problem(path: Path, weights: str) -> str | None:
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
             return f"--weights {weights}: cannot be loaded as a tensor file (a broken archive: {e})"
         if unpacked > MAX_WEIGHTS_BYTES:
-            return (f"--weights {weights}: its archive unpacks to {unpacked:,} bytes, far more than VGG19 weights "
-                    f"need (at most {MAX_WEIGHTS_BYTES:,}); refused without unpacking it")
+            return (
+                f"--weights {weights}: its archive unpacks to {unpacked:,} bytes, far more than VGG19 weights "
+                f"need (at most {MAX_WEIGHTS_BYTES:,}); refused without unpacking it"
+            )
     elif size > MAX_WEIGHTS_BYTES:
         return f"--weights {weights}: {size:,} bytes, far more than VGG19 weights need (at most {MAX_WEIGHTS_BYTES:,})"
     return None
@@ -265,4 +277,3 @@ def load_vgg(weights: str = "imagenet", layers: list[str] | None = None) -> VGGF
     deepest = max(layers, key=LAYER_INDEX.__getitem__) if layers else LAYER_NAMES[-1]
     vgg = VGGFeatures(features, deepest)
     return vgg.to(memory_format=torch.channels_last) if vgg.channels_last else vgg
-

@@ -10,13 +10,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stylebatch.errors import ImageError
+from stylebatch.fit.vgg import LAYER_INDEX, check_weights_path, min_input_size, weights_identity
+from stylebatch.images import check_image, fit_size
 from stylebatch.job import config as cfgmod
 from stylebatch.job.config import Config
-from stylebatch.errors import ImageError
-from stylebatch.images import check_image, fit_size
-from stylebatch.jobdir.state import INVALID_PREFIX, STATE_DIR, sha256_file
 from stylebatch.job.values import path_problem, shown, text_problem
-from stylebatch.fit.vgg import LAYER_INDEX, check_weights_path, min_input_size, weights_identity
+from stylebatch.jobdir.state import INVALID_PREFIX, STATE_DIR, sha256_file
 
 if TYPE_CHECKING:
     from stylebatch.job.manifest import Pair
@@ -24,9 +24,41 @@ if TYPE_CHECKING:
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes; the temp file's name adds a prefix and a suffix
 # Never an output directory: the file system's root and the system's own directories (a job writes
 # outputs and its state there), nor anything inside the trees that belong to the system alone.
-SYSTEM_DIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/proc",
-               "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/var"}
-SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys", "/usr")
+SYSTEM_DIRS = {
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/usr",
+    "/var",
+}
+SYSTEM_TREES = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/sbin",
+    "/sys",
+    "/usr",
+)
 
 
 def check_name(name: Any) -> str | None:
@@ -39,7 +71,9 @@ def check_name(name: Any) -> str | None:
     if name.startswith("."):
         return f"'name' {shown(name)} must not start with '.' (reserved for {STATE_DIR})"
     if name.startswith(INVALID_PREFIX):
-        return f"'name' {shown(name)} must not start with '{INVALID_PREFIX}' (reserved for the records of invalid entries)"
+        return (
+            f"'name' {shown(name)} must not start with '{INVALID_PREFIX}' (reserved for the records of invalid entries)"
+        )
     size = len(name.encode("utf-8", "surrogateescape"))
     if size > MAX_NAME_BYTES:
         return f"'name' is {size} bytes long, at most {MAX_NAME_BYTES} fit a file name"
@@ -74,8 +108,9 @@ class FileChecker:
         return self._hashes[path]
 
 
-def pair_id(content_sha: str, style_sha: str | list[str], weights_id: str, cfg: Config,
-            init_sha: str | None = None) -> str:
+def pair_id(
+    content_sha: str, style_sha: str | list[str], weights_id: str, cfg: Config, init_sha: str | None = None
+) -> str:
     """Covers the inputs' bytes (every style of a blend, an init image), the network and the
     pixel-changing config keys (blend weights included); not bookkeeping, not the init file's path."""
     identity = cfg.identity()
@@ -101,8 +136,7 @@ def _output_dir_problem(path: Path) -> str | None:
     real = str(Path(os.path.abspath(path)).resolve())
     if real in SYSTEM_DIRS or any(real.startswith(tree + "/") for tree in SYSTEM_TREES):
         shown_as = f"{path} (that is {real})" if str(path) != real else str(path)
-        return (f"output_dir {shown_as}: the file system's root or a system directory; "
-                "use a directory of your own")
+        return f"output_dir {shown_as}: the file system's root or a system directory; use a directory of your own"
     if path.exists() and not path.is_dir():
         return f"output_dir {path}: exists and is not a directory"
     parent = path
@@ -140,8 +174,9 @@ def check_pair_files(pair: Pair, files: FileChecker, where: str, weights: str) -
     cfg = pair.config
     sizes = {}
     styles = pair.styles
-    roles = [("content", pair.content)] + [("style" if len(styles) == 1 else f"style[{i}]", p)
-                                             for i, p in enumerate(styles)]
+    roles = [("content", pair.content)] + [
+        ("style" if len(styles) == 1 else f"style[{i}]", p) for i, p in enumerate(styles)
+    ]
     roles += [("init", p) for p in init_file(pair)]
     for role, path in roles:
         wh, err = files.size(path, cfg.max_pixels)
@@ -185,4 +220,6 @@ def check_pair_files(pair: Pair, files: FileChecker, where: str, weights: str) -
         style_sha = [files.sha256(p) for p in styles] if len(styles) > 1 else files.sha256(styles[0])
         init_sha = files.sha256(Path(cfg.init)) if init_file(pair) else None
         # `tile: auto` stays auto in the id (it changes rounding only, and resolves per device).
-        pair.id = pair_id(files.sha256(pair.content), style_sha, wid, dataclasses.replace(cfg, tile=declared.tile), init_sha)
+        pair.id = pair_id(
+            files.sha256(pair.content), style_sha, wid, dataclasses.replace(cfg, tile=declared.tile), init_sha
+        )

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-# Re-exported: importers of the config find the value checks here too.
-from stylebatch.job.config_checks import AUTO_KEYS, INIT_MODES, check_value, did_you_mean, type_name  # noqa: F401
 from stylebatch.errors import ConfigError
 from stylebatch.fit.tiling import grid_unit
-from stylebatch.job.values import shown
 from stylebatch.fit.vgg import LAYER_INDEX
+
+# Re-exported: importers of the config find the value checks here too.
+from stylebatch.job.config_checks import AUTO_KEYS, INIT_MODES, check_value, did_you_mean, type_name  # noqa: F401
+from stylebatch.job.values import shown
 from stylebatch.job.yamlfiles import load_yaml
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -35,8 +36,16 @@ PAPER_STYLE_LAYERS = {"conv1_1": 1.0, "conv2_1": 1.0, "conv3_1": 1.0, "conv4_1":
 DEFAULT_STYLE_LAYERS = {"relu1_1": 256.0, "relu2_1": 64.0, "relu3_1": 16.0, "relu4_1": 4.0, "relu5_1": 1.0}
 
 
-def _field(default: Any, doc: str, *, identity: bool = True, choices: tuple = (), ge: float | None = None,
-           gt: float | None = None, le: float | None = None):
+def _field(
+    default: Any,
+    doc: str,
+    *,
+    identity: bool = True,
+    choices: tuple = (),
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+):
     """A dataclass field with its doc and bounds. `identity=False` marks bookkeeping keys that never
     change pixels, so changing them does not rerun finished pairs."""
     meta = {"doc": doc, "identity": identity, "choices": choices, "ge": ge, "gt": gt, "le": le}
@@ -50,21 +59,27 @@ class Config:
     """Settings of one pair. Defaults follow Gatys et al. (2016) where the paper states them."""
 
     size: Union[int, Literal["auto"]] = _field(
-        512, "Longer side of the output in pixels; the content's aspect ratio is kept. `auto`: the largest that "
-        "fits `memory_fraction` of the device's free memory (README, How large can I go).", ge=1
+        512,
+        "Longer side of the output in pixels; the content's aspect ratio is kept. `auto`: the largest that "
+        "fits `memory_fraction` of the device's free memory (README, How large can I go).",
+        ge=1,
     )
     steps: int = _field(
         500, "Budget of loss evaluations (forward+backward passes), the same unit for every optimizer.", ge=1
     )
     optimizer: str = _field(
-        "adam", "`adam` (pixels clamped to [0, 1] after each step) or `lbfgs` (strong-Wolfe line search).",
+        "adam",
+        "`adam` (pixels clamped to [0, 1] after each step) or `lbfgs` (strong-Wolfe line search).",
         choices=("lbfgs", "adam"),
     )
     # At most 1e30: torch's optimizers scale lr (Adam's bias correction, L-BFGS's line search up to
     # 10x) into float32 arguments, which overflow from 3.4e38 ("value cannot be converted to type float").
     lr: Union[float, None] = _field(
-        None, "Learning rate; empty means the optimizer's own default: 1.0 for L-BFGS, 0.1 for Adam (in pixel "
-        "units of [0, 1] per step; crowsonkb/style-transfer-pytorch uses 0.02 with 10x the evaluations).", gt=0, le=1e30
+        None,
+        "Learning rate; empty means the optimizer's own default: 1.0 for L-BFGS, 0.1 for Adam (in pixel "
+        "units of [0, 1] per step; crowsonkb/style-transfer-pytorch uses 0.02 with 10x the evaluations).",
+        gt=0,
+        le=1e30,
     )
     lbfgs_history: int = _field(
         20, "L-BFGS history size; each entry keeps 2 image-sized vectors in memory and checkpoints.", ge=1
@@ -108,7 +123,8 @@ class Config:
         "targets are blended. Empty: equal weights.",
     )
     style_scale: float = _field(
-        1.0, "Style image's longer side as a multiple of the output's (at every scale); unused with `style_size`.",
+        1.0,
+        "Style image's longer side as a multiple of the output's (at every scale); unused with `style_size`.",
         gt=0,
     )
     style_size: Union[int, None] = _field(
@@ -140,13 +156,15 @@ class Config:
         0.0,
         "Iterate averaging: if > 0, the output is the (bias-corrected) exponential moving average of the "
         "image after each optimizer step, restarted at each scale. 0: the last iterate.",
-        ge=0, le=0.9999,
+        ge=0,
+        le=0.9999,
     )
     save_every: int = _field(
         0,
         "Also save the image every N loss evaluations (at the first optimizer step past each multiple) to "
         "`.stylebatch/pairs/<name>/iter_<n>.png`. 0: never.",
-        identity=False, ge=0,
+        identity=False,
+        ge=0,
     )
     seed: int = _field(
         0, "Random seed for noise init (and anything else random in a pair).", ge=-(2**63), le=2**64 - 1
@@ -168,13 +186,15 @@ class Config:
         "A member's picture is of the same quality as its separate run (neutral scores within ~15 %), not the "
         "same pixels: batched convolutions round differently and Adam grows that into other brush strokes "
         "(README, Batching). 1 turns batching off; `auto`: as many as fit `memory_fraction` of free memory (at most 32; replaces `batch_pixels`).",
-        identity=False, ge=1,
+        identity=False,
+        ge=1,
     )
     batch_pixels: int = _field(
         1_048_576,
         "At most this many output pixels per batch in total (bounds a batch's memory): the default "
         "batches 4 pairs at 512 px, 2 at 768, none at 1024.",
-        identity=False, ge=1,
+        identity=False,
+        ge=1,
     )
     tile: Union[int, Literal["auto"], None] = _field(
         None,
@@ -184,16 +204,19 @@ class Config:
         "unbatched.",
     )
     memory_fraction: float = _field(
-        0.8, "Share of the device's free memory that `auto` sizes, batches and tiles may plan to use.",
-        identity=False, gt=0, le=1,
+        0.8,
+        "Share of the device's free memory that `auto` sizes, batches and tiles may plan to use.",
+        identity=False,
+        gt=0,
+        le=1,
     )
-    checkpoint_every: int = _field(
-        50, "Save a resumable checkpoint every N loss evaluations.", identity=False, ge=1
-    )
+    checkpoint_every: int = _field(50, "Save a resumable checkpoint every N loss evaluations.", identity=False, ge=1)
     report_every: float = _field(
-        5.0, "While a job runs, rank 0 rewrites its report (`.stylebatch/report/`) every N minutes (the first time "
+        5.0,
+        "While a job runs, rank 0 rewrites its report (`.stylebatch/report/`) every N minutes (the first time "
         "within a minute) and once more at the end; the pages reload themselves meanwhile. 0: `run` writes no report.",
-        identity=False, ge=0,
+        identity=False,
+        ge=0,
     )
     max_attempts: int = _field(
         2, "A failed pair is retried on the next run until it has failed this many times.", identity=False, ge=1
@@ -209,7 +232,8 @@ class Config:
         "png",
         "Output file format, 8 bits per channel: `png` (lossless; settings in a text chunk), `jpg` or `webp` "
         "(settings in the EXIF UserComment; jpg drops transparency). 16-bit output is not supported.",
-        identity=False, choices=("png", "jpg", "webp"),
+        identity=False,
+        choices=("png", "jpg", "webp"),
     )
     quality: int = _field(
         95, "JPEG/WebP quality, 1-100 (webp at 100 is lossless); ignored for png.", identity=False, ge=1, le=100
@@ -269,11 +293,15 @@ def cross_check(cfg: Config) -> list[str]:
     if cfg.size == "auto":
         return problems  # checked again once the size is resolved (manifest.py)
     if isinstance(cfg.tile, int) and cfg.tile % (unit := grid_unit(cfg.layers_used)):
-        problems.append(f"'tile' {cfg.tile}: with layer {max(cfg.layers_used, key=LAYER_INDEX.__getitem__)} tiles "
-                        f"must be a multiple of {unit} px")
+        problems.append(
+            f"'tile' {cfg.tile}: with layer {max(cfg.layers_used, key=LAYER_INDEX.__getitem__)} tiles "
+            f"must be a multiple of {unit} px"
+        )
     if isinstance(cfg.scales, list) and cfg.scales and cfg.scales[-1] >= cfg.size:
-        problems.append(f"'scales' {cfg.scales}: each coarse pass must be smaller than 'size' {cfg.size} "
-                        "(the final pass at 'size' is implied)")
+        problems.append(
+            f"'scales' {cfg.scales}: each coarse pass must be smaller than 'size' {cfg.size} "
+            "(the final pass at 'size' is implied)"
+        )
     elif cfg.steps < len(cfg.scale_sizes):
         problems.append(f"'steps' {cfg.steps} is fewer than the {len(cfg.scale_sizes)} passes of 'scales'")
     return problems

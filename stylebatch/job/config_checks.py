@@ -12,8 +12,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from stylebatch.job.values import number_problem, shown
 from stylebatch.fit.vgg import LAYER_INDEX
+from stylebatch.job.values import number_problem, shown
 
 INIT_MODES = ("content", "noise", "style_stats")
 AUTO_KEYS = ("size", "batch_size", "tile")  # keys that also take `auto` (estimate.py resolves them)
@@ -83,7 +83,9 @@ def did_you_mean(word: str, options: typing.Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def check_value(key: str, value: Any, fields: dict[str, dataclasses.Field], hints: dict[str, Any]) -> tuple[list[str], Any]:
+def check_value(
+    key: str, value: Any, fields: dict[str, dataclasses.Field], hints: dict[str, Any]
+) -> tuple[list[str], Any]:
     """Problems with one key's value (unknown key, type, choice, minimum, layer names), given the
     config's fields (with their bounds) and type hints."""
     if key not in fields:
@@ -101,7 +103,9 @@ def check_value(key: str, value: Any, fields: dict[str, dataclasses.Field], hint
     problems = []
     if f.metadata["choices"] and value not in f.metadata["choices"]:
         choices = ", ".join(f.metadata["choices"])
-        problems.append(f"'{key}' must be one of {choices}, got {shown(value)}{did_you_mean(value, f.metadata['choices'])}")
+        problems.append(
+            f"'{key}' must be one of {choices}, got {shown(value)}{did_you_mean(value, f.metadata['choices'])}"
+        )
     ge, gt = f.metadata["ge"], f.metadata["gt"]
     if isinstance(value, float) and not math.isfinite(value):
         problems.append(f"'{key}' must be a finite number, got {shown(value)}")
@@ -122,8 +126,10 @@ def check_value(key: str, value: Any, fields: dict[str, dataclasses.Field], hint
             elif not math.isfinite(weight) or weight < 0:
                 problems.append(f"'style_layers': weight of '{name}' must be a finite number >= 0, got {weight}")
     if key == "init" and value not in INIT_MODES and not Path(value).suffix:
-        problems.append(f"'init' must be one of {', '.join(INIT_MODES)} or an image file path, got {shown(value)}"
-                        f"{did_you_mean(value, INIT_MODES)}")
+        problems.append(
+            f"'init' must be one of {', '.join(INIT_MODES)} or an image file path, got {shown(value)}"
+            f"{did_you_mean(value, INIT_MODES)}"
+        )
     if key == "style_blend" and value is not None:
         if not value or not all(math.isfinite(w) and w >= 0 for w in value) or sum(value) <= 0:
             problems.append(f"'style_blend' must be one finite weight >= 0 per style, not all 0, got {shown(value)}")
@@ -131,10 +137,14 @@ def check_value(key: str, value: Any, fields: dict[str, dataclasses.Field], hint
             value = [w / sum(value) for w in value]  # normalised: [7, 3] and [0.7, 0.3] are the same pair
     if key == "scales" and isinstance(value, list):
         if not value or any(v < 1 for v in value) or any(b <= a for a, b in zip(value, value[1:])):
-            problems.append(f"'scales' must be ascending sizes >= 1 (the final pass at 'size' is implied), got {shown(value)}")
+            problems.append(
+                f"'scales' must be ascending sizes >= 1 (the final pass at 'size' is implied), got {shown(value)}"
+            )
     elif key == "scales" and isinstance(value, dict):
         if set(value) != {"factor", "min"}:
             problems.append(f"'scales' as a mapping takes exactly 'factor' and 'min', got {sorted(value)}")
-        elif not (math.isfinite(value["factor"]) and value["factor"] > 1) or not (math.isfinite(value["min"]) and value["min"] >= 1):
+        elif not (math.isfinite(value["factor"]) and value["factor"] > 1) or not (
+            math.isfinite(value["min"]) and value["min"] >= 1
+        ):
             problems.append(f"'scales': factor must be > 1 and min >= 1, got {shown(value)}")
     return problems, value

@@ -62,7 +62,9 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def raw_entries(data: dict[str, Any], base: Path, src: str, problems: list[str]) -> list[tuple[str, dict[str, Any], list[str]]]:
+def raw_entries(
+    data: dict[str, Any], base: Path, src: str, problems: list[str]
+) -> list[tuple[str, dict[str, Any], list[str]]]:
     """(entry label, raw mapping with content/style paths resolved, varied keys) for pairs and grid."""
     entries = []
     pairs = data.get("pairs") or []
@@ -120,8 +122,11 @@ def raw_entries(data: dict[str, Any], base: Path, src: str, problems: list[str])
         if key == "style":
             axes[key] = []
             for i, v in enumerate(values):
-                axes[key] += [_grid_blend(base, v, f"{where}[{i}]", problems)] if isinstance(v, dict) else \
-                    _expand_paths(base, [v], where, problems)
+                axes[key] += (
+                    [_grid_blend(base, v, f"{where}[{i}]", problems)]
+                    if isinstance(v, dict)
+                    else _expand_paths(base, [v], where, problems)
+                )
         elif key == "content":
             axes[key] = _expand_paths(base, values, where, problems)
         elif key == "name":
@@ -182,8 +187,12 @@ def style_stem(style: Path | list[Path], weights: Any) -> str:
     """`a` for one style; `a+b` for a blend, `a-0.7+b-0.3` when its weights were given."""
     if not isinstance(style, list):
         return Path(style).stem
-    ok = isinstance(weights, list) and len(weights) == len(style) and all(
-        isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights) and sum(weights) > 0
+    ok = (
+        isinstance(weights, list)
+        and len(weights) == len(style)
+        and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+        and sum(weights) > 0
+    )
     if not ok:
         return "+".join(p.stem for p in style)
     return "+".join(f"{p.stem}-{w / sum(weights):g}" for p, w in zip(style, weights))

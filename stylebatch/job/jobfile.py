@@ -45,14 +45,23 @@ def job_file_bytes(job: Any) -> bytes:
     defaults = configs[0].to_dict() if configs else {}
     names = [f.name for f in fields]
     head = {
-        "format": FORMAT, "manifest": str(job.manifest), "cwd": os.getcwd(),  # what relative paths are relative to
-        "weights": job.weights, "keys": [f.name for f in fields],
-        "bookkeeping": [f.name for f in fields if not f.metadata.get("identity", True)], "defaults": defaults,
+        "format": FORMAT,
+        "manifest": str(job.manifest),
+        "cwd": os.getcwd(),  # what relative paths are relative to
+        "weights": job.weights,
+        "keys": [f.name for f in fields],
+        "bookkeeping": [f.name for f in fields if not f.metadata.get("identity", True)],
+        "defaults": defaults,
     }
     lines = []
     for p in job.pairs:
-        entry: dict[str, Any] = {"name": p.name, "id": p.id, "entry": p.entry, "content": str(p.content),
-                                 "style": str(p.styles[0] if p.styles else None)}
+        entry: dict[str, Any] = {
+            "name": p.name,
+            "id": p.id,
+            "entry": p.entry,
+            "content": str(p.content),
+            "style": str(p.styles[0] if p.styles else None),
+        }
         if len(p.styles) > 1:
             entry["styles"] = [str(s) for s in p.styles]
         if p.config is None:
@@ -123,8 +132,14 @@ def read_job_file(root: Path) -> JobFile | None:
         raise StylebatchError(f"{path}: unreadable ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("pairs"), list):
         raise StylebatchError(f"{path}: not a stylebatch job file")
-    job = JobFile(str(data.get("manifest", "")), Path(data.get("cwd") or os.getcwd()), str(data.get("weights", "")),
-                  list(data.get("keys") or []), set(data.get("bookkeeping") or []), dict(data.get("defaults") or {}))
+    job = JobFile(
+        str(data.get("manifest", "")),
+        Path(data.get("cwd") or os.getcwd()),
+        str(data.get("weights", "")),
+        list(data.get("keys") or []),
+        set(data.get("bookkeeping") or []),
+        dict(data.get("defaults") or {}),
+    )
     legacy = "defaults" not in data  # format 1: a full config per pair
     for p in data["pairs"]:
         if legacy:
@@ -134,6 +149,15 @@ def read_job_file(root: Path) -> JobFile | None:
             overrides = None if not cfg else {k: v for k, v in cfg.items() if job.defaults.get(k) != v}
         else:
             overrides = p.get("set")
-        job.entries.append(JobEntry(str(p.get("name")), str(p.get("id") or ""), str(p.get("entry") or ""),
-                                    p.get("content"), p.get("style"), p.get("styles"), overrides))
+        job.entries.append(
+            JobEntry(
+                str(p.get("name")),
+                str(p.get("id") or ""),
+                str(p.get("entry") or ""),
+                p.get("content"),
+                p.get("style"),
+                p.get("styles"),
+                overrides,
+            )
+        )
     return job

@@ -26,15 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stylebatch.memory import autosize
+from stylebatch.errors import ConfigError
+from stylebatch.fit.vgg import check_weights_path
 from stylebatch.job import config as cfgmod
+from stylebatch.job.checks import (
+    FileChecker,
+    blend_problem,
+    check_name,
+    check_output_dir,
+    check_pair_files,
+    init_file,
+    resolved,
+)
 from stylebatch.job.config import Config
 from stylebatch.job.entries import PAIR_KEYS, URL_HINT, URLS, format_value, is_url, raw_entries, style_stem
-from stylebatch.errors import ConfigError
-from stylebatch.job.checks import (FileChecker, blend_problem, check_name, check_output_dir, check_pair_files,
-                                    init_file, resolved)
 from stylebatch.job.values import path_problem, shown
-from stylebatch.fit.vgg import check_weights_path
+from stylebatch.memory import autosize
 
 TOP_KEYS = ("output_dir", "weights", "defaults", "pairs", "grid")
 
@@ -118,7 +125,9 @@ def load_job(
         problems.append(f"{src}: the manifest is empty")
         return job
     if not isinstance(data, dict):
-        problems.append(f"{src}: the manifest must be a mapping with output_dir and pairs or grid, got {type(data).__name__}")
+        problems.append(
+            f"{src}: the manifest must be a mapping with output_dir and pairs or grid, got {type(data).__name__}"
+        )
         return job
     base = manifest.parent
     for key in data:
@@ -187,7 +196,9 @@ def load_job(
         if (name is not None or not given_but_bad) and (problem := check_name(name)):
             pair.problems.append(f"{where}: {problem}")
         for key in unknown:  # suggest pair keys (content, style, name) as well as config keys
-            pair.problems.append(f"{where}: unknown key '{key}'{cfgmod.did_you_mean(key, [*PAIR_KEYS, *cfgmod.FIELDS])}")
+            pair.problems.append(
+                f"{where}: unknown key '{key}'{cfgmod.did_you_mean(key, [*PAIR_KEYS, *cfgmod.FIELDS])}"
+            )
             del pair_keys[key]
         try:
             pair.config = cfgmod.resolve(layers + [(where, pair_keys), ("--set", sets or {})])
@@ -196,8 +207,11 @@ def load_job(
         if pair.config is not None and is_url(pair.config.init):
             pair.problems.append(f"{where}: 'init' {shown(pair.config.init)}: {URL_HINT}")
             pair.config = dataclasses.replace(pair.config, init="content")  # reported; nothing more to check
-        elif pair.config is not None and pair.config.init not in cfgmod.INIT_MODES and (
-                problem := path_problem(pair.config.init)):
+        elif (
+            pair.config is not None
+            and pair.config.init not in cfgmod.INIT_MODES
+            and (problem := path_problem(pair.config.init))
+        ):
             pair.problems.append(f"{where}: 'init' {shown(pair.config.init)} {problem}")
             pair.config = None
         if pair.config is not None and pair.config.init not in cfgmod.INIT_MODES:
@@ -216,25 +230,31 @@ def load_job(
     # Pooling is job-level: the pairs of a job share one network (and may be optimised as one batch).
     poolings = sorted({p.config.pooling for p in job.pairs if p.config is not None})
     if len(poolings) > 1:
-        problems.append(f"{src}: 'pooling' is job-level, but the pairs use {', '.join(poolings)}; "
-                        "set it once in defaults, the preset or --set")
+        problems.append(
+            f"{src}: 'pooling' is job-level, but the pairs use {', '.join(poolings)}; "
+            "set it once in defaults, the preset or --set"
+        )
 
     # An output must never overwrite an input (output_dir next to the images, a name like an input's).
-    inputs = {resolved(p) for pair in job.pairs for p in (pair.content, *pair.styles, *init_file(pair))
-              if p is not None} - {None}
+    inputs = {
+        resolved(p) for pair in job.pairs for p in (pair.content, *pair.styles, *init_file(pair)) if p is not None
+    } - {None}
     for pair in job.pairs:
         if pair.config is None or check_name(pair.name):
             continue
         output = job.output_dir / f"{pair.name}.{getattr(pair.config, 'format', 'png')}"
         if resolved(output) in inputs:
-            pair.problems.append(f"{src}: {pair.label}: output {output} would overwrite an input image; "
-                                 "set 'name' or another output_dir")
+            pair.problems.append(
+                f"{src}: {pair.label}: output {output} would overwrite an input image; set 'name' or another output_dir"
+            )
 
     # Duplicate output names are refused, each entry named.
     seen: dict[str, Pair] = {}
     for pair in job.pairs:
         if pair.name in seen:
-            pair.problems.append(f"{src}: {pair.label}: duplicate output name (also {seen[pair.name].entry}); set 'name'")
+            pair.problems.append(
+                f"{src}: {pair.label}: duplicate output name (also {seen[pair.name].entry}); set 'name'"
+            )
         else:
             seen[pair.name] = pair
     # A --set problem is the same for every pair: say it once.

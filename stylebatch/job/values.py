@@ -27,14 +27,17 @@ def shorten(value: Any, limit: int = SHORTEN_AT) -> str:
         return f"<an integer of about {int(value.bit_length() * 0.30103):,} digits>"  # repr() refuses > 4300
     text = value if isinstance(value, str) else repr(value)
     if len(text) > limit:
-        text = f"{text[: limit // 2]}…[{len(text) - limit:,} characters cut]…{text[-(limit // 2):]}"
+        text = f"{text[: limit // 2]}…[{len(text) - limit:,} characters cut]…{text[-(limit // 2) :]}"
     return text if text.isprintable() else "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def shown(value: Any) -> str:
     """A value quoted for a message: `'text'` (escaped and shortened) or the shortened repr."""
-    return repr(value) if isinstance(value, str) and len(value) <= SHORTEN_AT else (
-        f"'{shorten(value)}'" if isinstance(value, str) else shorten(value))
+    return (
+        repr(value)
+        if isinstance(value, str) and len(value) <= SHORTEN_AT
+        else (f"'{shorten(value)}'" if isinstance(value, str) else shorten(value))
+    )
 
 
 def text_problem(text: str) -> str | None:
@@ -43,8 +46,10 @@ def text_problem(text: str) -> str | None:
         return None
     for ch in text:
         if 0xD800 <= ord(ch) <= 0xDFFF:
-            return (f"contains U+{ord(ch):04X}, a lone surrogate (half of an escaped character, or bytes that "
-                    "are not UTF-8): not valid text")
+            return (
+                f"contains U+{ord(ch):04X}, a lone surrogate (half of an escaped character, or bytes that "
+                "are not UTF-8): not valid text"
+            )
         if unicodedata.category(ch) in ("Cc", "Cf") and ch != "\u200d":  # a zero-width joiner joins emoji: allowed
             return f"contains the control character U+{ord(ch):04X}"
     return None

@@ -36,7 +36,9 @@ class _NoAliasLoader(yaml.SafeLoader):
                 if isinstance(key_node, yaml.ScalarNode):
                     if key_node.value in first:
                         raise yaml.constructor.ConstructorError(
-                            None, None, f"key '{key_node.value}' given twice (first on line {first[key_node.value]})",
+                            None,
+                            None,
+                            f"key '{key_node.value}' given twice (first on line {first[key_node.value]})",
                             key_node.start_mark,
                         )
                     first[key_node.value] = key_node.start_mark.line + 1

@@ -22,7 +22,8 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from stylebatch.atomic import open_nofollow, read_nofollow, remove_stale_temps, temp_targets
 from stylebatch.jobdir.state import HOST, JobState
@@ -152,16 +153,20 @@ def pending(state: JobState, pairs: list[Any], needs_work: Callable[[Any], bool]
     for pair in pairs:
         with _claim_all(state, [pair.name], rank, "plan") as got:
             if not got:
-                log.info("%s: being worked on by %s; planned, left to it until it lets go",
-                         pair.name, holder(state, pair.name))
+                log.info(
+                    "%s: being worked on by %s; planned, left to it until it lets go",
+                    pair.name,
+                    holder(state, pair.name),
+                )
                 planned.append(pair)
             elif needs_work(pair):
                 planned.append(pair)
     return planned
 
 
-def claimed(state: JobState, batches: list[list[Any]], rank: int, should_stop: Callable[[], bool],
-            wait_s: float | None = None) -> Iterator[list[Any]]:
+def claimed(
+    state: JobState, batches: list[list[Any]], rank: int, should_stop: Callable[[], bool], wait_s: float | None = None
+) -> Iterator[list[Any]]:
     """Yield each batch of this worker's share while holding its claims (released when the loop
     moves on or stops). A batch claimed by another live process is put off to the end, waited
     for up to `wait_s`, then left to the next run; one another process finished meanwhile is skipped."""
@@ -188,8 +193,11 @@ def claimed(state: JobState, batches: list[list[Any]], rank: int, should_stop: C
         if deferred:
             time.sleep(POLL_S)
     for batch in deferred:
-        log.warning("%s: still worked on by %s; left for the next run",
-                    ", ".join(p.name for p in batch), holder(state, batch[0].name))
+        log.warning(
+            "%s: still worked on by %s; left for the next run",
+            ", ".join(p.name for p in batch),
+            holder(state, batch[0].name),
+        )
 
 
 def _finished_meanwhile(state: JobState, pair: Any) -> bool:

@@ -31,15 +31,18 @@ import re
 import socket
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from stylebatch.atomic import atomic_write, link_message, open_nofollow, pid_alive, remove_stale_temps
 from stylebatch.errors import LockedError, UnsafePathError
 
 STATE_DIR = ".stylebatch"
 STATUSES = ("pending", "running", "done", "failed", "interrupted", "invalid")
-INVALID_PREFIX = "_invalid_"  # records of invalid manifest entries (run --skip-invalid); a pair name may not start with it
+INVALID_PREFIX = (
+    "_invalid_"  # records of invalid manifest entries (run --skip-invalid); a pair name may not start with it
+)
 HOST = socket.gethostname()
 STALE_HEARTBEAT_S = 15 * 60  # a 'running' pair on another host with no heartbeat for this long is shown interrupted
 
@@ -109,8 +112,9 @@ class JobState:
     def undo_attempt(self, name: str) -> None:
         """A pair stopped by something that is not its fault (a full disk): its attempt does not count."""
         record = self.read(name) or {}
-        self.update(name, status="interrupted", attempts=max(0, int(record.get("attempts", 1)) - 1),
-                    heartbeat=time.time())
+        self.update(
+            name, status="interrupted", attempts=max(0, int(record.get("attempts", 1)) - 1), heartbeat=time.time()
+        )
 
     def check_links(self) -> None:
         """Refuse the job directory if a link was planted anywhere in it (one line naming it)."""

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from stylebatch.memory import estimate
 from stylebatch.fit import tiling
-from stylebatch.memory.calibration import Device
-from stylebatch.job.config import AUTO_KEYS, Config
 from stylebatch.images import fit_size
+from stylebatch.job.config import AUTO_KEYS, Config
 from stylebatch.jobdir.state import STATE_DIR
+from stylebatch.memory import estimate
+from stylebatch.memory.calibration import Device
 
 AUTO_BATCH_MAX = 32  # `batch_size: auto` stops here: past a few pairs a batch gains little (README)
 SIZE_STEP = 64  # auto sizes are multiples of this: free memory that varies a little changes nothing
@@ -76,9 +77,13 @@ def resolve(cfg: Config, content_wh: tuple[int, int], memory: Device, previous: 
     if cfg.size == "auto":
         same = previous is not None and all(
             json.dumps(previous.get(k), sort_keys=True, default=str) == json.dumps(v, sort_keys=True, default=str)
-            for k, v in cfg.identity().items() if k not in AUTO_KEYS)
+            for k, v in cfg.identity().items()
+            if k not in AUTO_KEYS
+        )
         size = previous["size"] if same and isinstance(previous.get("size"), int) else None
-        cfg = dataclasses.replace(cfg, size=size or largest_size(dataclasses.replace(cfg, size=SIZE_STEP), content_wh, memory))
+        cfg = dataclasses.replace(
+            cfg, size=size or largest_size(dataclasses.replace(cfg, size=SIZE_STEP), content_wh, memory)
+        )
     if cfg.tile == "auto":
         cfg = dataclasses.replace(cfg, tile=auto_tile(dataclasses.replace(cfg, tile=None), content_wh, memory))
     if cfg.batch_size == "auto":
@@ -90,7 +95,9 @@ def resolve(cfg: Config, content_wh: tuple[int, int], memory: Device, previous: 
     return cfg
 
 
-def resolver(output_dir: Path, device: str | torch.device | None = None) -> Callable[[str, Config, tuple[int, int]], Config]:
+def resolver(
+    output_dir: Path, device: str | torch.device | None = None
+) -> Callable[[str, Config, tuple[int, int]], Config]:
     """resolve(name, cfg, content_wh) for one job: this device's memory, queried once and only if a
     pair asks for `auto`; the previous resolution from the job's job.json."""
     cache: dict[str, Any] = {}

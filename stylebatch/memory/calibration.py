@@ -94,7 +94,7 @@ class Device:
     observations: int = 0
 
     @staticmethod
-    def current(device: torch.device | str, path: Path | None = None) -> "Device":
+    def current(device: torch.device | str, path: Path | None = None) -> Device:
         device = torch.device(device)
         key = device_key(device)
         seen = _load(path or cache_file())["devices"].get(key, {})
@@ -103,12 +103,15 @@ class Device:
         # A run's seconds include its fixed cost (targets, Trainer, saving), which the estimate adds apart.
         rates = [f / max(s - d["pair_overhead"], s / 2) for f, s in seen.get("rate", []) if s > 0]
         return Device(
-            device.type, key, free_memory(device),
+            device.type,
+            key,
+            free_memory(device),
             int(statistics.median(seen["baseline"])) if seen.get("baseline") else d["baseline"],
             int(statistics.median(seen["floor"])) if seen.get("floor") else d["baseline"],
             statistics.median(ratios) if ratios else d["memory_scale"],
             statistics.median(rates) if rates else d["flop_rate"],
-            d["pair_overhead"], len(ratios) + len(rates),
+            d["pair_overhead"],
+            len(ratios) + len(rates),
         )
 
 
@@ -150,16 +153,23 @@ def measured_peak(device: torch.device, before: dict[str, Any]) -> int | None:
     return hwm if hwm > before["hwm"] else None
 
 
-def record(device: torch.device, before: dict[str, Any], predicted_own: int, work_flops: float,
-           path: Path | None = None) -> dict[str, Any]:
+def record(
+    device: torch.device, before: dict[str, Any], predicted_own: int, work_flops: float, path: Path | None = None
+) -> dict[str, Any]:
     """Add one run's figures to the machine's calibration file; returns them for the pair's state
     record. `predicted_own`: the model's bytes for the pair without baseline or scale;
     `work_flops`: the FLOPs of the evaluations this run did."""
     seconds = time.perf_counter() - before["time"]
     peak = measured_peak(device, before)
-    entry = {"device": device_key(device), "predicted_bytes": predicted_own, "peak_bytes": peak,
-             "start_bytes": before.get("start"), "start_peak_bytes": before.get("hwm"), "seconds": round(seconds, 3),
-             "flops": work_flops}
+    entry = {
+        "device": device_key(device),
+        "predicted_bytes": predicted_own,
+        "peak_bytes": peak,
+        "start_bytes": before.get("start"),
+        "start_peak_bytes": before.get("hwm"),
+        "seconds": round(seconds, 3),
+        "flops": work_flops,
+    }
     path = path or cache_file()
     try:
         data = _load(path)

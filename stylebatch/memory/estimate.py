@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from stylebatch.fit import tiling
+from stylebatch.fit.vgg import _VGG19_CFG, LAYER_INDEX, LAYER_NAMES
 from stylebatch.images import fit_size
-from stylebatch.fit.vgg import LAYER_INDEX, LAYER_NAMES, _VGG19_CFG
 
 FP32, INT64 = 4, 8
 LINE_SEARCH_VECTORS = {"strong_wolfe": 5, None: 2}  # flat gradient and the line search's copies, while it runs
@@ -70,8 +70,9 @@ def _kept(names: list[str], i: int) -> bool:
     return names[i].startswith("relu") or later.startswith(("conv", "pool"))
 
 
-def saved_bytes(h: int, w: int, content_layer: str, style_layers: list[str], pooling: str = "max",
-                batch: int = 1, tv: bool = False) -> int:
+def saved_bytes(
+    h: int, w: int, content_layer: str, style_layers: list[str], pooling: str = "max", batch: int = 1, tv: bool = False
+) -> int:
     """Bytes of the new tensors autograd saves during one evaluation of module.losses (fp32, not
     counting the network's weights or the module's buffers). Exact: see tests/test_estimate.py."""
     layers = [content_layer, *style_layers]
@@ -94,8 +95,9 @@ def saved_bytes(h: int, w: int, content_layer: str, style_layers: list[str], poo
     return total
 
 
-def backward_extra(h: int, w: int, content_layer: str, style_layers: list[str], batch: int = 1,
-                   pooling: str = "max") -> int:
+def backward_extra(
+    h: int, w: int, content_layer: str, style_layers: list[str], batch: int = 1, pooling: str = "max"
+) -> int:
     """Bytes the backward adds on top of the saved tensors at its peak, its start: the loss nodes
     run first, and each Gram's gradient (a full map) waits for the network's backward to reach its
     layer; where the Gram's input was kept only for the Gram it is freed (a net zero, but the
@@ -176,19 +178,22 @@ def pass_peak(cfg: Any, wh: tuple[int, int], tile: int | None, batch: int = 1) -
     style_px = s_side * s_side  # upper bound: the style file's aspect is not known here
     tv = cfg.tv_weight > 0
     image = batch * 3 * h * w * FP32
-    content_target = _map_bytes({n: (c, hh, ww) for n, c, hh, ww in layer_maps(h, w, cfg.content_layer)},
-                                cfg.content_layer, batch)
+    content_target = _map_bytes(
+        {n: (c, hh, ww) for n, c, hh, ww in layer_maps(h, w, cfg.content_layer)}, cfg.content_layer, batch
+    )
     fixed = image * vectors(cfg, tiling.needs_tiling(h, w, tile)) + content_target + batch * 3 * style_px * FP32
     if tiling.needs_tiling(h, w, tile):
         crop = min(h, tile + 2 * tiling.halo(layers)), min(w, tile + 2 * tiling.halo(layers))
         cw, ch = crop[1], crop[0]
-        step = saved_bytes(ch, cw, cfg.content_layer, style, cfg.pooling, batch) + \
-            backward_extra(ch, cw, cfg.content_layer, style, batch, cfg.pooling)
+        step = saved_bytes(ch, cw, cfg.content_layer, style, cfg.pooling, batch) + backward_extra(
+            ch, cw, cfg.content_layer, style, batch, cfg.pooling
+        )
         tv_bytes = 4 * image if tv else 0
         evaluation = max(step, nograd_peak(ch, cw, layers, batch)) + tv_bytes
     else:
-        evaluation = saved_bytes(h, w, cfg.content_layer, style, cfg.pooling, batch, tv) + \
-            backward_extra(h, w, cfg.content_layer, style, batch, cfg.pooling)
+        evaluation = saved_bytes(h, w, cfg.content_layer, style, cfg.pooling, batch, tv) + backward_extra(
+            h, w, cfg.content_layer, style, batch, cfg.pooling
+        )
     s_tile = s_side if not tiling.needs_tiling(s_side, s_side, tile) else min(s_side, tile + 2 * tiling.halo(layers))
     targets = nograd_peak(s_tile, s_tile, style, batch) + content_target
     return fixed + max(evaluation, targets)
@@ -196,8 +201,10 @@ def pass_peak(cfg: Any, wh: tuple[int, int], tile: int | None, batch: int = 1) -
 
 def pass_plans(cfg: Any, content_wh: tuple[int, int], tile: int | None = None) -> list[PassPlan]:
     ends = cfg.scale_ends
-    return [PassPlan(fit_size(*content_wh, side), end - start, tile if tile else None)
-            for side, start, end in zip(cfg.scale_sizes, [0, *ends], ends)]
+    return [
+        PassPlan(fit_size(*content_wh, side), end - start, tile if tile else None)
+        for side, start, end in zip(cfg.scale_sizes, [0, *ends], ends)
+    ]
 
 
 def _mean_crops(length: int, tile: int, margin: int, unit: int) -> float:
@@ -273,9 +280,13 @@ def describe_job(pairs: list[Any], device: str | None = None) -> list[str]:
         total, worst, misfits = total + est.seconds, max(worst, est.peak), misfits + (not est.fits)
         tiled = f", tiles of {tile} px" if tile and tiling.needs_tiling(h, w, tile) else ""
         verdict = "fits" if est.fits else f"does NOT fit {_gib(est.budget)} (try tile: auto or a lower size)"
-        lines.append(f"  {pair.name}: {w}x{h}, {cfg.steps} evaluations, {cfg.optimizer}{tiled}; "
-                     f"peak ~{_gib(est.peak)}, ~{_duration(est.seconds)}: {verdict}")
+        lines.append(
+            f"  {pair.name}: {w}x{h}, {cfg.steps} evaluations, {cfg.optimizer}{tiled}; "
+            f"peak ~{_gib(est.peak)}, ~{_duration(est.seconds)}: {verdict}"
+        )
     calibrated = f"calibrated from {memory.observations} run(s)" if memory.observations else "not yet calibrated here"
-    lines.append(f"estimate on {memory.key} ({_gib(memory.free)} free now; {calibrated}): largest peak ~{_gib(worst)}, ~{_duration(total)} in all on one device"
-                 + (f"; {misfits} pair(s) do not fit" if misfits else ""))
+    lines.append(
+        f"estimate on {memory.key} ({_gib(memory.free)} free now; {calibrated}): largest peak ~{_gib(worst)}, ~{_duration(total)} in all on one device"
+        + (f"; {misfits} pair(s) do not fit" if misfits else "")
+    )
     return lines

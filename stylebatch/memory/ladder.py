@@ -21,19 +21,19 @@ import dataclasses
 import gc
 import logging
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from stylebatch.memory import autosize
-from stylebatch.memory import estimate
 from stylebatch.fit import tiling
+from stylebatch.memory import autosize, estimate
 from stylebatch.memory.calibration import Device
 
 log = logging.getLogger(__name__)
 LBFGS_SMALL_HISTORY = 5  # jcjohnson/neural-style's advice at 3620 px: -lbfgs_num_correction 5
 # Modules and optimizers of fits (module.py registers them), by serial number, held weakly.
-_LIVE: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
+_LIVE: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 _serial = [0]
 
 
@@ -116,12 +116,21 @@ def failure(pair: Any, device: torch.device, tried: list[str]) -> str:
     tile = pair.config.tile if isinstance(pair.config.tile, int) else None
     est = estimate.estimate(pair.config, pair.content_size or pair.out_size, memory, tile=tile)
     tried_text = f"; tried {', '.join(tried)}" if tried else ""
-    return (f"out of memory at {w}x{h} (estimated peak {est.peak / 2**30:.1f} GiB, {est.free / 2**30:.1f} GiB "
-            f"free on {device.type}){tried_text}; lower 'size'")
+    return (
+        f"out of memory at {w}x{h} (estimated peak {est.peak / 2**30:.1f} GiB, {est.free / 2**30:.1f} GiB "
+        f"free on {device.type}){tried_text}; lower 'size'"
+    )
 
 
-def climb(pairs: list[Any], device: torch.device, state: Any, error: str, before: dict[str, Any],
-          rerun: Callable[[list[Any]], None], fail: Callable[[Any, str], None]) -> None:
+def climb(
+    pairs: list[Any],
+    device: torch.device,
+    state: Any,
+    error: str,
+    before: dict[str, Any],
+    rerun: Callable[[list[Any]], None],
+    fail: Callable[[Any, str], None],
+) -> None:
     """After an out-of-memory error of `pairs` (a batch, or one pair): free, take the next rung,
     record it, and rerun (`rerun([pair])` runs one pair through the runner again, which reads the
     recorded settings back with `with_fallback`), or `fail(pair, message)` when none is left.

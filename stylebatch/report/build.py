@@ -25,17 +25,17 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from stylebatch.errors import StylebatchError
 from stylebatch.job.jobfile import JobFile, read_job_file
-from stylebatch.report.matrix import Axes, Layout, PairView, build_layout
+from stylebatch.jobdir.state import INVALID_PREFIX, STATE_DIR, JobState, effective_status
 from stylebatch.report.cells import counts
+from stylebatch.report.matrix import Axes, Layout, PairView, build_layout
 from stylebatch.report.pages import Pages, render_all, template_version, write_index
 from stylebatch.report.sheet import SheetGeometry
-from stylebatch.jobdir.state import INVALID_PREFIX, STATE_DIR, JobState, effective_status
 from stylebatch.report.thumbs import Thumbs, write_cache_file
 
 REPORT_DIR = "report"
@@ -81,8 +81,16 @@ def load_views(out_dir: Path) -> tuple[JobFile, list[PairView]]:
             status = effective_status(record, now) if record else "pending"
         styles = [job.resolve(s) for s in (e.styles or [e.style])]
         shown = {k: record[k] for k in SHOWN_RECORD if k in record}  # the rest of a record, ~1 KB, is not shown
-        view = PairView(e.name, e.entry, job.resolve(e.content), [s for s in styles if s is not None],
-                        e.overrides or {}, status, shown, has_config=e.has_config)
+        view = PairView(
+            e.name,
+            e.entry,
+            job.resolve(e.content),
+            [s for s in styles if s is not None],
+            e.overrides or {},
+            status,
+            shown,
+            has_config=e.has_config,
+        )
         if status == "done":
             out_name = record.get("output") or f"{e.name}.{job.value(e, 'format') or 'png'}"
             out = out_dir / out_name
@@ -121,8 +129,9 @@ def _locked(report_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def write_report(out_dir: str | Path, columns: str = "auto", rows: str = "auto",
-                 live_every: float | None = None, workers: int = 1) -> ReportResult:
+def write_report(
+    out_dir: str | Path, columns: str = "auto", rows: str = "auto", live_every: float | None = None, workers: int = 1
+) -> ReportResult:
     """Write the report under `<out>/.stylebatch/report/`. `live_every` (seconds): written for the
     running job (live_report.py), so pages of a job with work left reload themselves at that
     interval; otherwise they reload only while a pair's owner is alive. `workers` > 1 makes the
@@ -144,8 +153,11 @@ def write_report(out_dir: str | Path, columns: str = "auto", rows: str = "auto",
         for p in layout.pages:
             html_name, sheet_name = run.names[p.number - 1]
             new[html_name] = run.signature(p)
-            if old.get(html_name) == new[html_name] and (report_dir / html_name).is_file() \
-                    and (report_dir / sheet_name).is_file():
+            if (
+                old.get(html_name) == new[html_name]
+                and (report_dir / html_name).is_file()
+                and (report_dir / sheet_name).is_file()
+            ):
                 run.keep(p)
             else:
                 todo.append(p)
@@ -159,8 +171,16 @@ def write_report(out_dir: str | Path, columns: str = "auto", rows: str = "auto",
         _remove_stale(report_dir, {n for pair in run.names for n in pair} | {"report.html"})
         write_cache_file(cache_file, json.dumps({"version": version, "pages": new}).encode())
         run.thumbs.prune()
-    return ReportResult(report_dir / "report.html", [report_dir / s for _, s in run.names], len(views),
-                        dict(counts(views)), len(layout.pages), len(todo), geometry, layout)
+    return ReportResult(
+        report_dir / "report.html",
+        [report_dir / s for _, s in run.names],
+        len(views),
+        dict(counts(views)),
+        len(layout.pages),
+        len(todo),
+        geometry,
+        layout,
+    )
 
 
 def _remove_stale(report_dir: Path, keep: set[str]) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 from stylebatch.jobdir.curves import X_COLUMN
@@ -41,7 +42,7 @@ def curve_data(rows: list[dict[str, float]], width: int = 160, height: int = 400
         lo, hi = lo - 0.5, hi + 0.5
     x0, x1 = rows[0][X_COLUMN], rows[-1][X_COLUMN]
     xs = [round(1 + (width - 2) * ((r[X_COLUMN] - x0) / (x1 - x0) if x1 > x0 else 1.0)) for r in rows]
-    floor, span = 10 ** lo, (height - 8) / (hi - lo)
+    floor, span = 10**lo, (height - 8) / (hi - lo)
     lines = []
     for k in series:
         ys = [round(4 + span * (hi - math.log10(max(r[k], floor)))) if math.isfinite(r[k]) else height for r in rows]
@@ -68,8 +69,10 @@ def cell(v: PairView, base: Path, out_dir: Path, thumbs: Thumbs, steps: Any) -> 
     stats = []
     losses = r.get("losses") if v.status == "done" else None
     if losses:
-        stats += [f"content {fmt(float(losses.get('content', float('nan'))))}",
-                  f"style {fmt(float(losses.get('style', float('nan'))))}"]
+        stats += [
+            f"content {fmt(float(losses.get('content', float('nan'))))}",
+            f"style {fmt(float(losses.get('style', float('nan'))))}",
+        ]
     if v.status == "done" and done:
         stats.append(f"{done} evals")
     if r.get("seconds") and v.status == "done":
@@ -78,21 +81,28 @@ def cell(v: PairView, base: Path, out_dir: Path, thumbs: Thumbs, steps: Any) -> 
         stats.append(f"snapshot {v.snapshot.stem.removeprefix('iter_')}")
     error = r.get("error") if v.failed else None
     return {
-        "name": v.name, "status": v.status, "badge": badge, "anchor": anchor(v.name),
+        "name": v.name,
+        "status": v.status,
+        "badge": badge,
+        "anchor": anchor(v.name),
         "href": href(shown, base) if shown is not None else None,
         "thumb": {"src": href(thumb.path, base), "w": thumb.width, "h": thumb.height} if thumb else None,
         "placeholder": {"done": "output missing"}.get(v.status, v.status),
         "progress": round(100 * min(done, total) / total) if v.status in ("running", "interrupted") and total else None,
-        "stats": " · ".join(stats), "error": error[:ERROR_CHARS] + ("…" if len(error) > ERROR_CHARS else "") if error else None,
+        "stats": " · ".join(stats),
+        "error": error[:ERROR_CHARS] + ("…" if len(error) > ERROR_CHARS else "") if error else None,
         "curve": None,
     }
 
 
 def head(value: Value, axis: str, base: Path, thumbs: Thumbs) -> dict[str, Any]:
     thumb = thumbs.get(value.image) if axis in IMAGE_AXES else None
-    return {"label": value.label, "key": None if axis in IMAGE_AXES else axis,
-            "href": href(value.image, base) if thumb is not None else None,
-            "thumb": {"src": href(thumb.path, base), "w": thumb.width, "h": thumb.height} if thumb else None}
+    return {
+        "label": value.label,
+        "key": None if axis in IMAGE_AXES else axis,
+        "href": href(value.image, base) if thumb is not None else None,
+        "thumb": {"src": href(thumb.path, base), "w": thumb.width, "h": thumb.height} if thumb else None,
+    }
 
 
 def counts(views: list[PairView]) -> list[tuple[str, int]]:
@@ -105,5 +115,16 @@ def counts(views: list[PairView]) -> list[tuple[str, int]]:
 
 def problems(views: list[PairView], href: Callable[[PairView], str | None]) -> tuple[list[dict[str, Any]], int]:
     failed = [v for v in views if v.failed]
-    return ([{"name": v.name, "entry": v.entry, "error": v.record.get("error") or "", "href": href(v),
-              "anchor": anchor(v.name)} for v in failed[:MAX_PROBLEMS]], len(failed))
+    return (
+        [
+            {
+                "name": v.name,
+                "entry": v.entry,
+                "error": v.record.get("error") or "",
+                "href": href(v),
+                "anchor": anchor(v.name),
+            }
+            for v in failed[:MAX_PROBLEMS]
+        ],
+        len(failed),
+    )

@@ -44,7 +44,7 @@ class LiveReport:
         self._final = False
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "LiveReport":
+    def start(self) -> LiveReport:
         if self.every_s > 0:
             self._thread = threading.Thread(target=self._loop, name="stylebatch-report", daemon=True)
             self._thread.start()
@@ -74,15 +74,21 @@ class LiveReport:
     def _run(self) -> None:
         env = dict(os.environ)
         # The child imports this same stylebatch (a checkout on sys.path, not another install).
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(stylebatch.__file__).resolve().parent.parent),
-                                             *filter(None, [env.get("PYTHONPATH")])])
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(stylebatch.__file__).resolve().parent.parent), *filter(None, [env.get("PYTHONPATH")])]
+        )
         logs = self.output_dir / ".stylebatch" / "logs"
         try:
             logs.mkdir(parents=True, exist_ok=True)
             with open(logs / "report.log", "ab") as err:
-                proc = subprocess.Popen(_report_command(self.output_dir, self.every_s),
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
-                                        start_new_session=True)  # a Ctrl-C is the job's to handle
+                proc = subprocess.Popen(
+                    _report_command(self.output_dir, self.every_s),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    env=env,
+                    start_new_session=True,
+                )  # a Ctrl-C is the job's to handle
         except OSError as e:
             log.warning("report not started: %s", e)
             return

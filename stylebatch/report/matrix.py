@@ -93,6 +93,7 @@ class Section:
     def image(self) -> Path | None:
         """The image the section fixes (its style, say), if any: drawn beside its title."""
         return next((v.image for a, v in self.fixed if a in IMAGE_AXES and v.image is not None), None)
+
     rows: list[Value]
     columns: list[Value]
     row_blocks: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each block of rows
@@ -169,7 +170,9 @@ def _check_axis(axis: str, axes: Axes, flag: str) -> None:
         raise StylebatchError(f"{flag} {axis}: not a key of this job (content, style or a config key){hint}")
 
 
-def choose_axes(views: list[PairView], axes: Axes, columns: str = "auto", rows: str = "auto") -> tuple[str, str, list[str], list[str]]:
+def choose_axes(
+    views: list[PairView], axes: Axes, columns: str = "auto", rows: str = "auto"
+) -> tuple[str, str, list[str], list[str]]:
     """(column axis, row axis, section axes, varied axes) for `--columns` / `--rows` (auto or a key)."""
     varied = axes.varied(views)
     picture = [a for a in varied if a not in IMAGE_AXES and a not in axes.bookkeeping]
@@ -211,8 +214,9 @@ def build_layout(views: list[PairView], axes: Axes, columns: str = "auto", rows:
         fixed = [axes.value(v, a) for a in section_axes]
         key = "|".join(f.key for f in fixed)
         if key not in sections:
-            title = " · ".join(f"{a}: {f.label}" if a in IMAGE_AXES else f"{a} = {f.label}"
-                               for a, f in zip(section_axes, fixed))
+            title = " · ".join(
+                f"{a}: {f.label}" if a in IMAGE_AXES else f"{a} = {f.label}" for a, f in zip(section_axes, fixed)
+            )
             sections[key] = (Section(title, list(zip(section_axes, fixed)), [], []), [])
         sections[key][1].append(v)
     out = []
@@ -250,14 +254,18 @@ def _fill(section: Section, members: list[PairView], axes: Axes, row_axis: str, 
         placed.setdefault((r.key, copy), {})[c] = v
     labels = {r.key: r for r in base_rows}
     keys = sorted(placed, key=lambda rc: (row_order[rc[0]], rc[1]))
-    section.rows = [labels[k] if copy == 0 else Value(f"{k}#{copy}", f"{labels[k].label} ({copy + 1})", labels[k].image)
-                    for k, copy in keys]
+    section.rows = [
+        labels[k] if copy == 0 else Value(f"{k}#{copy}", f"{labels[k].label} ({copy + 1})", labels[k].image)
+        for k, copy in keys
+    ]
     section.col_blocks = blocks(len(section.columns), PAGE_COLS)
     widest = max(e - s for s, e in section.col_blocks) or 1
     section.row_blocks = blocks(len(section.rows), max(1, min(PAGE_ROWS, PAGE_CELLS // widest)))
     for r0, r1 in section.row_blocks:
         line = []
         for c0, c1 in section.col_blocks:
-            cells = {(i - r0, c - c0): view for i in range(r0, r1) for c, view in placed[keys[i]].items() if c0 <= c < c1}
+            cells = {
+                (i - r0, c - c0): view for i in range(r0, r1) for c, view in placed[keys[i]].items() if c0 <= c < c1
+            }
             line.append(Block(0, section.rows[r0:r1], section.columns[c0:c1], cells))
         section.blocks.append(line)

@@ -11,24 +11,30 @@ import json
 import multiprocessing
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jinja2
 
-from stylebatch.jobdir.curves import CURVE_FILE, read_curve
 from stylebatch.job.jobfile import JobFile
-from stylebatch.report.matrix import Layout, Page, PairView, fmt
-from stylebatch.report.cells import CURVE_POINTS, SERIES, anchor, cell, counts, curve_data, head, href, problems
-from stylebatch.report.sheet import SheetGeometry, render_sheet
+from stylebatch.jobdir.curves import CURVE_FILE, read_curve
 from stylebatch.jobdir.state import JobState
+from stylebatch.report.cells import CURVE_POINTS, SERIES, anchor, cell, counts, curve_data, head, href, problems
+from stylebatch.report.matrix import Layout, Page, PairView, fmt
+from stylebatch.report.sheet import SheetGeometry, render_sheet
 from stylebatch.report.thumbs import THUMB, Thumbs, write_cache_file
 
 SHOWN = ("size", "steps", "optimizer", "lr", "content_weight", "style_weight", "tv_weight", "init", "format")
 ACTIVE = ("pending", "running", "interrupted")
-_ENV = jinja2.Environment(loader=jinja2.PackageLoader("stylebatch.report", "templates"), autoescape=True,
-                          trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("stylebatch.report", "templates"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    undefined=jinja2.StrictUndefined,
+)
 
 
 def _digest(data: Any) -> str:
@@ -57,21 +63,40 @@ def _stat(path: Path | None) -> tuple[int, int] | None:
 class Pages:
     """What every page of one report is made from (shared, by fork, with the page writers)."""
 
-    def __init__(self, job: JobFile, views: list[PairView], layout: Layout, report_dir: Path, out_dir: Path,
-                 thumbs: Thumbs, live_every: float | None):
+    def __init__(
+        self,
+        job: JobFile,
+        views: list[PairView],
+        layout: Layout,
+        report_dir: Path,
+        out_dir: Path,
+        thumbs: Thumbs,
+        live_every: float | None,
+    ):
         self.job, self.views, self.layout, self.thumbs = job, views, layout, thumbs
         self.report_dir, self.out_dir = report_dir, out_dir
         pages = layout.pages
-        self.names = [("report.html", "contact_sheet.jpg")] if len(pages) == 1 else \
-            [(f"page-{p.number:04d}.html", f"sheet-{p.number:04d}.jpg") for p in pages]
+        self.names = (
+            [("report.html", "contact_sheet.jpg")]
+            if len(pages) == 1
+            else [(f"page-{p.number:04d}.html", f"sheet-{p.number:04d}.jpg") for p in pages]
+        )
         active = any(v.status == "running" for v in views) or (live_every and any(v.status in ACTIVE for v in views))
         common = [(k, fmt(job.defaults[k])) for k in SHOWN if k in job.defaults and k not in layout.varied]
         self.base_ctx = {
-            "manifest": job.manifest, "weights": job.weights, "row_axis": layout.row_axis,
-            "column_axis": layout.column_axis, "section_axes": layout.section_axes, "varied": layout.varied,
-            "common": common, "series": list(SERIES.items()), "thumb": THUMB, "page_count": len(pages),
+            "manifest": job.manifest,
+            "weights": job.weights,
+            "row_axis": layout.row_axis,
+            "column_axis": layout.column_axis,
+            "section_axes": layout.section_axes,
+            "varied": layout.varied,
+            "common": common,
+            "series": list(SERIES.items()),
+            "thumb": THUMB,
+            "page_count": len(pages),
             "refresh": max(10, round(live_every or 60)) if active else None,
-            "title": f"stylebatch report: {out_dir.resolve().name}"}
+            "title": f"stylebatch report: {out_dir.resolve().name}",
+        }
 
     def _images(self, p: Page) -> list[Path | None]:
         found = []
@@ -84,10 +109,24 @@ class Pages:
     def signature(self, p: Page) -> str:
         """What the page shows, without making anything: a page with the same signature as last
         time is not made again."""
-        cells = [(b.section, [r.label for r in b.rows], [c.label for c in b.columns],
-                  sorted((i, j, v.name, v.status, v.record) for (i, j), v in b.cells.items())) for b in p.blocks]
-        return _digest([self.base_ctx, self.names[p.number - 1], len(self.names), cells,
-                        [(str(path), _stat(path)) for path in self._images(p)]])
+        cells = [
+            (
+                b.section,
+                [r.label for r in b.rows],
+                [c.label for c in b.columns],
+                sorted((i, j, v.name, v.status, v.record) for (i, j), v in b.cells.items()),
+            )
+            for b in p.blocks
+        ]
+        return _digest(
+            [
+                self.base_ctx,
+                self.names[p.number - 1],
+                len(self.names),
+                cells,
+                [(str(path), _stat(path)) for path in self._images(p)],
+            ]
+        )
 
     def keep(self, p: Page) -> None:
         """An unchanged page: its thumbnails stay (they are in use)."""
@@ -98,15 +137,23 @@ class Pages:
         html_name, sheet_name = self.names[p.number - 1]
         single = len(self.names) == 1
         ctx = _page_context(p, self.layout, self.base_ctx, self.report_dir, self.out_dir, self.thumbs, self.job)
-        ctx.update(sheet=sheet_name, number=p.number, index=None if single else "report.html",
-                   prev=self.names[p.number - 2][0] if p.number > 1 else None,
-                   next=self.names[p.number][0] if p.number < len(self.names) else None)
+        ctx.update(
+            sheet=sheet_name,
+            number=p.number,
+            index=None if single else "report.html",
+            prev=self.names[p.number - 2][0] if p.number > 1 else None,
+            next=self.names[p.number][0] if p.number < len(self.names) else None,
+        )
         if single:
             ctx["problems"], ctx["problems_total"] = problems(self.views, lambda v: None)
         _add_curves(p, ctx, self.out_dir)
         html = _ENV.get_template("page.html.j2").render(
-            **ctx, made=_now(), total=len(p.views), counts=counts(p.views),
-            scope="" if single else f"page {p.number} of {len(self.names)}: ")
+            **ctx,
+            made=_now(),
+            total=len(p.views),
+            counts=counts(p.views),
+            scope="" if single else f"page {p.number} of {len(self.names)}: ",
+        )
         data, geo = render_sheet(p, self.layout, self.thumbs)
         self.thumbs.forget()
         write_cache_file(self.report_dir / sheet_name, data)
@@ -138,8 +185,9 @@ def render_all(run: Pages, pages: list[Page], workers: int) -> Iterator[tuple[Sh
         _SHARED.clear()
 
 
-def _page_context(p: Page, layout: Layout, base_ctx: dict[str, Any], report_dir: Path, out_dir: Path,
-                  thumbs: Thumbs, job: JobFile) -> dict[str, Any]:
+def _page_context(
+    p: Page, layout: Layout, base_ctx: dict[str, Any], report_dir: Path, out_dir: Path, thumbs: Thumbs, job: JobFile
+) -> dict[str, Any]:
     col_axis, row_axis = base_ctx["column_axis"], base_ctx["row_axis"]
     blocks, previous = [], None
     for k, b in enumerate(p.blocks):
@@ -153,10 +201,22 @@ def _page_context(p: Page, layout: Layout, base_ctx: dict[str, Any], report_dir:
             rows.append({"head": head(row, row_axis, report_dir, thumbs), "cells": cells})
         section = layout.sections[b.section]
         image = thumbs.get(section.image)
-        blocks.append({"anchor": f"block-{k + 1}", "title": section.title if section.title != previous else None,
-                       "image": {"src": href(image.path, report_dir), "w": image.width, "h": image.height,
-                                 "href": href(section.image, report_dir)} if image else None,
-                       "rows": rows, "columns": [head(c, col_axis, report_dir, thumbs) for c in b.columns]})
+        blocks.append(
+            {
+                "anchor": f"block-{k + 1}",
+                "title": section.title if section.title != previous else None,
+                "image": {
+                    "src": href(image.path, report_dir),
+                    "w": image.width,
+                    "h": image.height,
+                    "href": href(section.image, report_dir),
+                }
+                if image
+                else None,
+                "rows": rows,
+                "columns": [head(c, col_axis, report_dir, thumbs) for c in b.columns],
+            }
+        )
         previous = section.title
     return {**base_ctx, "blocks": blocks, "problems": [], "problems_total": 0}
 
@@ -187,11 +247,18 @@ def _index_context(layout: Layout, names: list[tuple[str, str]], views: list[Pai
             for block in line:
                 page = page_of_block[id(block)]
                 frag = f"#block-{page.blocks.index(block) + 1}"
-                cells.append({"number": page.number, "href": names[page.number - 1][0] + frag,
-                              "sheet": names[page.number - 1][1],
-                              "counts": ", ".join(f"{n} {st}" for st, n in counts(list(block.cells.values())))})
+                cells.append(
+                    {
+                        "number": page.number,
+                        "href": names[page.number - 1][0] + frag,
+                        "sheet": names[page.number - 1][1],
+                        "counts": ", ".join(f"{n} {st}" for st, n in counts(list(block.cells.values()))),
+                    }
+                )
             lines.append({"head": _span(s.rows, a, b), "pages": cells})
-        sections.append({"title": s.title, "col_heads": [_span(s.columns, a, b) for a, b in s.col_blocks], "lines": lines})
+        sections.append(
+            {"title": s.title, "col_heads": [_span(s.columns, a, b) for a, b in s.col_blocks], "lines": lines}
+        )
 
     def href(v: PairView) -> str | None:
         page = page_of.get(id(v))
@@ -203,7 +270,12 @@ def _index_context(layout: Layout, names: list[tuple[str, str]], views: list[Pai
 
 def write_index(run: Pages) -> None:
     """report.html of a report of several pages: the index of its pages and the failed pairs."""
-    html = _ENV.get_template("index.html.j2").render(**run.base_ctx, **_index_context(run.layout, run.names, run.views),
-                                                     made=_now(), total=len(run.views), counts=counts(run.views),
-                                                     scope="")
+    html = _ENV.get_template("index.html.j2").render(
+        **run.base_ctx,
+        **_index_context(run.layout, run.names, run.views),
+        made=_now(),
+        total=len(run.views),
+        counts=counts(run.views),
+        scope="",
+    )
     write_cache_file(run.report_dir / "report.html", html.encode("utf-8", "replace"))

@@ -3,8 +3,9 @@ pending and invalid ones included, read from the job's on-disk state (state.py) 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from stylebatch.errors import StylebatchError
 from stylebatch.job.jobfile import read_job_file
@@ -14,10 +15,18 @@ from stylebatch.jobdir.state import INVALID_PREFIX, STATE_DIR, JobState, effecti
 def _row(name: str, entry: str, record: dict[str, Any] | None, steps: Any) -> dict[str, Any]:
     r = record or {}
     return {
-        "name": name, "entry": entry, "status": effective_status(r) if record else "pending",
-        "steps_done": r.get("steps_done", 0), "steps": r.get("steps", steps), "attempts": r.get("attempts", 0),
-        "rank": r.get("rank"), "host": r.get("host"), "error": r.get("error"), "seconds": r.get("seconds"),
-        "output": r.get("output"), "losses": r.get("losses"),
+        "name": name,
+        "entry": entry,
+        "status": effective_status(r) if record else "pending",
+        "steps_done": r.get("steps_done", 0),
+        "steps": r.get("steps", steps),
+        "attempts": r.get("attempts", 0),
+        "rank": r.get("rank"),
+        "host": r.get("host"),
+        "error": r.get("error"),
+        "seconds": r.get("seconds"),
+        "output": r.get("output"),
+        "losses": r.get("losses"),
     }
 
 

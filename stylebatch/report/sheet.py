@@ -142,7 +142,9 @@ def render_sheet(page: Page, layout: Layout, thumbs: Thumbs) -> tuple[bytes, She
         if thumb is not None:
             im = thumbs.load(thumb, (t, t))
             scale = (t - 2) / max(im.size)
-            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BILINEAR)
+            im = im.resize(
+                (max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BILINEAR
+            )
             sheet.paste(im, (x + (t - im.width) // 2, y + (t - im.height) // 2))
         elif t >= 24:
             word = text if status == "header" else ("missing" if status == "done" else status)
@@ -161,8 +163,14 @@ def render_sheet(page: Page, layout: Layout, thumbs: Thumbs) -> tuple[bytes, She
             box(x, y, section.image, section.title or f"{row_axis} \\ {column_axis}", "header", text=section.title)
             for j, col in enumerate(block.columns):
                 label = col.label if col_images else f"{column_axis}={col.label}"
-                box(x + (1 + j) * t, y, col.image if col_images else None, label if col_images else "", "header",
-                    text=label)
+                box(
+                    x + (1 + j) * t,
+                    y,
+                    col.image if col_images else None,
+                    label if col_images else "",
+                    "header",
+                    text=label,
+                )
             continue
         row = block.rows[i]
         label = row.label if row_images else f"{row_axis}={row.label}"

@@ -8,11 +8,11 @@ import shutil
 import time
 import traceback
 
-from stylebatch.fit.engine import NonFiniteLossError, PairHooks, PairResult
 from stylebatch.errors import EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StylebatchError
+from stylebatch.fit.engine import NonFiniteLossError, PairHooks, PairResult
 from stylebatch.job.manifest import Job, Pair
-from stylebatch.run.options import Reporter, StopFlag, output_path
 from stylebatch.jobdir.state import INVALID_PREFIX, JobState, effective_status, output_stamp
+from stylebatch.run.options import Reporter, StopFlag, output_path
 
 log = logging.getLogger("stylebatch")
 
@@ -32,16 +32,27 @@ def recorded_batches(state: JobState, pairs: list[Pair]) -> dict[str, list[str]]
     return {name: members for name, members in recorded.items() if members}
 
 
-def begin_pair(job: Job, pair: Pair, state: JobState, stop: StopFlag, reporter: Reporter, rank: int,
-           batch: list[str] | None) -> tuple[PairHooks, float]:
+def begin_pair(
+    job: Job, pair: Pair, state: JobState, stop: StopFlag, reporter: Reporter, rank: int, batch: list[str] | None
+) -> tuple[PairHooks, float]:
     """Mark a pair running (owner, attempt, batch membership) and make the hooks that watch it."""
     record = state.read(pair.name) or {}
     started = time.time()
-    state.write(pair.name, {
-        **record, "id": pair.id, "status": "running", "attempts": int(record.get("attempts", 0)) + 1,
-        "steps": pair.config.steps, "started": started, "error": None, "output": output_path(job, pair).name,
-        "batch": batch, **state.owner(rank),
-    })
+    state.write(
+        pair.name,
+        {
+            **record,
+            "id": pair.id,
+            "status": "running",
+            "attempts": int(record.get("attempts", 0)) + 1,
+            "steps": pair.config.steps,
+            "started": started,
+            "error": None,
+            "output": output_path(job, pair).name,
+            "batch": batch,
+            **state.owner(rank),
+        },
+    )
     reporter.pair_start(pair, int(record.get("steps_done", 0)), batch)
     last_beat = [time.monotonic()]
 
@@ -55,12 +66,15 @@ def begin_pair(job: Job, pair: Pair, state: JobState, stop: StopFlag, reporter: 
         state.update(pair.name, steps_done=n, heartbeat=time.time())
 
     stop_file = state.root / "stop"  # written by rank 0 when it is signalled: reaches workers on any node
-    hooks = PairHooks(should_stop=lambda: bool(stop) or stop_file.exists(), on_progress=on_progress,
-                      on_checkpoint=on_checkpoint)
+    hooks = PairHooks(
+        should_stop=lambda: bool(stop) or stop_file.exists(), on_progress=on_progress, on_checkpoint=on_checkpoint
+    )
     return hooks, started
 
 
-def conclude_pair(job: Job, pair: Pair, state: JobState, reporter: Reporter, result: PairResult, started: float) -> None:
+def conclude_pair(
+    job: Job, pair: Pair, state: JobState, reporter: Reporter, result: PairResult, started: float
+) -> None:
     if result.interrupted:
         state.update(pair.name, status="interrupted", steps_done=result.evaluations, heartbeat=time.time())
         reporter.pair_end(pair, "interrupted")
@@ -69,13 +83,20 @@ def conclude_pair(job: Job, pair: Pair, state: JobState, reporter: Reporter, res
         state.checkpoint_path(pair.name).unlink(missing_ok=True)
     seconds = round(time.time() - started, 3)
     state.update(
-        pair.name, status="done", steps_done=result.evaluations, output_sha256=result.output_sha256,
-        encoding=pair.config.encoding(), output_stat=output_stamp(output_path(job, pair)),
-        losses=result.losses, seconds=seconds, finished=time.time(),
+        pair.name,
+        status="done",
+        steps_done=result.evaluations,
+        output_sha256=result.output_sha256,
+        encoding=pair.config.encoding(),
+        output_stat=output_stamp(output_path(job, pair)),
+        losses=result.losses,
+        seconds=seconds,
+        finished=time.time(),
     )
     shared = f"batch of {result.batch_size}, " if result.batch_size > 1 else ""
-    log.info("%s: done, %d evaluations, %s%.1fs, losses %s", pair.name, result.evaluations, shared, seconds,
-             result.losses)
+    log.info(
+        "%s: done, %d evaluations, %s%.1fs, losses %s", pair.name, result.evaluations, shared, seconds, result.losses
+    )
     reporter.pair_end(pair, "done", f"{shared}{seconds:.1f} s")
 
 
@@ -119,5 +140,7 @@ def record_invalid(job: Job, state: JobState) -> None:
     for pair in job.pairs:
         if pair.problems:
             key = INVALID_PREFIX + "".join(ch if ch.isalnum() else "-" for ch in pair.entry).strip("-")
-            state.write(key, {"id": "", "status": "failed", "error": "; ".join(pair.problems), "attempts": 1,
-                              "entry": pair.entry})
+            state.write(
+                key,
+                {"id": "", "status": "failed", "error": "; ".join(pair.problems), "attempts": 1, "entry": pair.entry},
+            )

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from stylebatch.images import fit_size
 from stylebatch.fit.tiling import needs_tiling
+from stylebatch.images import fit_size
 
 
 def pass_sizes(pair: Any) -> list[tuple[int, int]]:
@@ -46,9 +46,14 @@ def batch_key(pair: Any) -> str | None:
     if isinstance(cfg.tile, int) and needs_tiling(*pair.out_size[::-1], cfg.tile):
         return None  # a tiled pair is already as large as memory allows: it runs alone
     shape = {
-        "passes": pass_sizes(pair), "ends": cfg.scale_ends, "limit": limit,
-        "layers": [cfg.content_layer, sorted(cfg.style_layers)], "pooling": cfg.pooling,
-        "optimizer": [cfg.optimizer, cfg.learning_rate], "precision": cfg.precision, "ema": cfg.ema_decay,
+        "passes": pass_sizes(pair),
+        "ends": cfg.scale_ends,
+        "limit": limit,
+        "layers": [cfg.content_layer, sorted(cfg.style_layers)],
+        "pooling": cfg.pooling,
+        "optimizer": [cfg.optimizer, cfg.learning_rate],
+        "precision": cfg.precision,
+        "ema": cfg.ema_decay,
         "schedule": [cfg.checkpoint_every, cfg.log_every],
     }
     return json.dumps(shape, sort_keys=True)

@@ -38,8 +38,10 @@ def redo_note(pair: Any, record: dict[str, Any], output: Path, weights: str) -> 
         done = int(record.get("steps_done") or 0)
         if not done:
             return None
-        return (f"restarting {pair.name}: its inputs, weights or settings changed "
-                f"(its checkpoint at {done} evaluations is dropped)")
+        return (
+            f"restarting {pair.name}: its inputs, weights or settings changed "
+            f"(its checkpoint at {done} evaluations is dropped)"
+        )
     changes = []
     old_cfg = meta.get("config") or {}
     for key, value in pair.config.identity().items():
@@ -47,12 +49,16 @@ def redo_note(pair: Any, record: dict[str, Any], output: Path, weights: str) -> 
             changes.append(f"{key} {_fmt(old_cfg[key])} → {_fmt(value)}")
     old_styles = meta.get("styles") or [meta.get("style")]
     old_hashes = meta.get("styles_sha256") or [meta.get("style_sha256")]
-    inputs = [("content", [meta.get("content")], [meta.get("content_sha256")], [pair.content]),
-              ("style", old_styles, old_hashes, list(pair.styles))]
+    inputs = [
+        ("content", [meta.get("content")], [meta.get("content_sha256")], [pair.content]),
+        ("style", old_styles, old_hashes, list(pair.styles)),
+    ]
     for role, old_paths, old_shas, paths in inputs:
         now = [str(Path(p).resolve()) for p in paths]
         if now != old_paths:
-            changes.append(f"{role} {'+'.join(Path(str(p)).name for p in old_paths)} → {'+'.join(Path(p).name for p in now)}")
+            changes.append(
+                f"{role} {'+'.join(Path(str(p)).name for p in old_paths)} → {'+'.join(Path(p).name for p in now)}"
+            )
         elif [sha256_file(Path(p)) for p in now] != old_shas:
             changes.append(f"{role} {'+'.join(Path(p).name for p in now)} changed")
     source = weights if weights in ("imagenet", "random") else str(Path(weights).resolve())

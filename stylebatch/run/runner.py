@@ -23,31 +23,44 @@ from typing import Any
 
 import torch
 
-from stylebatch.memory import calibration
-from stylebatch.jobdir import claims
-from stylebatch.memory import ladder as oom
-from stylebatch.run import workers
 from stylebatch.atomic import atomic_write, fault_point
-from stylebatch.fit.engine import Member, stylize
 from stylebatch.errors import StylebatchError, WorkerLostError, is_disk_full
-from stylebatch.job.jobfile import write_job_file
-from stylebatch.report.live import LiveReport, report_every_s
-from stylebatch.job.manifest import Job, Pair
-from stylebatch.run.lifecycle import (begin_pair, conclude_pair, exit_code, fail_pair, failure_reason, record_invalid,
-                                     recorded_batches, summarize_job)
-from stylebatch.run.plan import plan as make_plan
+from stylebatch.fit.engine import Member, stylize
 from stylebatch.fit.provenance import pair_metadata
-from stylebatch.run.options import Reporter, RunOptions, StopFlag, needs_work, output_path
-from stylebatch.jobdir.state import HOST, JobState, effective_status
 from stylebatch.fit.vgg import VGGFeatures, load_vgg, weights_identity
+from stylebatch.job.jobfile import write_job_file
+from stylebatch.job.manifest import Job, Pair
+from stylebatch.jobdir import claims
+from stylebatch.jobdir.state import HOST, JobState, effective_status
+from stylebatch.memory import calibration
+from stylebatch.memory import ladder as oom
+from stylebatch.report.live import LiveReport, report_every_s
+from stylebatch.run import workers
+from stylebatch.run.lifecycle import (
+    begin_pair,
+    conclude_pair,
+    exit_code,
+    fail_pair,
+    failure_reason,
+    record_invalid,
+    recorded_batches,
+    summarize_job,
+)
+from stylebatch.run.options import Reporter, RunOptions, StopFlag, needs_work, output_path
+from stylebatch.run.plan import plan as make_plan
 
 log = logging.getLogger("stylebatch")
 
 
 def _log_rank(fabric: Any) -> None:
     if fabric is not None:
-        log.info("rank %d of %d on %s, cluster environment %s", fabric.global_rank, fabric.world_size, HOST,
-                 type(fabric.strategy.cluster_environment).__name__)
+        log.info(
+            "rank %d of %d on %s, cluster environment %s",
+            fabric.global_rank,
+            fabric.world_size,
+            HOST,
+            type(fabric.strategy.cluster_environment).__name__,
+        )
 
 
 def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric: Any = None) -> int:
@@ -173,8 +186,12 @@ def _wait_for_workers(state: JobState, world: int, timeout: float, reporter: Rep
             elif info["status"] == "running" and effective_status(info) == "running":
                 waiting.append(rank)
             elif info["status"] == "running":
-                log.error("rank %d (pid %s on %s) is gone; its unfinished pairs resume on the next run",
-                          rank, info.get("pid"), info.get("host"))
+                log.error(
+                    "rank %d (pid %s on %s) is gone; its unfinished pairs resume on the next run",
+                    rank,
+                    info.get("pid"),
+                    info.get("host"),
+                )
         if not waiting:
             return
         reporter.waiting(waiting, summarize_job(job, state))
@@ -191,8 +208,14 @@ def _requeue(job_id: str) -> None:
 
 
 def run_batches(
-    job: Job, batches: list[list[str]], vgg: VGGFeatures, device: torch.device, state: JobState, stop: StopFlag,
-    reporter: Reporter, rank: int,
+    job: Job,
+    batches: list[list[str]],
+    vgg: VGGFeatures,
+    device: torch.device,
+    state: JobState,
+    stop: StopFlag,
+    reporter: Reporter,
+    rank: int,
 ) -> None:
     """One worker's loop over its share of the plan (batches of pair names, in plan order); a failure
     never stops the others."""
@@ -216,8 +239,15 @@ def _style_arg(pair: Pair) -> Path | list[Path]:
 
 
 def _run_batch(
-    job: Job, batch: list[Pair], vgg: VGGFeatures, device: torch.device, state: JobState, stop: StopFlag,
-    reporter: Reporter, rank: int, weights_id: str,
+    job: Job,
+    batch: list[Pair],
+    vgg: VGGFeatures,
+    device: torch.device,
+    state: JobState,
+    stop: StopFlag,
+    reporter: Reporter,
+    rank: int,
+    weights_id: str,
 ) -> None:
     """A batch (often of one pair) through `engine.stylize`. If a batch of several fails (out of
     memory, or any error of one member: an image changed since validation, an unwritable output),
@@ -227,8 +257,15 @@ def _run_batch(
     names = [p.name for p in batch] if len(batch) > 1 else None
     begun = [begin_pair(job, p, state, stop, reporter, rank, names) for p in batch]
     members = [
-        Member(p.content, _style_arg(p), p.config, state.checkpoint_path(p.name), output_path(job, p),
-               pair_metadata(job, p, weights_id), hooks)
+        Member(
+            p.content,
+            _style_arg(p),
+            p.config,
+            state.checkpoint_path(p.name),
+            output_path(job, p),
+            pair_metadata(job, p, weights_id),
+            hooks,
+        )
         for p, (hooks, _) in zip(batch, begun)
     ]
     # issue 16: the measured peak and rate, for the estimates (from where the checkpoints stand)
@@ -243,8 +280,11 @@ def _run_batch(
                 state.undo_attempt(p.name)
             raise
         out_of_memory = oom.is_oom(e)
-        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}" if out_of_memory or len(batch) > 1 \
+        why = (
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if out_of_memory or len(batch) > 1
             else failure_reason(batch[0], e)
+        )
         if len(batch) > 1 and not out_of_memory:
             log.warning("batch %s failed:\n%s", names, traceback.format_exc())
         e.__traceback__ = None  # its frames hold the batch's tensors: drop them so _free_memory frees them
@@ -257,9 +297,15 @@ def _run_batch(
         return
     if out_of_memory:  # issue 16: the ladder (oom.py): unbatched, smaller history, tiled, then failed
         del members
-        oom.climb(batch, device, state, why, before,
-                  rerun=lambda pairs: _run_batch(job, pairs, vgg, device, state, stop, reporter, rank, weights_id),
-                  fail=lambda pair, message: fail_pair(state, pair, reporter, message))
+        oom.climb(
+            batch,
+            device,
+            state,
+            why,
+            before,
+            rerun=lambda pairs: _run_batch(job, pairs, vgg, device, state, stop, reporter, rank, weights_id),
+            fail=lambda pair, message: fail_pair(state, pair, reporter, message),
+        )
         return
     _free_memory(device)
     if len(batch) == 1:

@@ -28,7 +28,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("stylebatch")
 
@@ -60,8 +61,12 @@ def launch(accelerator: str, devices: int | None, num_nodes: int, sync_timeout: 
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or external_world)
         devices, num_nodes = per_node, max(1, external_world // per_node)
     strategy = DDPStrategy(start_method="popen", timeout=timedelta(seconds=sync_timeout))
-    fabric = Fabric(accelerator=accelerator, devices=devices if devices is not None else "auto",
-                    num_nodes=num_nodes, strategy=strategy)
+    fabric = Fabric(
+        accelerator=accelerator,
+        devices=devices if devices is not None else "auto",
+        num_nodes=num_nodes,
+        strategy=strategy,
+    )
     env = fabric.strategy.cluster_environment
     if os.environ.get(LAUNCHER_ENV, str(os.getpid())) != str(os.getpid()) and "LOCAL_RANK" in os.environ:
         stop_with_parent(int(os.environ[LAUNCHER_ENV]))  # a worker that rank 0 started
@@ -192,5 +197,7 @@ class ChildWatch:
     def message(self) -> str | None:
         if not self.lost:
             return None
-        return (f"{self.lost[0]}; the other ranks checkpointed their pairs and stopped: run the same command "
-                "again to resume (its log is in .stylebatch/logs/)")
+        return (
+            f"{self.lost[0]}; the other ranks checkpointed their pairs and stopped: run the same command "
+            "again to resume (its log is in .stylebatch/logs/)"
+        )
