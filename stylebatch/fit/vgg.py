@@ -20,9 +20,7 @@ import zipfile
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models import VGG19_Weights
 
 from stylebatch.errors import WeightsError
 
@@ -121,6 +119,8 @@ class VGGFeatures(nn.Module):
 
 def imagenet_cache_path() -> Path:
     """Where torchvision looks for (and downloads) the ImageNet VGG19 weights."""
+    from torchvision.models import VGG19_Weights
+
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(VGG19_Weights.IMAGENET1K_V1.url)
 
 
@@ -131,6 +131,8 @@ def _features_state_dict(state: dict, source: str) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{source}: not a VGG19 state dict (expected a mapping of tensor names)")
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    import torchvision
+
     feats = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
     with torch.device("meta"):  # shapes only: nothing allocated or initialised, no download
         reference = torchvision.models.vgg19().features.state_dict()
@@ -153,6 +155,8 @@ def _features_state_dict(state: dict, source: str) -> dict[str, torch.Tensor]:
 
 
 def _load_imagenet() -> dict:
+    from torchvision.models import VGG19_Weights
+
     path = imagenet_cache_path()
     try:
         return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
@@ -254,6 +258,10 @@ def _weights_size_problem(path: Path, weights: str) -> str | None:
 
 def load_vgg(weights: str = "imagenet", layers: list[str] | None = None) -> VGGFeatures:
     """Build the frozen extractor, truncated after the deepest of `layers` (all of them if None)."""
+    # Imported here: torchvision (with torch._dynamo, which its ops import) takes seconds, and
+    # `validate` and the start of `run` need only the layer table of this module.
+    import torchvision
+
     if weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)

@@ -87,6 +87,7 @@ class FileChecker:
         self.auto = auto or (lambda name, cfg, wh: cfg)  # resolves `auto` keys (autosize.resolver)
         self._checked: dict[tuple[Path, int], tuple[tuple[int, int] | None, str | None]] = {}
         self._hashes: dict[Path | str, str] = {}
+        self._configs: dict[tuple[int, str], tuple[Config, str]] = {}
 
     def size(self, path: Path, max_pixels: int) -> tuple[tuple[int, int] | None, str | None]:
         key = (path, max_pixels)
@@ -102,22 +103,51 @@ class FileChecker:
             self._hashes[weights] = weights_identity(weights)
         return self._hashes[weights]
 
+    def config_json(self, cfg: Config, tile: Any) -> str:
+        """`config_identity_json` of `cfg` with `tile`, once per distinct config (pairs of the same
+        settings share their Config object; it is kept here so its id stays its own)."""
+        key = (id(cfg), repr(tile))
+        if key not in self._configs:
+            self._configs[key] = (cfg, config_identity_json(dataclasses.replace(cfg, tile=tile)))
+        return self._configs[key][1]
+
     def sha256(self, path: Path) -> str:
         if path not in self._hashes:
             self._hashes[path] = sha256_file(path)
         return self._hashes[path]
 
 
+def config_identity_json(cfg: Config) -> str:
+    """The config's part of a pair id: its pixel-changing keys as sorted JSON."""
+    return json.dumps(cfg.identity(), sort_keys=True, default=str)
+
+
 def pair_id(
-    content_sha: str, style_sha: str | list[str], weights_id: str, cfg: Config, init_sha: str | None = None
+    content_sha: str,
+    style_sha: str | list[str],
+    weights_id: str,
+    cfg: Config,
+    init_sha: str | None = None,
+    config_json: str | None = None,
 ) -> str:
     """Covers the inputs' bytes (every style of a blend, an init image), the network and the
-    pixel-changing config keys (blend weights included); not bookkeeping, not the init file's path."""
-    identity = cfg.identity()
+    pixel-changing config keys (blend weights included); not bookkeeping, not the init file's path.
+
+    The hash is of json.dumps({"config", "content", "style", "weights"}, sort_keys=True), built here
+    from the config's own JSON (`config_json`, `config_identity_json(cfg)` when not given, computed
+    once per distinct config by FileChecker): the same bytes, so the same ids as ever."""
     if init_sha is not None:
+        identity = cfg.identity()
         identity["init"] = f"sha256:{init_sha}"
-    payload = {"content": content_sha, "style": style_sha, "weights": weights_id, "config": identity}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        config_json = json.dumps(identity, sort_keys=True, default=str)
+    elif config_json is None:
+        config_json = config_identity_json(cfg)
+    dumps = json.dumps
+    text = (
+        f'{{"config": {config_json}, "content": {dumps(content_sha)}, '
+        f'"style": {dumps(style_sha, default=str)}, "weights": {dumps(weights_id)}}}'
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def check_output_dir(path: Path) -> str | None:
@@ -220,6 +250,12 @@ def check_pair_files(pair: Pair, files: FileChecker, where: str, weights: str) -
         style_sha = [files.sha256(p) for p in styles] if len(styles) > 1 else files.sha256(styles[0])
         init_sha = files.sha256(Path(cfg.init)) if init_file(pair) else None
         # `tile: auto` stays auto in the id (it changes rounding only, and resolves per device).
+        config_json = files.config_json(cfg, declared.tile) if init_sha is None else None
         pair.id = pair_id(
-            files.sha256(pair.content), style_sha, wid, dataclasses.replace(cfg, tile=declared.tile), init_sha
+            files.sha256(pair.content),
+            style_sha,
+            wid,
+            dataclasses.replace(cfg, tile=declared.tile) if init_sha is not None else cfg,
+            init_sha,
+            config_json,
         )

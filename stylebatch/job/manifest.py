@@ -180,6 +180,7 @@ def load_job(
         layers = []
 
     files = FileChecker(autosize.resolver(job.output_dir, device))  # issue 16: size/tile/batch_size auto
+    resolved_configs: dict[str, Config] = {}
     for entry, raw, varied in raw_entries(data, base, src, problems):
         urls = raw.pop(URLS, [])
         pair_keys = {k: v for k, v in raw.items() if k not in PAIR_KEYS}
@@ -200,10 +201,19 @@ def load_job(
                 f"{where}: unknown key '{key}'{cfgmod.did_you_mean(key, [*PAIR_KEYS, *cfgmod.FIELDS])}"
             )
             del pair_keys[key]
-        try:
-            pair.config = cfgmod.resolve(layers + [(where, pair_keys), ("--set", sets or {})])
-        except ConfigError as e:
-            pair.problems += [p if p.startswith(src) or p.startswith("--set") else f"{where}: {p}" for p in e.problems]
+        # A grid's entries differ in a handful of keys: resolve each distinct mapping once and share
+        # the (frozen) Config, which also shares every per-config cache after it (estimates, ids).
+        key = repr(sorted(pair_keys.items(), key=lambda kv: kv[0]))
+        pair.config = resolved_configs.get(key)
+        if pair.config is None:
+            try:
+                pair.config = resolved_configs[key] = cfgmod.resolve(
+                    layers + [(where, pair_keys), ("--set", sets or {})]
+                )
+            except ConfigError as e:
+                pair.problems += [
+                    p if p.startswith(src) or p.startswith("--set") else f"{where}: {p}" for p in e.problems
+                ]
         if pair.config is not None and is_url(pair.config.init):
             pair.problems.append(f"{where}: 'init' {shown(pair.config.init)}: {URL_HINT}")
             pair.config = dataclasses.replace(pair.config, init="content")  # reported; nothing more to check
@@ -236,14 +246,17 @@ def load_job(
         )
 
     # An output must never overwrite an input (output_dir next to the images, a name like an input's).
-    inputs = {
-        resolved(p) for pair in job.pairs for p in (pair.content, *pair.styles, *init_file(pair)) if p is not None
-    } - {None}
+    # Each distinct input resolved once; each output as its resolved directory joined with its name
+    # (a valid name has no separator), resolved itself only where that name is a link.
+    distinct = {p for pair in job.pairs for p in (pair.content, *pair.styles, *init_file(pair)) if p is not None}
+    inputs = {resolved(p) for p in distinct} - {None}
+    out_dir = resolved(job.output_dir)
     for pair in job.pairs:
         if pair.config is None or check_name(pair.name):
             continue
         output = job.output_dir / f"{pair.name}.{getattr(pair.config, 'format', 'png')}"
-        if resolved(output) in inputs:
+        final = out_dir / output.name if out_dir is not None and not os.path.islink(output) else resolved(output)
+        if final in inputs:
             pair.problems.append(
                 f"{src}: {pair.label}: output {output} would overwrite an input image; set 'name' or another output_dir"
             )

@@ -273,10 +273,16 @@ def describe_job(pairs: list[Any], device: str | None = None) -> list[str]:
 
     memory = Device.current(device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
     lines, total, worst, misfits = [], 0.0, 0, 0
+    # A grid has few distinct (config, content size) couples: estimate each once. Pairs share their
+    # Config object when their settings are the same (load_job), and hold it alive, so its id is a key.
+    estimates: dict[tuple[int, tuple[int, int]], Estimate] = {}
     for pair in pairs:
         cfg, (w, h) = pair.config, pair.out_size
         tile = cfg.tile if isinstance(cfg.tile, int) else None
-        est = estimate(cfg, pair.content_size, memory, tile=tile)
+        key = (id(cfg), pair.content_size)
+        est = estimates.get(key)
+        if est is None:
+            est = estimates[key] = estimate(cfg, pair.content_size, memory, tile=tile)
         total, worst, misfits = total + est.seconds, max(worst, est.peak), misfits + (not est.fits)
         tiled = f", tiles of {tile} px" if tile and tiling.needs_tiling(h, w, tile) else ""
         verdict = "fits" if est.fits else f"does NOT fit {_gib(est.budget)} (try tile: auto or a lower size)"
