@@ -122,3 +122,34 @@ def test_output_over_an_input_found_with_shared_resolution(tmp_path: Path) -> No
 def test_shared_config_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().steps = 3  # type: ignore[misc]
+
+
+@pytest.mark.slow
+def test_a_restart_passes_done_pairs_without_claims_and_still_redoes_a_touched_output(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import os
+
+    from stylebatch.jobdir import claims
+    from tests.jobkit import records, tiny_job
+
+    manifest = tiny_job(tmp_path, defaults={"steps": 2, "checkpoint_every": 2, "keep_checkpoints": False})
+    assert main(["run", str(manifest), "--weights", "random", "--accelerator", "cpu"]) == 0
+    first = {name: r["finished"] for name, r in records(tmp_path / "out").items()}
+    assert len(first) == 2
+    plans = []
+    real = claims.try_claim
+    monkeypatch.setattr(
+        claims, "try_claim", lambda s, n, r, purpose: plans.append((n, purpose)) or real(s, n, r, purpose)
+    )
+    assert main(["run", str(manifest), "--weights", "random", "--accelerator", "cpu"]) == 0
+    assert plans == []  # both done, outputs as recorded: no claim, nothing rerun
+    assert {name: r["finished"] for name, r in records(tmp_path / "out").items()} == first
+    # An output changed since it was written: the full check under the pair's claim redoes it.
+    output = next((tmp_path / "out").glob("a__s1*.png"))
+    output.write_bytes(b"not the picture")
+    os.utime(output, ns=(1, 1))
+    assert main(["run", str(manifest), "--weights", "random", "--accelerator", "cpu"]) == 0
+    assert ("a__s1", "plan") in plans
+    after = {name: r["finished"] for name, r in records(tmp_path / "out").items()}
+    assert after["a__s1"] > first["a__s1"] and after["b__s2"] == first["b__s2"]

@@ -145,12 +145,22 @@ def _claim_all(state: JobState, names: list[str], rank: int, purpose: str) -> It
             release(state, name, fd, purpose)
 
 
-def pending(state: JobState, pairs: list[Any], needs_work: Callable[[Any], bool], rank: int = 0) -> list[Any]:
+def pending(
+    state: JobState,
+    pairs: list[Any],
+    needs_work: Callable[[Any], bool],
+    rank: int = 0,
+    done: Callable[[Any], bool] = lambda pair: False,
+) -> list[Any]:
     """The pairs to run now. `needs_work` may reset a pair's record, so it runs under the pair's
     claim; a pair claimed by a live process is planned as it is, its record untouched (whoever
-    gets to it runs it only once the claim is free, and only if it is still unfinished then)."""
+    gets to it runs it only once the claim is free, and only if it is still unfinished then).
+    `done`: a read-only check that a pair is finished; such a pair is passed over without a claim
+    (a restart of a large finished job is then one record read and one stat per pair)."""
     planned = []
     for pair in pairs:
+        if done(pair):
+            continue
         with _claim_all(state, [pair.name], rank, "plan") as got:
             if not got:
                 log.info(

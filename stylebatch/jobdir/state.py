@@ -119,10 +119,16 @@ class JobState:
     def check_links(self) -> None:
         """Refuse the job directory if a link was planted anywhere in it (one line naming it)."""
         _check_dir(self.root)
-        for directory, dirs, files in os.walk(self.root):
-            for name in dirs + files:
-                if os.path.islink(os.path.join(directory, name)):
-                    raise UnsafePathError(link_message(Path(directory) / name))
+        # scandir, not os.walk + islink: the entry's type comes with the listing (no lstat per file;
+        # 100,000 pairs hold 400,000 entries, checked at every start).
+        stack = [str(self.root)]
+        while stack:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.is_symlink():
+                        raise UnsafePathError(link_message(Path(entry.path)))
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
 
     def remove_stale_temps(self) -> int:
         """Temps left in the job directory by killed writers; those in a pair's own directory are

@@ -11,7 +11,7 @@ from typing import Any
 
 from stylebatch.errors import StopNow
 from stylebatch.job.manifest import Job, Pair
-from stylebatch.jobdir.state import JobState, output_intact
+from stylebatch.jobdir.state import JobState, output_intact, output_stamp
 from stylebatch.run.redo_notes import redo_note, stale_output_note
 
 log = logging.getLogger("stylebatch")
@@ -74,6 +74,23 @@ class StopFlag:
 
 def output_path(job: Job, pair: Pair) -> Path:
     return job.output_dir / f"{pair.name}.{pair.config.format}"
+
+
+def plainly_done(job: Job, state: JobState, pair: Pair, opts: RunOptions) -> bool:
+    """Read-only: the pair's record says done for this id and encoding, and its output has the size,
+    mtime and inode recorded when it was written. Such a pair needs no claim to be planned (nothing
+    is written for it); anything else goes through `needs_work` under the pair's claim."""
+    if getattr(opts, "verify", False):
+        return False
+    record = state.read(pair.name)
+    if record is None or record.get("id") != pair.id or record.get("status") != "done":
+        return False
+    stamp = record.get("output_stat")
+    return (
+        stamp is not None
+        and record.get("encoding", {"format": "png"}) == pair.config.encoding()
+        and output_stamp(output_path(job, pair)) == stamp
+    )
 
 
 def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter: Reporter | None = None) -> bool:

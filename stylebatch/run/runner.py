@@ -46,7 +46,7 @@ from stylebatch.run.lifecycle import (
     recorded_batches,
     summarize_job,
 )
-from stylebatch.run.options import Reporter, RunOptions, StopFlag, needs_work, output_path
+from stylebatch.run.options import Reporter, RunOptions, StopFlag, needs_work, output_path, plainly_done
 from stylebatch.run.plan import plan as make_plan
 
 log = logging.getLogger("stylebatch")
@@ -95,7 +95,12 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             record_invalid(job, state)
             vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
             # Under each pair's claim: a pair a live process works on is planned, its record untouched.
-            pending = claims.pending(state, job.valid_pairs, lambda p: needs_work(job, state, p, opts, reporter))
+            pending = claims.pending(
+                state,
+                job.valid_pairs,
+                lambda p: needs_work(job, state, p, opts, reporter),
+                done=lambda p: plainly_done(job, state, p, opts),
+            )
             pending = [oom.with_fallback(p, state.read(p.name)) for p in pending]  # issue 16: earlier rungs
             shares = make_plan(pending, world, recorded_batches(state, pending))  # batches of names, per rank
         except BaseException as e:
