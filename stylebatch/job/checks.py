@@ -86,8 +86,9 @@ class FileChecker:
     def __init__(self, auto: Any = None):
         self.auto = auto or (lambda name, cfg, wh: cfg)  # resolves `auto` keys (autosize.resolver)
         self._checked: dict[tuple[Path, int], tuple[tuple[int, int] | None, str | None]] = {}
-        self._hashes: dict[Path | str, str] = {}
+        self._hashes: dict[Any, Any] = {}
         self._configs: dict[tuple[int, str], tuple[Config, str]] = {}
+        self.geometry: dict[tuple, tuple[Config, tuple[int, int] | None, list[str]]] = {}
 
     def size(self, path: Path, max_pixels: int) -> tuple[tuple[int, int] | None, str | None]:
         key = (path, max_pixels)
@@ -97,6 +98,12 @@ class FileChecker:
             except ImageError as e:
                 self._checked[key] = (None, str(e))
         return self._checked[key]
+
+    def weights_ok(self, weights: str) -> bool:
+        """check_weights_path found nothing (a file's size, archive and magic read once per job)."""
+        if ("ok", weights) not in self._hashes:
+            self._hashes[("ok", weights)] = check_weights_path(weights) is None
+        return self._hashes[("ok", weights)]
 
     def weights_id(self, weights: str) -> str:
         if weights not in self._hashes:
@@ -215,37 +222,20 @@ def check_pair_files(pair: Pair, files: FileChecker, where: str, weights: str) -
         sizes[role] = wh
     if not all(sizes.values()):
         return
-    need = min_input_size(cfg.layers_used)
     pair.content_size = sizes["content"]
     declared = cfg
     cfg = pair.config = files.auto(pair.name, cfg, sizes["content"])  # issue 16: `auto` → numbers
-    if problems := cfgmod.cross_check(cfg):
+    # The checks below depend only on the config and the images' sizes: once per distinct couple
+    # (a grid of 100,000 pairs has a handful), the Config kept so its id stays its own.
+    key = (id(cfg), tuple(sizes.items()))
+    if key not in files.geometry:
+        files.geometry[key] = (cfg, *_size_problems(cfg, sizes, [r for r, _ in roles]))
+    _, out_size, problems = files.geometry[key]
+    pair.out_size = out_size
+    if problems:
         pair.problems += [f"{where}: {p}" for p in problems]
         return
-    pair.out_size = fit_size(*sizes["content"], cfg.size)
-    # The largest images are those of the final pass; the smallest, those of the first.
-    first, last = cfg.scale_sizes[0], cfg.size
-    style_roles = [r for r, _ in roles if r.startswith("style")]
-    biggest = [("output", pair.out_size)] + [(r, fit_size(*sizes[r], cfg.style_side(last))) for r in style_roles]
-    smallest = [("output", fit_size(*sizes["content"], first))]
-    smallest += [(r, fit_size(*sizes[r], cfg.style_side(first))) for r in style_roles]
-    for role, wh in biggest:
-        if wh[0] * wh[1] > cfg.max_pixels:
-            pair.problems.append(
-                f"{where}: size {cfg.size} makes the {role} {wh[0]}x{wh[1]} = {wh[0] * wh[1]:,} pixels, "
-                f"above max_pixels {cfg.max_pixels:,}; lower 'size'"
-            )
-            return
-    for role, wh in smallest:
-        if min(wh) < need:
-            at = f"size {cfg.size}" if first == last else f"the first scale ({first})"
-            pair.problems.append(
-                f"{where}: {at} makes the {role} {wh[0]}x{wh[1]}, but layer "
-                f"{max(cfg.layers_used, key=LAYER_INDEX.__getitem__)} needs at least {need} px on each side; "
-                "raise 'size'" + (" or the first scale" if first != last else "")
-            )
-            return
-    if not pair.problems and check_weights_path(weights) is None:
+    if not pair.problems and files.weights_ok(weights):
         wid = files.weights_id(weights)
         style_sha = [files.sha256(p) for p in styles] if len(styles) > 1 else files.sha256(styles[0])
         init_sha = files.sha256(Path(cfg.init)) if init_file(pair) else None
@@ -259,3 +249,35 @@ def check_pair_files(pair: Pair, files: FileChecker, where: str, weights: str) -
             init_sha,
             config_json,
         )
+
+
+def _size_problems(
+    cfg: Config, sizes: dict[str, tuple[int, int]], roles: list[str]
+) -> tuple[tuple[int, int] | None, list[str]]:
+    """(output size, problems) of a config with inputs of these sizes: its keys together, and every
+    pass's images within max_pixels and large enough for the deepest layer."""
+    if problems := cfgmod.cross_check(cfg):
+        return None, problems
+    need = min_input_size(cfg.layers_used)
+    out_size = fit_size(*sizes["content"], cfg.size)
+    # The largest images are those of the final pass; the smallest, those of the first.
+    first, last = cfg.scale_sizes[0], cfg.size
+    style_roles = [r for r in roles if r.startswith("style")]
+    biggest = [("output", out_size)] + [(r, fit_size(*sizes[r], cfg.style_side(last))) for r in style_roles]
+    smallest = [("output", fit_size(*sizes["content"], first))]
+    smallest += [(r, fit_size(*sizes[r], cfg.style_side(first))) for r in style_roles]
+    for role, wh in biggest:
+        if wh[0] * wh[1] > cfg.max_pixels:
+            return out_size, [
+                f"size {cfg.size} makes the {role} {wh[0]}x{wh[1]} = {wh[0] * wh[1]:,} pixels, "
+                f"above max_pixels {cfg.max_pixels:,}; lower 'size'"
+            ]
+    for role, wh in smallest:
+        if min(wh) < need:
+            at = f"size {cfg.size}" if first == last else f"the first scale ({first})"
+            return out_size, [
+                f"{at} makes the {role} {wh[0]}x{wh[1]}, but layer "
+                f"{max(cfg.layers_used, key=LAYER_INDEX.__getitem__)} needs at least {need} px on each side; "
+                "raise 'size'" + (" or the first scale" if first != last else "")
+            ]
+    return out_size, []
