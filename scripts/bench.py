@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO))
 
 from stylebatch.fit.engine import module_for  # noqa: E402
 from stylebatch.fit.module import StyleTransferModule  # noqa: E402
-from stylebatch.fit.vgg import _VGG19_CFG, LAYER_INDEX, LAYER_NAMES, load_vgg  # noqa: E402
+from stylebatch.fit.vgg import load_vgg  # noqa: E402
+from stylebatch.geometry import LAYER_INDEX, LAYER_NAMES, VGG19_CFG  # noqa: E402
 from stylebatch.job.config import Config  # noqa: E402
 
 
@@ -73,7 +74,7 @@ def conv_layers(h: int, w: int, cfg: Config):
     """(name, C_in, C_out, H, W) of each conv up to the deepest layer `cfg` uses, at an h x w input."""
     deepest = max(LAYER_INDEX[n] for n in cfg.layers_used)
     cin, hh, ww, i = 3, h, w, 0
-    for item in _VGG19_CFG:
+    for item in VGG19_CFG:
         if i > deepest:
             return
         if item == "M":
@@ -306,8 +307,8 @@ def trainer_step_vs_bare(
 
     make_trainer = engine._trainer
 
-    def with_timer(device_, cfg_, callbacks, ckpt_paths):
-        return make_trainer(device_, cfg_, [*callbacks, Timer()], ckpt_paths)
+    def with_timer(device_, cfg_, callbacks, *rest, **kwargs):
+        return make_trainer(device_, cfg_, [*callbacks, Timer()], *rest, **kwargs)
 
     run_cfg = Config(**{**cfg.to_dict(), "size": size, "scales": None, "steps": steps + 2, "checkpoint_every": 10**6})
     with tempfile.TemporaryDirectory() as tmp:
@@ -317,7 +318,7 @@ def trainer_step_vs_bare(
             Image.fromarray(pixels).save(root / f"{name}.png")
         member = engine.Member(
             root / "content.png",
-            root / "style.png",
+            [root / "style.png"],
             run_cfg,
             root / "ck" / "pair.ckpt",
             root / "out.png",

@@ -43,7 +43,7 @@ from stylebatch.cli.main import main as cli  # noqa: E402
 from stylebatch.fit.score import Scorer, load_output, load_pair  # noqa: E402
 from stylebatch.fit.vgg import load_vgg  # noqa: E402
 from stylebatch.job.config import Config  # noqa: E402
-from stylebatch.job.manifest import load_job  # noqa: E402
+from stylebatch.memory.autosize import load_job  # noqa: E402  (auto settings resolved, as validate and run do)
 from stylebatch.memory.calibration import Device  # noqa: E402
 from stylebatch.memory.estimate import estimate  # noqa: E402
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from stylebatch.cli.main import main
-from stylebatch.job.checks import pair_id
 from stylebatch.job.config import Config
 from stylebatch.job.manifest import load_job
+from stylebatch.job.pairs import pair_id
 from stylebatch.memory import estimate
 from tests.jobkit import make_image, write_manifest
 

@@ -42,14 +42,16 @@ def _syncs(tmp_path: Path, monkeypatch, steps: int, members: int, **settings) ->
             active[0] = True
 
     make = engine._trainer
-    monkeypatch.setattr(engine, "_trainer", lambda d, c, callbacks, paths: make(d, c, [*callbacks, Start()], paths))
+    monkeypatch.setattr(
+        engine, "_trainer", lambda d, c, callbacks, *rest, **kw: make(d, c, [*callbacks, Start()], *rest, **kw)
+    )
     cfg = Config(size=32, steps=steps, scales=None, checkpoint_every=10**6, optimizer="adam", **settings)
     make_image(tmp_path / "c.png", 1)
     make_image(tmp_path / "s.png", 2)
     batch = [
         engine.Member(
             tmp_path / "c.png",
-            tmp_path / "s.png",
+            [tmp_path / "s.png"],
             cfg,
             tmp_path / f"ck{i}" / "x.ckpt",
             tmp_path / f"o{i}.png",

@@ -4,22 +4,20 @@ input files (decoded, sized, hashed once each) and the stable pair id they give.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stylebatch.errors import ImageError
-from stylebatch.fit.vgg import LAYER_INDEX, check_weights_path, min_input_size, weights_identity
+from stylebatch.geometry import LAYER_INDEX, min_input_size
 from stylebatch.images import check_image, fit_size
 from stylebatch.job import config as cfgmod
 from stylebatch.job.config import Config
+from stylebatch.job.pairs import Pair, config_identity_json, pair_id
 from stylebatch.job.values import path_problem, shown, text_problem
+from stylebatch.job.weights import check_weights_path, weights_identity
 from stylebatch.jobdir.state import INVALID_PREFIX, STATE_DIR, sha256_file
-
-if TYPE_CHECKING:
-    from stylebatch.job.manifest import Pair
 
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes; the temp file's name adds a prefix and a suffix
 # Never an output directory: the file system's root and the system's own directories (a job writes
@@ -80,11 +78,15 @@ def check_name(name: Any) -> str | None:
     return None
 
 
+# Turns a pair's `auto` settings into numbers: (pair name, config, content size) -> config.
+AutoResolver = Callable[[str, Config, tuple[int, int]], Config]
+
+
 class FileChecker:
     """Checks (decode, size) and hashes each distinct file once, however many pairs use it."""
 
-    def __init__(self, auto: Any = None):
-        self.auto = auto or (lambda name, cfg, wh: cfg)  # resolves `auto` keys (autosize.resolver)
+    def __init__(self, auto: AutoResolver | None = None) -> None:
+        self.auto = auto or (lambda name, cfg, wh: cfg)  # resolves `auto` keys (AutoResolver)
         self._checked: dict[tuple[Path, int], tuple[tuple[int, int] | None, str | None]] = {}
         self._hashes: dict[Any, Any] = {}
         self._configs: dict[tuple[int, str], tuple[Config, str]] = {}
@@ -105,11 +107,6 @@ class FileChecker:
             self._hashes[("ok", weights)] = check_weights_path(weights) is None
         return self._hashes[("ok", weights)]
 
-    def weights_id(self, weights: str) -> str:
-        if weights not in self._hashes:
-            self._hashes[weights] = weights_identity(weights)
-        return self._hashes[weights]
-
     def config_json(self, cfg: Config, tile: Any) -> str:
         """`config_identity_json` of `cfg` with `tile`, once per distinct config (pairs of the same
         settings share their Config object; it is kept here so its id stays its own)."""
@@ -118,43 +115,15 @@ class FileChecker:
             self._configs[key] = (cfg, config_identity_json(dataclasses.replace(cfg, tile=tile)))
         return self._configs[key][1]
 
+    def weights_id(self, weights: str) -> str:
+        if weights not in self._hashes:
+            self._hashes[weights] = weights_identity(weights)
+        return self._hashes[weights]
+
     def sha256(self, path: Path) -> str:
         if path not in self._hashes:
             self._hashes[path] = sha256_file(path)
         return self._hashes[path]
-
-
-def config_identity_json(cfg: Config) -> str:
-    """The config's part of a pair id: its pixel-changing keys as sorted JSON."""
-    return json.dumps(cfg.identity(), sort_keys=True, default=str)
-
-
-def pair_id(
-    content_sha: str,
-    style_sha: str | list[str],
-    weights_id: str,
-    cfg: Config,
-    init_sha: str | None = None,
-    config_json: str | None = None,
-) -> str:
-    """Covers the inputs' bytes (every style of a blend, an init image), the network and the
-    pixel-changing config keys (blend weights included); not bookkeeping, not the init file's path.
-
-    The hash is of json.dumps({"config", "content", "style", "weights"}, sort_keys=True), built here
-    from the config's own JSON (`config_json`, `config_identity_json(cfg)` when not given, computed
-    once per distinct config by FileChecker): the same bytes, so the same ids as ever."""
-    if init_sha is not None:
-        identity = cfg.identity()
-        identity["init"] = f"sha256:{init_sha}"
-        config_json = json.dumps(identity, sort_keys=True, default=str)
-    elif config_json is None:
-        config_json = config_identity_json(cfg)
-    dumps = json.dumps
-    text = (
-        f'{{"config": {config_json}, "content": {dumps(content_sha)}, '
-        f'"style": {dumps(style_sha, default=str)}, "weights": {dumps(weights_id)}}}'
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def check_output_dir(path: Path) -> str | None:
@@ -224,7 +193,7 @@ def check_pair_files(pair: Pair, files: FileChecker, where: str, weights: str) -
         return
     pair.content_size = sizes["content"]
     declared = cfg
-    cfg = pair.config = files.auto(pair.name, cfg, sizes["content"])  # issue 16: `auto` → numbers
+    cfg = pair.config = files.auto(pair.name, cfg, sizes["content"])  # `auto` → numbers
     # The checks below depend only on the config and the images' sizes: once per distinct couple
     # (a grid of 100,000 pairs has a handful), the Config kept so its id stays its own.
     key = (id(cfg), tuple(sizes.items()))

@@ -1,1 +1,0 @@
-"""stylebatch.run."""
