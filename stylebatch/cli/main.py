@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import traceback
@@ -75,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="retry pairs that used up max_attempts")
     run.add_argument("--skip-invalid", action="store_true", help="run the valid pairs, record invalid ones as failed")
     run.add_argument("--break-lock", action="store_true", help="remove a stale job lock (e.g. on NFS)")
+    from stylebatch.jobdir.state import REDO_UNASKED
+
+    run.add_argument(
+        "--redo",
+        action="store_true",
+        help=f"go ahead when a changed setting, input or weights would make more than {REDO_UNASKED} finished "
+        "pairs again (each previous output is kept in .stylebatch/replaced/)",
+    )
     run.add_argument(
         "--verify",
         action="store_true",
@@ -195,6 +204,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         break_lock=args.break_lock,
         sync_timeout=sync_timeout,
         verify=args.verify,
+        redo=args.redo,
     )
     fabric = launch(args.accelerator, devices, num_nodes, sync_timeout)
     if fabric is not None and fabric.global_rank != 0:
@@ -246,13 +256,15 @@ def _device(accelerator: str) -> str:
 def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Every pair of the job, pending ones included, one record read at a time (status_view.py)."""
     from stylebatch.cli.status import Summary, json_chunks
+    from stylebatch.jobdir.state import JobState
     from stylebatch.report.rows import pair_rows
 
     rows = pair_rows(Path(args.output_dir))
     summary = Summary(every=args.all)
     fh = out.file
     if args.json:
-        for chunk in json_chunks(rows, summary):
+        kept = [str(p) for p in JobState(Path(args.output_dir)).replaced()]
+        for chunk in json_chunks(rows, summary, kept):
             fh.write(chunk)
         fh.flush()
         return 0
@@ -266,6 +278,17 @@ def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
     if more := summary.more():
         out.print(more, soft_wrap=True, markup=False)
     out.print(summary.line(args.output_dir), soft_wrap=True, markup=False)
+    kept = JobState(Path(args.output_dir)).replaced()
+    if kept:
+        out.print(
+            f"{len(kept)} earlier output(s) that a changed setting replaced are kept in {kept[0].parent}"
+            + ("" if args.all else " (--all lists them)"),
+            soft_wrap=True,
+            markup=False,
+        )
+        if args.all:
+            fh.writelines(f"  {path.name}\n" for path in kept)
+            fh.flush()
     return 0
 
 
@@ -334,6 +357,8 @@ def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
         + (f" with {threads} thread(s)" if threads else "")
     )
     lines.append("  versions     " + ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items()))
+    for path in _kept_copies(Path(args.image)):
+        lines.append(f"  replaced     {path} (an earlier output of this name, kept)")
     lines.append("  config       (* differs from the default)")
     for key, value in meta["config"].items():
         f = FIELDS.get(key)
@@ -343,6 +368,14 @@ def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
     if any(state != "ok" for state in checks.values()):
         err.print("an input is missing or changed since: `run --from` would refuse", soft_wrap=True)
     return 0
+
+
+def _kept_copies(image: Path) -> list[Path]:
+    """The earlier outputs of an output's name that a changed setting replaced (kept by `run`)."""
+    from stylebatch.jobdir.state import JobState
+
+    own = re.compile(re.escape(image.stem) + r"\.(?:[0-9a-f]{16}|unknown)\.\w+")
+    return [p for p in JobState(image.parent).replaced() if own.fullmatch(p.name)]
 
 
 COMMANDS = {

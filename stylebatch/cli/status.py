@@ -90,9 +90,10 @@ class Summary:
 _ENCODE = json.JSONEncoder(default=str).encode  # one encoder: json.dumps(default=...) builds one per call
 
 
-def json_chunks(rows: Iterable[dict[str, Any]], summary: Summary) -> Iterator[str]:
-    """One JSON document, a pair per line, each written before the next record is read."""
+def json_chunks(rows: Iterable[dict[str, Any]], summary: Summary, replaced: list[str] | None = None) -> Iterator[str]:
+    """One JSON document, a pair per line, each written before the next record is read; `replaced`:
+    the kept copies of outputs a changed setting replaced."""
     yield '{"pairs": [\n'
     for i, row in enumerate(rows):
         yield (",\n" if i else "") + _ENCODE(summary.add(row))
-    yield '\n],\n"counts": ' + json.dumps(summary.counts) + "}\n"
+    yield '\n],\n"counts": ' + json.dumps(summary.counts) + ',\n"replaced": ' + json.dumps(replaced or []) + "}\n"

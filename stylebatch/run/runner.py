@@ -46,7 +46,7 @@ from stylebatch.run.lifecycle import (
     recorded_batches,
     summarize_job,
 )
-from stylebatch.run.options import Reporter, RunOptions, StopFlag, needs_work, output_path
+from stylebatch.run.options import Reporter, RunOptions, StopFlag, check_redo, needs_work, output_path
 from stylebatch.run.plan import plan as make_plan
 
 log = logging.getLogger("stylebatch")
@@ -84,6 +84,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
         try:
             _open_log(state, rank=0)
             _log_rank(fabric)
+            check_redo(job, state, opts, reporter)  # before anything in the directory changes
             if opts.fresh and (state.root / "pairs").exists():
                 shutil.rmtree(state.root / "pairs")
             removed = state.remove_stale_temps()  # issue 14: only .stylebatch/; pair temps under their claim
