@@ -105,7 +105,10 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             raise
         if fabric is not None:
             fabric.broadcast({"shares": shares}, src=0)
-        reporter.start(len(job.pairs), len(job.valid_pairs) - len(pending), pending)
+        planned = {p.name for p in pending}
+        before = {p.name: int((state.read(p.name) or {}).get("steps_done") or 0) for p in pending}
+        settled = [p for p in job.valid_pairs if p.name not in planned]  # done, or failed for good
+        reporter.start(len(job.pairs), len(job.valid_pairs) - len(pending), pending, before, settled)
         log.info("plan: %s", dict(enumerate(shares)))
         stop.install()
         live = LiveReport(job.output_dir, report_every_s(job)).start()  # issue 15: rank 0's live report
