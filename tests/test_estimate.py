@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,42 @@ def test_each_run_records_its_figures_in_the_state_and_the_machine_file(tmp_path
     assert seen["rate"][0][0] == measured["flops"] and seen["rate"][0][1] == pytest.approx(
         measured["seconds"], abs=1e-3
     )
+
+
+def test_time_fit_separates_overhead_from_rate_and_tiny_runs_do_not_set_the_rate() -> None:
+    """Runs of mixed sizes on a machine with 3 s of fixed cost a pair and 50 GFLOP/s: the fit finds
+    both, however many tiny runs (all overhead) are among them, and estimates a big run within 10 %."""
+    overhead, rate = 3.0, 50e9
+    big = [[f, overhead + f / rate] for f in (2e11, 8e11, 3e12, 1e13)]
+    tiny = [[f, overhead + f / rate + 0.4] for f in [1e8] * 20]  # noisy, slower than the model: all overhead
+    fitted_rate, fitted_overhead, spread = calibration.fit_time(big + tiny, default_overhead=1.0)
+    assert fitted_overhead == pytest.approx(overhead, rel=0.2)
+    assert fitted_rate == pytest.approx(rate, rel=0.1)
+    job = 5e13
+    assert (fitted_overhead + job / fitted_rate) == pytest.approx(overhead + job / rate, rel=0.1)
+    # The median per-run rate (the model before) is set by the tiny runs: 30x too slow.
+    median = sorted(f / max(s - 1.0, s / 2) for f, s in big + tiny)[len(big + tiny) // 2]
+    assert median < rate / 10
+    assert calibration.MIN_SPREAD <= spread < 0.5
+    # Runs of one size cannot tell overhead from rate: the default overhead, the rate from the rest.
+    same = [[1e12, 23.0]] * 5
+    r, o, _ = calibration.fit_time(same, default_overhead=3.0)
+    assert o == 3.0 and r == pytest.approx(1e12 / 20.0)
+    assert calibration.fit_time([], default_overhead=1.0) is None
+
+
+def test_validate_shows_the_total_with_a_range_and_batches_share_their_overhead(tmp_path: Path, capsys) -> None:
+    from stylebatch.cli.main import main
+
+    pairs = [{"content": "images/a.png", "style": s, "optimizer": "adam"} for s in ("images/s1.png", "images/s2.png")]
+    assert main(["validate", str(tiny_job(tmp_path, pairs=pairs)), "--weights", "random"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    found = re.search(r"~(\d+) s \((\d+)-(\d+) s\) in all", last)
+    assert found and int(found[2]) < int(found[1]) < int(found[3]), last
+    device = Device.current("cpu")
+    from stylebatch.job.manifest import load_job
+
+    job = load_job(tmp_path / "job.yaml", weights="random")
+    alone = estimate.job_seconds([[p] for p in job.valid_pairs], device)
+    together = estimate.job_seconds([job.valid_pairs], device)
+    assert alone - together == pytest.approx(device.pair_overhead)

@@ -183,8 +183,9 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
         return EXIT_INVALID
     out.print(shorten(_plan_line(job), 1000), soft_wrap=True, markup=False)  # may hold a long path
     from stylebatch.memory.estimate import describe_job  # memory and time per pair, and in total
+    from stylebatch.run.plan import group  # batched pairs share their fixed costs
 
-    for line in describe_job(job.pairs):
+    for line in describe_job(job.pairs, batches=group(job.valid_pairs, {})):
         out.print(line, soft_wrap=True, markup=False)
     return 0
 

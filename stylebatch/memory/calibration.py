@@ -10,10 +10,18 @@ next `validate`, `size: auto` or out-of-memory message on this machine use its o
     floor          the process's peak before its first pair (CPU: loading `--weights random`
                    builds a whole VGG19, classifier included, for a moment)
     memory_scale   measured / predicted for the pair's own memory (CPU: heap slack; ~1 on GPU)
-    flop_rate      FLOP per second of whole runs (FLOPs from the layer shapes, estimate.flops)
+    flop_rate      FLOP per second of the optimisation (FLOPs from the layer shapes, estimate.flops)
+    pair_overhead  seconds a pair (or batch) takes besides its FLOPs: inputs, targets, the Trainer,
+                   checkpoints, saving
+    job_overhead   seconds a `run` takes besides its batches: start-up (Python, torch, the network),
+                   planning, the final report
 
-Without observations the defaults below are used (measured on the project's 2-core CPU; a GPU's
-rate is a guess until its first run).
+Time is modelled as job_overhead + per batch (pair_overhead + FLOPs / flop_rate), fitted to the
+runs recorded here (`fit_time`): the overhead from how a run's seconds grow with its FLOPs (small
+runs say most about it), the rate as total FLOPs over total seconds less overheads, so each run
+counts by its work and a tiny run, all overhead, never sets the rate. Without observations the
+defaults below are used (measured on the project's 2-core CPU; a GPU's rate is a guess until its
+first run).
 """
 
 from __future__ import annotations
@@ -38,9 +46,49 @@ MIN_OBSERVED = 64 * 2**20  # a pair whose own memory is below this says little a
 DEFAULTS = {
     # Resident set of `stylebatch run` before its first pair (Python, torch, Lightning, the network),
     # and the heap's slack over the allocator-level model, both measured here (scripts/memory_model.py).
-    "cpu": {"baseline": 750 * 2**20, "memory_scale": 1.25, "flop_rate": 200e9, "pair_overhead": 1.0},
-    "cuda": {"baseline": 100 * 2**20, "memory_scale": 1.05, "flop_rate": 20e12, "pair_overhead": 0.5},
+    "cpu": {
+        "baseline": 750 * 2**20,
+        "memory_scale": 1.25,
+        "flop_rate": 200e9,
+        "pair_overhead": 1.0,
+        "job_overhead": 10.0,
+    },
+    "cuda": {
+        "baseline": 100 * 2**20,
+        "memory_scale": 1.05,
+        "flop_rate": 20e12,
+        "pair_overhead": 0.5,
+        "job_overhead": 15.0,
+    },
 }
+UNCALIBRATED_SPREAD = 0.5  # the range shown around an estimate from the defaults alone
+MIN_SPREAD = 0.15  # the least range shown: runs on a shared machine vary by this much
+
+
+def fit_time(runs: list[list[float]], default_overhead: float) -> tuple[float, float, float] | None:
+    """(flop_rate, pair_overhead, spread) from runs' [FLOPs, seconds], or None without usable runs.
+    The overhead is the intercept of seconds against FLOPs by least squares where the runs' FLOPs
+    differ enough to tell it (at least 4x), else the default, never more than the shortest run; the
+    rate is total FLOPs over total seconds less the overheads (work-weighted: a run counts by its
+    FLOPs, so runs that are mostly overhead barely move it); `spread` is the work-weighted RMS of the
+    runs' relative errors under that fit, at least MIN_SPREAD."""
+    pts = [(float(f), float(s)) for f, s in runs if f > 0 and s > 0]
+    if not pts:
+        return None
+    fs, ss = [f for f, _ in pts], [s for _, s in pts]
+    overhead = default_overhead
+    if len(pts) >= 3 and max(fs) >= 4 * min(fs):
+        mf, ms = statistics.fmean(fs), statistics.fmean(ss)
+        sxx = sum((f - mf) ** 2 for f in fs)
+        slope = sum((f - mf) * (s - ms) for f, s in pts) / sxx
+        if slope > 0:
+            overhead = ms - slope * mf
+    overhead = min(max(overhead, 0.0), min(ss))
+    busy = sum(max(s - overhead, s / 10) for s in ss)
+    rate = sum(fs) / busy
+    errors = [(overhead + f / rate) / s - 1 for f, s in pts]
+    spread = (sum(f * e * e for f, e in zip(fs, errors)) / sum(fs)) ** 0.5
+    return rate, overhead, max(spread, MIN_SPREAD)
 
 
 def cache_file() -> Path:
@@ -92,6 +140,8 @@ class Device:
     flop_rate: float
     pair_overhead: float
     observations: int = 0
+    job_overhead: float = 10.0
+    spread: float = UNCALIBRATED_SPREAD  # relative range of a time estimate (+/-)
 
     @staticmethod
     def current(device: torch.device | str, path: Path | None = None) -> Device:
@@ -100,8 +150,10 @@ class Device:
         seen = _load(path or cache_file())["devices"].get(key, {})
         d = DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
         ratios = [m / p for p, m in seen.get("memory", []) if p >= MIN_OBSERVED]
-        # A run's seconds include its fixed cost (targets, Trainer, saving), which the estimate adds apart.
-        rates = [f / max(s - d["pair_overhead"], s / 2) for f, s in seen.get("rate", []) if s > 0]
+        runs = seen.get("rate", [])
+        timed = fit_time(runs, d["pair_overhead"])
+        rate, overhead, spread = timed or (d["flop_rate"], d["pair_overhead"], UNCALIBRATED_SPREAD)
+        jobs = [float(x) for x in seen.get("job", []) if x >= 0]
         return Device(
             device.type,
             key,
@@ -109,9 +161,11 @@ class Device:
             int(statistics.median(seen["baseline"])) if seen.get("baseline") else d["baseline"],
             int(statistics.median(seen["floor"])) if seen.get("floor") else d["baseline"],
             statistics.median(ratios) if ratios else d["memory_scale"],
-            statistics.median(rates) if rates else d["flop_rate"],
-            d["pair_overhead"],
-            len(ratios) + len(rates),
+            rate,
+            overhead,
+            len(ratios) + len(runs),
+            statistics.median(jobs) if jobs else d["job_overhead"],
+            spread,
         )
 
 
@@ -123,6 +177,37 @@ def _rss() -> tuple[int, int]:
 
 
 _observed: list[bool] = []  # whether a pair has run in this process yet
+_batch_seconds: list[float] = []  # the seconds of each batch this process ran (the rest is the job's overhead)
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux), None where it cannot be told."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def record_job(device: torch.device, path: Path | None = None) -> float | None:
+    """At the end of a run that ran batches: its seconds besides them (start-up, planning, the
+    report), into the machine's calibration file as the job's overhead. Never raises."""
+    age = process_age()
+    if age is None or not _batch_seconds:
+        return None
+    overhead = max(0.0, age - sum(_batch_seconds))
+    _batch_seconds.clear()
+    path = path or cache_file()
+    try:
+        data = _load(path)
+        seen = data["devices"].setdefault(device_key(device), {})
+        seen["job"] = (seen.get("job", []) + [round(overhead, 3)])[-KEEP:]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(data, indent=1).encode())
+    except OSError as e:
+        log.warning("could not update %s: %s", path, e)
+    return overhead
 
 
 def observe(device: torch.device, done: list[int] | None = None) -> dict[str, Any]:
@@ -160,6 +245,7 @@ def record(
     record. `predicted_own`: the model's bytes for the pair without baseline or scale;
     `work_flops`: the FLOPs of the evaluations this run did."""
     seconds = time.perf_counter() - before["time"]
+    _batch_seconds.append(seconds)
     peak = measured_peak(device, before)
     entry = {
         "device": device_key(device),

@@ -117,6 +117,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             if world > 1:
                 _wait_for_workers(state, world, opts.sync_timeout, reporter, job)
             live.stop(final=True)  # issue 15: the report once more at the end
+            calibration.record_job(_rank_device(fabric, opts))  # the run's time besides its batches
         finally:
             live.stop(final=False)  # issue 15: no-op after the final one
             stop.restore()
