@@ -175,7 +175,7 @@ def test_validate_prints_peak_time_and_fit_per_pair_and_in_total(tmp_path: Path,
     assert "largest peak ~" in out and "in all on one device" in out
     assert (
         main(["validate", str(tiny_job(tmp_path / "b", defaults={"memory_fraction": 1e-6})), "--weights", "random"])
-        == 0
+        == 5
     )
     out = capsys.readouterr().out
     assert out.count("does NOT fit") == 2 and "2 pair(s) do not fit" in out
@@ -187,7 +187,7 @@ def test_size_auto_resolves_once_and_sticks_on_resume(tmp_path: Path, monkeypatc
     manifest = tiny_job(
         tmp_path,
         pairs=[{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}],
-        defaults={"size": "auto", "batch_size": "auto", "tile": "auto"},
+        defaults={"size": "auto-up", "batch_size": "auto", "tile": "auto"},
     )
     monkeypatch.setattr(calibration, "free_memory", lambda device: 3 * 2**30)
     pair = load_job(manifest).valid_pairs[0]
@@ -204,7 +204,7 @@ def test_size_auto_resolves_once_and_sticks_on_resume(tmp_path: Path, monkeypatc
     other = tiny_job(
         tmp_path / "b",
         pairs=[{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}],
-        defaults={"size": "auto"},
+        defaults={"size": "auto-up"},
     )
     assert load_job(other).valid_pairs[0].config.size > pair.config.size  # fresh job, more memory: larger
 
@@ -262,3 +262,36 @@ def test_validate_shows_the_total_with_a_range_and_batches_share_their_overhead(
     alone = estimate.job_seconds([[p] for p in job.valid_pairs], device)
     together = estimate.job_seconds([job.valid_pairs], device)
     assert alone - together == pytest.approx(device.pair_overhead)
+
+
+def test_size_auto_never_upscales_unless_asked_and_says_what_it_chose(tmp_path: Path, monkeypatch, capsys) -> None:
+    from stylebatch.cli.main import main
+    from stylebatch.job.manifest import load_job
+
+    monkeypatch.setattr(calibration, "free_memory", lambda device: 3 * 2**30)
+    pairs = [{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}]  # a.png is 40x30
+    manifest = tiny_job(tmp_path, pairs=pairs, defaults={"size": "auto"})
+    job = load_job(manifest)
+    assert job.valid_pairs[0].config.size == 40 and job.valid_pairs[0].out_size == (40, 30)
+    assert job.notes == ["a__s1: size auto → 40 px: the content's own size (size: auto-up to upscale it)"]
+    assert main(["validate", str(manifest), "--weights", "random"]) == 0
+    assert "  a__s1: size auto → 40 px: the content's own size" in capsys.readouterr().out
+    up = tiny_job(tmp_path / "up", pairs=pairs, defaults={"size": "auto-up"})
+    job = load_job(up)
+    assert job.valid_pairs[0].config.size > 40
+    assert job.notes[0].startswith(f"a__s1: size auto-up → {job.valid_pairs[0].config.size} px: the largest that fits")
+    # A photo larger than memory allows: the largest that fits, below its own size.
+    size, why = autosize.auto_size(Config(size="auto"), (6000, 4000), Device.current("cpu"))
+    assert size < 6000 and size % autosize.SIZE_STEP == 0 and why.startswith("the largest that fits")
+
+
+def test_validate_exits_5_when_a_pair_does_not_fit(tmp_path: Path, capsys) -> None:
+    from stylebatch.cli.main import main
+    from stylebatch.errors import EXIT_CODES, EXIT_TOO_LARGE
+
+    manifest = tiny_job(tmp_path, defaults={"memory_fraction": 1e-6})
+    assert main(["validate", str(manifest), "--weights", "random"]) == EXIT_TOO_LARGE == 5
+    captured = capsys.readouterr()
+    assert captured.out.count("does NOT fit") == 2
+    assert captured.err.strip() == f"2 pair(s) do not fit this device's memory; exit 5: {EXIT_CODES[5]}"
+    assert "| 5 | " + EXIT_CODES[5] in (Path(__file__).parent.parent / "README.md").read_text()

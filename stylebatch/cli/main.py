@@ -24,6 +24,7 @@ from stylebatch.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_INVALID,
+    EXIT_TOO_LARGE,
     StopNow,
     StylebatchError,
     is_disk_full,
@@ -185,8 +186,18 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
     from stylebatch.memory.estimate import describe_job  # memory and time per pair, and in total
     from stylebatch.run.plan import group  # batched pairs share their fixed costs
 
-    for line in describe_job(job.pairs, batches=group(job.valid_pairs, {})):
+    for note in job.notes:  # what `size: auto` chose
+        out.print(f"  {note}", soft_wrap=True, markup=False)
+    lines, misfits = describe_job(job.pairs, batches=group(job.valid_pairs, {}))
+    for line in lines:
         out.print(line, soft_wrap=True, markup=False)
+    if misfits:
+        err.print(
+            f"{misfits} pair(s) do not fit this device's memory; exit {EXIT_TOO_LARGE}: {EXIT_CODES[EXIT_TOO_LARGE]}",
+            soft_wrap=True,
+            markup=False,
+        )
+        return EXIT_TOO_LARGE
     return 0
 
 
@@ -222,6 +233,8 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     if refuse:
         err.print(f"{len(job.all_problems)} problem(s); nothing was run (see --skip-invalid)", soft_wrap=True)
         return EXIT_INVALID
+    for note in job.notes:  # what `size: auto` chose
+        out.print(note, soft_wrap=True, markup=False)
     if args.from_image:
         from stylebatch.fit.provenance import batch_note
 

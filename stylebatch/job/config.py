@@ -58,10 +58,11 @@ def _field(
 class Config:
     """Settings of one pair. Defaults follow Gatys et al. (2016) where the paper states them."""
 
-    size: Union[int, Literal["auto"]] = _field(
+    size: Union[int, Literal["auto", "auto-up"]] = _field(
         512,
         "Longer side of the output in pixels; the content's aspect ratio is kept. `auto`: the largest that "
-        "fits `memory_fraction` of the device's free memory (README, How large can I go).",
+        "fits `memory_fraction` of the device's free memory, never past the content's own longer side; "
+        "`auto-up`: the same, upscaling the content where memory allows (README, How large can I go).",
         ge=1,
     )
     steps: int = _field(
@@ -290,7 +291,7 @@ HINTS = typing.get_type_hints(Config)
 def cross_check(cfg: Config) -> list[str]:
     """Problems between keys, once every layer is merged."""
     problems = []
-    if cfg.size == "auto":
+    if cfg.size in ("auto", "auto-up"):
         return problems  # checked again once the size is resolved (manifest.py)
     if isinstance(cfg.tile, int) and cfg.tile % (unit := grid_unit(cfg.layers_used)):
         problems.append(

@@ -77,6 +77,7 @@ class Job:
     weights: str
     pairs: list[Pair]
     problems: list[str]  # job-level problems (structure, output_dir, weights)
+    notes: list[str] = field(default_factory=list)  # what `auto` settings chose, for validate and run
 
     @property
     def valid_pairs(self) -> list[Pair]:
@@ -226,6 +227,8 @@ def load_job(
         if pair.config is None or content is None or style is None or urls or not check_files:
             continue
         check_pair_files(pair, files, where, job.weights)
+
+    job.notes = [f"{name}: {why}" for name, why in getattr(files.auto, "notes", {}).items()]
 
     # Pooling is job-level: the pairs of a job share one network (and may be optimised as one batch).
     poolings = sorted({p.config.pooling for p in job.pairs if p.config is not None})

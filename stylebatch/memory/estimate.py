@@ -284,10 +284,12 @@ def job_seconds(batches: list[list[Any]], memory: Any) -> float:
     return total
 
 
-def describe_job(pairs: list[Any], device: str | None = None, batches: list[list[Any]] | None = None) -> list[str]:
+def describe_job(
+    pairs: list[Any], device: str | None = None, batches: list[list[Any]] | None = None
+) -> tuple[list[str], int]:
     """`validate`'s lines: per pair its size, budget, predicted peak and time on this device and
     whether it fits; then the total with its range (pairs run batch after batch on one device;
-    `batches`: the plan's grouping, default each pair alone)."""
+    `batches`: the plan's grouping, default each pair alone); and how many pairs do not fit."""
     import torch
 
     from stylebatch.memory.calibration import Device
@@ -317,4 +319,4 @@ def describe_job(pairs: list[Any], device: str | None = None, batches: list[list
         f"estimate on {memory.key} ({_gib(memory.free)} free now; {calibrated}): largest peak ~{_gib(worst)}, "
         f"{_span(total, memory.spread)} in all on one device" + (f"; {misfits} pair(s) do not fit" if misfits else "")
     )
-    return lines
+    return lines, misfits
