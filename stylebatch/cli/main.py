@@ -284,7 +284,7 @@ def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
         return 0
     for row in rows:
         summary.add(row)
-    if args.all:
+    if args.all or not out.is_terminal:  # piped or in a file: one line per pair, names in full
         fh.writelines(summary.aligned())
         fh.flush()
     elif (table := summary.table()) is not None:
@@ -403,6 +403,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
+    out.on_broken_pipe = _broken_pipe  # type: ignore[method-assign]  # rich's own exits 1 there
     logging.raiseExceptions = False  # a log line lost to a full disk is not worth a traceback on stderr
     try:
         args = _parser().parse_args(argv)
@@ -420,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_problems(err, e.problems)
         return e.exit_code
     except KeyboardInterrupt:
+        if args.command != "run":
+            return EXIT_CTRL_C  # a read-only command has nothing to resume
         err.print("interrupted; run the same command again to resume", soft_wrap=True)
         return EXIT_INTERRUPTED
     except StopNow:
@@ -431,8 +434,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except OSError as e:  # the file system, not a bug (disk full, a directory removed): every write is
         # atomic and every finished pair recorded, so running the same command again resumes: exit 3
+        if isinstance(e, BrokenPipeError):
+            # The reader went away (`status --all | head`): what is still buffered for stdout goes
+            # nowhere instead of raising again when Python exits.
+            _drop_stdout()
+            if args.command != "run":
+                return EXIT_CLOSED_PIPE  # quietly, as Unix tools do
         if getattr(args, "debug", False):
             err.print(traceback.format_exc(), markup=False)
+        if args.command != "run":  # read-only: no job ran, nothing stopped
+            err.print(f"error: {shorten(str(e), 1000)}", soft_wrap=True, markup=False, highlight=False)
+            return EXIT_INVALID
         fix = "free space" if is_disk_full(e) else "fix this"
         err.print(
             f"error: {shorten(str(e), 1000)}; the job stopped, nothing finished is lost: {fix} and run the "
@@ -451,6 +463,25 @@ def main(argv: list[str] | None = None) -> int:
             markup=False,
         )
         return EXIT_INTERNAL
+
+
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what a Unix tool killed by a closed pipe exits with
+EXIT_CTRL_C = 130  # 128 + SIGINT
+
+
+def _broken_pipe() -> None:
+    """Rich's reaction to a closed stdout: turned into the BrokenPipeError main() ends on."""
+    _drop_stdout()
+    raise BrokenPipeError(32, "Broken pipe")
+
+
+def _drop_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 _WHOLE_PROCESS = False  # True when main() is the process (entry_point), not a call from a test

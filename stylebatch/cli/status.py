@@ -82,8 +82,13 @@ class Summary:
         return f"{where}: {total} pairs: " + ", ".join(f"{v} {k}" for k, v in self.counts.items() if v)
 
     def aligned(self) -> Iterator[str]:
-        widths = [min(60, max([len(c[i]) for c in self.lines] + [len(h)])) for i, h in enumerate(COLUMNS)]
-        for c in [list(COLUMNS), *self.lines]:
+        """One line per pair listed (every pair with `every`, else those needing a look), columns
+        padded to the longest entry (at most 60) and never cut: names stay whole for grep and cut."""
+        lines = self.lines if self.every else [c for group in self.look.values() for c in group]
+        if not lines:
+            return
+        widths = [min(60, max([len(c[i]) for c in lines] + [len(h)])) for i, h in enumerate(COLUMNS)]
+        for c in [list(COLUMNS), *lines]:
             yield "  ".join(x.ljust(w) for x, w in zip(c[:-1], widths)) + "  " + c[-1] + "\n"
 
 
