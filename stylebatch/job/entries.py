@@ -6,6 +6,7 @@ Every problem is collected, each naming the manifest, the entry and the file.
 
 from __future__ import annotations
 
+import difflib
 import glob
 import itertools
 import re
@@ -62,6 +63,13 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def misspelt(raw: dict[str, Any], key: str) -> str | None:
+    """The key of `raw` that looks like a misspelling of `key` (an unknown key close to it), if any."""
+    unknown = [k for k in raw if isinstance(k, str) and k not in PAIR_KEYS and k not in cfgmod.FIELDS]
+    found = [k for k in unknown if difflib.get_close_matches(k, [key], n=1, cutoff=0.75)]
+    return found[0] if found else None
+
+
 def raw_entries(
     data: dict[str, Any], base: Path, src: str, problems: list[str]
 ) -> list[tuple[str, dict[str, Any], list[str]]]:
@@ -80,7 +88,8 @@ def raw_entries(
         for key in ("content", "style"):
             value = raw.get(key)
             if value is None:
-                problems.append(f"{where}: missing '{key}'")
+                if not misspelt(raw, key):  # a typo ('contnet') is said once, as an unknown key
+                    problems.append(f"{where}: missing '{key}'")
             elif is_url(value) or (isinstance(value, list) and any(is_url(v) for v in value)):
                 # Said once for the pair (load_job); the path stays, so the pair keeps its name.
                 raw.setdefault(URLS, []).append(f"'{key}' {value!r}")
