@@ -75,6 +75,14 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
     reporter = reporter or Reporter()
     claims.new_job()
     state = JobState(job.output_dir)
+    try:
+        # Before anything is written: weights that cannot be had (offline ImageNet) leave no job
+        # directory behind for `status` to find.
+        vgg = load_vgg(job.weights, job.layers_used)
+    except BaseException as e:
+        if fabric is not None:
+            fabric.broadcast({"abort": str(e)}, src=0)  # let the workers exit 0 instead of hanging
+        raise
     job.output_dir.mkdir(parents=True, exist_ok=True)
     world = fabric.world_size if fabric is not None else 1
     stop = StopFlag(on_signal=lambda signum: _forward_stop(fabric, state, signum))
@@ -94,7 +102,6 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
                 shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
             write_job_file(job, state.root)  # issue 15: compact job.json (jobfile.py)
             record_invalid(job, state)
-            vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
             # Under each pair's claim: a pair a live process works on is planned, its record untouched.
             pending = claims.pending(state, job.valid_pairs, lambda p: needs_work(job, state, p, opts, reporter))
             pending = [oom.with_fallback(p, state.read(p.name)) for p in pending]  # issue 16: earlier rungs
