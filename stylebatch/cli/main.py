@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from stylebatch import __version__
-from stylebatch.cli.flags import check_devices, check_paths, seconds, whole_number
+from stylebatch.cli.flags import check_devices, check_paths, cpu_workers_note, seconds, whole_number
 from stylebatch.errors import (
     EXIT_CODES,
     EXIT_INTERNAL,
@@ -64,7 +64,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="output directory (overrides the manifest's output_dir; relative to cwd)")
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
-    run = sub.add_parser("run", help="run (or resume) every pair of a manifest")
+    run = sub.add_parser(
+        "run",
+        help="run (or resume) every pair of a manifest",
+        epilog=f"presets (--config, or defaults.preset in a manifest): {', '.join(_preset_names())}\n"
+        "every config key, its type, default and meaning (for --set and manifests): the README's\n"
+        "'Configuration reference' (README.md next to this package's source, or the project page)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     job_args(run, manifest_optional=True)
     run.add_argument(
         "--from",
@@ -94,16 +101,22 @@ def _parser() -> argparse.ArgumentParser:
         "--accelerator",
         choices=("auto", "cpu", "gpu"),
         default="auto",
-        help="where the pairs run: auto (a GPU if there is one), cpu or gpu",
+        help="where the pairs run: auto (a GPU if there is one), cpu or gpu (default: auto)",
     )
-    run.add_argument("--devices", default="1", help="number of devices (workers), or auto")
     run.add_argument(
-        "--num-nodes", default="1", help="number of machines (SLURM/torchrun), each with --devices workers"
+        "--devices",
+        default="1",
+        help="number of devices (one worker each), or auto: every GPU, or one worker on the CPU (default: 1)",
+    )
+    run.add_argument(
+        "--num-nodes",
+        default="1",
+        help="number of machines (SLURM/torchrun), each with --devices workers (default: 1)",
     )
     run.add_argument(
         "--sync-timeout",
         default="600",
-        help="seconds workers wait for rank 0's plan (and rank 0 for a worker to start)",
+        help="seconds workers wait for rank 0's plan (and rank 0 for a worker to start) (default: 600)",
     )
 
     val = sub.add_parser("validate", help="check a manifest and every file it names; print the plan")
@@ -139,8 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--live-every",
         type=float,
-        metavar="SECONDS",
-        help="as the running job writes it: pages reload every SECONDS while pairs are left",
+        metavar="MINUTES",
+        help="as the running job writes it: pages reload every MINUTES while pairs are left (the unit of report_every)",
     )
     report.add_argument("--debug", action="store_true", help="show full tracebacks")
 
@@ -149,6 +162,13 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser
+
+
+def _preset_names() -> list[str]:
+    """The bundled presets' names, read from the files (importing the config would load torch for --help)."""
+    package = Path(__file__).resolve().parents[1]
+    folders = [package / "job" / "presets", package.parent / "configs"]
+    return sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.yaml")})
 
 
 def _load(args: argparse.Namespace, device: str | None = None):
@@ -209,6 +229,8 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     num_nodes = whole_number("--num-nodes", args.num_nodes)
     sync_timeout = seconds("--sync-timeout", args.sync_timeout)
     check_devices(args.accelerator, devices)
+    if note := cpu_workers_note(args.accelerator, devices):
+        err.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
     opts = RunOptions(
         fresh=args.fresh,
         retry_failed=args.retry_failed,
@@ -325,11 +347,12 @@ def _load_from_image(args: argparse.Namespace):
 def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
     from stylebatch.report.build import write_report
 
-    if args.live_every:
+    live_every = args.live_every * 60 if args.live_every else None  # minutes, like report_every
+    if live_every:
         os.nice(10)  # the running job's refresh (live_report.py): the pairs come first
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     result = write_report(
-        Path(args.output_dir), columns=args.columns, rows=args.rows, live_every=args.live_every, workers=cores
+        Path(args.output_dir), columns=args.columns, rows=args.rows, live_every=live_every, workers=cores
     )
     counts = ", ".join(f"{n} {s}" for s, n in result.counts.items())
     layout = result.layout
@@ -405,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
     out.on_broken_pipe = _broken_pipe  # type: ignore[method-assign]  # rich's own exits 1 there
     logging.raiseExceptions = False  # a log line lost to a full disk is not worth a traceback on stderr
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # bare `stylebatch`: the commands, not a usage error
+        _parser().print_help()
+        return 0
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # argparse: --help or --version (0)

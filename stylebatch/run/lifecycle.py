@@ -15,6 +15,9 @@ from stylebatch.jobdir.state import INVALID_PREFIX, JobState, effective_status, 
 from stylebatch.run.options import Reporter, StopFlag, output_path
 
 log = logging.getLogger("stylebatch")
+# How stale a running pair's evaluation count in its record (what `status` shows) may get between
+# checkpoints; also its heartbeat. One small atomic write every few seconds costs nothing beside a fit.
+PROGRESS_EVERY_S = 5.0
 
 
 def summarize_job(job: Job, state: JobState) -> dict[str, int]:
@@ -62,7 +65,7 @@ def begin_pair(
 
     def on_progress(n: int, losses: dict[str, float]) -> None:
         reporter.pair_progress(pair, n, losses)
-        if time.monotonic() - last_beat[0] > 30:
+        if time.monotonic() - last_beat[0] >= PROGRESS_EVERY_S:
             state.update(pair.name, steps_done=n, heartbeat=time.time(), seconds=round(time.time() - started, 3))
             last_beat[0] = time.monotonic()
 
