@@ -295,3 +295,14 @@ def test_validate_exits_5_when_a_pair_does_not_fit(tmp_path: Path, capsys) -> No
     assert captured.out.count("does NOT fit") == 2
     assert captured.err.strip() == f"2 pair(s) do not fit this device's memory; exit 5: {EXIT_CODES[5]}"
     assert "| 5 | " + EXIT_CODES[5] in (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def test_an_empty_calibration_probes_the_machine_instead_of_guessing(tmp_path: Path) -> None:
+    empty = tmp_path / "none.json"
+    guessed = Device.current("cpu", empty)
+    probed = Device.current("cpu", empty, probe=True)
+    assert guessed.flop_rate == calibration.DEFAULTS["cpu"]["flop_rate"]
+    assert probed.flop_rate != guessed.flop_rate and probed.spread == calibration.PROBED_SPREAD
+    # The probe measures: a second one on the same machine within a factor of 3 of the first.
+    again = calibration.probe_rate(torch.device("cpu")) * calibration.PROBE_EFFICIENCY
+    assert probed.flop_rate / 3 < again < probed.flop_rate * 3

@@ -51,7 +51,7 @@ DEFAULTS = {
         "memory_scale": 1.25,
         "flop_rate": 200e9,
         "pair_overhead": 1.0,
-        "job_overhead": 10.0,
+        "job_overhead": 15.0,  # Python, torch and Lightning imported, the network built
     },
     "cuda": {
         "baseline": 100 * 2**20,
@@ -62,6 +62,39 @@ DEFAULTS = {
     },
 }
 UNCALIBRATED_SPREAD = 0.5  # the range shown around an estimate from the defaults alone
+PROBED_SPREAD = 0.3  # ... and around one from a probe of this machine's speed
+# Whole runs' FLOP rate over the probe's (a VGG-sized 3x3 convolution, forward and backward to its
+# input), measured on the project's CPU under the same load: 19 GFLOP/s in a 3-pair 192 px job,
+# 20 GFLOP/s in the probe at that moment.
+PROBE_EFFICIENCY = 0.9
+
+
+def probe_rate(device: torch.device, seconds: float = 0.3) -> float:
+    """FLOP/s this device gives now (its load included) on a convolution like VGG's middle layers,
+    forward and backward to the input, best of a few; about `seconds` on a CPU."""
+    device = torch.device(device)
+    side = 64 if device.type == "cpu" else 256
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(device).requires_grad_(False)
+    x = torch.randn(1, 128, side, side, device=device, requires_grad=True)
+    flop = 2 * 2 * 9 * 128 * 128 * side * side
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        conv(x).sum().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    once()  # warm-up: allocations, kernel choice
+    best, spent = float("inf"), 0.0
+    while spent < seconds or best == float("inf"):
+        took = once()
+        best, spent = min(best, took), spent + took
+    return flop / best
+
+
 MIN_SPREAD = 0.15  # the least range shown: runs on a shared machine vary by this much
 
 
@@ -144,7 +177,9 @@ class Device:
     spread: float = UNCALIBRATED_SPREAD  # relative range of a time estimate (+/-)
 
     @staticmethod
-    def current(device: torch.device | str, path: Path | None = None) -> Device:
+    def current(device: torch.device | str, path: Path | None = None, probe: bool = False) -> Device:
+        """`probe`: without recorded runs, measure the device's speed now (probe_rate) instead of
+        taking the default rate (for time estimates; memory needs no probe)."""
         device = torch.device(device)
         key = device_key(device)
         seen = _load(path or cache_file())["devices"].get(key, {})
@@ -153,6 +188,8 @@ class Device:
         runs = seen.get("rate", [])
         timed = fit_time(runs, d["pair_overhead"])
         rate, overhead, spread = timed or (d["flop_rate"], d["pair_overhead"], UNCALIBRATED_SPREAD)
+        if timed is None and probe:
+            rate, spread = probe_rate(device) * PROBE_EFFICIENCY, PROBED_SPREAD
         jobs = [float(x) for x in seen.get("job", []) if x >= 0]
         return Device(
             device.type,

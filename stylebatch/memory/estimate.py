@@ -294,7 +294,7 @@ def describe_job(
 
     from stylebatch.memory.calibration import Device
 
-    memory = Device.current(device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
+    memory = Device.current(device or ("cuda:0" if torch.cuda.is_available() else "cpu"), probe=True)
     lines, worst, misfits = [], 0, 0
     for pair in pairs:
         cfg, (w, h) = pair.config, pair.out_size
@@ -314,7 +314,7 @@ def describe_job(
             f"{memory.pair_overhead:.1f} s a pair"
         )
     else:
-        calibrated = "not yet calibrated here"
+        calibrated = f"not yet calibrated here: {memory.flop_rate / 1e9:.0f} GFLOP/s from a probe of its speed now"
     lines.append(
         f"estimate on {memory.key} ({_gib(memory.free)} free now; {calibrated}): largest peak ~{_gib(worst)}, "
         f"{_span(total, memory.spread)} in all on one device" + (f"; {misfits} pair(s) do not fit" if misfits else "")
