@@ -107,6 +107,10 @@ class RichReporter:
         self.overall = self.progress.add_task(
             "pairs", total=max(whole, 1.0), completed=completed, info="", rate=None, count=self._count()
         )
+        if completed and pending:  # a resume: where the job stands, by work rather than pairs
+            self.console.print(
+                f"{100 * completed / whole:.0f}% of the job's work was done before this run", soft_wrap=True
+            )
 
     def _count(self) -> str:
         return f"{self.pairs_done}/{self.pairs_total} pairs"
