@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from stylebatch.job.pairs import Pair
+
 PIPED_INTERVAL_S = 10.0  # piped output: one line per running pair at most this often
 RATE_AFTER_S = 5.0  # the ETA waits for this much measured time: the first evaluations carry start-up
 
@@ -41,7 +43,7 @@ class _RateETA(ProgressColumn):
         return Text(eta_text(left / rate if rate else None), style="progress.remaining")
 
 
-def pair_work(pair: Any, start: int, end: int) -> float:
+def pair_work(pair: Pair, start: int, end: int) -> float:
     """The work of evaluations start..end of a pair: its FLOPs where its sizes are known, else the
     evaluations themselves (every pair then weighs the same per evaluation)."""
     if end <= start:
@@ -64,7 +66,7 @@ def pair_work(pair: Any, start: int, end: int) -> float:
 class RichReporter:
     """The runner's Reporter for a person: see the module doc."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console) -> None:
         self.console = console
         self.live = console.is_terminal
         self.progress = Progress(
@@ -89,9 +91,9 @@ class RichReporter:
         self,
         total: int,
         done: int,
-        pending: list[Any],
+        pending: list[Pair],
         before: dict[str, int] | None = None,
-        settled: list[Any] | None = None,
+        settled: list[Pair] | None = None,
     ) -> None:
         """`before`: the evaluations each pending pair had done before this run (its checkpoint);
         `settled`: the valid pairs this run has nothing left to do for (done, or failed for good)."""
@@ -115,7 +117,7 @@ class RichReporter:
     def _count(self) -> str:
         return f"{self.pairs_done}/{self.pairs_total} pairs"
 
-    def _move(self, pair: Any, n: int, ran: bool) -> None:
+    def _move(self, pair: Pair, n: int, ran: bool) -> None:
         """Count a pair as standing at `n` evaluations in the overall bar; `ran`: evaluations this
         run did (they feed the measured rate; a restart or a batch rerun only moves the bar)."""
         previous = self.counted.get(pair.name, 0)
@@ -139,7 +141,7 @@ class RichReporter:
         rate = task.fields.get("rate")
         return max(0.0, (task.total or 0) - task.completed) / rate if rate else None
 
-    def pair_start(self, pair: Any, steps_done: int, batch: list[str] | None) -> None:
+    def pair_start(self, pair: Pair, steps_done: int, batch: list[str] | None) -> None:
         self._move(pair, steps_done, ran=False)  # where its checkpoint stands (a restart from 0 moves back)
         label = pair.name if not batch else f"{pair.name} [batch of {len(batch)}]"
         self.tasks[pair.name] = self.progress.add_task(
@@ -155,7 +157,7 @@ class RichReporter:
             in_batch = f" in a batch of {len(batch)}" if batch else ""
             self.console.print(f"start {pair.name}{resumed}{in_batch}", soft_wrap=True, markup=False)
 
-    def pair_progress(self, pair: Any, n: int, losses: dict[str, float]) -> None:
+    def pair_progress(self, pair: Pair, n: int, losses: dict[str, float]) -> None:
         steps = pair.config.steps
         self._move(pair, n, ran=True)
         loss = f"loss {losses.get('total', 0):.4g}"
@@ -167,7 +169,7 @@ class RichReporter:
             self.console.print(f"  {pair.name}: {n}/{steps} evaluations, {loss}", soft_wrap=True, markup=False)
             self.last_line[pair.name] = now
 
-    def pair_end(self, pair: Any, status: str, detail: str = "") -> None:
+    def pair_end(self, pair: Pair, status: str, detail: str = "") -> None:
         task = self.tasks.pop(pair.name, None)
         if task is not None:
             self.progress.remove_task(task)

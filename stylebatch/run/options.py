@@ -7,11 +7,10 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from stylebatch.errors import StopNow, StylebatchError
-from stylebatch.job.manifest import Job, Pair
+from stylebatch.job.pairs import Job, Pair
 from stylebatch.jobdir.state import REDO_UNASKED, JobState, output_intact
 from stylebatch.run.redo_notes import redo_note, stale_output_note
 
@@ -26,7 +25,7 @@ class RunOptions:
     break_lock: bool = False
     device: str = "cpu"
     sync_timeout: float = 600.0  # seconds a rank waits for rank 0's plan (or for a worker to start)
-    verify: bool = False  # issue 15: re-hash every done output (sha256) instead of trusting size+mtime+inode
+    verify: bool = False  # re-hash every done output (sha256) instead of trusting size+mtime+inode
     redo: bool = False  # go ahead although more than REDO_UNASKED finished pairs would be made again
 
 
@@ -45,7 +44,7 @@ class Reporter:
     def pair_progress(self, pair: Pair, evaluations: int, losses: dict[str, float]) -> None: ...
     def pair_end(self, pair: Pair, status: str, detail: str = "") -> None: ...
     def waiting(self, ranks: list[int], counts: dict[str, int]) -> None: ...
-    def note(self, message: str) -> None: ...  # issue 15: one line for the user (a pair redone, and why)
+    def note(self, message: str) -> None: ...  # one line for the user (a pair redone, and why)
 
 
 class StopFlag:
@@ -54,7 +53,7 @@ class StopFlag:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
-    def __init__(self, on_signal: Any = None):
+    def __init__(self, on_signal: Any = None) -> None:
         self.signum: int | None = None
         self.on_signal = on_signal
         self._previous: dict[int, Any] = {}
@@ -64,7 +63,7 @@ class StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise StopNow  # issue 15: not KeyboardInterrupt, which Lightning turns into exit 1
+            raise StopNow  # not KeyboardInterrupt, which Lightning turns into exit 1
         first = self.signum is None
         self.signum = signum
         log.warning("received %s: checkpointing the current pair and stopping", signal.Signals(signum).name)
@@ -81,10 +80,6 @@ class StopFlag:
         self._previous.clear()
 
 
-def output_path(job: Job, pair: Pair) -> Path:
-    return job.output_dir / f"{pair.name}.{pair.config.format}"
-
-
 def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter: Reporter | None = None) -> bool:
     """Whether a pair is to run now; resets a record whose id no longer matches."""
     record = state.read(pair.name)
@@ -92,7 +87,7 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter
         return True
     if record.get("id") != pair.id:
         # Inputs, weights or pixel-changing settings changed: the old checkpoint means nothing.
-        out = output_path(job, pair)
+        out = job.output_path(pair)
         kept = None
         if record.get("status") == "done" and os.path.lexists(out):
             kept = state.replaced_dir / f"{pair.name}.{record.get('id') or 'unknown'}{out.suffix}"
@@ -108,13 +103,13 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter
         return True
     status = record.get("status")
     if status == "done":
-        out = output_path(job, pair)
+        out = job.output_path(pair)
         same_encoding = record.get("encoding", {"format": "png"}) == pair.config.encoding()
-        # issue 15: size + mtime + inode recorded at write time; the full sha256 on --verify or a changed stamp
+        # size + mtime + inode recorded at write time; the full sha256 on --verify or a changed stamp
         if same_encoding and output_intact(state, pair.name, record, out, getattr(opts, "verify", False)):
             return False
         log.info("%s: output missing or changed since it was written; redoing the pair", pair.name)
-        (reporter or Reporter()).note(stale_output_note(pair.name, record, pair.config.encoding(), out))  # issue 15
+        (reporter or Reporter()).note(stale_output_note(pair.name, record, pair.config.encoding(), out))
         state.update(pair.name, status="pending", steps_done=0, attempts=0)
         return True
     if status == "failed" and record.get("attempts", 0) >= pair.config.max_attempts and not opts.retry_failed:
@@ -142,7 +137,7 @@ def check_redo(job: Job, state: JobState, opts: RunOptions, reporter: Reporter) 
     if not redo:
         return
     first = redo[0]
-    why = redo_note(first, state.read(first.name) or {}, output_path(job, first), job.weights, "")
+    why = redo_note(first, state.read(first.name) or {}, job.output_path(first), job.weights, "")
     example = f" (e.g. {why.removeprefix('redoing ').removesuffix(' ()')})" if why else ""
     where = state.replaced_dir
     if len(redo) > REDO_UNASKED and not opts.redo:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stylebatch.errors import StylebatchError
+from stylebatch.job.pairs import Pair
 from stylebatch.jobdir.state import sha256_file
 
 
@@ -25,7 +26,7 @@ def _as_json(value: Any) -> Any:
 
 
 def redo_note(
-    pair: Any, record: dict[str, Any], output: Path, weights: str, kept: str = "the previous output is replaced"
+    pair: Pair, record: dict[str, Any], output: Path, weights: str, kept: str = "the previous output is replaced"
 ) -> str | None:
     """What changed since a pair was made, for a pair whose id no longer matches its record:
     "redoing X: style_weight 1.5 → 3 (<kept>)", from the settings the previous output carries;
