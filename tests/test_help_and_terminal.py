@@ -77,9 +77,9 @@ def test_status_during_a_run_shows_the_evaluations_of_the_moment(tmp_path: Path,
     PROGRESS_EVERY_S; made 0 here so every evaluation is written."""
     from stylebatch.job.manifest import load_job
     from stylebatch.report.rows import pair_rows
-    from stylebatch.run import lifecycle
-    from stylebatch.run.options import Reporter, RunOptions
-    from stylebatch.run.runner import run_job
+    from stylebatch.runner import lifecycle
+    from stylebatch.runner.loop import run_job
+    from stylebatch.runner.options import Reporter, RunOptions
 
     monkeypatch.setattr(lifecycle, "PROGRESS_EVERY_S", 0.0)
     pairs = [{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}]

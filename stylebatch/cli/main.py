@@ -208,7 +208,7 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
     out.print(shorten(_plan_line(job), 1000), soft_wrap=True, markup=False)  # may hold a long path
     from stylebatch.memory.calibration import Device
     from stylebatch.memory.estimate import describe_job  # memory and time per pair, and in total
-    from stylebatch.run.plan import group  # batched pairs share their fixed costs
+    from stylebatch.runner.plan import group  # batched pairs share their fixed costs
 
     for note in job.notes:  # what `size: auto` chose
         out.print(f"  {note}", soft_wrap=True, markup=False)
@@ -227,8 +227,8 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from stylebatch.run.runner import RunOptions, run_job
-    from stylebatch.run.workers import launch
+    from stylebatch.runner.loop import RunOptions, run_job
+    from stylebatch.runner.workers import launch
 
     devices = whole_number("--devices", args.devices, auto=True)
     num_nodes = whole_number("--num-nodes", args.num_nodes)

@@ -12,7 +12,7 @@ from typing import Any
 from stylebatch.errors import StopNow, StylebatchError
 from stylebatch.job.pairs import Job, Pair
 from stylebatch.jobdir.state import REDO_UNASKED, JobState, output_intact
-from stylebatch.run.redo_notes import redo_note, stale_output_note
+from stylebatch.runner.redo_notes import redo_note, stale_output_note
 
 log = logging.getLogger("stylebatch")
 
