@@ -256,7 +256,7 @@ def test_validate_shows_the_total_with_a_range_and_batches_share_their_overhead(
     found = re.search(r"~(\d+) s \((\d+)-(\d+) s\) in all", last)
     assert found and int(found[2]) < int(found[1]) < int(found[3]), last
     device = Device.current("cpu")
-    from stylebatch.job.manifest import load_job
+    from stylebatch.memory.autosize import load_job
 
     job = load_job(tmp_path / "job.yaml", weights="random")
     alone = estimate.job_seconds([[p] for p in job.valid_pairs], device)
@@ -266,7 +266,7 @@ def test_validate_shows_the_total_with_a_range_and_batches_share_their_overhead(
 
 def test_size_auto_never_upscales_unless_asked_and_says_what_it_chose(tmp_path: Path, monkeypatch, capsys) -> None:
     from stylebatch.cli.main import main
-    from stylebatch.job.manifest import load_job
+    from stylebatch.memory.autosize import load_job
 
     monkeypatch.setattr(calibration, "free_memory", lambda device: 3 * 2**30)
     pairs = [{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}]  # a.png is 40x30

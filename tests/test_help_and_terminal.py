@@ -75,7 +75,7 @@ def test_more_cpu_workers_than_cores_can_feed_get_a_note(monkeypatch) -> None:
 def test_status_during_a_run_shows_the_evaluations_of_the_moment(tmp_path: Path, monkeypatch) -> None:
     """Between checkpoints (none here before the end) the record follows the fit within
     PROGRESS_EVERY_S; made 0 here so every evaluation is written."""
-    from stylebatch.job.manifest import load_job
+    from stylebatch.memory.autosize import load_job
     from stylebatch.report.rows import pair_rows
     from stylebatch.runner import lifecycle
     from stylebatch.runner.loop import run_job

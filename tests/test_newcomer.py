@@ -97,7 +97,7 @@ def test_validate_run_interrupt_resume_and_a_stray_set(tmp_path: Path) -> None:
     assert f"4 pairs: {len(done_before)} already done, {left} to run" in text
     assert f"start {stopped} (resuming at " in text
     # The share of the work done before, by the same FLOP count the bar uses.
-    from stylebatch.job.manifest import load_job
+    from stylebatch.memory.autosize import load_job
 
     job = {p.name: p for p in load_job(manifest).valid_pairs}
     whole = sum(pair_work(p, 0, STEPS) for p in job.values())
