@@ -53,10 +53,12 @@ def write_manifest(root: Path, pairs: int, size: int, steps: int) -> Path:
     return path
 
 
-def cli(code: Path, cache: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+def cli(code: Path, cache: Path, cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """`python -m stylebatch ARGS` from `code`, run in `cwd` (not in a checkout: `-m` puts the current
+    directory first on the path, ahead of PYTHONPATH)."""
     env = {**os.environ, "PYTHONPATH": str(code), "XDG_CACHE_HOME": str(cache), "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "stylebatch", *args], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "stylebatch", *args], env=env, capture_output=True, text=True, cwd=cwd)
     return done, time.perf_counter() - start
 
 
@@ -79,11 +81,13 @@ def main() -> None:
             root = Path(tmp) / f"job{i}"
             root.mkdir()
             manifest = write_manifest(root, pairs, size, steps)
-            checked, _ = cli(args.code, cache, "validate", str(manifest), "--weights", "random")
+            checked, _ = cli(args.code, cache, root, "validate", str(manifest), "--weights", "random")
             if checked.returncode:
                 sys.exit(f"validate failed:\n{checked.stdout}{checked.stderr}")
             estimate = estimated_seconds(checked.stdout)
-            ran, seconds = cli(args.code, cache, "run", str(manifest), "--weights", "random", "--accelerator", "cpu")
+            ran, seconds = cli(
+                args.code, cache, root, "run", str(manifest), "--weights", "random", "--accelerator", "cpu"
+            )
             if ran.returncode:
                 sys.exit(f"run failed:\n{ran.stdout}{ran.stderr}")
             error = estimate / seconds - 1
