@@ -78,3 +78,33 @@ def test_a_bad_config_flag_is_blamed_on_the_flag(folder: Path, capsys) -> None:
     assert main(["validate", str(manifest), "--weights", "random"]) == 2
     (error,) = _errors(capsys)
     assert error.startswith(f"error: {manifest}: defaults: preset 'fsat' not found")
+
+
+def test_a_list_of_grids_is_every_grid_s_pairs(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Photos x paintings beside a style_weight sweep on one pair, in one manifest."""
+    from tests.jobkit import tiny_job
+
+    tiny_job(tmp_path)  # the images
+    grids = [
+        {"content": ["images/a.png", "images/b.png"], "style": ["images/s1.png", "images/s2.png"]},
+        {"content": ["images/a.png"], "style": ["images/s1.png"], "style_weight": [0.01, 0.1]},
+    ]
+    manifest = write_manifest(tmp_path / "grids.yaml", {"output_dir": "out", "defaults": {"size": 32}, "grid": grids})
+    from stylebatch.memory.autosize import load_job
+
+    job = load_job(manifest, weights="random")
+    assert not job.all_problems
+    assert [(p.entry, p.name) for p in job.pairs] == [
+        ("grid[0][0]", "a__s1"),
+        ("grid[0][1]", "a__s2"),
+        ("grid[0][2]", "b__s1"),
+        ("grid[0][3]", "b__s2"),
+        ("grid[1][0]", "a__s1__style_weight-0.01"),
+        ("grid[1][1]", "a__s1__style_weight-0.1"),
+    ]
+    grids[1]["stlye_weight"] = grids[1].pop("style_weight")
+    write_manifest(manifest, {"output_dir": "out", "grid": grids})
+    assert main(["validate", str(manifest), "--weights", "random"]) == 2
+    assert _errors(capsys) == [
+        f"error: {manifest}: grid[1].stlye_weight: unknown key 'stlye_weight' (did you mean 'style_weight'?)"
+    ]
