@@ -23,6 +23,7 @@ from stylebatch.fit.vgg import LAYER_INDEX
 from stylebatch.job.config_checks import AUTO_KEYS, INIT_MODES, check_value, did_you_mean, type_name  # noqa: F401
 from stylebatch.job.values import shown
 from stylebatch.job.yamlfiles import load_yaml
+from stylebatch.jobdir.claims import output_extension
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -230,10 +231,13 @@ class Config:
     # (or redoes the pair when none is kept) through the output's name and the record's `encoding`.
     format: str = _field(
         "png",
-        "Output file format, 8 bits per channel: `png` (lossless; settings in a text chunk), `jpg` or `webp` "
-        "(settings in the EXIF UserComment; jpg drops transparency). 16-bit output is not supported.",
+        "Output file format: `png` (lossless; settings in a text chunk), `jpg` or `webp` (settings in the EXIF "
+        "UserComment; jpg drops transparency), `tiff` (Deflate; settings in the ImageDescription), 8 bits per "
+        "channel; `png16` or `tiff16`: 16 bits per channel from the float result (`.png`/`.tif` files). Every "
+        "format carries the content's ICC profile; a content in another profile than sRGB (Adobe RGB, Display "
+        "P3) is converted to sRGB for the network and the output back into its profile.",
         identity=False,
-        choices=("png", "jpg", "webp"),
+        choices=("png", "jpg", "webp", "tiff", "png16", "tiff16"),
     )
     quality: int = _field(
         95, "JPEG/WebP quality, 1-100 (webp at 100 is lossless); ignored for png.", identity=False, ge=1, le=100
@@ -280,7 +284,13 @@ class Config:
 
     def encoding(self) -> dict[str, Any]:
         """How the output is encoded (its record keeps this, so a change re-encodes it)."""
-        return {"format": "png"} if self.format == "png" else {"format": self.format, "quality": self.quality}
+        lossless = self.format in ("png", "tiff", "png16", "tiff16")  # quality means nothing there
+        return {"format": self.format} if lossless else {"format": self.format, "quality": self.quality}
+
+    @property
+    def extension(self) -> str:
+        """The output file's extension: the format's, `png` for png16 and `tif` for the TIFFs."""
+        return output_extension(self.format)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}

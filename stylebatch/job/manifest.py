@@ -242,7 +242,7 @@ def load_job(
     for pair in job.pairs:
         if pair.config is None or check_name(pair.name):
             continue
-        output = job.output_dir / f"{pair.name}.{getattr(pair.config, 'format', 'png')}"
+        output = job.output_dir / f"{pair.name}.{pair.config.extension}"
         if resolved(output) in inputs:
             pair.problems.append(
                 f"{src}: {pair.label}: output {output} would overwrite an input image; set 'name' or another output_dir"

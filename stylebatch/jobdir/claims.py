@@ -31,7 +31,14 @@ from stylebatch.jobdir.state import HOST, JobState
 log = logging.getLogger("stylebatch")
 
 CLAIM_FILE, CLAIM_LOG = "claim", "claims.log"
-OUTPUT_FORMATS = ("png", "jpg", "webp")  # config.Config.format's choices: an output's temps in any of them
+OUTPUT_FORMATS = ("png", "jpg", "webp", "tif")  # output_extension's values: an output's temps in any of them
+
+
+def output_extension(fmt: str) -> str:
+    """An output file's extension for the config's `format`: png16 is a `.png`, tiff and tiff16 `.tif`."""
+    return {"png16": "png", "tiff": "tif", "tiff16": "tif"}.get(fmt, fmt)
+
+
 WAIT_S = 20.0  # at the end of a share, how long a busy pair is waited for
 POLL_S = 0.2
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from stylebatch.errors import StylebatchError
 from stylebatch.job.jobfile import JobFile, read_job_file
+from stylebatch.jobdir.claims import output_extension
 from stylebatch.jobdir.state import INVALID_PREFIX, STATE_DIR, JobState, effective_status
 from stylebatch.report.cells import counts
 from stylebatch.report.matrix import Axes, Layout, PairView, build_layout
@@ -92,7 +93,8 @@ def load_views(out_dir: Path) -> tuple[JobFile, list[PairView]]:
             has_config=e.has_config,
         )
         if status == "done":
-            out_name = record.get("output") or f"{e.name}.{job.value(e, 'format') or 'png'}"
+            fmt = job.value(e, "format") or "png"
+            out_name = record.get("output") or f"{e.name}.{output_extension(fmt)}"
             out = out_dir / out_name
             view.output = out if os.path.isfile(out) else None
         elif status in ("running", "interrupted"):

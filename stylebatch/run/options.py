@@ -73,7 +73,7 @@ class StopFlag:
 
 
 def output_path(job: Job, pair: Pair) -> Path:
-    return job.output_dir / f"{pair.name}.{pair.config.format}"
+    return job.output_dir / f"{pair.name}.{pair.config.extension}"
 
 
 def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter: Reporter | None = None) -> bool:
