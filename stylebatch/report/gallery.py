@@ -31,7 +31,7 @@ from stylebatch import icc as colour
 from stylebatch.errors import StylebatchError
 from stylebatch.report.build import load_views
 from stylebatch.report.matrix import IMAGE_AXES, Axes, Block, Layout, Page, PairView, Value, build_layout
-from stylebatch.report.sheet import label_font
+from stylebatch.report.sheet import label_font, shorten_middle
 from stylebatch.report.thumbs import flatten
 
 VIEW_SIDE = 1200  # px: the pages' copy of a picture (a print at ~10 cm and 300 dpi)
@@ -67,14 +67,6 @@ def head_title(value: Value, axis: str) -> str:
     if axis in IMAGE_AXES:
         return title(value.label)
     return f"{axis.replace('_', ' ')} {value.label}"
-
-
-def shorten_middle(text: str, limit: int) -> str:
-    """`text` within `limit` characters, its middle replaced by an ellipsis: both ends stay readable."""
-    if len(text) <= limit:
-        return text
-    keep = limit - 1
-    return text[: (keep + 1) // 2] + "…" + text[len(text) - keep // 2 :]
 
 
 # ---------------------------------------------------------------- the pictures, without local paths
