@@ -375,30 +375,32 @@ def wrap_label(draw: ImageDraw.ImageDraw, text: str, width: int, font, lines: in
 
 
 def contact_sheet(gallery: _Gallery, page: Page, dest: Path) -> None:
-    """One JPEG per page: its blocks one under another, SHEET_CELL px cells, two-line labels."""
+    """One JPEG per page: its blocks one under another, SHEET_CELL px wide 4:3 boxes (most photos'
+    shape; others letterboxed in white), two-line labels right under them."""
     layout = gallery.layout
     cell, font = SHEET_CELL, label_font(SHEET_FONT)
-    label_h = 2 * (SHEET_FONT + 4) + 8
+    box_h = cell * 3 // 4
+    label_h = 2 * (SHEET_FONT + 4) + 10
     pad = 12
     columns = max(len(b.columns) for b in page.blocks)
     width = pad + (1 + columns) * (cell + pad)
     lines = sum(1 + len(b.rows) for b in page.blocks)
-    height = pad + lines * (cell + label_h) + 40 * len(page.blocks)
+    height = pad + lines * (box_h + label_h) + 40 * len(page.blocks)
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
 
     def put(x: int, y: int, src: Path | None, label: str) -> None:
         if src is not None and (found := _load_view(src)) is not None:
-            scale = cell / max(found.size)  # small outputs drawn as large as the others
+            scale = min(cell / found.width, box_h / found.height)  # small outputs as large as the others
             found = found.resize(
                 (max(1, round(found.width * scale)), max(1, round(found.height * scale))), Image.Resampling.LANCZOS
             )
-            sheet.paste(found, (x + (cell - found.width) // 2, y + (cell - found.height) // 2))
+            sheet.paste(found, (x + (cell - found.width) // 2, y + box_h - found.height))  # on the label line
         elif label:
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(243, 243, 241))
+            draw.rectangle([x, y, x + cell - 1, y + box_h - 1], fill=(243, 243, 241))
         for k, line in enumerate(wrap_label(draw, label, cell - 4, font)):
             w = draw.textlength(line, font=font)
-            draw.text((x + (cell - w) / 2, y + cell + 4 + k * (SHEET_FONT + 4)), line, fill=(40, 40, 40), font=font)
+            draw.text((x + (cell - w) / 2, y + box_h + 5 + k * (SHEET_FONT + 4)), line, fill=(40, 40, 40), font=font)
 
     y = pad
     for b in page.blocks:
@@ -409,7 +411,7 @@ def contact_sheet(gallery: _Gallery, page: Page, dest: Path) -> None:
         for j, col in enumerate(b.columns):
             src = gallery.dest / gallery.input(col.image)[0] if col.image and gallery.input(col.image) else None
             put(pad + (1 + j) * (cell + pad), y, src, head_title(col, layout.column_axis))
-        y += cell + label_h
+        y += box_h + label_h
         for i, row in enumerate(b.rows):
             src = gallery.dest / gallery.input(row.image)[0] if row.image and gallery.input(row.image) else None
             put(pad, y, src, head_title(row, layout.row_axis))
@@ -424,7 +426,7 @@ def contact_sheet(gallery: _Gallery, page: Page, dest: Path) -> None:
                     gallery.dest / found[1] if found else None,
                     Path(found[0]).name if found else f"{v.name} (not made)",
                 )
-            y += cell + label_h
+            y += box_h + label_h
     sheet.crop((0, 0, width, min(height, y + pad))).save(dest, format="JPEG", quality=90)
 
 

@@ -62,9 +62,11 @@ def relative_to_job(path: str, out_dir: Path, cwd: str | Path = "") -> str:
         return path
     full = Path(cwd or ".", path) if not os.path.isabs(path) else Path(path)
     try:
-        return os.path.relpath(os.path.abspath(full), os.path.abspath(out_dir))
+        relative = os.path.relpath(os.path.abspath(full), os.path.abspath(out_dir))
     except ValueError:  # another drive (Windows): the file's name at least
         return Path(path).name
+    # Far from the job (a shared weights file), the climb says nothing but the machine's layout.
+    return Path(path).name if relative.startswith(os.path.join("..", "..", "..")) else relative
 
 
 def _shown(key: str, defaults: dict[str, Any]) -> str:
