@@ -123,6 +123,21 @@ def test_inputs_are_converted_to_srgb(tmp_path: Path) -> None:
     assert np.abs(stored - srgb).mean() > 4.0  # and not the Adobe RGB numbers taken as sRGB
 
 
+def test_report_thumbnails_show_a_profiled_image_in_its_colours(tmp_path: Path) -> None:
+    from stylebatch.report.thumbs import Thumbs
+
+    # a saturated green, where Adobe RGB's numbers differ most from sRGB's, as an Adobe RGB file
+    srgb = Image.new("RGB", (48, 32), (40, 200, 60))
+    to_adobe = ImageCms.ImageCmsProfile(io.BytesIO(ADOBE))
+    ImageCms.profileToProfile(srgb, ImageCms.createProfile("sRGB"), to_adobe).save(
+        tmp_path / "g.png", icc_profile=ADOBE
+    )
+    thumb = Thumbs(tmp_path / "thumbs").get(tmp_path / "g.png")
+    with Image.open(thumb.path) as im, Image.open(tmp_path / "g.png") as stored:
+        shown, numbers = np.asarray(im.convert("RGB"), float).mean((0, 1)), np.asarray(stored, float).mean((0, 1))
+    assert np.abs(shown - (40, 200, 60)).max() < 3 and np.abs(numbers - (40, 200, 60)).max() > 15, (shown, numbers)
+
+
 @pytest.mark.slow
 def test_adobe_rgb_content_keeps_its_profile_and_colours_in_every_format(tmp_path: Path, capsys) -> None:
     photo = _adobe_photo(tmp_path / "img" / "adobe.png")
