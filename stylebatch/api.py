@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,18 +95,47 @@ def _device(device: str | None) -> str:
     return str(parsed) if parsed.type != "cuda" or parsed.index is not None else "cuda:0"
 
 
-def _reporter(progress: bool) -> tuple[Any, Any]:
-    """(reporter, stop) for the runner: rich bars when `progress`, else the silent Reporter."""
-    if not progress:
-        from stylebatch.run.options import Reporter
+class _Lines:
+    """`progress=True`: the runner's news as plain lines on stderr (a notebook shows them as they
+    come; rich's live bars belong to the terminal CLI), each running pair's at most every 10 s."""
 
-        return Reporter(), lambda: None
-    from rich.console import Console
+    EVERY_S = 10.0
 
-    from stylebatch.cli.progress import RichReporter
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
 
-    reporter = RichReporter(Console(highlight=False))
-    return reporter, reporter.stop
+    def _say(self, line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def start(self, total: int, done: int, pending: list) -> None:
+        self._say(f"{total} pairs: {done} already done, {len(pending)} to run")
+
+    def pair_start(self, pair: Any, steps_done: int, batch: list[str] | None) -> None:
+        resumed = f" (resumed at {steps_done})" if steps_done else ""
+        self._say(f"start {pair.name}{resumed}" + (f" in a batch of {len(batch)}" if batch else ""))
+
+    def pair_progress(self, pair: Any, evaluations: int, losses: dict[str, float]) -> None:
+        now = time.monotonic()
+        if now - self.last.get(pair.name, 0.0) >= self.EVERY_S:
+            self.last[pair.name] = now
+            self._say(
+                f"  {pair.name}: {evaluations}/{pair.config.steps} evaluations, loss {losses.get('total', 0):.4g}"
+            )
+
+    def pair_end(self, pair: Any, status: str, detail: str = "") -> None:
+        self._say(f"{status} {pair.name}" + (f" ({detail})" if detail else ""))
+
+    def waiting(self, ranks: list[int], counts: dict[str, int]) -> None: ...
+
+    def note(self, message: str) -> None:
+        self._say(message)
+
+
+def _reporter(progress: bool) -> Any:
+    """The runner's reporter: plain lines with `progress`, else the silent one."""
+    from stylebatch.run.options import Reporter
+
+    return _Lines() if progress else Reporter()
 
 
 def _refuse(job: Any, skip_invalid: bool) -> None:
@@ -121,7 +151,6 @@ def _problems_error(problems: list[str]) -> StylebatchError:
 
 def _summary(job: Any, code: int) -> JobSummary:
     from stylebatch.jobdir.state import JobState, effective_status
-    from stylebatch.run.options import output_path
 
     state = JobState(job.output_dir)
     pairs = {}
@@ -131,7 +160,7 @@ def _summary(job: Any, code: int) -> JobSummary:
             continue
         record = state.read(pair.name) or {}
         status = effective_status(record) if record else "pending"
-        out = output_path(job, pair).absolute()  # a notebook may change directory afterwards
+        out = job.output_path(pair).absolute()  # a notebook may change directory afterwards
         pairs[pair.name] = PairSummary(
             pair.name,
             status,
@@ -147,11 +176,7 @@ def _run_job(job: Any, device: str, progress: bool, **options: Any) -> int:
     from stylebatch.run.options import RunOptions
     from stylebatch.run.runner import run_job
 
-    reporter, stop = _reporter(progress)
-    try:
-        return run_job(job, RunOptions(device=device, **options), reporter)
-    finally:
-        stop()
+    return run_job(job, RunOptions(device=device, **options), _reporter(progress))
 
 
 def run(
@@ -184,7 +209,7 @@ def run(
     if isinstance(devices, int) and devices != 1:
         raise StylebatchError(f"devices {devices}: expected a positive number, 'auto' or a device string")
     device = _device(None if devices in (None, 1) else str(devices))
-    from stylebatch.job.manifest import load_job
+    from stylebatch.memory.autosize import load_job
 
     job = load_job(
         manifest, preset=preset, sets=settings, out=out, weights=weights, device="cpu" if device == "cpu" else None
@@ -227,7 +252,7 @@ def _run_workers(
         raise LockedError(problems or [EXIT_CODES[EXIT_LOCKED]])
     if result.returncode not in (0, EXIT_FAILED_PAIRS, EXIT_INTERRUPTED):
         raise StylebatchError(problems or [f"stylebatch run exited {result.returncode}"])
-    from stylebatch.job.manifest import load_job
+    from stylebatch.memory.autosize import load_job
 
     job = load_job(manifest, preset=preset, sets=settings, out=out, weights=weights, check_files=False)
     return _summary(job, result.returncode)
@@ -277,7 +302,7 @@ def stylize(
     """
     import yaml
 
-    from stylebatch.job.manifest import load_job
+    from stylebatch.memory.autosize import load_job
 
     styles = style if isinstance(style, (list, tuple)) else [style]
     device = _device(device)

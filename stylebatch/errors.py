@@ -23,7 +23,7 @@ class StylebatchError(Exception):
 
     exit_code = EXIT_INVALID
 
-    def __init__(self, message: str | list[str]):
+    def __init__(self, message: str | list[str]) -> None:
         self.problems = [message] if isinstance(message, str) else list(message)
         super().__init__("\n".join(self.problems))
 
@@ -33,7 +33,8 @@ class ConfigError(StylebatchError):
 
 
 class ManifestError(StylebatchError):
-    """The manifest (or a file it names) is invalid; lists every problem found."""
+    """The manifest (or a file it names) is invalid: what the Python API raises with every problem
+    the CLI would print before refusing to run (exit 2)."""
 
 
 class ImageError(StylebatchError):

@@ -1,5 +1,5 @@
 """Images in and out: safe decoding (pixel limit from the header, EXIF orientation, odd modes, ICC
-profiles into sRGB: icc.py), resizing, tensor conversion and atomic saving (png, jpg, webp, tiff at 8
+profiles into sRGB: icc.py), resizing and atomic saving (png, jpg, webp, tiff at 8
 bits; png16 and tiff16 at 16 bits from the float result) with the content's ICC profile and the
 settings in a PNG text chunk, the EXIF UserComment or the TIFF ImageDescription."""
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import re
 import stat
 import struct
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from stylebatch import icc as colour
@@ -180,17 +178,13 @@ def resize(img: Image.Image, wh: tuple[int, int]) -> Image.Image:
     return img if img.size == wh else img.resize(wh, Image.Resampling.LANCZOS)
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB → float tensor (1, 3, H, W) in [0, 1]."""
-    data = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # (H, W, 3)
-    return data.permute(2, 0, 1).unsqueeze(0).float().div(255).contiguous()
+# The formats outputs are written in (Config.format's choices; the claims sweep their temp files).
+OUTPUT_FORMATS = ("png", "jpg", "webp", "tiff", "png16", "tiff16")
 
 
-def to_pil(tensor: torch.Tensor) -> Image.Image:
-    """Float tensor (1, 3, H, W) or (3, H, W) → PIL RGB, clamped to [0, 1] and rounded to 8 bits."""
-    t = tensor.detach().to("cpu", torch.float32).squeeze(0).clamp(0, 1)
-    data = t.mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous()  # (H, W, 3)
-    return Image.fromarray(data.numpy())
+def output_extension(fmt: str) -> str:
+    """An output file's extension for a `format`: png16 makes a `.png`, tiff and tiff16 a `.tif`."""
+    return {"png16": "png", "tiff": "tif", "tiff16": "tif"}.get(fmt, fmt)
 
 
 EXIF_IFD, EXIF_USER_COMMENT = 0x8769, 0x9286
@@ -335,7 +329,3 @@ def _tiff16(pixels: np.ndarray, text: dict[str, str], icc: bytes | None) -> byte
     ifd, blobs = layout(0)
     ifd, blobs = layout(8 + len(ifd) + len(blobs))  # the same sizes: only the strip's offset changes
     return b"II*\0" + struct.pack("<I", 8) + ifd + blobs + strip
-
-
-def megapixels(wh: tuple[int, int]) -> float:
-    return math.prod(wh) / 1e6

@@ -68,8 +68,10 @@ def test_run_writes_the_cli_bytes_and_summarises(tmp_path: Path, capfd) -> None:
     first = pair.output.read_bytes()
     assert first == (tmp_path / "cli" / "photo__paint.png").read_bytes()
     # a settings keyword is `--set`: a changed pixel setting redoes the pair, as the CLI would
-    again = stylebatch.run(manifest, out=tmp_path / "api", weights="random", style_weight=0.5)
+    again = stylebatch.run(manifest, out=tmp_path / "api", weights="random", style_weight=0.5, progress=True)
     assert again.exit_code == 0 and again.outputs["photo__paint"].read_bytes() != first
+    shown = capfd.readouterr()
+    assert "redoing photo__paint: style_weight 0.03 → 0.5" in shown.err and "done photo__paint" in shown.err
 
 
 @pytest.mark.slow

@@ -162,7 +162,9 @@ def test_adobe_rgb_content_keeps_its_profile_and_colours_in_every_format(tmp_pat
             assert _delta_e(_lab(im, None), content_lab).mean() > 3 * MEAN_DE, fmt
         meta = read_metadata(out)  # settings embedded in every format
         assert meta["name"] == f"as_{fmt}" and meta["icc_profile"] == "Adobe RGB (1998) test copy"
-        assert main(["inspect", str(out)]) == 0 and f"as_{fmt}" in capsys.readouterr().out
+        assert main(["inspect", str(out)]) == 0
+        shown = capsys.readouterr().out
+        assert f"as_{fmt}" in shown and "icc profile  Adobe RGB (1998) test copy" in shown
     with Image.open(tmp_path / "out" / "painted.png") as im:
         assert im.info.get("icc_profile") == ADOBE
 

@@ -98,9 +98,10 @@ class MemberCheckpointIO(TorchCheckpointIO):
     atomically (temp file in the same directory, fsync, os.replace); loading joins them again.
     The path Lightning passes is ignored: the members' paths are the checkpoint."""
 
-    def __init__(self, paths: list[Path]):
+    def __init__(self, paths: list[Path], resumed: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.paths = [Path(p) for p in paths]
+        self.resumed = resumed  # the joined checkpoint the engine read to choose its resume point
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         for member_path, part in zip(self.paths, split_checkpoint(checkpoint, len(self.paths))):
@@ -108,5 +109,8 @@ class MemberCheckpointIO(TorchCheckpointIO):
             atomic_write(member_path, lambda fh, part=part: torch.save(part, fh))
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if self.resumed is not None:  # read once: the files were read to find the resume point
+            resumed, self.resumed = self.resumed, None
+            return resumed
         parts = [torch.load(p, map_location=map_location or "cpu", weights_only=True) for p in self.paths]
         return join_checkpoints(parts)

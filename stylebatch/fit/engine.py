@@ -67,7 +67,7 @@ class Member:
     """One pair of a batch: its files, settings, checkpoint, output, provenance and hooks."""
 
     content: Path
-    style: Path | list[Path]
+    styles: list[Path]  # one style, or a blend's several
     cfg: Config
     ckpt_path: Path
     output: Path
@@ -146,7 +146,7 @@ class _BudgetCallback(L.Callback):
     Logging at multiples, not every `log_every` since the last log, keeps the log points of a
     resumed fit where the uninterrupted one had them, so the two loss curves are the same."""
 
-    def __init__(self, cfg: Config, members: list[Member], curves: list[CurveWriter]):
+    def __init__(self, cfg: Config, members: list[Member], curves: list[CurveWriter]) -> None:
         self.cfg, self.members, self.curves = cfg, members, curves
         self.last_saved = self.last_logged = 0
         self.interrupted = False
@@ -200,7 +200,7 @@ class _SnapshotCallback(L.Callback):
     `<its checkpoint's directory>/iter_<n>.png` at the first optimizer step at or past each multiple
     of its N evaluations (n is the count then). Never the final output: that lives in output_dir."""
 
-    def __init__(self, i: int, member: Member, inputs: pair_inputs.PassInputs):
+    def __init__(self, i: int, member: Member, inputs: pair_inputs.PassInputs) -> None:
         self.i, self.every, self.inputs, self.cfg = i, member.cfg.save_every, inputs, member.cfg
         self.directory = member.ckpt_path.parent
         self.last = 0
@@ -217,8 +217,15 @@ class _SnapshotCallback(L.Callback):
         self.last = n
 
 
-def _trainer(device: torch.device, cfg: Config, callbacks: list[L.Callback], ckpt_paths: list[Path]) -> L.Trainer:
-    """One-device Trainer for a batch: checkpoints written atomically, one file per member."""
+def _trainer(
+    device: torch.device,
+    cfg: Config,
+    callbacks: list[L.Callback],
+    ckpt_paths: list[Path],
+    resumed: dict[str, Any] | None = None,
+) -> L.Trainer:
+    """One-device Trainer for a batch: checkpoints written atomically, one file per member; `resumed`:
+    the joined checkpoint already read (Lightning restores from it instead of reading the files again)."""
     on_gpu = device.type == "cuda"
     return L.Trainer(
         accelerator="gpu" if on_gpu else "cpu",
@@ -232,7 +239,7 @@ def _trainer(device: torch.device, cfg: Config, callbacks: list[L.Callback], ckp
         enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=callbacks,
-        plugins=[MemberCheckpointIO(ckpt_paths)],
+        plugins=[MemberCheckpointIO(ckpt_paths, resumed)],
     )
 
 
@@ -261,7 +268,7 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
     record the pass, so a resumed batch continues inside the pass it was in."""
     start = time.perf_counter()
     cfg, n = members[0].cfg, len(members)
-    images = [pair_inputs.load_images(m.content, m.style, m.cfg) for m in members]
+    images = [pair_inputs.load_images(m.content, m.styles, m.cfg) for m in members]
     ckpt, first, done = _resume_point(members)
     curves = [CurveWriter(m.ckpt_path.with_name(CURVE_FILE)) for m in members]  # follows the checkpoint
     if done < cfg.steps:
@@ -290,7 +297,9 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
                 snapshots = [
                     _SnapshotCallback(i, m, p) for i, (m, p) in enumerate(zip(members, passes)) if m.cfg.save_every
                 ]
-                trainer = _trainer(device, cfg, [callback, *snapshots], [m.ckpt_path for m in members])
+                trainer = _trainer(
+                    device, cfg, [callback, *snapshots], [m.ckpt_path for m in members], ckpt if resume else None
+                )
                 try:
                     trainer.fit(module, ckpt_path=str(members[0].ckpt_path) if resume else None)
                 except SIGTERMException:

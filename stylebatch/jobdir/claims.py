@@ -26,19 +26,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from stylebatch.atomic import open_nofollow, read_nofollow, remove_stale_temps, temp_targets
+from stylebatch.images import OUTPUT_FORMATS, output_extension  # an output's temps may be in any of them
 from stylebatch.jobdir.state import HOST, JobState
 
 log = logging.getLogger("stylebatch")
 
 CLAIM_FILE, CLAIM_LOG = "claim", "claims.log"
-OUTPUT_FORMATS = ("png", "jpg", "webp", "tif")  # output_extension's values: an output's temps in any of them
-
-
-def output_extension(fmt: str) -> str:
-    """An output file's extension for the config's `format`: png16 is a `.png`, tiff and tiff16 `.tif`."""
-    return {"png16": "png", "tiff": "tif", "tiff16": "tif"}.get(fmt, fmt)
-
-
 WAIT_S = 20.0  # at the end of a share, how long a busy pair is waited for
 POLL_S = 0.2
 
@@ -100,7 +93,7 @@ def _remove_output_temps(state: JobState, name: str) -> None:
     key = str(state.output_dir)
     if key not in _OUTPUT_TEMPS:
         _OUTPUT_TEMPS[key] = temp_targets(state.output_dir)
-    targets = {f"{name}.{fmt}" for fmt in OUTPUT_FORMATS} & _OUTPUT_TEMPS[key]
+    targets = {f"{name}.{output_extension(fmt)}" for fmt in OUTPUT_FORMATS} & _OUTPUT_TEMPS[key]
     if targets:
         remove_stale_temps(state.output_dir, targets)
 
@@ -152,11 +145,11 @@ def _claim_all(state: JobState, names: list[str], rank: int, purpose: str) -> It
             release(state, name, fd, purpose)
 
 
-def pending(state: JobState, pairs: list[Any], needs_work: Callable[[Any], bool], rank: int = 0) -> list[Any]:
-    """The pairs to run now. `needs_work` may reset a pair's record, so it runs under the pair's
-    claim; a pair claimed by a live process is planned as it is, its record untouched (whoever
-    gets to it runs it only once the claim is free, and only if it is still unfinished then)."""
-    planned = []
+def one_by_one(state: JobState, pairs: list[Any], rank: int = 0) -> Iterator[tuple[Any, bool]]:
+    """Each pair (anything with a `name`) with whether this process holds its claim, held while the
+    caller looks at it: deciding whether a pair needs work may reset its record, so it happens under
+    the claim. A pair claimed by a live process comes with False: plan it as it is, its record
+    untouched (whoever gets to it runs it only once the claim is free, and only if still unfinished)."""
     for pair in pairs:
         with _claim_all(state, [pair.name], rank, "plan") as got:
             if not got:
@@ -165,10 +158,7 @@ def pending(state: JobState, pairs: list[Any], needs_work: Callable[[Any], bool]
                     pair.name,
                     holder(state, pair.name),
                 )
-                planned.append(pair)
-            elif needs_work(pair):
-                planned.append(pair)
-    return planned
+            yield pair, got
 
 
 def claimed(

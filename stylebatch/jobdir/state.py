@@ -37,8 +37,10 @@ from typing import Any
 
 from stylebatch.atomic import atomic_write, link_message, open_nofollow, pid_alive, remove_stale_temps
 from stylebatch.errors import LockedError, UnsafePathError
+from stylebatch.jobdir.curves import CURVE_FILE
 
 STATE_DIR = ".stylebatch"
+JOB_FILE = "job.json"
 STATUSES = ("pending", "running", "done", "failed", "interrupted", "invalid")
 INVALID_PREFIX = (
     "_invalid_"  # records of invalid manifest entries (run --skip-invalid); a pair name may not start with it
@@ -56,15 +58,51 @@ def sha256_file(path: Path) -> str:
 
 
 class JobState:
-    def __init__(self, output_dir: Path):
+    """The job directory's state, and the one place its paths are made: every file under
+    `.stylebatch/` is named here, so a layout change touches this class alone."""
+
+    def __init__(self, output_dir: Path) -> None:
         self.output_dir = Path(output_dir)
         self.root = self.output_dir / STATE_DIR
 
+    @property
+    def job_file(self) -> Path:
+        """The resolved job (job/jobfile.py), written by rank 0 before any pair runs."""
+        return self.root / JOB_FILE
+
+    @property
+    def pairs_dir(self) -> Path:
+        return self.root / "pairs"
+
     def pair_dir(self, name: str) -> Path:
-        return self.root / "pairs" / name
+        return self.pairs_dir / name
 
     def checkpoint_path(self, name: str) -> Path:
         return self.pair_dir(name) / "last.ckpt"
+
+    def curve_path(self, name: str) -> Path:
+        return self.pair_dir(name) / CURVE_FILE
+
+    @property
+    def stop_file(self) -> Path:
+        """Written by rank 0 when it is signalled: reaches the workers on every node."""
+        return self.root / "stop"
+
+    @property
+    def ranks_dir(self) -> Path:
+        return self.root / "ranks"
+
+    def rank_file(self, rank: int) -> Path:
+        """A worker's heartbeat and counts, read by rank 0 while it waits."""
+        return self.ranks_dir / f"rank{rank}.json"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
 
     def ensure_dir(self, path: Path) -> Path:
         """Create `path` (inside the output directory) component by component, refusing any

@@ -23,6 +23,7 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 from PIL import Image, ImageDraw
@@ -349,7 +350,7 @@ class _Gallery:
 # ---------------------------------------------------------------- contact sheets
 
 
-def wrap_label(draw: ImageDraw.ImageDraw, text: str, width: int, font, lines: int = 2) -> list[str]:
+def wrap_label(draw: ImageDraw.ImageDraw, text: str, width: int, font: Any, lines: int = 2) -> list[str]:
     """`text` in at most `lines` lines of `width` px: broken at spaces, underscores and dashes where
     it can, and the last line shortened in the middle if the rest still does not fit: never cut off."""
     words = re.findall(r"[^\s_\-+]+[\s_\-+]*", " ".join(text.split())) or [text]
