@@ -8,13 +8,12 @@ and loads no torch: `stylebatch.stylize(content, style, ...)` for one picture, `
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["JobSummary", "PairSummary", "__version__", "run", "stylize"]
 
-_API = ("stylize", "JobSummary", "PairSummary")
+_API = ("stylize", "run", "JobSummary", "PairSummary")
 
 
 def __getattr__(name: str) -> Any:
@@ -23,19 +22,3 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     raise AttributeError(f"module 'stylebatch' has no attribute {name!r}")
-
-
-class _RunPackage(types.ModuleType):
-    """`stylebatch.run` is both the runner's package (stylebatch/run/) and the API's `run()`: Python
-    binds the package to that name as soon as any of its modules is imported, so the package itself
-    is made callable, and calling it is `api.run`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from stylebatch.api import run
-
-        return run(*args, **kwargs)
-
-
-from stylebatch import run  # noqa: E402 (the package's __init__ only: no torch)
-
-run.__class__ = _RunPackage

@@ -133,7 +133,7 @@ class _Lines:
 
 def _reporter(progress: bool) -> Any:
     """The runner's reporter: plain lines with `progress`, else the silent one."""
-    from stylebatch.run.options import Reporter
+    from stylebatch.runner.options import Reporter
 
     return _Lines() if progress else Reporter()
 
@@ -173,8 +173,8 @@ def _summary(job: Any, code: int) -> JobSummary:
 
 
 def _run_job(job: Any, device: str, progress: bool, **options: Any) -> int:
-    from stylebatch.run.options import RunOptions
-    from stylebatch.run.runner import run_job
+    from stylebatch.runner.loop import run_job
+    from stylebatch.runner.options import RunOptions
 
     return run_job(job, RunOptions(device=device, **options), _reporter(progress))
 

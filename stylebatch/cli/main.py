@@ -196,8 +196,8 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from stylebatch.run.runner import RunOptions, run_job
-    from stylebatch.run.workers import launch
+    from stylebatch.runner.loop import RunOptions, run_job
+    from stylebatch.runner.workers import launch
 
     devices = whole_number("--devices", args.devices, auto=True)
     num_nodes = whole_number("--num-nodes", args.num_nodes)
