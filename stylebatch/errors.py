@@ -34,6 +34,11 @@ class ConfigError(StylebatchError):
     """A config key, type or value is wrong."""
 
 
+class ManifestError(StylebatchError):
+    """The manifest (or a file it names) is invalid: what the Python API raises with every problem
+    the CLI would print before refusing to run (exit 2)."""
+
+
 class ImageError(StylebatchError):
     """An image file cannot be used (missing, not an image, truncated, too large)."""
 

@@ -91,6 +91,7 @@ def check_paths(args: argparse.Namespace) -> None:
         ("--from", "from_image"),
         ("output_dir", "output_dir"),
         ("image", "image"),
+        ("dest", "dest"),
     ):
         value = getattr(args, attr, None)
         if isinstance(value, str) and (problem := path_problem(value)):

@@ -160,6 +160,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--debug", action="store_true", help="show full tracebacks")
 
+    gallery = sub.add_parser(
+        "gallery", help="write the job's pictures as a self-contained folder to send: pages, contact sheets, files"
+    )
+    gallery.add_argument("output_dir", help="the job's output directory (the manifest's output_dir or --out)")
+    gallery.add_argument("dest", help="the folder to write (new, empty, or an earlier gallery, which is remade)")
+    gallery.add_argument("--losses", action="store_true", help="show each picture's final losses")
+    gallery.add_argument("--title", help="the pages' title (default: from the job directory's name)")
+    gallery.add_argument("--columns", default="auto", metavar="KEY", help="as for report")
+    gallery.add_argument("--rows", default="auto", metavar="KEY", help="as for report")
+    gallery.add_argument("--debug", action="store_true", help="show full tracebacks")
+
     inspect = sub.add_parser("inspect", help="print the settings, input hashes and versions an output carries")
     inspect.add_argument("image", help="an output image made by stylebatch")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
@@ -377,6 +388,26 @@ def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
     return 0
 
 
+def cmd_gallery(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from stylebatch.report.gallery import write_gallery
+
+    result = write_gallery(
+        Path(args.output_dir),
+        Path(args.dest),
+        losses=args.losses,
+        columns=args.columns,
+        rows=args.rows,
+        heading=args.title,
+    )
+    out.print(
+        f"gallery: {result.index} ({result.pictures} pictures, {result.pages} page(s), "
+        f"{len(result.sheets)} contact sheet(s)); zip the folder {args.dest} to send it",
+        soft_wrap=True,
+        markup=False,
+    )
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
     from stylebatch.fit.provenance import input_checks, input_files, read_metadata
     from stylebatch.job.config import FIELDS
@@ -398,6 +429,8 @@ def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
         f"  output       {size[0]}x{size[1]}, made on {meta.get('device', '?')}"
         + (f" with {threads} thread(s)" if threads else "")
     )
+    if meta.get("icc_profile"):  # the content's colour profile, which the output is in and carries
+        lines.append(f"  icc profile  {meta['icc_profile']}")
     lines.append("  versions     " + ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items()))
     for path in _kept_copies(Path(args.image)):
         lines.append(f"  replaced     {path} (an earlier output of this name, kept)")
@@ -426,6 +459,7 @@ COMMANDS = {
     "status": cmd_status,
     "report": cmd_report,
     "inspect": cmd_inspect,
+    "gallery": cmd_gallery,
 }
 
 

@@ -1,6 +1,6 @@
 """A job and its pairs as the loader makes them (`Pair`, `Job`), a pair's id, and where its output goes.
 
-May import: job.config (the types only; nothing that reads files).
+May import: job.config (the types only; nothing that reads files), images.output_extension.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stylebatch.images import output_extension
 from stylebatch.job.config import Config
 
 
 def output_name(name: str, fmt: str) -> str:
-    """The output file's name for a pair called `name` in format `fmt`."""
-    return f"{name}.{fmt}"
+    """The output file's name for a pair called `name` in format `fmt` (png16 → `.png`, tiff16 → `.tif`)."""
+    return f"{name}.{output_extension(fmt)}"
 
 
 @dataclass
