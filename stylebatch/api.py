@@ -107,7 +107,9 @@ class _Lines:
     def _say(self, line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    def start(self, total: int, done: int, pending: list) -> None:
+    def start(
+        self, total: int, done: int, pending: list, before: dict | None = None, settled: list | None = None
+    ) -> None:
         self._say(f"{total} pairs: {done} already done, {len(pending)} to run")
 
     def pair_start(self, pair: Any, steps_done: int, batch: list[str] | None) -> None:

@@ -192,7 +192,15 @@ def _load(args: argparse.Namespace, device: str | None = None):
     if not args.manifest:
         raise StylebatchError(f"{args.command}: give a manifest (or, for run, --from IMAGE)")
     sets = parse_set(args.set)
-    return load_job(args.manifest, preset=args.config, sets=sets, out=args.out, weights=args.weights, device=device)
+    return load_job(
+        args.manifest,
+        preset=args.config,
+        sets=sets,
+        out=args.out,
+        weights=args.weights,
+        device=device,
+        preset_flag=f"--config {args.config}",
+    )
 
 
 def _print_problems(err: Console, problems: list[str]) -> None:

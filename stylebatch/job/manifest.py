@@ -55,11 +55,13 @@ def load_job(
     weights: str | None = None,
     check_files: bool = True,
     resolve_auto: Callable[[Path], AutoResolver] | None = None,
+    preset_flag: str | None = None,
 ) -> Job:
     """Parse, resolve and validate a manifest. Never raises for user errors: every problem is
     recorded on the job (structure) or on its pair (config, files), so all can be listed at once.
     `resolve_auto(output_dir)`: turns `auto` settings into numbers for one pair (the memory model's
-    `autosize.resolver`, which `memory.autosize.load_job` passes); None leaves them `auto`."""
+    `autosize.resolver`, which `memory.autosize.load_job` passes); None leaves them `auto`.
+    `preset_flag`: what a bad `preset` is blamed on (the CLI's "--config X"; default the manifest)."""
     manifest = Path(manifest)
     src = str(manifest)
     problems: list[str] = []
@@ -126,8 +128,9 @@ def load_job(
     if preset_name is not None:
         try:
             layers.append(cfgmod.load_preset(str(preset_name)))
-        except ConfigError as e:  # a bad --config is the flag's, not the manifest's
-            problems += [f"--config {preset}: {p}" if preset else f"{src}: defaults: {p}" for p in e.problems]
+        except ConfigError as e:  # a bad --config is the flag's (`preset_flag`), not the manifest's
+            where = (preset_flag or src) if preset else f"{src}: defaults"
+            problems += [f"{where}: {p}" for p in e.problems]
     layers.append((f"{src}: defaults", defaults))
     try:
         cfgmod.resolve(layers)  # report problems in shared layers once, not once per pair
