@@ -333,7 +333,7 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
     results, names = [], [Path(m.output).stem for m in members]
     final = module.result()
     for i, (m, p) in enumerate(zip(members, passes)):
-        image = pair_inputs.render(final[i : i + 1], p, m.cfg)  # post-hoc colour, 8 bits, the content's alpha
+        pixels = pair_inputs.output_pixels(final[i : i + 1], p, m.cfg)  # post-hoc colour, float
         meta = {
             **m.metadata,
             "evaluations": module.evaluations,
@@ -346,7 +346,7 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
                 losses[i],
                 seconds,
                 False,
-                write_output(image, m.output, m.cfg, device, meta),
+                write_output(pixels, p.alpha, images[i].icc, m.output, m.cfg, device, meta),
                 batch_size=n,
             )
         )

@@ -176,7 +176,24 @@ def resolved(path: Path) -> Path | None:
         return None
 
 
-def check_pair_files(pair: Pair, files: FileChecker, where: str, weights: str) -> None:
+def wrong_folder_hint(path: Path, base: Path | None) -> str:
+    """For a file not found relative to the manifest's folder: that it exists relative to the
+    current directory, when it does (paths in a manifest are relative to the manifest)."""
+    if base is None:
+        return ""
+    try:
+        given = Path(os.path.relpath(path, base))
+    except ValueError:
+        return ""
+    if given.is_absolute() or not (Path.cwd() / given).is_file():
+        return ""
+    return (
+        f" ({given} exists relative to the current directory, but paths in a manifest are relative to "
+        f"the manifest's folder, {base}: write {os.path.relpath(Path.cwd() / given, base)})"
+    )
+
+
+def check_pair_files(pair: Pair, files: FileChecker, where: str, weights: str, base: Path | None = None) -> None:
     cfg = pair.config
     sizes = {}
     styles = pair.styles
@@ -187,7 +204,8 @@ def check_pair_files(pair: Pair, files: FileChecker, where: str, weights: str) -
     for role, path in roles:
         wh, err = files.size(path, cfg.max_pixels)
         if err:
-            pair.problems.append(f"{where}: {role}: {err}")
+            hint = wrong_folder_hint(path, base) if err.endswith(": file not found") else ""
+            pair.problems.append(f"{where}: {role}: {err}{hint}")
         sizes[role] = wh
     if not all(sizes.values()):
         return

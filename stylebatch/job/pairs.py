@@ -1,6 +1,6 @@
 """A job and its pairs as the loader makes them (`Pair`, `Job`), a pair's id, and where its output goes.
 
-May import: job.config (the types only; nothing that reads files).
+May import: job.config (the types only; nothing that reads files), images.output_extension.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stylebatch.images import output_extension
 from stylebatch.job.config import Config
 
 
 def output_name(name: str, fmt: str) -> str:
-    """The output file's name for a pair called `name` in format `fmt`."""
-    return f"{name}.{fmt}"
+    """The output file's name for a pair called `name` in format `fmt` (png16 → `.png`, tiff16 → `.tif`)."""
+    return f"{name}.{output_extension(fmt)}"
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Pair:
 
     @property
     def label(self) -> str:
-        return f"{self.entry} '{self.name}'"
+        return f"{self.entry} '{self.name}'" if self.name else self.entry  # no name: its content is missing
 
     @property
     def cost(self) -> int:
@@ -49,6 +50,7 @@ class Job:
     weights: str
     pairs: list[Pair]
     problems: list[str]  # job-level problems (structure, output_dir, weights)
+    notes: list[str] = field(default_factory=list)  # what `auto` settings chose, for validate and run
 
     @property
     def valid_pairs(self) -> list[Pair]:

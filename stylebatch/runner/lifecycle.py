@@ -15,6 +15,9 @@ from stylebatch.jobdir.state import INVALID_PREFIX, JobState, effective_status, 
 from stylebatch.runner.options import Reporter, StopFlag
 
 log = logging.getLogger("stylebatch")
+# How stale a running pair's evaluation count in its record (what `status` shows) may get between
+# checkpoints; also its heartbeat. One small atomic write every few seconds costs nothing beside a fit.
+PROGRESS_EVERY_S = 5.0
 
 
 def summarize_job(job: Job, state: JobState) -> dict[str, int]:
@@ -35,9 +38,13 @@ def recorded_batches(state: JobState, pairs: list[Pair]) -> dict[str, list[str]]
 def begin_pair(
     job: Job, pair: Pair, state: JobState, stop: StopFlag, reporter: Reporter, rank: int, batch: list[str] | None
 ) -> tuple[PairHooks, float]:
-    """Mark a pair running (owner, attempt, batch membership) and make the hooks that watch it."""
+    """Mark a pair running (owner, attempt, batch membership) and make the hooks that watch it;
+    returns them and the time the pair would have started had it run in one go (now, less the
+    seconds it spent in earlier runs), so its recorded `seconds` is its total."""
     record = state.read(pair.name) or {}
-    started = time.time()
+    # `seconds` is the pair's time over all its runs: a resumed pair carries what it had spent so far.
+    spent = float(record.get("seconds") or 0) if int(record.get("steps_done") or 0) > 0 else 0.0
+    started = time.time() - spent
     state.write(
         pair.name,
         {
@@ -58,12 +65,12 @@ def begin_pair(
 
     def on_progress(n: int, losses: dict[str, float]) -> None:
         reporter.pair_progress(pair, n, losses)
-        if time.monotonic() - last_beat[0] > 30:
-            state.update(pair.name, steps_done=n, heartbeat=time.time())
+        if time.monotonic() - last_beat[0] >= PROGRESS_EVERY_S:
+            state.update(pair.name, steps_done=n, heartbeat=time.time(), seconds=round(time.time() - started, 3))
             last_beat[0] = time.monotonic()
 
     def on_checkpoint(n: int) -> None:
-        state.update(pair.name, steps_done=n, heartbeat=time.time())
+        state.update(pair.name, steps_done=n, heartbeat=time.time(), seconds=round(time.time() - started, 3))
 
     stop_file = state.stop_file
     hooks = PairHooks(
@@ -76,7 +83,13 @@ def conclude_pair(
     job: Job, pair: Pair, state: JobState, reporter: Reporter, result: PairResult, started: float
 ) -> None:
     if result.interrupted:
-        state.update(pair.name, status="interrupted", steps_done=result.evaluations, heartbeat=time.time())
+        state.update(
+            pair.name,
+            status="interrupted",
+            steps_done=result.evaluations,
+            heartbeat=time.time(),
+            seconds=round(time.time() - started, 3),
+        )
         reporter.pair_end(pair, "interrupted")
         return
     if not pair.config.keep_checkpoints:

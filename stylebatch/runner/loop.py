@@ -48,7 +48,7 @@ from stylebatch.runner.lifecycle import (
     recorded_batches,
     summarize_job,
 )
-from stylebatch.runner.options import Reporter, RunOptions, StopFlag, needs_work, plainly_done
+from stylebatch.runner.options import Reporter, RunOptions, StopFlag, check_redo, needs_work, plainly_done
 from stylebatch.runner.plan import plan as make_plan
 
 log = logging.getLogger("stylebatch")
@@ -77,6 +77,14 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
     reporter = reporter or Reporter()
     claims.new_job()
     state = JobState(job.output_dir)
+    try:
+        # Before anything is written: weights that cannot be had (offline ImageNet) leave no job
+        # directory behind for `status` to find.
+        vgg = load_vgg(job.weights, job.layers_used)
+    except BaseException as e:
+        if fabric is not None:
+            fabric.broadcast({"abort": str(e)}, src=0)  # let the workers exit 0 instead of hanging
+        raise
     job.output_dir.mkdir(parents=True, exist_ok=True)
     world = fabric.world_size if fabric is not None else 1
     stop = StopFlag(on_signal=lambda signum: _forward_stop(fabric, state, signum))
@@ -86,6 +94,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
         try:
             _open_log(state, rank=0)
             _log_rank(fabric)
+            check_redo(job, state, opts, reporter)  # before anything in the directory changes
             if opts.fresh and state.pairs_dir.exists():
                 shutil.rmtree(state.pairs_dir)
             removed = state.remove_stale_temps()  # only .stylebatch/; pair temps under their claim
@@ -95,7 +104,6 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
                 shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
             write_job_file(job, state.job_file)  # compact: the config once, a line per pair
             record_invalid(job, state)
-            vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
             # Under each pair's claim: a pair a live process works on is planned, its record untouched.
             # A pair whose record and output stamp say done is passed over without a claim (read-only:
             # a restart of a large finished job is one record read and one stat per pair).
@@ -113,7 +121,10 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             raise
         if fabric is not None:
             fabric.broadcast({"shares": shares}, src=0)
-        reporter.start(len(job.pairs), len(job.valid_pairs) - len(pending), pending)
+        planned = {p.name for p in pending}
+        before = {p.name: int((state.read(p.name) or {}).get("steps_done") or 0) for p in pending}
+        settled = [p for p in job.valid_pairs if p.name not in planned]  # done, or failed for good
+        reporter.start(len(job.pairs), len(job.valid_pairs) - len(pending), pending, before, settled)
         log.info("plan: %s", dict(enumerate(shares)))
         stop.install()
         live = LiveReport(job.output_dir, report_every_s(job)).start()  # rank 0's live report
@@ -122,6 +133,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             if world > 1:
                 _wait_for_workers(state, world, opts.sync_timeout, reporter, job)
             live.stop(final=True)  # the report once more at the end
+            measure.record_job(_rank_device(fabric, opts))  # the run's time besides its batches
         finally:
             live.stop(final=False)  # no-op after the final one
             stop.restore()
