@@ -43,6 +43,9 @@ class _RateETA(ProgressColumn):
         return Text(eta_text(left / rate if rate else None), style="progress.remaining")
 
 
+_WORK: dict[tuple, tuple[Any, float]] = {}
+
+
 def pair_work(pair: Pair, start: int, end: int) -> float:
     """The work of evaluations start..end of a pair: its FLOPs where its sizes are known, else the
     evaluations themselves (every pair then weighs the same per evaluation)."""
@@ -57,7 +60,16 @@ def pair_work(pair: Pair, start: int, end: int) -> float:
             from stylebatch.memory.estimate import work
 
             tile = cfg.tile if isinstance(cfg.tile, int) else None
-            return work(cfg, tuple(wh), start, end, 1, tile)
+            # Once per distinct (config, size, span): a grid's pairs share their Config object, and a
+            # 100,000-pair start sums every pair's work twice. The entry keeps its config, so an id
+            # reused after the config is gone never matches.
+            key = (id(cfg), tuple(wh), start, end, tile)
+            hit = _WORK.get(key)
+            if hit is None or hit[0] is not cfg:
+                if len(_WORK) > 4096:
+                    _WORK.clear()
+                hit = _WORK[key] = (cfg, work(cfg, tuple(wh), start, end, 1, tile))
+            return hit[1]
         except Exception:  # noqa: BLE001 (a progress bar never stops a job)
             pass
     return float(end - start)
