@@ -90,6 +90,13 @@ class Config:
         "photo with a tint of the style, 1 leaves texture with a hint of the content (README, alpha/beta).",
         ge=0,
     )
+    style_loss: str = _field(
+        "gram",
+        "How style is compared at each style layer: `gram` (Gatys: MSE between Gram matrices) or `wasserstein` "
+        "(squared Wasserstein-2 distance between Gaussians fitted to the feature vectors: means and "
+        "covariances, as crowsonkb/style-transfer-pytorch; not with `tile`).",
+        choices=("gram", "wasserstein"),
+    )
     tv_weight: float = _field(0.0, "Weight of the total-variation loss (smooths high-frequency noise).", ge=0)
     normalize_losses: bool = _field(
         True,
@@ -135,6 +142,11 @@ class Config:
         "min. Each pass starts from the previous result upsampled, with the targets recomputed at its size. "
         "`steps` is the total budget, split evenly over the passes (the final one gets any remainder). "
         "Empty (`scales: null`): one pass at `size`.",
+    )
+    carry_adam: bool = _field(
+        False,
+        "Coarse-to-fine with Adam: start each pass with the previous pass's Adam moments, resized to the new "
+        "size (crowsonkb's scale_adam), instead of a fresh optimizer whose first steps move every pixel by lr.",
     )
     ema_decay: float = _field(
         0.0,
@@ -271,6 +283,8 @@ def cross_check(cfg: Config) -> list[str]:
     if isinstance(cfg.tile, int) and cfg.tile % (unit := grid_unit(cfg.layers_used)):
         problems.append(f"'tile' {cfg.tile}: with layer {max(cfg.layers_used, key=LAYER_INDEX.__getitem__)} tiles "
                         f"must be a multiple of {unit} px")
+    if cfg.style_loss == "wasserstein" and cfg.tile is not None:
+        problems.append("'style_loss' wasserstein is not computed tile by tile: use 'tile' with style_loss gram")
     if isinstance(cfg.scales, list) and cfg.scales and cfg.scales[-1] >= cfg.size:
         problems.append(f"'scales' {cfg.scales}: each coarse pass must be smaller than 'size' {cfg.size} "
                         "(the final pass at 'size' is implied)")

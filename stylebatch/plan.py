@@ -49,6 +49,7 @@ def batch_key(pair: Any) -> str | None:
         "passes": pass_sizes(pair), "ends": cfg.scale_ends, "limit": limit,
         "layers": [cfg.content_layer, sorted(cfg.style_layers)], "pooling": cfg.pooling,
         "optimizer": [cfg.optimizer, cfg.learning_rate], "precision": cfg.precision, "ema": cfg.ema_decay,
+        "style_loss": cfg.style_loss, "carry_adam": cfg.carry_adam,
         "schedule": [cfg.checkpoint_every, cfg.log_every],
     }
     return json.dumps(shape, sort_keys=True)

@@ -8,13 +8,14 @@ TV or per-layer weights is one module with (B,) weights.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from stylebatch import tiling
 from stylebatch.config import Config
-from stylebatch.losses import gram_matrix
+from stylebatch.losses import feature_moments, gram_matrix
 
 
 def blend_weights(cfg: Config, n: int) -> list[float]:
@@ -31,6 +32,20 @@ def _grams(vgg, image: torch.Tensor, cfg: Config, tile: int | None) -> dict[str,
         return tiling.tiled_targets(vgg, image, None, list(cfg.style_layers), cfg.pooling, tile)[1]
     feats = vgg(image, list(cfg.style_layers), pooling=cfg.pooling)
     return {name: gram_matrix(feats[name]) for name in cfg.style_layers}
+
+
+@torch.no_grad()
+def blended_means(vgg, styles: list[torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
+    """{layer: sum_j w_j mu_j}: each style's mean feature vector (B, C), blended like the Grams (the
+    mean and the second raw moment blend linearly; the covariance does not). Untiled only."""
+    weights = blend_weights(cfg, len(styles))
+    out: dict[str, torch.Tensor] = {}
+    for w, s in zip(weights, styles):
+        feats = vgg(s, list(cfg.style_layers), pooling=cfg.pooling)
+        for name in cfg.style_layers:
+            m = feature_moments(feats[name])[0] * (w if len(styles) > 1 else 1.0)
+            out[name] = m if name not in out else out[name] + m
+    return out
 
 
 @torch.no_grad()
@@ -56,12 +71,14 @@ class LossTargets:
 
     content_layer: str
     content: torch.Tensor  # (B, C, h, w) content features at content_layer
-    grams: dict[str, torch.Tensor]  # style layer -> (B, C, C) Gram targets
+    grams: dict[str, torch.Tensor]  # style layer -> (B, C, C) Gram targets (second raw moments)
     content_scale: torch.Tensor  # multiplies the content MSE: 1 / its target's mean square when normalised
     layer_weights: dict[str, torch.Tensor]  # style layer -> w_i (times 1 / its target's mean square)
     alpha: torch.Tensor  # content_weight
     beta: torch.Tensor  # style_weight
     tv: torch.Tensor  # tv_weight
+    # style layer -> (B, C) mean feature vectors; only for `style_loss: wasserstein` (else empty)
+    means: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     @staticmethod
     def cat(parts: list["LossTargets"]) -> "LossTargets":
@@ -75,6 +92,7 @@ class LossTargets:
             first.content_layer, cat(lambda p: p.content), {k: cat(lambda p, k=k: p.grams[k]) for k in first.grams},
             cat(lambda p: p.content_scale), {k: cat(lambda p, k=k: p.layer_weights[k]) for k in first.grams},
             cat(lambda p: p.alpha), cat(lambda p: p.beta), cat(lambda p: p.tv),
+            {k: cat(lambda p, k=k: p.means[k]) for k in first.means},
         )
 
 
@@ -86,6 +104,13 @@ def _relative(t: torch.Tensor, on: bool) -> torch.Tensor:
     if not on:
         return torch.ones(t.shape[0], device=t.device)
     return 1.0 / t.pow(2).flatten(1).mean(1).clamp_min(1e-12)
+
+
+def _relative_trace(g: torch.Tensor, on: bool) -> torch.Tensor:
+    """(1,) scale of a Wasserstein style term: 1 / the style's mean square activation (tr(G) / C)."""
+    if not on:
+        return torch.ones(g.shape[0], device=g.device)
+    return 1.0 / g.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
 
 
 @torch.no_grad()
@@ -100,8 +125,15 @@ def compute_targets(vgg, content: torch.Tensor, styles: list[torch.Tensor], cfg:
         feats = vgg(content, [cfg.content_layer], pooling=cfg.pooling)[cfg.content_layer]
     grams = blended_grams(vgg, styles, cfg, tile)
     one = lambda v: torch.full((1,), float(v), device=content.device)  # noqa: E731
+    if cfg.style_loss == "wasserstein":
+        # W2 is in squared activation units (a Gram error is in fourth powers): relative to the
+        # style's mean square activation, tr(G) / C, the same relative error on any network.
+        means = blended_means(vgg, styles, cfg)
+        scale = {name: _relative_trace(g, cfg.normalize_losses) for name, g in grams.items()}
+    else:
+        means, scale = {}, {name: _relative(g, cfg.normalize_losses) for name, g in grams.items()}
     return LossTargets(
         cfg.content_layer, feats, grams, _relative(feats, cfg.normalize_losses),
-        {name: cfg.style_layers[name] * _relative(g, cfg.normalize_losses) for name, g in grams.items()},
-        one(cfg.content_weight), one(cfg.style_weight), one(cfg.tv_weight),
+        {name: cfg.style_layers[name] * scale[name] for name in grams},
+        one(cfg.content_weight), one(cfg.style_weight), one(cfg.tv_weight), means,
     )
