@@ -409,12 +409,16 @@ def measure(args: argparse.Namespace) -> list[Row]:
         for content, style in args.pair_list:
             name = pair_name(content, style)
             images = {label: outdir / f"{name}.png" for label, outdir, _ in runs}
-            images.update({label: folder / f"{name}.png" for label, folder, _ in externals})
+            # Another tool's folder may hold only some of the pairs: the others are left blank.
+            images.update({label: folder / f"{name}.png" for label, folder, _ in externals
+                           if (folder / f"{name}.png").is_file()})
             values = stick.measure(find_image(args.images, content), find_image(args.images, style),
                                    {label: load_output(path) for label, path in images.items()})
             for ref in ("content image", "style image"):
                 rows.append(Row(short(weights), name, ref, None, None, values[ref]))
             for label, folder, secs in externals:
+                if label not in images:
+                    continue
                 rows.append(Row(short(weights), name, label, None, secs.get(name), values[label], images[label]))
             for label, outdir, records in runs:
                 rec = records[name]
@@ -481,9 +485,12 @@ def sheet(rows: list[Row], weights: str, pairs: list[tuple[str, str]], images: P
         mine = {r.setting: r for r in rows if r.weights == weights and r.pair == name}
         cells = [(find_image(images, content), content, mine["content image"]),
                  (find_image(images, style), style, mine["style image"])]
-        cells += [(mine[label].image, label, mine[label]) for label in labels]
+        cells += [(mine[label].image, label, mine[label]) if label in mine else None for label in labels]
         y = i * (CELL + cap)
-        for j, (file, text, r) in enumerate(cells):
+        for j, cell in enumerate(cells):
+            if cell is None:
+                continue
+            file, text, r = cell
             pic = Image.open(file).convert("RGB")
             pic = resize(pic, fit_size(*pic.size, CELL))  # up or down: a 128 px output fills its cell too
             img.paste(pic, (j * CELL + (CELL - pic.width) // 2, y + (CELL - pic.height) // 2))
@@ -512,13 +519,17 @@ def crop_sheet(rows: list[Row], weights: str, pairs: list[tuple[str, str]], imag
     for i, (content, style) in enumerate(pairs):
         name = pair_name(content, style)
         mine = {r.setting: r for r in rows if r.weights == weights and r.pair == name}
-        outputs = [Image.open(mine[label].image).convert("RGB") for label in labels]
-        long_side = size or (max(outputs[0].size) if outputs else CELL)
+        outputs = {label: Image.open(mine[label].image).convert("RGB") for label in labels if label in mine}
+        long_side = size or (max(next(iter(outputs.values())).size) if outputs else CELL)
         c_img = Image.open(find_image(images, content)).convert("RGB")
         pics = [(resize(c_img, fit_size(*c_img.size, long_side)), f"{name} content")]
-        pics += [(o, f"{label}: chroma {mine[label].values['chroma']:.2f}") for o, label in zip(outputs, labels)]
+        pics += [(outputs[label], f"{label}: chroma {mine[label].values['chroma']:.2f}") if label in outputs else None
+                 for label in labels]
         y = i * (side + cap)
-        for j, (pic, text) in enumerate(pics):
+        for j, cell in enumerate(pics):
+            if cell is None:
+                continue
+            pic, text = cell
             crop = central_crop(pic)
             crop = crop.resize((crop.width * ZOOM, crop.height * ZOOM), Image.Resampling.NEAREST)
             img.paste(crop, (j * side, y + cap))
