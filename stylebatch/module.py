@@ -57,7 +57,7 @@ def resized_adam_state(state: dict[str, Any], size: tuple[int, int]) -> dict[str
     step count is kept, so the bias correction does not treat the carried moments as new."""
     out = {"param_groups": state["param_groups"], "state": {}}
     for key, st in state["state"].items():
-        st = dict(st)
+        st = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()}  # never alias the old optimizer
         for name, mode in (("exp_avg", "bicubic"), ("exp_avg_sq", "bilinear")):
             if name in st and tuple(st[name].shape[-2:]) != size:
                 resized = torch.nn.functional.interpolate(st[name], size=size, mode=mode, align_corners=False)

@@ -26,43 +26,40 @@ def blend_weights(cfg: Config, n: int) -> list[float]:
     return list(cfg.style_blend)
 
 
-def _grams(vgg, image: torch.Tensor, cfg: Config, tile: int | None) -> dict[str, torch.Tensor]:
-    """One image's Gram matrices: one VGG pass, or tile by tile where it is larger than `tile`."""
+def _moments(vgg, image: torch.Tensor, cfg: Config, tile: int | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One image's Gram matrices, and with `style_loss: wasserstein` its mean feature vectors, from one
+    VGG pass, or tile by tile where it is larger than `tile` (Grams only: W2 refuses tiles)."""
     if tiling.needs_tiling(*image.shape[-2:], tile):
-        return tiling.tiled_targets(vgg, image, None, list(cfg.style_layers), cfg.pooling, tile)[1]
+        return tiling.tiled_targets(vgg, image, None, list(cfg.style_layers), cfg.pooling, tile)[1], {}
     feats = vgg(image, list(cfg.style_layers), pooling=cfg.pooling)
-    return {name: gram_matrix(feats[name]) for name in cfg.style_layers}
+    grams = {name: gram_matrix(feats[name]) for name in cfg.style_layers}
+    if cfg.style_loss != "wasserstein":
+        return grams, {}
+    return grams, {name: feature_moments(feats[name])[0] for name in cfg.style_layers}
 
 
 @torch.no_grad()
-def blended_means(vgg, styles: list[torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
-    """{layer: sum_j w_j mu_j}: each style's mean feature vector (B, C), blended like the Grams (the
-    mean and the second raw moment blend linearly; the covariance does not). Untiled only."""
+def blended_moments(vgg, styles: list[torch.Tensor], cfg: Config,
+                    tile: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """({layer: sum_j w_j G_j}, {layer: sum_j w_j mu_j}): each style's Gram matrices (second raw
+    moments) and, for `style_loss: wasserstein`, mean feature vectors (else {}), one VGG pass per
+    style, blended with the normalised `style_blend` weights (JJ, NSPT and crowsonkb blend the
+    targets the same way; the mean and the second raw moment blend linearly, a covariance would
+    not). A single style's are returned unscaled, so weights [1, 0] give exactly the first style's."""
     weights = blend_weights(cfg, len(styles))
-    out: dict[str, torch.Tensor] = {}
+    grams: dict[str, torch.Tensor] = {}
+    means: dict[str, torch.Tensor] = {}
     for w, s in zip(weights, styles):
-        feats = vgg(s, list(cfg.style_layers), pooling=cfg.pooling)
-        for name in cfg.style_layers:
-            m = feature_moments(feats[name])[0] * (w if len(styles) > 1 else 1.0)
-            out[name] = m if name not in out else out[name] + m
-    return out
+        for out, part in zip((grams, means), _moments(vgg, s, cfg, tile)):
+            for name, v in part.items():
+                v = v * w if len(styles) > 1 else v
+                out[name] = v if name not in out else out[name] + v
+    return grams, means
 
 
-@torch.no_grad()
 def blended_grams(vgg, styles: list[torch.Tensor], cfg: Config, tile: int | None = None) -> dict[str, torch.Tensor]:
-    """{layer: sum_j w_j G_j}: each style's Gram matrices (one VGG pass per style), blended with the
-    normalised `style_blend` weights (JJ, NSPT and crowsonkb blend the targets the same way). A
-    single style's Grams are returned unscaled, so weights [1, 0] give exactly the first style's."""
-    weights = blend_weights(cfg, len(styles))
-    out: dict[str, torch.Tensor] = {}
-    for w, s in zip(weights, styles):
-        grams = _grams(vgg, s, cfg, tile)
-        for name in cfg.style_layers:
-            g = grams[name]
-            if len(styles) > 1:
-                g = g * w
-            out[name] = g if name not in out else out[name] + g
-    return out
+    """{layer: sum_j w_j G_j}: the blended Gram matrices alone (see `blended_moments`)."""
+    return blended_moments(vgg, styles, cfg, tile)[0]
 
 
 @dataclass
@@ -123,15 +120,14 @@ def compute_targets(vgg, content: torch.Tensor, styles: list[torch.Tensor], cfg:
         feats = tiling.tiled_targets(vgg, content, cfg.content_layer, [], cfg.pooling, tile)[0]
     else:
         feats = vgg(content, [cfg.content_layer], pooling=cfg.pooling)[cfg.content_layer]
-    grams = blended_grams(vgg, styles, cfg, tile)
+    grams, means = blended_moments(vgg, styles, cfg, tile)
     one = lambda v: torch.full((1,), float(v), device=content.device)  # noqa: E731
     if cfg.style_loss == "wasserstein":
         # W2 is in squared activation units (a Gram error is in fourth powers): relative to the
         # style's mean square activation, tr(G) / C, the same relative error on any network.
-        means = blended_means(vgg, styles, cfg)
         scale = {name: _relative_trace(g, cfg.normalize_losses) for name, g in grams.items()}
     else:
-        means, scale = {}, {name: _relative(g, cfg.normalize_losses) for name, g in grams.items()}
+        scale = {name: _relative(g, cfg.normalize_losses) for name, g in grams.items()}
     return LossTargets(
         cfg.content_layer, feats, grams, _relative(feats, cfg.normalize_losses),
         {name: cfg.style_layers[name] * scale[name] for name in grams},

@@ -348,6 +348,8 @@ def test_carry_adam_hands_the_coarse_pass_state_to_the_fine_pass(vgg, make_image
 
         def configure_optimizers(self):
             self.opt = super().configure_optimizers()
+            st = self.opt.state.get(self.target, {})
+            self.start = (float(st["step"]), tuple(st["exp_avg"].shape)) if st else None
             return self.opt
 
     monkeypatch.setattr(engine, "StyleTransferModule", Recording)
@@ -357,8 +359,8 @@ def test_carry_adam_hands_the_coarse_pass_state_to_the_fine_pass(vgg, make_image
     coarse, fine = made
     assert coarse.adam_state is None
     if not carry:
-        assert fine.adam_state is None
+        assert fine.adam_state is None and fine.start is None
         return
-    (st,) = fine.adam_state["state"].values()
-    assert float(st["step"]) == 3 and st["exp_avg"].shape[-2:] == (16, 16)  # the coarse pass's 3 steps
+    assert coarse.start is None  # a fresh optimizer on the coarse pass
+    assert fine.start == (3.0, (1, 3, 32, 32))  # the coarse pass's 3 steps, its moments at the fine size
     assert float(fine.opt.state[fine.target]["step"]) == 6  # went on counting from them

@@ -4,6 +4,7 @@ the style image themselves, a blurred and a noised copy, hand-computable pattern
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ IMAGES = REPO / "manifests" / "images"
 def q():
     spec = importlib.util.spec_from_file_location("quality", REPO / "scripts" / "quality.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["quality"] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
