@@ -259,6 +259,7 @@ def test_module_losses_are_the_documented_weighted_sum(vgg):
         content_weight=3.0,
         style_weight=7.0,
         tv_weight=0.25,
+        style_loss="gram",
     )
     module = module_for(vgg, content, style, cfg)
     with torch.no_grad():
@@ -279,6 +280,43 @@ def test_module_losses_are_the_documented_weighted_sum(vgg):
         assert torch.allclose(alone.losses(image[1:])["total"], got["total"][1:], rtol=1e-4)
 
 
+def test_wasserstein_module_losses_are_the_documented_weighted_sum(vgg):
+    """style_loss wasserstein: Σ_i w_i W2²_i / (the style's mean square activation at layer i), with
+    W2² between Gaussians (mean and covariance, 1e-4 of the mean variance on both diagonals) per channel."""
+    import numpy as np
+
+    def sqrtm(a):
+        vals, vecs = np.linalg.eigh(a)
+        return vecs @ np.diag(np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+
+    gen = torch.Generator().manual_seed(6)
+    content, style = torch.rand(2, 3, 20, 16, generator=gen), torch.rand(2, 3, 24, 24, generator=gen)
+    image = torch.rand(2, 3, 20, 16, generator=gen)
+    cfg = Config(
+        content_layer="conv2_1",
+        style_layers={"relu1_1": 0.5, "relu2_1": 2.0},
+        style_weight=7.0,
+        tv_weight=0.0,
+        style_loss="wasserstein",
+    )
+    module = module_for(vgg, content, style, cfg)
+    with torch.no_grad():
+        got = module.losses(image)["style"]
+        want = np.zeros(2)
+        for name, w in cfg.style_layers.items():
+            fi, fs = (vgg(x, [name])[name].double().flatten(2).numpy() for x in (image, style))
+            for b in range(2):
+                mi, ms = fi[b].mean(1), fs[b].mean(1)
+                ci, cs = np.cov(fi[b], bias=True), np.cov(fs[b], bias=True)
+                eps = 1e-4 * np.diag(cs).mean() * np.eye(len(ms))
+                root = sqrtm(cs + eps)
+                w2 = ((mi - ms) ** 2).mean() + np.trace(ci + cs + 2 * eps - 2 * sqrtm(root @ (ci + eps) @ root)) / len(
+                    ms
+                )
+                want[b] += w * w2 / (fs[b] ** 2).mean()
+    assert np.allclose(got.numpy(), want, rtol=1e-3)
+
+
 def test_an_unknown_optimizer_is_refused_never_run_as_another(vgg) -> None:
     """A new optimizer name that nothing handles fails loudly: in the config, and in the module even
     if a config let it through (it is never silently run as L-BFGS)."""
@@ -293,3 +331,52 @@ def test_an_unknown_optimizer_is_refused_never_run_as_another(vgg) -> None:
     object.__setattr__(module.optimizer_spec, "name", "sgd")  # past every check: still refused
     with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
         module.configure_optimizers()
+
+
+# --- Adam carried across coarse-to-fine passes (carry_adam) ----------------------------------
+
+
+def test_resized_adam_state_keeps_steps_and_resizes_moments():
+    from stylebatch.fit.module import resized_adam_state
+
+    avg = torch.full((1, 3, 4, 6), 0.25)
+    sq = torch.rand(1, 3, 4, 6) * 1e-3
+    state = {
+        "state": {0: {"step": torch.tensor(7.0), "exp_avg": avg, "exp_avg_sq": sq}},
+        "param_groups": [{"lr": 0.05, "params": [0]}],
+    }
+    out = resized_adam_state(state, (8, 12))
+    moved = out["state"][0]
+    assert moved["exp_avg"].shape == moved["exp_avg_sq"].shape == (1, 3, 8, 12)
+    assert torch.allclose(moved["exp_avg"], torch.full((1, 3, 8, 12), 0.25))  # a constant stays constant
+    assert (moved["exp_avg_sq"] >= 0).all() and float(moved["step"]) == 7  # bias correction goes on
+    assert out["param_groups"] == state["param_groups"] and state["state"][0]["exp_avg"] is avg  # no mutation
+
+
+@pytest.mark.parametrize("carry", [False, True])
+def test_carry_adam_hands_the_coarse_pass_state_to_the_fine_pass(vgg, make_image, tmp_path, monkeypatch, carry):
+    made = []
+
+    class Recording(StyleTransferModule):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+        def configure_optimizers(self):
+            self.opt = super().configure_optimizers()
+            st = self.opt.state.get(self.target, {})
+            self.start = (float(st["step"]), tuple(st["exp_avg"].shape)) if st else None
+            return self.opt
+
+    monkeypatch.setattr(engine, "StyleTransferModule", Recording)
+    content, style = make_image("c.png", size=(32, 32), seed=1), make_image("s.png", size=(32, 32), seed=2)
+    cfg = Config(**{**BASE, "size": 32, "scales": [16], "steps": 6, "carry_adam": carry})
+    fit_one(vgg, content, style, cfg, tmp_path / "p.ckpt", tmp_path / "out.png")
+    coarse, fine = made
+    assert coarse.adam_state is None
+    if not carry:
+        assert fine.adam_state is None and fine.start is None
+        return
+    assert coarse.start is None  # a fresh optimizer on the coarse pass
+    assert fine.start == (3.0, (1, 3, 32, 32))  # the coarse pass's 3 steps, its moments at the fine size
+    assert float(fine.opt.state[fine.target]["step"]) == 6  # went on counting from them

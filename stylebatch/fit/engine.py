@@ -97,6 +97,7 @@ def build_module(
     *,
     scale: int = 0,
     evaluations: int = 0,
+    adam_state: dict[str, Any] | None = None,
 ) -> StyleTransferModule:
     """One module for a batch at pass `scale`. Each part is one member: its content (1, 3, H, W) and
     style images as the network sees them, its config, and its starting image (None: the content),
@@ -117,6 +118,7 @@ def build_module(
         scale_end=cfg.scale_ends[scale],
         tile=tile,
         tile_seed=cfg.seed,
+        adam_state=adam_state,
     )
 
 
@@ -286,7 +288,7 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
     if done < cfg.steps:
         for curve in curves:
             curve.restart(at=done)
-    interrupted, previous = False, None
+    interrupted, previous, carried = False, None, None
     try:
         for k in range(first, len(cfg.scale_sizes)):
             passes = [pair_inputs.pass_inputs(im, m.cfg, k) for im, m in zip(images, members)]
@@ -298,12 +300,13 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
                 (p.content.to(device), [s.to(device) for s in p.styles], m.cfg, init.to(device))
                 for p, m, init in zip(passes, members, inits)
             ]
-            module = build_module(vgg, parts, scale=k, evaluations=done)
+            module = build_module(vgg, parts, scale=k, evaluations=done, adam_state=carried)
             resume = ckpt is not None and k == first
             if resume and done >= module.scale_end:
                 # A finished pass (finished pairs' kept checkpoints): its images are final, nothing to optimise.
                 module.on_load_checkpoint(ckpt)
                 module.load_state_dict(ckpt["state_dict"], strict=False)
+                carried = ckpt["optimizer_states"][0] if cfg.carry_adam and cfg.optimizer == "adam" else None
             else:
                 callback = _BudgetCallback(cfg, members, curves)
                 snapshots = [
@@ -322,6 +325,8 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
                     break
                 if module.evaluations >= cfg.steps and any(m.cfg.keep_checkpoints for m in members):
                     trainer.save_checkpoint(members[0].ckpt_path)  # the final float images and optimizer state
+                if cfg.carry_adam and cfg.optimizer == "adam":
+                    carried = trainer.optimizers[0].state_dict()
             done, previous = module.evaluations, module.result()
     finally:
         for curve in curves:

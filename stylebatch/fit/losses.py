@@ -67,3 +67,70 @@ def total_variation(image: torch.Tensor) -> torch.Tensor:
     dx = (image[..., :, 1:] - image[..., :, :-1]).pow(2).flatten(1).mean(1)
     dy = (image[..., 1:, :] - image[..., :-1, :]).pow(2).flatten(1).mean(1)
     return dx + dy
+
+
+def feature_moments(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (B, C) and second raw moment F·Fᵀ / (H·W) (B, C, C, the Gram) of features (B, C, H, W).
+    Unlike covariances these blend linearly over several style images."""
+    return features.float().mean((2, 3)), gram_matrix(features.float())
+
+
+def covariance(mean: torch.Tensor, second_moment: torch.Tensor) -> torch.Tensor:
+    """(B, C, C) covariance from the mean (B, C) and the second raw moment (B, C, C)."""
+    return second_moment - mean.unsqueeze(2) * mean.unsqueeze(1)
+
+
+def sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a batch of symmetric positive semi-definite matrices (B, C, C), by
+    eigendecomposition in float64; eigenvalues below 0 (rounding) count as 0. For targets only: no
+    gradient is taken through it."""
+    vals, vecs = torch.linalg.eigh(matrix.double())
+    return (vecs * vals.clamp_min(0).sqrt().unsqueeze(1)) @ vecs.transpose(1, 2)
+
+
+class _TraceSqrtm(torch.autograd.Function):
+    """tr(M^½) = Σ √λ_i of a batch of symmetric PSD matrices (B, C, C) → (B,), with the gradient
+    ½ M^-½ = V diag(1 / (2√λ)) Vᵀ. Only the trace enters the Wasserstein distance, so no matrix
+    square root has to be differentiated (whose eigenvector gradients divide by λ_i − λ_j and blow
+    up on nearly equal eigenvalues); eigenvalues are floored at `floor` (B,) so the gradient stays
+    finite on singular covariances."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, m: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+        vals, vecs = torch.linalg.eigh(m.double())
+        vals = torch.maximum(vals, floor.double().unsqueeze(1))
+        root = vals.sqrt()
+        ctx.save_for_backward(vecs, root)
+        ctx.dtype = m.dtype
+        return root.sum(1).to(m.dtype)
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: torch.Tensor):
+        vecs, root = ctx.saved_tensors
+        g = (vecs * (0.5 / root).unsqueeze(1)) @ vecs.transpose(1, 2)
+        return (g * grad.double().view(-1, 1, 1)).to(ctx.dtype), None
+
+
+def wasserstein_layer(
+    features: torch.Tensor, mean_t: torch.Tensor, cov_t: torch.Tensor, cov_t_sqrt: torch.Tensor, eps: torch.Tensor
+) -> torch.Tensor:
+    """Squared Wasserstein-2 distance between the Gaussians fitted to the image's feature vectors and
+    to the style's (crowsonkb/style-transfer-pytorch's StyleLossW2), per channel → (B,):
+    mean_c (μ − μ_t)² + tr(Σ + Σ_t − 2 (Σ_t^½ Σ Σ_t^½)^½) / C. `eps` (B,) is added to Σ's diagonal
+    (the target's was given it when it was made) and floors the eigenvalues."""
+    mean, second = feature_moments(features)
+    c = mean.shape[1]
+    eye = torch.eye(c, device=features.device, dtype=mean.dtype)
+    cov = covariance(mean, second) + eps.view(-1, 1, 1) * eye
+    cross = cov_t_sqrt @ cov @ cov_t_sqrt
+    cross = (cross + cross.transpose(1, 2)) / 2  # exactly symmetric for eigh
+    trace = cov.diagonal(dim1=1, dim2=2).sum(1) + cov_t.diagonal(dim1=1, dim2=2).sum(1)
+    w2 = trace - 2 * _TraceSqrtm.apply(cross, eps * eps)
+    return (mean - mean_t).pow(2).mean(1) + w2 / c
+
+
+def wasserstein_style_loss(
+    features: dict[str, torch.Tensor], targets: dict[str, tuple[torch.Tensor, ...]], weights: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Σ_i w_i · W2²(image, style) at each style layer → (B,); targets[name] = (mean, cov, cov_sqrt, eps)."""
+    return sum(weights[name] * wasserstein_layer(features[name], *targets[name]) for name in weights)

@@ -19,13 +19,24 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from stylebatch import geometry
 from stylebatch.fit import tiling
-from stylebatch.fit.losses import content_loss, style_loss, total_variation
+from stylebatch.fit.losses import (
+    content_loss,
+    covariance,
+    sqrtm_psd,
+    style_loss,
+    total_variation,
+    wasserstein_style_loss,
+)
 from stylebatch.fit.targets import LossTargets
 from stylebatch.fit.vgg import VGGFeatures
 from stylebatch.memory import ladder as oom
 
 LBFGS_MAX_ITER = 20  # inner iterations per optimizer step: the granularity of stops and checkpoints
 OPTIMIZERS = ("lbfgs", "adam")
+# `style_loss: wasserstein`: added to both covariances' diagonals, relative to the style's mean
+# feature variance (crowsonkb's 1e-4 is absolute, on torchvision's activation scale), so a channel
+# that never fires leaves the matrices positive definite on any network.
+W2_EPS = 1e-4
 
 
 class _Forever(IterableDataset):
@@ -47,6 +58,24 @@ class OptimizerSpec:
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:  # never silently run an unknown name as something else
             raise ValueError(f"unknown optimizer {self.name!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+def resized_adam_state(state: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+    """An Adam state dict of the previous (coarser) pass with its moments resized to `size`, so the
+    next pass starts with the per-pixel step sizes Adam has already learnt instead of lr·sign(grad)
+    everywhere (crowsonkb's `scale_adam`: first moment bicubic, second bilinear and kept >= 0). The
+    step count is kept, so the bias correction does not treat the carried moments as new."""
+    out = {"param_groups": state["param_groups"], "state": {}}
+    for key, st in state["state"].items():
+        st = {
+            k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()
+        }  # never alias the old optimizer
+        for name, mode in (("exp_avg", "bicubic"), ("exp_avg_sq", "bilinear")):
+            if name in st and tuple(st[name].shape[-2:]) != size:
+                resized = torch.nn.functional.interpolate(st[name], size=size, mode=mode, align_corners=False)
+                st[name] = resized if name == "exp_avg" else resized.clamp_min(0)
+        out["state"][key] = st
+    return out
 
 
 class StyleTransferModule(L.LightningModule):
@@ -90,8 +119,10 @@ class StyleTransferModule(L.LightningModule):
         scale: int = 0,
         tile: int | None = None,
         tile_seed: int = 0,
-    ) -> None:
+        adam_state: dict[str, Any] | None = None,
+    ):
         super().__init__()
+        self.adam_state = adam_state  # the previous pass's Adam state, resized (carry_adam), or None
         self.vgg = vgg
         self.tile, self.tile_seed = tile, tile_seed
         self.strict_loading = False  # checkpoints hold the image and optimizer, not the VGG
@@ -110,6 +141,17 @@ class StyleTransferModule(L.LightningModule):
         for name in self.style_layers:
             self.register_buffer(f"gram_{name}", targets.grams[name], persistent=False)
             self.register_buffer(f"weight_{name}", targets.layer_weights[name], persistent=False)
+        self.wasserstein = bool(targets.means)
+        if self.wasserstein:  # the style's Gaussians, and Σ_t^½ once per pass instead of per step
+            if geometry.needs_tiling(*init.shape[-2:], tile):
+                raise ValueError("style_loss wasserstein is not computed tile by tile; use style_loss gram with tile")
+            for name in self.style_layers:
+                mean = targets.means[name].float()
+                cov = covariance(mean, targets.grams[name].float())
+                eps = W2_EPS * cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)  # (B,)
+                cov = cov + eps.view(-1, 1, 1) * torch.eye(cov.shape[1], device=cov.device)
+                for part, value in (("mean", mean), ("cov", cov), ("cov_sqrt", sqrtm_psd(cov).float()), ("eps", eps)):
+                    self.register_buffer(f"w2{part}_{name}", value, persistent=False)
         self.use_tv = bool((targets.tv > 0).any())
         # contiguous: L-BFGS views the gradient flat
         self.target = nn.Parameter(init.detach().clone(memory_format=torch.contiguous_format))
@@ -136,7 +178,19 @@ class StyleTransferModule(L.LightningModule):
             if not tiled:
                 feats = {k: v.float() for k, v in feats.items()}
                 c = content_loss(feats[self.content_layer], self.content_target) * self.content_scale
-                s = style_loss(feats, grams, weights)
+                if self.wasserstein:
+                    s = wasserstein_style_loss(
+                        feats,
+                        {
+                            name: tuple(
+                                getattr(self, f"w2{part}_{name}") for part in ("mean", "cov", "cov_sqrt", "eps")
+                            )
+                            for name in self.style_layers
+                        },
+                        weights,
+                    )
+                else:
+                    s = style_loss(feats, grams, weights)
             out = {"content": c, "style": s}
             total = self.alpha * c + self.beta * s
             if self.use_tv:
@@ -203,7 +257,10 @@ class StyleTransferModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         spec = self.optimizer_spec
         if spec.name == "adam":
-            return oom.track(torch.optim.Adam([self.target], lr=spec.lr))
+            opt = torch.optim.Adam([self.target], lr=spec.lr)
+            if self.adam_state is not None:  # a checkpoint of this pass, if resumed, is loaded over it
+                opt.load_state_dict(resized_adam_state(self.adam_state, tuple(self.target.shape[-2:])))
+            return oom.track(opt)
         if spec.name == "lbfgs":
             return oom.track(
                 torch.optim.LBFGS(

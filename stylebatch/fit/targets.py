@@ -8,13 +8,14 @@ TV or per-layer weights is one module with (B,) weights.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from stylebatch import geometry
 from stylebatch.fit import tiling
-from stylebatch.fit.losses import gram_matrix
+from stylebatch.fit.losses import feature_moments, gram_matrix
 from stylebatch.fit.vgg import VGGFeatures
 from stylebatch.job.config import Config
 
@@ -27,31 +28,45 @@ def blend_weights(cfg: Config, n: int) -> list[float]:
     return list(cfg.style_blend)
 
 
-def _grams(vgg: VGGFeatures, image: torch.Tensor, cfg: Config, tile: int | None) -> dict[str, torch.Tensor]:
-    """One image's Gram matrices: one VGG pass, or tile by tile where it is larger than `tile`."""
+def _moments(
+    vgg: VGGFeatures, image: torch.Tensor, cfg: Config, tile: int | None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One image's Gram matrices, and with `style_loss: wasserstein` its mean feature vectors, from one
+    VGG pass, or tile by tile where it is larger than `tile` (Grams only: W2 refuses tiles)."""
     if geometry.needs_tiling(*image.shape[-2:], tile):
-        return tiling.tiled_targets(vgg, image, None, list(cfg.style_layers), cfg.pooling, tile)[1]
+        return tiling.tiled_targets(vgg, image, None, list(cfg.style_layers), cfg.pooling, tile)[1], {}
     feats = vgg(image, list(cfg.style_layers), pooling=cfg.pooling)
-    return {name: gram_matrix(feats[name]) for name in cfg.style_layers}
+    grams = {name: gram_matrix(feats[name]) for name in cfg.style_layers}
+    if cfg.style_loss != "wasserstein":
+        return grams, {}
+    return grams, {name: feature_moments(feats[name])[0] for name in cfg.style_layers}
 
 
 @torch.no_grad()
+def blended_moments(
+    vgg: VGGFeatures, styles: list[torch.Tensor], cfg: Config, tile: int | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """({layer: sum_j w_j G_j}, {layer: sum_j w_j mu_j}): each style's Gram matrices (second raw
+    moments) and, for `style_loss: wasserstein`, mean feature vectors (else {}), one VGG pass per
+    style, blended with the normalised `style_blend` weights (JJ, NSPT and crowsonkb blend the
+    targets the same way; the mean and the second raw moment blend linearly, a covariance would
+    not). A single style's are returned unscaled, so weights [1, 0] give exactly the first style's."""
+    weights = blend_weights(cfg, len(styles))
+    grams: dict[str, torch.Tensor] = {}
+    means: dict[str, torch.Tensor] = {}
+    for w, s in zip(weights, styles):
+        for out, part in zip((grams, means), _moments(vgg, s, cfg, tile)):
+            for name, v in part.items():
+                v = v * w if len(styles) > 1 else v
+                out[name] = v if name not in out else out[name] + v
+    return grams, means
+
+
 def blended_grams(
     vgg: VGGFeatures, styles: list[torch.Tensor], cfg: Config, tile: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """{layer: sum_j w_j G_j}: each style's Gram matrices (one VGG pass per style), blended with the
-    normalised `style_blend` weights (JJ, NSPT and crowsonkb blend the targets the same way). A
-    single style's Grams are returned unscaled, so weights [1, 0] give exactly the first style's."""
-    weights = blend_weights(cfg, len(styles))
-    out: dict[str, torch.Tensor] = {}
-    for w, s in zip(weights, styles):
-        grams = _grams(vgg, s, cfg, tile)
-        for name in cfg.style_layers:
-            g = grams[name]
-            if len(styles) > 1:
-                g = g * w
-            out[name] = g if name not in out else out[name] + g
-    return out
+    """{layer: sum_j w_j G_j}: the blended Gram matrices alone (see `blended_moments`)."""
+    return blended_moments(vgg, styles, cfg, tile)[0]
 
 
 @dataclass
@@ -60,12 +75,14 @@ class LossTargets:
 
     content_layer: str
     content: torch.Tensor  # (B, C, h, w) content features at content_layer
-    grams: dict[str, torch.Tensor]  # style layer -> (B, C, C) Gram targets
+    grams: dict[str, torch.Tensor]  # style layer -> (B, C, C) Gram targets (second raw moments)
     content_scale: torch.Tensor  # multiplies the content MSE: 1 / its target's mean square when normalised
     layer_weights: dict[str, torch.Tensor]  # style layer -> w_i (times 1 / its target's mean square)
     alpha: torch.Tensor  # content_weight
     beta: torch.Tensor  # style_weight
     tv: torch.Tensor  # tv_weight
+    # style layer -> (B, C) mean feature vectors; only for `style_loss: wasserstein` (else empty)
+    means: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     @staticmethod
     def cat(parts: list[LossTargets]) -> LossTargets:
@@ -84,6 +101,7 @@ class LossTargets:
             cat(lambda p: p.alpha),
             cat(lambda p: p.beta),
             cat(lambda p: p.tv),
+            {k: cat(lambda p, k=k: p.means[k]) for k in first.means},
         )
 
 
@@ -97,6 +115,13 @@ def _relative(t: torch.Tensor, on: bool) -> torch.Tensor:
     return 1.0 / t.pow(2).flatten(1).mean(1).clamp_min(1e-12)
 
 
+def _relative_trace(g: torch.Tensor, on: bool) -> torch.Tensor:
+    """(1,) scale of a Wasserstein style term: 1 / the style's mean square activation (tr(G) / C)."""
+    if not on:
+        return torch.ones(g.shape[0], device=g.device)
+    return 1.0 / g.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
+
+
 @torch.no_grad()
 def compute_targets(
     vgg: VGGFeatures, content: torch.Tensor, styles: list[torch.Tensor], cfg: Config, tile: int | None = None
@@ -108,15 +133,22 @@ def compute_targets(
         feats = tiling.tiled_targets(vgg, content, cfg.content_layer, [], cfg.pooling, tile)[0]
     else:
         feats = vgg(content, [cfg.content_layer], pooling=cfg.pooling)[cfg.content_layer]
-    grams = blended_grams(vgg, styles, cfg, tile)
+    grams, means = blended_moments(vgg, styles, cfg, tile)
     one = lambda v: torch.full((1,), float(v), device=content.device)  # noqa: E731
+    if cfg.style_loss == "wasserstein":
+        # W2 is in squared activation units (a Gram error is in fourth powers): relative to the
+        # style's mean square activation, tr(G) / C, the same relative error on any network.
+        scale = {name: _relative_trace(g, cfg.normalize_losses) for name, g in grams.items()}
+    else:
+        scale = {name: _relative(g, cfg.normalize_losses) for name, g in grams.items()}
     return LossTargets(
         cfg.content_layer,
         feats,
         grams,
         _relative(feats, cfg.normalize_losses),
-        {name: cfg.style_layers[name] * _relative(g, cfg.normalize_losses) for name, g in grams.items()},
+        {name: cfg.style_layers[name] * scale[name] for name in grams},
         one(cfg.content_weight),
         one(cfg.style_weight),
         one(cfg.tv_weight),
+        means,
     )

@@ -86,7 +86,7 @@ class Config:
     # 10x) into float32 arguments, which overflow from 3.4e38 ("value cannot be converted to type float").
     lr: Union[float, None] = _field(
         None,
-        "Learning rate; empty means the optimizer's own default: 1.0 for L-BFGS, 0.1 for Adam (in pixel "
+        "Learning rate; empty means the optimizer's own default: 1.0 for L-BFGS, 0.05 for Adam (in pixel "
         "units of [0, 1] per step; crowsonkb/style-transfer-pytorch uses 0.02 with 10x the evaluations).",
         gt=0,
         le=1e30,
@@ -109,13 +109,27 @@ class Config:
     )
     content_weight: float = _field(1.0, "alpha: weight of the content loss.", ge=0)
     style_weight: float = _field(
-        0.03,
+        0.1,
         "beta: weight of the style loss; alpha/beta trades content for style. Not the paper's 1e3: our "
         "losses are normalised relative errors, and the layer weights sum to 341 by default; 0.001 keeps the "
         "photo with a tint of the style, 1 leaves texture with a hint of the content (README, alpha/beta).",
         ge=0,
     )
-    tv_weight: float = _field(0.0, "Weight of the total-variation loss (smooths high-frequency noise).", ge=0)
+    style_loss: str = _field(
+        "wasserstein",
+        "How style is compared at each style layer: `gram` (Gatys: MSE between Gram matrices) or `wasserstein` "
+        "(squared Wasserstein-2 distance between Gaussians fitted to the feature vectors: means and "
+        "covariances, as crowsonkb/style-transfer-pytorch; not with `tile`).",
+        choices=("gram", "wasserstein"),
+    )
+    # 3, measured (docs/quality.md): without it the Wasserstein default still left chroma grain 2.0 on
+    # chelsea x starry night (the painting's own is 1.0); with it 0.5, and colour and texture closer too.
+    tv_weight: float = _field(
+        3.0,
+        "Weight of the total-variation loss (smooths high-frequency noise; not "
+        "normalised: mean squared neighbour difference in [0, 1] pixel units).",
+        ge=0,
+    )
     normalize_losses: bool = _field(
         True,
         "Divide each loss term by its target's mean square, so the weights mean the same on any network.",
@@ -155,12 +169,17 @@ class Config:
         choices=("max", "avg"),
     )
     scales: Union[list[int], dict[str, float], None] = _field(
-        {"factor": 2.0, "min": 128.0},
-        "Coarse-to-fine (default: halving down to 128 px, so 128, 256, 512 at 512 px; none below 256 px): the longer sides of the passes run before the final one at `size`, ascending, each "
+        {"factor": 2.0, "min": 256.0},
+        "Coarse-to-fine (default: halving down to 256 px, so 256, 512 at 512 px; one pass at 256 px and below): the longer sides of the passes run before the final one at `size`, ascending, each "
         "below `size` (`[128, 256]`), or `{factor: 2, min: 128}` for size/factor, size/factor^2, ... down to "
         "min. Each pass starts from the previous result upsampled, with the targets recomputed at its size. "
         "`steps` is the total budget, split evenly over the passes (the final one gets any remainder). "
         "Empty (`scales: null`): one pass at `size`.",
+    )
+    carry_adam: bool = _field(
+        False,
+        "Coarse-to-fine with Adam: start each pass with the previous pass's Adam moments, resized to the new "
+        "size (crowsonkb's scale_adam), instead of a fresh optimizer whose first steps move every pixel by lr.",
     )
     ema_decay: float = _field(
         0.0,
@@ -256,7 +275,10 @@ class Config:
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
-        return 1.0 if self.optimizer == "lbfgs" else 0.1
+        # Adam's first steps move every pixel and channel by about lr (lr * sign(grad)): at 0.1 that was
+        # independent +-0.1 jumps, the rainbow speckle of the old default; 0.05 halves the grain at the
+        # same budget (docs/quality.md, choosing the defaults).
+        return 1.0 if self.optimizer == "lbfgs" else 0.05
 
     @property
     def layers_used(self) -> list[str]:
@@ -311,6 +333,8 @@ def cross_check(cfg: Config) -> list[str]:
             f"'tile' {cfg.tile}: with layer {max(cfg.layers_used, key=LAYER_INDEX.__getitem__)} tiles "
             f"must be a multiple of {unit} px"
         )
+    if cfg.style_loss == "wasserstein" and cfg.tile is not None:
+        problems.append("'style_loss' wasserstein is not computed tile by tile: use 'tile' with style_loss gram")
     if isinstance(cfg.scales, list) and cfg.scales and cfg.scales[-1] >= cfg.size:
         problems.append(
             f"'scales' {cfg.scales}: each coarse pass must be smaller than 'size' {cfg.size} "

@@ -55,6 +55,8 @@ def batch_key(pair: Pair) -> str | None:
         "optimizer": [cfg.optimizer, cfg.learning_rate],
         "precision": cfg.precision,
         "ema": cfg.ema_decay,
+        "style_loss": cfg.style_loss,
+        "carry_adam": cfg.carry_adam,
         "schedule": [cfg.checkpoint_every, cfg.log_every],
     }
     return json.dumps(shape, sort_keys=True)
