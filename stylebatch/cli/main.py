@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--weights", help="imagenet (default), random, or a path to VGG19 weights")
         p.add_argument("--out", help="output directory (overrides the manifest's output_dir; relative to cwd)")
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="let the job replace files at its output paths that it did not write",
+        )
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
     run = sub.add_parser("run", help="run (or resume) every pair of a manifest")
@@ -166,7 +171,10 @@ def _plan_line(job: Any) -> str:
 
 
 def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from stylebatch.run.user_files import check_user_files
+
     job = _load(args)
+    check_user_files(job, args.overwrite)  # a file at an output path that the job did not write
     problems = job.all_problems
     if problems:  # the plan line only for a job that would run: never just above a refusal
         _print_problems(err, problems)
@@ -203,6 +211,9 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         return run_job(job, opts, fabric=fabric) if job is not None else 0
     # `auto` sizes are measured for the device this run uses (None: the first GPU if any, else the CPU).
     job = _load_from_image(args) if args.from_image else _load(args, "cpu" if args.accelerator == "cpu" else None)
+    from stylebatch.run.user_files import check_user_files
+
+    check_user_files(job, args.overwrite)  # before --fresh forgets the records that make an output ours
     refuse = bool(job.problems or (job.all_problems and not args.skip_invalid) or not job.valid_pairs)
     if fabric is not None:
         fabric.broadcast(None if refuse else job, src=0)

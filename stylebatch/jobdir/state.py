@@ -191,15 +191,16 @@ class JobState:
 
 
 def output_stamp(path: str | os.PathLike) -> dict[str, int] | None:
-    """Size, mtime (ns) and inode of a regular file, or None: recorded when an output is written, so
-    a resume can tell an untouched output without reading it."""
+    """Size, mtime, ctime (ns) and inode of a regular file, or None: recorded when an output is
+    written, so a resume can tell an untouched output without reading it. The ctime catches a file
+    edited in place whose mtime was set back (no program can set the ctime)."""
     try:
         st = os.stat(path)
     except (OSError, ValueError):
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
 
 
 def output_intact(state: JobState, name: str, record: dict[str, Any], path: Path, verify: bool = False) -> bool:

@@ -88,7 +88,9 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter
             log.info("%s", note)
             (reporter or Reporter()).note(note)
         state.checkpoint_path(pair.name).unlink(missing_ok=True)
-        state.write(pair.name, {"id": pair.id, "status": "pending", "attempts": 0, "steps_done": 0})
+        # What was written at the output path stays known: that file is still the job's own to replace.
+        written = {k: record[k] for k in ("output_sha256", "output_stat") if k in record}
+        state.write(pair.name, {"id": pair.id, "status": "pending", "attempts": 0, "steps_done": 0, **written})
         return True
     status = record.get("status")
     if status == "done":
