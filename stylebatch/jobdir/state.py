@@ -116,10 +116,16 @@ class JobState:
             name, status="interrupted", attempts=max(0, int(record.get("attempts", 1)) - 1), heartbeat=time.time()
         )
 
-    def check_links(self) -> None:
-        """Refuse the job directory if a link was planted anywhere in it (one line naming it)."""
+    def check_links(self, under: Path | None = None) -> None:
+        """Refuse the job directory if a link was planted anywhere in it, or in its subdirectory
+        `under` and on the way there (one line naming it)."""
         _check_dir(self.root)
-        for directory, dirs, files in os.walk(self.root):
+        top = Path(under) if under is not None else self.root
+        current = self.root
+        for part in top.relative_to(self.root).parts:
+            current = current / part
+            _check_dir(current)
+        for directory, dirs, files in os.walk(top):
             for name in dirs + files:
                 if os.path.islink(os.path.join(directory, name)):
                     raise UnsafePathError(link_message(Path(directory) / name))
