@@ -25,7 +25,8 @@ import torch
 
 from stylebatch.atomic import atomic_write, fault_point
 from stylebatch.errors import StylebatchError, WorkerLostError, is_disk_full
-from stylebatch.fit.engine import Member, stylize
+from stylebatch.fit.checkpoint import position, vet_checkpoint
+from stylebatch.fit.engine import Member, shape_at, stylize
 from stylebatch.fit.provenance import pair_metadata
 from stylebatch.fit.vgg import VGGFeatures, load_vgg, weights_identity
 from stylebatch.job.jobfile import write_job_file
@@ -255,7 +256,11 @@ def _run_batch(
     its own reason and the others finish, as they would have unbatched."""
     batch = [oom.with_fallback(p, state.read(p.name)) for p in batch]  # issue 16: settings of earlier rungs
     names = [p.name for p in batch] if len(batch) > 1 else None
-    begun = [begin_pair(job, p, state, stop, reporter, rank, names) for p in batch]
+    loaded = [_own_checkpoint(state, p, reporter) for p in batch]
+    # Where the batch resumes, as the engine will decide it: every member's checkpoint at one place.
+    positions = {position(c) for c in loaded}
+    resume_at = positions.pop()[1] if len(positions) == 1 and None not in positions else 0
+    begun = [begin_pair(job, p, state, stop, reporter, rank, names, resume_at) for p in batch]
     members = [
         Member(
             p.content,
@@ -265,8 +270,9 @@ def _run_batch(
             output_path(job, p),
             pair_metadata(job, p, weights_id),
             hooks,
+            checkpoint,
         )
-        for p, (hooks, _) in zip(batch, begun)
+        for p, (hooks, _), checkpoint in zip(batch, begun, loaded)
     ]
     # issue 16: the measured peak and rate, for the estimates (from where the checkpoints stand)
     before = calibration.observe(device, [int((state.read(p.name) or {}).get("steps_done", 0)) for p in batch])
@@ -277,7 +283,7 @@ def _run_batch(
     except Exception as e:  # noqa: BLE001 (isolate the pair, or the faulty member from the rest of the batch)
         if is_disk_full(e):  # the whole job stops; no member is blamed or charged an attempt
             for p in batch:
-                state.undo_attempt(p.name)
+                state.stop_attempt(p.name)
             raise
         out_of_memory = oom.is_oom(e)
         why = (
@@ -314,8 +320,22 @@ def _run_batch(
     log.warning("batch %s: %s; running its pairs one by one", names, why)
     for p in batch:
         # The batch's attempt does not count: each pair's own run below is its attempt.
-        state.update(p.name, batch=None, attempts=max(0, int((state.read(p.name) or {}).get("attempts", 1)) - 1))
+        state.undo_attempt(p.name, batch=None)
         _run_batch(job, [p], vgg, device, state, stop, reporter, rank, weights_id)
+
+
+def _own_checkpoint(state: JobState, pair: Pair, reporter: Reporter) -> dict[str, Any] | None:
+    """The pair's checkpoint when it is its own as saved (its id, its image's shape, its checksum);
+    any other is removed with one line, and the pair restarts from 0."""
+    size = pair.content_size
+    ckpt, why = vet_checkpoint(
+        state.checkpoint_path(pair.name), pair.id, shape_at(size, pair.config) if size else lambda k: None
+    )
+    if why:
+        note = f"{pair.name}: {why}; the pair restarts from 0"
+        log.warning("%s", note)
+        reporter.note(note)
+    return ckpt
 
 
 def _free_memory(device: torch.device) -> None:
