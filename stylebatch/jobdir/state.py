@@ -109,12 +109,19 @@ class JobState:
         record = {**record, "name": name, "updated": time.time()}
         atomic_write(directory / "state.json", json.dumps(record, indent=1, sort_keys=True).encode())
 
-    def undo_attempt(self, name: str) -> None:
-        """A pair stopped by something that is not its fault (a full disk): its attempt does not count."""
+    def undo_attempt(self, name: str, **changes: Any) -> dict[str, Any]:
+        """A pair stopped by something that is not its own failure (a signal, a full disk, out of
+        memory before a retry, a failed batch before its pairs run alone): the attempt its run
+        began (`attempt_open`) does not count. Once only: a closed attempt is not taken back twice."""
         record = self.read(name) or {}
-        self.update(
-            name, status="interrupted", attempts=max(0, int(record.get("attempts", 1)) - 1), heartbeat=time.time()
-        )
+        attempts = record_count(record.get("attempts"))
+        if record.get("attempt_open"):
+            attempts = max(0, attempts - 1)
+        return self.update(name, attempts=attempts, attempt_open=False, **changes)
+
+    def stop_attempt(self, name: str) -> None:
+        """A full disk stopped the pair: not its failure, and it resumes on the next run."""
+        self.undo_attempt(name, status="interrupted", heartbeat=time.time())
 
     def check_links(self, under: Path | None = None) -> None:
         """Refuse the job directory if a link was planted anywhere in it, or in its subdirectory
@@ -226,6 +233,20 @@ def output_intact(state: JobState, name: str, record: dict[str, Any], path: Path
     if record.get("output_stat") != stamp:
         state.update(name, output_stat=stamp)
     return True
+
+
+def record_count(value: Any) -> int:
+    """A record's count as a non-negative int (a record edited by hand may hold anything)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def begin_attempt(record: dict[str, Any]) -> int:
+    """The attempts a pair has used once its run now begins: its earlier count, less an attempt
+    left open by a run that never ended it (killed, its worker lost), plus this one."""
+    attempts = record_count(record.get("attempts"))
+    if record.get("attempt_open"):
+        attempts = max(0, attempts - 1)
+    return attempts + 1
 
 
 def _try_flock(fd: int) -> bool:

@@ -11,7 +11,7 @@ import traceback
 from stylebatch.errors import EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StylebatchError
 from stylebatch.fit.engine import NonFiniteLossError, PairHooks, PairResult
 from stylebatch.job.manifest import Job, Pair
-from stylebatch.jobdir.state import INVALID_PREFIX, JobState, effective_status, output_stamp
+from stylebatch.jobdir.state import INVALID_PREFIX, JobState, begin_attempt, effective_status, output_stamp
 from stylebatch.run.options import Reporter, StopFlag, output_path
 
 log = logging.getLogger("stylebatch")
@@ -33,9 +33,18 @@ def recorded_batches(state: JobState, pairs: list[Pair]) -> dict[str, list[str]]
 
 
 def begin_pair(
-    job: Job, pair: Pair, state: JobState, stop: StopFlag, reporter: Reporter, rank: int, batch: list[str] | None
+    job: Job,
+    pair: Pair,
+    state: JobState,
+    stop: StopFlag,
+    reporter: Reporter,
+    rank: int,
+    batch: list[str] | None,
+    resume_at: int = 0,
 ) -> tuple[PairHooks, float]:
-    """Mark a pair running (owner, attempt, batch membership) and make the hooks that watch it."""
+    """Mark a pair running (owner, attempt, batch membership) and make the hooks that watch it.
+    `resume_at`: the evaluations of the checkpoint it resumes from (not the record's count, which
+    heartbeats move past the checkpoint), the only resume point ever shown."""
     record = state.read(pair.name) or {}
     started = time.time()
     state.write(
@@ -44,16 +53,18 @@ def begin_pair(
             **record,
             "id": pair.id,
             "status": "running",
-            "attempts": int(record.get("attempts", 0)) + 1,
+            "attempts": begin_attempt(record),  # an earlier run's attempt left open (killed) does not count
+            "attempt_open": True,
             "steps": pair.config.steps,
             "started": started,
             "error": None,
             "output": output_path(job, pair).name,
             "batch": batch,
+            "steps_done": resume_at,
             **state.owner(rank),
         },
     )
-    reporter.pair_start(pair, int(record.get("steps_done", 0)), batch)
+    reporter.pair_start(pair, resume_at, batch)
     last_beat = [time.monotonic()]
 
     def on_progress(n: int, losses: dict[str, float]) -> None:
@@ -75,8 +86,8 @@ def begin_pair(
 def conclude_pair(
     job: Job, pair: Pair, state: JobState, reporter: Reporter, result: PairResult, started: float
 ) -> None:
-    if result.interrupted:
-        state.update(pair.name, status="interrupted", steps_done=result.evaluations, heartbeat=time.time())
+    if result.interrupted:  # a signal or a pre-emption: not an attempt of the pair's
+        state.undo_attempt(pair.name, status="interrupted", steps_done=result.evaluations, heartbeat=time.time())
         reporter.pair_end(pair, "interrupted")
         return
     if not pair.config.keep_checkpoints:
@@ -85,6 +96,7 @@ def conclude_pair(
     state.update(
         pair.name,
         status="done",
+        attempt_open=False,
         steps_done=result.evaluations,
         output_sha256=result.output_sha256,
         encoding=pair.config.encoding(),
@@ -113,7 +125,7 @@ def failure_reason(pair: Pair, e: Exception) -> str:
 
 def fail_pair(state: JobState, pair: Pair, reporter: Reporter, message: str) -> None:
     log.error("%s: failed: %s", pair.name, message)
-    state.update(pair.name, status="failed", error=message, finished=time.time())
+    state.update(pair.name, status="failed", attempt_open=False, error=message, finished=time.time())
     reporter.pair_end(pair, "failed", message)
 
 

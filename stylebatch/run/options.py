@@ -11,7 +11,7 @@ from typing import Any
 
 from stylebatch.errors import StopNow
 from stylebatch.job.manifest import Job, Pair
-from stylebatch.jobdir.state import JobState, output_intact
+from stylebatch.jobdir.state import JobState, output_intact, record_count
 from stylebatch.run.redo_notes import redo_note, stale_output_note
 
 log = logging.getLogger("stylebatch")
@@ -101,8 +101,12 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter
             return False
         log.info("%s: output missing or changed since it was written; redoing the pair", pair.name)
         (reporter or Reporter()).note(stale_output_note(pair.name, record, pair.config.encoding(), out))  # issue 15
-        state.update(pair.name, status="pending", steps_done=0, attempts=0)
+        state.update(pair.name, status="pending", steps_done=0, attempts=0, attempt_open=False)
         return True
-    if status == "failed" and record.get("attempts", 0) >= pair.config.max_attempts and not opts.retry_failed:
+    if (
+        status == "failed"
+        and record_count(record.get("attempts")) >= pair.config.max_attempts
+        and not opts.retry_failed
+    ):
         return False
     return True
