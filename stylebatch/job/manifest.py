@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from stylebatch.job.checks import (
 from stylebatch.job.config import Config
 from stylebatch.job.entries import PAIR_KEYS, URL_HINT, URLS, format_value, is_url, raw_entries, style_stem
 from stylebatch.job.values import path_problem, shown
+from stylebatch.jobdir.state import JobState, own_output
 from stylebatch.memory import autosize
 
 TOP_KEYS = ("output_dir", "weights", "defaults", "pairs", "grid")
@@ -89,6 +91,20 @@ class Job:
     @property
     def layers_used(self) -> list[str]:
         return sorted({name for p in self.valid_pairs for name in p.config.layers_used})
+
+
+def _own_outputs(output_dir: Path) -> Callable[[Path], bool]:
+    """Whether a file a pattern matched is this job's own output (output_dir inside a content or
+    style pattern): never an input, or each rerun would find its outputs as new pairs."""
+    state, real_out = JobState(output_dir), os.path.realpath(output_dir)
+    parents: dict[Path, str] = {}
+
+    def skip(path: Path) -> bool:
+        if path.parent not in parents:
+            parents[path.parent] = os.path.realpath(path.parent)
+        return parents[path.parent] == real_out and own_output(state, path)
+
+    return skip
 
 
 def load_job(
@@ -180,7 +196,7 @@ def load_job(
         layers = []
 
     files = FileChecker(autosize.resolver(job.output_dir, device))  # issue 16: size/tile/batch_size auto
-    for entry, raw, varied in raw_entries(data, base, src, problems):
+    for entry, raw, varied in raw_entries(data, base, src, problems, _own_outputs(job.output_dir)):
         urls = raw.pop(URLS, [])
         pair_keys = {k: v for k, v in raw.items() if k not in PAIR_KEYS}
         unknown = [k for k in pair_keys if k not in cfgmod.FIELDS] if entry.startswith("pairs") else []
