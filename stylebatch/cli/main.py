@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from stylebatch import __version__
+from stylebatch.atomic import fault_point
 from stylebatch.cli.flags import check_devices, check_paths, seconds, whole_number
 from stylebatch.errors import (
     EXIT_CODES,
@@ -189,6 +190,7 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from stylebatch.run import workers
     from stylebatch.run.runner import RunOptions, run_job
     from stylebatch.run.workers import launch
 
@@ -207,6 +209,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     fabric = launch(args.accelerator, devices, num_nodes, sync_timeout)
     if fabric is not None and fabric.global_rank != 0:
         # Fabric re-executed this command for another device: rank 0 validates and plans, once.
+        fault_point("worker_joined")
         job = fabric.broadcast(None, src=0)
         return run_job(job, opts, fabric=fabric) if job is not None else 0
     # `auto` sizes are measured for the device this run uses (None: the first GPU if any, else the CPU).
@@ -216,7 +219,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     check_user_files(job, args.overwrite)  # before --fresh forgets the records that make an output ours
     refuse = bool(job.problems or (job.all_problems and not args.skip_invalid) or not job.valid_pairs)
     if fabric is not None:
-        fabric.broadcast(None if refuse else job, src=0)
+        workers.broadcast(fabric, None if refuse else job)  # a worker lost here: one line, exit 3
     if job.all_problems:
         _print_problems(err, job.all_problems)
     if refuse:

@@ -60,6 +60,7 @@ class PairHooks:
     should_stop: Callable[[], bool] = lambda: False  # a signal arrived: checkpoint and stop
     on_progress: Callable[[int, dict[str, float]], None] = lambda n, losses: None  # at each log interval
     on_checkpoint: Callable[[int], None] = lambda n: None  # after each checkpoint is safely on disk
+    check_job: Callable[[], None] = lambda: None  # raises when the job is gone (--fresh): before every write
 
 
 NOT_READ = "not read"  # a Member's checkpoint not read yet: the engine reads and checks it
@@ -200,6 +201,8 @@ class _BudgetCallback(L.Callback):
             m.hooks.on_checkpoint(module.evaluations)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: StyleTransferModule, *args: Any) -> None:
+        for m in self.members:
+            m.hooks.check_job()  # before any curve row or checkpoint is written
         n, every = module.evaluations, self.cfg.log_every
         if n // every > self.last_logged // every or n >= module.scale_end:
             for m, curve, losses in zip(self.members, self.curves, self._check_finite(module)):
@@ -338,6 +341,8 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
     losses = [module.member_losses(i) for i in range(n)]
     if interrupted or module.evaluations < cfg.steps:
         return [PairResult(module.evaluations, losses[i], seconds, True, batch_size=n) for i in range(n)]
+    for m in members:
+        m.hooks.check_job()  # never an output into a job started afresh meanwhile
     results, names = [], [Path(m.output).stem for m in members]
     final = module.result()
     for i, (m, p) in enumerate(zip(members, passes)):

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import socket
 import stat
 import time
@@ -35,8 +36,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stylebatch.atomic import atomic_write, link_message, open_nofollow, pid_alive, remove_stale_temps
-from stylebatch.errors import LockedError, UnsafePathError
+from stylebatch.atomic import atomic_write, link_message, open_nofollow, pid_alive, read_nofollow, remove_stale_temps
+from stylebatch.errors import JobGoneError, LockedError, UnsafePathError
 
 STATE_DIR = ".stylebatch"
 STATUSES = ("pending", "running", "done", "failed", "interrupted", "invalid")
@@ -55,10 +56,34 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+GENERATION_FILE = "generation"  # a token `run --fresh` renews: a worker of an earlier run then writes nothing
+
+
 class JobState:
     def __init__(self, output_dir: Path):
         self.output_dir = Path(output_dir)
         self.root = self.output_dir / STATE_DIR
+        self.expected_generation: str | None = None  # set in a worker: every record write checks it
+
+    def generation(self) -> str:
+        """The job's current generation token ('' before any `--fresh`)."""
+        try:
+            return read_nofollow(self.root / GENERATION_FILE).decode("ascii", "replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    def new_generation(self) -> str:
+        token = secrets.token_hex(8)
+        atomic_write(self.ensure_dir(self.root) / GENERATION_FILE, token.encode())
+        return token
+
+    def check_generation(self) -> None:
+        """Raise JobGoneError when the job was started afresh since this worker's plan."""
+        if self.expected_generation is not None and self.generation() != self.expected_generation:
+            raise JobGoneError(
+                f"{self.output_dir}: the job was started afresh (--fresh) by another run; "
+                "this worker of the earlier run stops without writing"
+            )
 
     def pair_dir(self, name: str) -> Path:
         return self.root / "pairs" / name
@@ -98,13 +123,14 @@ class JobState:
             while chunk := os.read(fd, 1 << 16):
                 chunks.append(chunk)
             record = json.loads(b"".join(chunks))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None  # an unreadable record is treated as absent: the pair is redone, never trusted
         finally:
             os.close(fd)
-        return record if isinstance(record, dict) else None
+        return record if isinstance(record, dict) and record_problem(record) is None else None
 
     def write(self, name: str, record: dict[str, Any]) -> None:
+        self.check_generation()
         directory = self.ensure_dir(self.pair_dir(name))
         record = {**record, "name": name, "updated": time.time()}
         atomic_write(directory / "state.json", json.dumps(record, indent=1, sort_keys=True).encode())
@@ -235,6 +261,64 @@ def output_intact(state: JobState, name: str, record: dict[str, Any], path: Path
     return True
 
 
+_TEXT = (str, type(None))
+_NUMBER = (int, float)
+RECORD_TYPES: dict[str, tuple[type, ...]] = {  # what the code reads of a record, and its type
+    "status": (str,),
+    "id": _TEXT,
+    "host": _TEXT,
+    "output": _TEXT,
+    "output_sha256": _TEXT,
+    "error": _TEXT,
+    "entry": _TEXT,
+    "name": _TEXT,
+    "attempts": (int,),
+    "steps_done": (int,),
+    "steps": (int,),
+    "pid": (int,),
+    "rank": (int, type(None)),
+    "heartbeat": _NUMBER,
+    "seconds": _NUMBER,
+    "started": _NUMBER,
+    "finished": _NUMBER,
+    "updated": _NUMBER,
+    "attempt_open": (bool,),
+    "output_stat": (dict, type(None)),
+    "encoding": (dict,),
+    "losses": (dict,),
+    "memory_fallback": (dict, type(None)),
+    "measured": (dict, type(None)),
+    "batch": (list, type(None)),
+}
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """What makes a record unusable (a field of the wrong type, a status that is none of ours),
+    or None. Such a record counts as absent: the pair is redone, never trusted, never a crash."""
+    for key, types in RECORD_TYPES.items():
+        if key in record:
+            value = record[key]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                return f"'{key}' is {type(value).__name__}"
+    if record.get("status", "pending") not in STATUSES:
+        return "unknown status"
+    if isinstance(record.get("heartbeat"), float) and record["heartbeat"] != record["heartbeat"]:
+        return "'heartbeat' is NaN"
+    losses = record.get("losses") or {}
+    if not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in losses.values()):
+        return "'losses' holds a non-number"
+    if not all(isinstance(n, str) for n in record.get("batch") or []):
+        return "'batch' holds a non-name"
+    fallback = record.get("memory_fallback")
+    if fallback is not None and not (
+        isinstance(fallback.get("rungs", []), list)
+        and isinstance(fallback.get("config", {}), dict)
+        and all(isinstance(r, dict) for r in fallback.get("rungs", []))
+    ):
+        return "'memory_fallback' is malformed"
+    return None
+
+
 def record_count(value: Any) -> int:
     """A record's count as a non-negative int (a record edited by hand may hold anything)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
@@ -247,6 +331,21 @@ def begin_attempt(record: dict[str, Any]) -> int:
     if record.get("attempt_open"):
         attempts = max(0, attempts - 1)
     return attempts + 1
+
+
+def own_output(state: JobState, path: Path) -> bool:
+    """Whether `path`, a file directly in the output directory, is an output this job wrote: its
+    pair's record names it and holds its sha256 (checked by the recorded stamp first, unread)."""
+    path = Path(path)
+    record = state.read(path.stem) if path.stem and not path.stem.startswith(".") else None
+    if not record or record.get("output") != path.name or not isinstance(record.get("output_sha256"), str):
+        return False
+    if record.get("output_stat") == output_stamp(path):
+        return True
+    try:
+        return sha256_file(path) == record["output_sha256"]
+    except OSError:
+        return False
 
 
 def _try_flock(fd: int) -> bool:

@@ -78,7 +78,10 @@ def begin_pair(
 
     stop_file = state.root / "stop"  # written by rank 0 when it is signalled: reaches workers on any node
     hooks = PairHooks(
-        should_stop=lambda: bool(stop) or stop_file.exists(), on_progress=on_progress, on_checkpoint=on_checkpoint
+        should_stop=lambda: bool(stop) or stop_file.exists(),
+        on_progress=on_progress,
+        on_checkpoint=on_checkpoint,
+        check_job=state.check_generation,
     )
     return hooks, started
 

@@ -9,6 +9,7 @@ stop flag: run_setup.py; the pairs' records and the exit code: pair_records.py.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from stylebatch.atomic import atomic_write, fault_point
-from stylebatch.errors import StylebatchError, WorkerLostError, is_disk_full
+from stylebatch.errors import JobGoneError, StylebatchError, WorkerLostError, is_disk_full
 from stylebatch.fit.checkpoint import position, vet_checkpoint
 from stylebatch.fit.engine import Member, shape_at, stylize
 from stylebatch.fit.provenance import pair_metadata
@@ -86,7 +87,16 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             _open_log(state, rank=0)
             _log_rank(fabric)
             if opts.fresh and (state.root / "pairs").exists():
-                shutil.rmtree(state.root / "pairs")
+                # Never under a live process's claim: the claims are taken (waited for) first, and
+                # a new generation tells any worker of an earlier run to stop without writing.
+                held = claims.hold_all(state, state.names(), claims.WAIT_S)
+                try:
+                    shutil.rmtree(state.root / "pairs")
+                    state.new_generation()
+                finally:
+                    for name, fd in held:
+                        claims.release(state, name, fd, "plan")
+            generation = state.generation()
             removed = state.remove_stale_temps()  # issue 14: only .stylebatch/; pair temps under their claim
             if removed:
                 log.info("removed %d temp file(s) left by an interrupted run", removed)
@@ -101,10 +111,11 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             shares = make_plan(pending, world, recorded_batches(state, pending))  # batches of names, per rank
         except BaseException as e:
             if fabric is not None:
-                fabric.broadcast({"abort": str(e)}, src=0)  # let the workers exit 0 instead of hanging
+                with contextlib.suppress(WorkerLostError):  # the problem itself is what to report
+                    workers.broadcast(fabric, {"abort": str(e)})  # let the workers exit 0 instead of hanging
             raise
         if fabric is not None:
-            fabric.broadcast({"shares": shares}, src=0)
+            workers.broadcast(fabric, {"shares": shares, "generation": generation})
         reporter.start(len(job.pairs), len(job.valid_pairs) - len(pending), pending)
         log.info("plan: %s", dict(enumerate(shares)))
         stop.install()
@@ -140,19 +151,25 @@ def _worker(fabric: Any, job: Job, opts: RunOptions) -> int:
     _open_log(state, rank=rank)
     _log_rank(fabric)
     mine = msg["shares"][rank]
+    state.expected_generation = msg.get("generation", "")  # a later --fresh: stop without writing
     stop = StopFlag()
     rank_file = state.root / "ranks" / f"rank{rank}.json"
     rank_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(rank_file, json.dumps({**state.owner(rank), "status": "running"}).encode())
     stop.install()
+    gone = False
     try:
         vgg = load_vgg(job.weights, job.layers_used)  # rank 0 already downloaded it: from the cache
         run_batches(job, mine, vgg, fabric.device, state, stop, Reporter(), rank=rank)
+    except JobGoneError as e:
+        gone = True
+        log.warning("rank %d: %s", rank, e)
     except StylebatchError as e:
         log.error("rank %d: %s", rank, e)
     finally:
         stop.restore()
-        atomic_write(rank_file, json.dumps({**state.owner(rank), "status": "finished"}).encode())
+        if not gone:
+            atomic_write(rank_file, json.dumps({**state.owner(rank), "status": "finished"}).encode())
     return 0  # always 0: Lightning's launcher kills every process when one exits non-zero
 
 
@@ -281,6 +298,8 @@ def _run_batch(
             fault_point(f"pair:{p.name}")
         results = stylize(members, vgg, device)
     except Exception as e:  # noqa: BLE001 (isolate the pair, or the faulty member from the rest of the batch)
+        if isinstance(e, JobGoneError):
+            raise  # started afresh by another run: nothing more is written, nobody is blamed
         if is_disk_full(e):  # the whole job stops; no member is blamed or charged an attempt
             for p in batch:
                 state.stop_attempt(p.name)

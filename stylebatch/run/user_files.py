@@ -3,9 +3,9 @@ job's records do not account for is the user's, and `validate` and `run` refuse 
 line naming it (`--overwrite` lets the job replace it).
 
 A file is the job's own when its pair's record holds its sha256 (checked by the recorded size,
-mtime and inode first, so an untouched output is not read), or when a run was stopped between
-writing the output and recording it: the record is then not done yet and the file carries that
-pair's id in its embedded settings."""
+mtime, ctime and inode first, so an untouched output is not read); when a run was stopped between
+writing the output and recording it (the record is not done yet, and the file carries that pair's
+id in its embedded settings); or when it carries the very id of the pair that would replace it."""
 
 from __future__ import annotations
 
@@ -37,12 +37,14 @@ def foreign_output(state: JobState, pair: Pair, path: Path) -> str | None:
         return "is not a regular file"
     record = state.read(pair.name)
     if record is None:
-        return "exists, and this job has no record of writing it"
+        # No record (or an unreadable one, which counts as absent): only a file that carries this
+        # very pair's id (same inputs, weights and settings) is the job's; made again, it is the same.
+        return None if _carries_id(path, pair.id) else "exists, and this job has no record of writing it"
     recorded = record.get("output_sha256")
     if isinstance(recorded, str):
         if record.get("output_stat") == output_stamp(path) or _sha256(path) == recorded:
             return None
-    if record.get("status") != "done" and _carries_id(path, record.get("id")):
+    if record.get("status") != "done" and (_carries_id(path, record.get("id")) or _carries_id(path, pair.id)):
         return None  # written, then stopped before its record said so
     return "exists and differs from what this job wrote there"
 
