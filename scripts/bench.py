@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO))
 
 from stylebatch.fit.engine import module_for  # noqa: E402
 from stylebatch.fit.module import StyleTransferModule  # noqa: E402
-from stylebatch.fit.vgg import _VGG19_CFG, LAYER_INDEX, LAYER_NAMES, load_vgg  # noqa: E402
+from stylebatch.fit.vgg import load_vgg  # noqa: E402
+from stylebatch.geometry import LAYER_INDEX, LAYER_NAMES, VGG19_CFG  # noqa: E402
 from stylebatch.job.config import Config  # noqa: E402
 
 
@@ -72,7 +73,7 @@ def conv_layers(h: int, w: int, cfg: Config):
     """(name, C_in, C_out, H, W) of each conv up to the deepest layer `cfg` uses, at an h x w input."""
     deepest = max(LAYER_INDEX[n] for n in cfg.layers_used)
     cin, hh, ww, i = 3, h, w, 0
-    for item in _VGG19_CFG:
+    for item in VGG19_CFG:
         if i > deepest:
             return
         if item == "M":

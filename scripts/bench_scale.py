@@ -6,7 +6,7 @@
 For each N it writes a job of N done pairs (a grid of contents x styles, 32 px images), as a run
 leaves it: job.json, and per pair its output (a real 32x24 PNG), state record (with the output's
 sha256 and its size/mtime/inode stamp) and a 20-row loss curve; one pair is left pending so `run`
-has a first pair to reach. Then it times each command. Goals (issue 15): each linear in N;
+has a first pair to reach. Then it times each command. Goals: each linear in N;
 100k `status` <= 5 s and <= 500 MB; `report` <= 60 s (cold: every thumbnail made; warm: a second
 report, nothing changed). Figures from a busy machine are inflated: compare ratios within a run.
 """
@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from stylebatch.job.jobfile import write_job_file  # noqa: E402
-from stylebatch.job.manifest import load_job  # noqa: E402
 from stylebatch.jobdir.state import HOST, output_stamp, sha256_file  # noqa: E402
+from stylebatch.memory.autosize import load_job  # noqa: E402
 
 DEFAULTS = {
     "size": 32,
@@ -83,7 +83,7 @@ def make_job(root: Path, n: int) -> tuple[Path, Path, str]:
     out = job.output_dir
     state_root = out / ".stylebatch"
     (state_root / "pairs").mkdir(parents=True)
-    write_job_file(job, state_root)
+    write_job_file(job, state_root / "job.json")
     curve = "evaluations,content,style,total\n" + "".join(
         f"{k},{1 / k!r},{10 / k!r},{11 / k!r}\n" for k in range(1, DEFAULTS["steps"] + 1)
     )

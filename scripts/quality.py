@@ -6,7 +6,7 @@ per network.
     python scripts/quality.py --presets default --sweep style_weight=1,10,100,1000 --pairs chelsea__starry_night
     python scripts/quality.py --presets default my_try.yaml --set lr=0.05 --weights random
 
-`default` means no preset (the config defaults); any other name is a preset in configs/ or a YAML
+`default` means no preset (the config defaults); any other name is a bundled preset or a YAML
 path. Each (weights, setting) is one `stylebatch run` of a temporary manifest with all the pairs, at
 `--set batch_size=1` so each pair's seconds are its own. The table has, per pair, the content and
 the style image's own scores (the corners), then one row per setting: evaluations, seconds (the
@@ -41,8 +41,9 @@ sys.path.insert(0, str(REPO))
 
 from stylebatch.cli import main as cli  # noqa: E402
 from stylebatch.fit.score import LAYERS, SCORE_SIZE, Scorer, load_output, load_pair  # noqa: E402
-from stylebatch.fit.vgg import check_weights_path, load_vgg  # noqa: E402
+from stylebatch.fit.vgg import load_vgg  # noqa: E402
 from stylebatch.images import fit_size, resize  # noqa: E402
+from stylebatch.job.weights import check_weights_path  # noqa: E402
 from stylebatch.report.sheet import label_font  # noqa: E402
 
 IMAGES = REPO / "manifests" / "images"
@@ -87,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         default=["default", "fast", "modern"],
         metavar="NAME",
-        help="`default` (no preset), a preset in configs/, or a YAML path (default: default fast modern)",
+        help="`default` (no preset), a bundled preset, or a YAML path (default: default fast modern)",
     )
     p.add_argument(
         "--set",

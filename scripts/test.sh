@@ -17,4 +17,7 @@ fi
 # 8:20 in one process on the 2-core reference machine). STYLEBATCH_TEST_WORKERS=0 runs in-process.
 # Lint and format first: a change that breaks either fails here, before the slower tests.
 .venv/bin/ruff check --quiet . && .venv/bin/ruff format --check --quiet . || { echo "ruff: fix the lines above (ruff check --fix; ruff format)"; exit 1; }
+# The package as a wheel (pip install ., not -e) in a fresh venv, used from outside the checkout.
+# STYLEBATCH_SKIP_WHEEL=1 skips it in a quick loop.
+[ "${STYLEBATCH_SKIP_WHEEL:-0}" = 1 ] || bash scripts/check_wheel.sh
 exec .venv/bin/python -m pytest -n "${STYLEBATCH_TEST_WORKERS:-2}" "$@"

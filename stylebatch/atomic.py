@@ -78,7 +78,7 @@ class _ErrorRecorder:
     a full disk only as "RuntimeError: [enforce fail at inline_container.cc] unexpected pos", so
     the real errno is taken from here."""
 
-    def __init__(self, fh: BinaryIO):
+    def __init__(self, fh: BinaryIO) -> None:
         self.fh = fh
         self.error: OSError | None = None
 

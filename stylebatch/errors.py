@@ -23,17 +23,13 @@ class StylebatchError(Exception):
 
     exit_code = EXIT_INVALID
 
-    def __init__(self, message: str | list[str]):
+    def __init__(self, message: str | list[str]) -> None:
         self.problems = [message] if isinstance(message, str) else list(message)
         super().__init__("\n".join(self.problems))
 
 
 class ConfigError(StylebatchError):
     """A config key, type or value is wrong."""
-
-
-class ManifestError(StylebatchError):
-    """The manifest (or a file it names) is invalid; lists every problem found."""
 
 
 class ImageError(StylebatchError):

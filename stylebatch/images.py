@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import re
 import stat
 import warnings
@@ -15,8 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from stylebatch.atomic import atomic_write
@@ -168,18 +165,8 @@ def resize(img: Image.Image, wh: tuple[int, int]) -> Image.Image:
     return img if img.size == wh else img.resize(wh, Image.Resampling.LANCZOS)
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB → float tensor (1, 3, H, W) in [0, 1]."""
-    data = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # (H, W, 3)
-    return data.permute(2, 0, 1).unsqueeze(0).float().div(255).contiguous()
-
-
-def to_pil(tensor: torch.Tensor) -> Image.Image:
-    """Float tensor (1, 3, H, W) or (3, H, W) → PIL RGB, clamped to [0, 1] and rounded to 8 bits."""
-    t = tensor.detach().to("cpu", torch.float32).squeeze(0).clamp(0, 1)
-    data = t.mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous()  # (H, W, 3)
-    return Image.fromarray(data.numpy())
-
+# The formats outputs are written in (Config.format's choices; the claims sweep their temp files).
+OUTPUT_FORMATS = ("png", "jpg", "webp")
 
 EXIF_IFD, EXIF_USER_COMMENT = 0x8769, 0x9286
 USER_COMMENT_ASCII = b"ASCII\0\0\0"  # the EXIF UserComment character-code prefix
@@ -213,7 +200,3 @@ def save_image(
     data = buf.getvalue()
     atomic_write(path, data)
     return data
-
-
-def megapixels(wh: tuple[int, int]) -> float:
-    return math.prod(wh) / 1e6

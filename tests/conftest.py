@@ -27,7 +27,7 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="stylebatch-test-cache-")
 @pytest.fixture(scope="session")
 def vgg() -> VGGFeatures:
     """The full (pool5-deep) extractor with the seeded random weights. Shared: building VGG19 takes
-    seconds. It is frozen, so tests cannot change it; read `forward_calls` as a difference."""
+    seconds. It is frozen, so tests cannot change it; count its passes with jobkit.ForwardCounter."""
     return load_vgg("random")
 
 

@@ -149,5 +149,24 @@ def fit_one(
     """One pair through the product's one fit path (`engine.stylize`, a batch of one)."""
     from stylebatch.fit.engine import Member, PairHooks, stylize
 
-    member = Member(content, style, cfg, ckpt_path, output, metadata or {}, hooks or PairHooks())
+    styles = list(style) if isinstance(style, (list, tuple)) else [style]
+    member = Member(content, styles, cfg, ckpt_path, output, metadata or {}, hooks or PairHooks())
     return stylize([member], vgg, torch.device("cpu"))[0]
+
+
+class ForwardCounter:
+    """Counts the network's forward passes while installed (a forward pre-hook): tests check that
+    targets are computed once per pair, not per step. `with ForwardCounter(vgg) as calls: ...; calls.n`."""
+
+    def __init__(self, vgg: Any):
+        self.vgg, self.n = vgg, 0
+
+    def __enter__(self) -> ForwardCounter:
+        self._hook = self.vgg.register_forward_pre_hook(lambda module, args, kwargs: self._count(), with_kwargs=True)
+        return self
+
+    def _count(self) -> None:
+        self.n += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        self._hook.remove()

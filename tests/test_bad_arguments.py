@@ -1,4 +1,4 @@
-"""Every bad argument and manifest value is one clear `error:` line, exit 2 (issue 14, bullet 5).
+"""Every bad argument and manifest value is one clear `error:` line, exit 2.
 
 Each was an exit 70 with a traceback (or worse) before: `--devices 0/-1/abc`, `--num-nodes 0`,
 `--sync-timeout -5`, `--accelerator gpu` without a GPU, a lone surrogate or a newline in a name or

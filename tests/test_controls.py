@@ -18,9 +18,10 @@ from stylebatch.fit import color, engine
 from stylebatch.fit import inputs as controls
 from stylebatch.fit.losses import total_variation
 from stylebatch.fit.module import StyleTransferModule
+from stylebatch.fit.pixels import to_pil, to_tensor
 from stylebatch.fit.targets import blended_grams
 from stylebatch.fit.vgg import AVG_POOL_GAIN
-from stylebatch.images import load_image, resize, to_pil, to_tensor
+from stylebatch.images import load_image, resize
 from stylebatch.job.config import Config, load_preset, resolve
 from stylebatch.job.manifest import load_job
 from tests.jobkit import REPO, final_target, fit_one, module_for, records, run_with_sigterm_at, tiny_job, write_manifest
@@ -114,7 +115,7 @@ def test_style_scale_and_style_size_set_the_style_size_at_every_scale(make_image
 
     def style_sizes(**kw: Any) -> list[tuple[int, int]]:
         cfg = resolve([("test", {"size": 32, **kw})])
-        images = controls.load_images(content, style, cfg)
+        images = controls.load_images(content, [style], cfg)
         return [
             tuple(controls.pass_inputs(images, cfg, k).styles[0].shape[-1:-3:-1]) for k in range(len(cfg.scale_sizes))
         ]
@@ -160,7 +161,7 @@ def test_preserve_color_modes(vgg, tmp_path: Path) -> None:
     assert float((color.luminance(outs["luminance"]) - color.luminance(c)).abs().mean()) > 0.02
     # Histogram: the style the network sees has the content's colour mean and covariance ...
     cfg = resolve([("test", {**BASE, **kw, "preserve_color": "histogram"})])
-    inputs = controls.pass_inputs(controls.load_images(content, style, cfg), cfg)
+    inputs = controls.pass_inputs(controls.load_images(content, [style], cfg), cfg)
     s, cc = inputs.styles[0].reshape(3, -1), inputs.colour.reshape(3, -1)
     assert torch.allclose(s.mean(1), cc.mean(1), atol=0.02)
     assert torch.allclose(torch.cov(s), torch.cov(cc), atol=0.01)
@@ -188,7 +189,7 @@ def test_init_style_stats_and_image(vgg, tmp_path: Path, make_image, monkeypatch
     content, style = make_image("c.png", (40, 30), seed=1), make_image("s.png", (32, 32), seed=2)
     start = make_image("start.png", (20, 20), seed=3)
     cfg = resolve([("test", {**BASE, "init": "style_stats", "seed": 5})])
-    images = controls.load_images(content, style, cfg)
+    images = controls.load_images(content, [style], cfg)
     inputs = controls.pass_inputs(images, cfg)
     noise = controls.initial_image(images, cfg, inputs)
     s = inputs.styles[0]

@@ -1,5 +1,5 @@
 """A full disk anywhere, checkpoints included, stops the job: exit 3, the usual one line ("free space
-and run the same command again"), no attempt used up, nothing lost (issue 14, bullet 4).
+and run the same command again"), no attempt used up, nothing lost.
 
 Before, a checkpoint on a full disk failed as "internal error: RuntimeError: [enforce fail at
 inline_container.cc:672] unexpected pos …" (torch.save's report of the short write), and every

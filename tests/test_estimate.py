@@ -14,7 +14,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stylebatch.job.config import Config
-from stylebatch.memory import autosize, calibration, estimate
+from stylebatch.memory import autosize, calibration, estimate, measure
 from stylebatch.memory.calibration import Device
 from tests.jobkit import fit_one, module_for, tiny_job
 
@@ -149,11 +149,11 @@ def test_auto_tile_and_batch() -> None:
 def test_calibration_records_and_reads_back_per_device(tmp_path: Path) -> None:
     path = tmp_path / "calibration.json"
     device = torch.device("cpu")
-    before = calibration.observe(device)
-    rss, hwm = calibration._rss()
+    before = measure.observe(device)
+    rss, hwm = measure._rss()
     big = torch.ones((hwm - rss + 192 * 2**20) // 4)  # past the process's high-water mark so far
     big += 1
-    entry = calibration.record(device, before, predicted_own=96 * 2**20, work_flops=1e9, path=path)
+    entry = measure.record(device, before, predicted_own=96 * 2**20, work_flops=1e9, path=path)
     del big
     assert entry["peak_bytes"] >= before["hwm"] + 150 * 2**20
     seen = json.loads(path.read_text())["devices"][calibration.device_key(device)]
@@ -181,7 +181,7 @@ def test_validate_prints_peak_time_and_fit_per_pair_and_in_total(tmp_path: Path,
 
 
 def test_size_auto_resolves_once_and_sticks_on_resume(tmp_path: Path, monkeypatch) -> None:
-    from stylebatch.job.manifest import load_job
+    from stylebatch.memory.autosize import load_job
 
     manifest = tiny_job(
         tmp_path,

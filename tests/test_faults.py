@@ -99,7 +99,7 @@ class _HalfThenFull:
 
 
 def _stopped_by_full_disk(code: int, stdout: str, stderr: str, file: str) -> None:
-    """Exit 3 and one `error:` line naming the file and saying to free space (issue 14: a full disk
+    """Exit 3 and one `error:` line naming the file and saying to free space (a full disk
     stops the job; it is no pair's fault)."""
     assert code == 3, stdout + stderr
     assert "Traceback" not in stdout + stderr

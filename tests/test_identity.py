@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from stylebatch.cli.main import main
-from stylebatch.fit.vgg import RANDOM_WEIGHTS_SEED
+from stylebatch.job.weights import RANDOM_WEIGHTS_SEED
 from tests.jobkit import edit_manifest, records, tiny_job
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from stylebatch import __version__
 from stylebatch.cli.main import main
-from stylebatch.images import to_tensor
+from stylebatch.fit.pixels import to_tensor
 from stylebatch.job.manifest import load_job
 from stylebatch.jobdir.state import sha256_file
 from tests.jobkit import records, tiny_job

@@ -17,9 +17,10 @@ from stylebatch.fit.engine import PairHooks, PairResult
 from stylebatch.fit.inputs import load_images, pass_inputs
 from stylebatch.fit.losses import gram_matrix, total_variation
 from stylebatch.fit.module import OptimizerSpec, StyleTransferModule
-from stylebatch.images import load_image, to_pil, to_tensor
+from stylebatch.fit.pixels import to_pil, to_tensor
+from stylebatch.images import load_image
 from stylebatch.job.config import Config
-from tests.jobkit import fit_one, module_for
+from tests.jobkit import ForwardCounter, fit_one, module_for
 
 # engine.py filters this at import; pytest restores the warning filters around every test.
 pytestmark = [
@@ -75,16 +76,16 @@ class Pair:
 
     def run(self, hooks: PairHooks | None = None, **overrides: Any) -> Run:
         cfg = Config(**{**BASE, **overrides})
-        before = self.vgg.forward_calls
-        result = fit_one(self.vgg, self.content, self.style, cfg, self.ckpt, self.output, hooks, {"test": True})
-        forwards = self.vgg.forward_calls - before
+        with ForwardCounter(self.vgg) as calls:
+            result = fit_one(self.vgg, self.content, self.style, cfg, self.ckpt, self.output, hooks, {"test": True})
+        forwards = calls.n
         assert len(self._made) == 1
         return Run(result, self._made.pop(), cfg, forwards)
 
     def saved_output_losses(self, run: Run) -> tuple[dict[str, float], dict[str, float]]:
         """(losses of the initial image, losses of the PNG on disk), scored by a fresh module built
         from the same inputs: the saved file is what the user gets (clamped to [0, 1], 8 bits)."""
-        inputs = pass_inputs(load_images(self.content, self.style, run.cfg), run.cfg)
+        inputs = pass_inputs(load_images(self.content, [self.style], run.cfg), run.cfg)
         content, style = inputs.content, inputs.styles[0]
         scorer = module_for(self.vgg, content, style, run.cfg)
         if self._made and self._made[-1] is scorer:  # built through the patched engine: not a fit's module

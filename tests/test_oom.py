@@ -109,7 +109,7 @@ def test_control_a_module_kept_alive_is_reported_not_freed(tmp_path: Path, monke
 
 
 def test_recorded_rungs_apply_again_on_a_resume(tmp_path: Path) -> None:
-    from stylebatch.job.manifest import load_job
+    from stylebatch.memory.autosize import load_job
     from stylebatch.run.plan import batch_key
 
     manifest = tiny_job(tmp_path, pairs=ADAM_PAIRS, defaults={"batch_size": 2})
@@ -128,7 +128,7 @@ def test_recorded_rungs_apply_again_on_a_resume(tmp_path: Path) -> None:
 
 def test_next_rung_order() -> None:
     from stylebatch.job.config import Config
-    from stylebatch.job.manifest import Pair
+    from stylebatch.job.pairs import Pair
 
     def pair(**kw) -> Pair:
         return Pair(

@@ -1,4 +1,4 @@
-"""Workers never outlive the job, and no pair is worked on by two processes at once (issue 14, bullet 3).
+"""Workers never outlive the job, and no pair is worked on by two processes at once.
 
 - each pair is claimed (a flock) by the one process working on it; another process leaves it alone;
 - a worker whose parent dies checkpoints and stops (PR_SET_PDEATHSIG, and a parent-pid watch);
@@ -236,7 +236,7 @@ def test_a_worker_killed_alone_stops_the_job_with_one_line_and_exit_3(tmp_path: 
 
 @pytest.mark.slow
 def test_orphaned_worker_stops_and_no_pair_is_worked_on_by_two_processes(tmp_path: Path) -> None:
-    """--devices 2, SIGKILL of rank 0 alone, then a second run at once. Before issue 14, rank 1 kept
+    """--devices 2, SIGKILL of rank 0 alone, then a second run at once. Once, rank 1 kept
     running without the lock and the second run planned the same pairs: pairs finished twice by two
     processes at once, the output depending on which finished last."""
     steps = 120

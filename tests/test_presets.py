@@ -13,12 +13,12 @@ import pytest
 from stylebatch.cli.main import main
 from stylebatch.fit.score import LAYERS, Scorer, load_output, load_pair
 from stylebatch.fit.vgg import load_vgg
-from stylebatch.job.config import PRESET_DIR
+from stylebatch.job.config import preset_names
 from tests.jobkit import REPO, write_manifest
 
 IMAGES = REPO / "manifests" / "images"
 HED = REPO.parent / "shared" / "weights" / "vgg19_hed_features.pth"
-PRESETS = ["default", *sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))]
+PRESETS = ["default", *preset_names()]
 SIZE, STEPS = 48, 60
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from stylebatch.fit.vgg import LAYER_INDEX, load_vgg
+from stylebatch.fit.vgg import load_vgg
+from stylebatch.geometry import LAYER_INDEX
 from stylebatch.job.config import Config
-from tests.jobkit import module_for
+from tests.jobkit import ForwardCounter, module_for
 
 
 def _loss_and_grad(vgg, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,10 +47,10 @@ def test_truncation_does_not_change_results() -> None:
 def test_frozen_weights_get_no_gradient_and_targets_are_not_recomputed() -> None:
     cfg = Config()
     vgg = load_vgg("random", cfg.layers_used)
-    _loss_and_grad(vgg, cfg)
+    with ForwardCounter(vgg) as calls:
+        _loss_and_grad(vgg, cfg)
     assert all(p.grad is None and not p.requires_grad for p in vgg.parameters())
-    calls = vgg.forward_calls
-    assert calls == 3  # content target, style target, one evaluation: targets precomputed, not per step
+    assert calls.n == 3  # content target, style target, one evaluation: targets precomputed, not per step
 
 
 def test_bf16_autocast_keeps_grams_and_losses_fp32_and_close() -> None:

@@ -102,7 +102,7 @@ def test_job_file_holds_the_job_once_and_each_pair_compactly(interrupted: Path) 
     pair_lines = [line for line in lines if line.startswith('{"name"')]
     assert len(pair_lines) == 4  # one line per pair
     assert all(len(line) < 400 for line in pair_lines)  # no full config per pair
-    job = read_job_file(interrupted / ".stylebatch")
+    job = read_job_file(interrupted / ".stylebatch" / "job.json")
     assert job.defaults["steps"] == 12 and job.defaults["optimizer"] == "adam" and "save_every" in job.bookkeeping
     assert [e.name for e in job.entries] == ["a__s1", "a__s2", "b__s1", "b__s2"]
     assert all(e.overrides == {} for e in job.entries) and job.config(job.entries[3])["lr"] == 0.05

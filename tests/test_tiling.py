@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from stylebatch import geometry
 from stylebatch.fit import tiling
 from stylebatch.fit.targets import compute_targets
 from stylebatch.job.config import Config
-from tests.jobkit import final_target, module_for, records, run_with_sigterm_at, tiny_job
+from tests.jobkit import ForwardCounter, final_target, module_for, records, run_with_sigterm_at, tiny_job
 
 SHALLOW = dict(content_layer="conv2_1", style_layers={"conv1_1": 1.0, "conv2_1": 0.5})
 DEEP = dict(
@@ -25,12 +26,12 @@ TOLERANCE = 1e-5
 
 
 def test_receptive_field_and_halo_follow_from_the_layers() -> None:
-    assert tiling.receptive_field("relu5_1") == 156  # the figure every VGG receptive-field table gives
-    assert tiling.receptive_field("conv1_1") == 3
-    assert tiling.halo(list(DEEP["style_layers"])) == 80  # 70 px rounded up to the 16 px unit
-    assert tiling.grid_unit(list(DEEP["style_layers"])) == 16
-    assert tiling.halo(["conv1_1", "conv2_1"]) == 16  # 2 + 2 px, one unit
-    assert tiling.grid_unit(["pool5"]) == 32
+    assert geometry.receptive_field("relu5_1") == 156  # the figure every VGG receptive-field table gives
+    assert geometry.receptive_field("conv1_1") == 3
+    assert geometry.halo(list(DEEP["style_layers"])) == 80  # 70 px rounded up to the 16 px unit
+    assert geometry.grid_unit(list(DEEP["style_layers"])) == 16
+    assert geometry.halo(["conv1_1", "conv2_1"]) == 16  # 2 + 2 px, one unit
+    assert geometry.grid_unit(["pool5"]) == 32
 
 
 def test_grid_covers_the_image_once_and_crops_stay_inside() -> None:
@@ -68,7 +69,7 @@ def _losses(module, tile=None, margin=None, offset=(0, 0)):
         layers = [module.content_layer, *module.style_layers]
         grams = {n: getattr(module, f"gram_{n}") for n in module.style_layers}
         weights = {n: getattr(module, f"weight_{n}") for n in module.style_layers}
-        grid = tiling.grid(*x.shape[-2:], tile, tiling.halo(layers) if margin is None else margin, offset)
+        grid = tiling.grid(*x.shape[-2:], tile, geometry.halo(layers) if margin is None else margin, offset)
         obj = tiling.TiledObjective(
             module.vgg,
             module.content_layer,
@@ -169,9 +170,9 @@ def test_fits_tiled_follow_the_untiled_fit(tmp_path: Path, make_image, optimizer
     images, passes = {}, {}
     for tile in (None, 16):
         out = tmp_path / f"t{tile}"
-        calls = vgg.forward_calls
-        result = fit_one(vgg, content, style, Config(**base, tile=tile), out / "last.ckpt", out / "o.png")
-        passes[tile] = vgg.forward_calls - calls
+        with ForwardCounter(vgg) as calls:
+            result = fit_one(vgg, content, style, Config(**base, tile=tile), out / "last.ckpt", out / "o.png")
+        passes[tile] = calls.n
         assert result.evaluations >= 24
         images[tile] = torch.load(out / "last.ckpt", weights_only=True)["state_dict"]["target"]
     assert passes[16] > 3 * passes[None]  # the 64 px pass really ran tile by tile (2 VGG passes per tile)
@@ -179,7 +180,7 @@ def test_fits_tiled_follow_the_untiled_fit(tmp_path: Path, make_image, optimizer
 
 
 def test_tiled_pairs_never_batch(tmp_path: Path) -> None:
-    from stylebatch.job.manifest import load_job
+    from stylebatch.memory.autosize import load_job
     from stylebatch.run.plan import batch_key
 
     manifest = tiny_job(

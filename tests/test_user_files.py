@@ -1,4 +1,4 @@
-"""Nothing of the user's is ever touched (issue 14, bullets 1 and 2).
+"""Nothing of the user's is ever touched.
 
 Temp files have one name of stylebatch's own and are cleaned only where stylebatch owns the files:
 an output's directory (only temps of that job's outputs) and `.stylebatch/`. The root and system

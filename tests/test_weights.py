@@ -15,6 +15,8 @@ import torchvision
 from stylebatch.errors import WeightsError
 from stylebatch.fit import vgg as vgg_module
 from stylebatch.fit.vgg import load_vgg
+from stylebatch.geometry import LAYER_INDEX
+from stylebatch.job.weights import RANDOM_WEIGHTS_SEED, weights_identity
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def test_float16_state_dict_loads_as_float32(tmp_path, features_state):
     path = tmp_path / "vgg19_fp16.pth"
     torch.save(half, path)
     net = load_vgg(str(path), layers=["relu2_1"])  # a file loads into a truncated extractor too
-    assert net.depth == vgg_module.LAYER_INDEX["relu2_1"] + 1
+    assert net.depth == LAYER_INDEX["relu2_1"] + 1
     expected = {k: v.float() for k, v in half.items() if int(k.split(".")[0]) <= 6}
     assert_loads(net, expected)
     out = net(torch.rand(1, 3, 8, 8), ["relu2_1"])["relu2_1"]
@@ -91,7 +93,7 @@ def test_random_weights_are_seeded_and_leave_the_global_rng_alone(vgg):
     first, second = vgg.state_dict(), again.state_dict()
     assert set(first) == set(second)
     assert all(torch.equal(first[k], second[k]) for k in first)
-    assert vgg_module.weights_identity("random") == f"random:{vgg_module.RANDOM_WEIGHTS_SEED}"
+    assert weights_identity("random") == f"random:{RANDOM_WEIGHTS_SEED}"
 
 
 # --- files that are refused ---------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Command line: `stylebatch run | validate | status`. The only module that prints (with rich) and
-maps errors to exit codes; `main(argv) -> int` is what tests call in process."""
+"""Command line: `stylebatch validate | run | status | report | inspect`. With the rest of cli/, the
+only place that prints (with rich) and maps errors to exit codes; `main(argv) -> int` is what tests
+call in process."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
@@ -28,6 +28,7 @@ from stylebatch.errors import (
     StylebatchError,
     is_disk_full,
 )
+from stylebatch.job.pairs import Job
 from stylebatch.job.values import shorten
 
 log = logging.getLogger("stylebatch")
@@ -54,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     def job_args(p: argparse.ArgumentParser, manifest_optional: bool = False) -> None:
         p.add_argument("manifest", nargs="?" if manifest_optional else None, help="YAML manifest listing the pairs")
         p.add_argument(
-            "--config", metavar="PRESET", help="preset name in configs/ (e.g. fast, gatys2016) or a YAML path"
+            "--config",
+            metavar="PRESET",
+            help="a bundled preset (fast, gatys2016, ...: README, Presets) or a YAML file's path",
         )
         p.add_argument(
             "--set", metavar="KEY=VALUE", action="append", default=[], help="override a config key (last wins)"
@@ -149,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace, device: str | None = None):
     from stylebatch.job.config import parse_set
-    from stylebatch.job.manifest import load_job
+    from stylebatch.memory.autosize import load_job
 
     if not args.manifest:
         raise StylebatchError(f"{args.command}: give a manifest (or, for run, --from IMAGE)")
@@ -162,7 +165,7 @@ def _print_problems(err: Console, problems: list[str]) -> None:
         err.print(f"error: {shorten(problem, 1000)}", soft_wrap=True, markup=False, highlight=False)
 
 
-def _plan_line(job: Any) -> str:
+def _plan_line(job: Job) -> str:
     pairs = job.valid_pairs
     work = sum(p.cost for p in pairs)
     return (
@@ -182,9 +185,10 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
         err.print(f"{len(problems)} problem(s); nothing was run", soft_wrap=True)
         return EXIT_INVALID
     out.print(shorten(_plan_line(job), 1000), soft_wrap=True, markup=False)  # may hold a long path
+    from stylebatch.memory.calibration import Device
     from stylebatch.memory.estimate import describe_job  # memory and time per pair, and in total
 
-    for line in describe_job(job.pairs):
+    for line in describe_job(job.pairs, Device.current(_device("auto"))):
         out.print(line, soft_wrap=True, markup=False)
     return 0
 

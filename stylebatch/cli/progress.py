@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from stylebatch.job.pairs import Pair
+
 PIPED_INTERVAL_S = 10.0  # piped output: one line per running pair at most this often
 
 
@@ -34,7 +36,7 @@ class _RateETA(ProgressColumn):
 class RichReporter:
     """The runner's Reporter for a person: see the module doc."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console) -> None:
         self.console = console
         self.live = console.is_terminal
         self.progress = Progress(
@@ -56,7 +58,7 @@ class RichReporter:
         self.evals_at_first = 0
         self.last_line: dict[str, float] = {}
 
-    def start(self, total: int, done: int, pending: list[Any]) -> None:
+    def start(self, total: int, done: int, pending: list[Pair]) -> None:
         self.console.print(f"{total} pairs: {done} already done, {len(pending)} to run", soft_wrap=True)
         self.pairs_total, self.pairs_done = done + len(pending), done
         self.progress.start()
@@ -69,7 +71,7 @@ class RichReporter:
     def _count(self) -> str:
         return f"{self.pairs_done}/{self.pairs_total} pairs"
 
-    def _advance(self, pair: Any, n: int) -> None:
+    def _advance(self, pair: Pair, n: int) -> None:
         """Count a pair's evaluations into the overall bar and refresh the measured rate."""
         previous = self.done_evals.get(pair.name, 0)
         self.done_evals[pair.name] = n
@@ -80,7 +82,7 @@ class RichReporter:
         rate = (completed - self.evals_at_first) / (now - self.first_eval) if now > self.first_eval else None
         self.progress.update(self.overall, completed=completed, rate=rate or None)
 
-    def pair_start(self, pair: Any, steps_done: int, batch: list[str] | None) -> None:
+    def pair_start(self, pair: Pair, steps_done: int, batch: list[str] | None) -> None:
         # A resumed pair's earlier evaluations are not this run's work: out of the total, and of the rate.
         self.offset[pair.name], self.done_evals[pair.name] = steps_done, 0
         if steps_done:
@@ -99,7 +101,7 @@ class RichReporter:
             in_batch = f" in a batch of {len(batch)}" if batch else ""
             self.console.print(f"start {pair.name}{resumed}{in_batch}", soft_wrap=True, markup=False)
 
-    def pair_progress(self, pair: Any, n: int, losses: dict[str, float]) -> None:
+    def pair_progress(self, pair: Pair, n: int, losses: dict[str, float]) -> None:
         steps = pair.config.steps
         self._advance(pair, n - self.offset.get(pair.name, 0))
         loss = f"loss {losses.get('total', 0):.4g}"
@@ -111,7 +113,7 @@ class RichReporter:
             self.console.print(f"  {pair.name}: {n}/{steps} evaluations, {loss}", soft_wrap=True, markup=False)
             self.last_line[pair.name] = now
 
-    def pair_end(self, pair: Any, status: str, detail: str = "") -> None:
+    def pair_end(self, pair: Pair, status: str, detail: str = "") -> None:
         task = self.tasks.pop(pair.name, None)
         if task is not None:
             self.progress.remove_task(task)

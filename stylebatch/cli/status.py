@@ -41,7 +41,7 @@ class Summary:
     """Counts every row it is given, keeps the first SHOWN of each status in LOOK (or, with `every`,
     each row's cells)."""
 
-    def __init__(self, every: bool = False, shown: int | None = None):
+    def __init__(self, every: bool = False, shown: int | None = None) -> None:
         self.counts = dict.fromkeys(STATUSES, 0)
         self.every, self.shown = every, SHOWN if shown is None else shown
         self.look: dict[str, list[list[str]]] = {s: [] for s in LOOK}

@@ -99,7 +99,9 @@ def vet_checkpoint(
     return None, f"checkpoint {path.name} {why}"
 
 
-def read_checkpoint(path: Path, pair_id: str = "", shape_at: Callable[[int], tuple[int, int] | None] | None = None):
+def read_checkpoint(
+    path: Path, pair_id: str = "", shape_at: Callable[[int], tuple[int, int] | None] | None = None
+) -> dict[str, Any] | None:
     """The pair's checkpoint if it is its own, as saved; a bad one is removed (the pair then starts over)."""
     ckpt, why = vet_checkpoint(path, pair_id, shape_at or (lambda k: None))
     if why:
@@ -169,11 +171,13 @@ class MemberCheckpointIO(TorchCheckpointIO):
     atomically (temp file in the same directory, fsync, os.replace); loading joins them again.
     The path Lightning passes is ignored: the members' paths are the checkpoint."""
 
-    def __init__(self, paths: list[Path], pair_ids: list[str] | None = None, loaded: dict[str, Any] | None = None):
+    def __init__(
+        self, paths: list[Path], pair_ids: list[str] | None = None, resumed: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.paths = [Path(p) for p in paths]
         self.pair_ids = pair_ids or [""] * len(self.paths)
-        self.loaded = loaded  # the members' checkpoints, checked and joined already: not read again
+        self.resumed = resumed  # the joined checkpoint the engine read (and checked) to choose its resume point
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         parts = split_checkpoint(checkpoint, len(self.paths))
@@ -183,7 +187,8 @@ class MemberCheckpointIO(TorchCheckpointIO):
             atomic_write(member_path, lambda fh, part=part: torch.save(part, fh))
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        if self.loaded is not None:
-            return self.loaded
+        if self.resumed is not None:  # read once: the files were read to find the resume point
+            resumed, self.resumed = self.resumed, None
+            return resumed
         parts = [torch.load(p, map_location=map_location or "cpu", weights_only=True) for p in self.paths]
         return join_checkpoints(parts)

@@ -71,7 +71,7 @@ class Member:
     """One pair of a batch: its files, settings, checkpoint, output, provenance and hooks."""
 
     content: Path
-    style: Path | list[Path]
+    styles: list[Path]  # one style, or a blend's several
     cfg: Config
     ckpt_path: Path
     output: Path
@@ -168,7 +168,7 @@ class _BudgetCallback(L.Callback):
     Logging at multiples, not every `log_every` since the last log, keeps the log points of a
     resumed fit where the uninterrupted one had them, so the two loss curves are the same."""
 
-    def __init__(self, cfg: Config, members: list[Member], curves: list[CurveWriter]):
+    def __init__(self, cfg: Config, members: list[Member], curves: list[CurveWriter]) -> None:
         self.cfg, self.members, self.curves = cfg, members, curves
         self.last_saved = self.last_logged = 0
         self.interrupted = False
@@ -224,7 +224,7 @@ class _SnapshotCallback(L.Callback):
     `<its checkpoint's directory>/iter_<n>.png` at the first optimizer step at or past each multiple
     of its N evaluations (n is the count then). Never the final output: that lives in output_dir."""
 
-    def __init__(self, i: int, member: Member, inputs: pair_inputs.PassInputs):
+    def __init__(self, i: int, member: Member, inputs: pair_inputs.PassInputs) -> None:
         self.i, self.every, self.inputs, self.cfg = i, member.cfg.save_every, inputs, member.cfg
         self.directory = member.ckpt_path.parent
         self.last = 0
@@ -242,9 +242,15 @@ class _SnapshotCallback(L.Callback):
 
 
 def _trainer(
-    device: torch.device, cfg: Config, callbacks: list[L.Callback], members: list[Member], loaded: Any = None
+    device: torch.device,
+    cfg: Config,
+    callbacks: list[L.Callback],
+    members: list[Member],
+    resumed: dict[str, Any] | None = None,
 ) -> L.Trainer:
-    """One-device Trainer for a batch: checkpoints written atomically, one file per member."""
+    """One-device Trainer for a batch: checkpoints written atomically, one file per member, each
+    stamped with its pair's id; `resumed`: the joined checkpoint already read (Lightning restores
+    from it instead of reading the files again)."""
     on_gpu = device.type == "cuda"
     return L.Trainer(
         accelerator="gpu" if on_gpu else "cpu",
@@ -258,7 +264,7 @@ def _trainer(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=callbacks,
-        plugins=[MemberCheckpointIO([m.ckpt_path for m in members], [m.pair_id for m in members], loaded)],
+        plugins=[MemberCheckpointIO([m.ckpt_path for m in members], [m.pair_id for m in members], resumed)],
     )
 
 
@@ -293,7 +299,7 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
     record the pass, so a resumed batch continues inside the pass it was in."""
     start = time.perf_counter()
     cfg, n = members[0].cfg, len(members)
-    images = [pair_inputs.load_images(m.content, m.style, m.cfg) for m in members]
+    images = [pair_inputs.load_images(m.content, m.styles, m.cfg) for m in members]
     ckpt, first, done = _resume_point(members, images)
     curves = [CurveWriter(m.ckpt_path.with_name(CURVE_FILE)) for m in members]  # follows the checkpoint
     if done < cfg.steps:

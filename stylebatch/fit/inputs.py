@@ -15,20 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
 
 from stylebatch.fit import color
+from stylebatch.fit.pixels import to_pil, to_tensor
 from stylebatch.fit.targets import blend_weights
-from stylebatch.images import fit_size, load_image, resize, to_pil, to_tensor
+from stylebatch.images import fit_size, load_image, resize
 from stylebatch.job.config import INIT_MODES, Config
-
-
-def style_list(style: Any) -> list:
-    """A pair's style (one path or tensor) or blend (a list of them) as a list."""
-    return list(style) if isinstance(style, (list, tuple)) else [style]
 
 
 @dataclass
@@ -39,11 +34,11 @@ class PairImages:
     init: Image.Image | None  # `init: <path>`
 
 
-def load_images(content: Path, style: Path | list[Path], cfg: Config) -> PairImages:
+def load_images(content: Path, styles: list[Path], cfg: Config) -> PairImages:
     loaded = load_image(content, cfg.max_pixels)
-    styles = [load_image(p, cfg.max_pixels).rgb for p in style_list(style)]
+    images = [load_image(p, cfg.max_pixels).rgb for p in styles]
     init = load_image(Path(cfg.init), cfg.max_pixels).rgb if cfg.init not in INIT_MODES else None
-    return PairImages(loaded.rgb, loaded.alpha, styles, init)
+    return PairImages(loaded.rgb, loaded.alpha, images, init)
 
 
 @dataclass

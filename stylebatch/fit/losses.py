@@ -4,6 +4,7 @@ and returns one value per image, shape (B,), so several pairs can share one VGG 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import FunctionCtx
 
 
 class _Gram(torch.autograd.Function):
@@ -13,14 +14,14 @@ class _Gram(torch.autograd.Function):
     activations (conv1_1 at 256 px: 64 x 49152). The scale is applied to the C x C matrices only."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float, positions_first: bool) -> torch.Tensor:
+    def forward(ctx: FunctionCtx, x: torch.Tensor, scale: float, positions_first: bool) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.scale, ctx.positions_first = scale, positions_first
         xt = x.transpose(1, 2)
         return torch.bmm(xt, x).mul_(scale) if positions_first else torch.bmm(x, xt).mul_(scale)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: FunctionCtx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
         sym = (grad + grad.transpose(1, 2)).mul_(ctx.scale)  # (B, C, C)
         return (torch.bmm(x, sym) if ctx.positions_first else torch.bmm(sym, x)), None, None

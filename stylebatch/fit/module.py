@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from stylebatch import geometry
 from stylebatch.fit import tiling
 from stylebatch.fit.losses import content_loss, style_loss, total_variation
 from stylebatch.fit.targets import LossTargets
@@ -73,7 +74,7 @@ class StyleTransferModule(L.LightningModule):
         scale: int = 0,
         tile: int | None = None,
         tile_seed: int = 0,
-    ):
+    ) -> None:
         super().__init__()
         self.vgg = vgg
         self.tile, self.tile_seed = tile, tile_seed
@@ -107,7 +108,7 @@ class StyleTransferModule(L.LightningModule):
         """Per-image (B,) losses of `image`: content, style, tv (when any member weighs it), total."""
         grams = {name: getattr(self, f"gram_{name}") for name in self.style_layers}
         weights = {name: getattr(self, f"weight_{name}") for name in self.style_layers}
-        tiled = tiling.needs_tiling(*image.shape[-2:], self.tile)
+        tiled = geometry.needs_tiling(*image.shape[-2:], self.tile)
         if tiled:  # the same content and style losses, tile by tile (tiling.py)
             c, s = tiling.TiledLoss.apply(image, self._tiled_objective(image, grams, weights))
         else:
@@ -132,7 +133,7 @@ class StyleTransferModule(L.LightningModule):
         """This evaluation's tiles: the grid moved by the offset seeded from (tile_seed, evaluations)."""
         layers = [self.content_layer, *self.style_layers]
         h, w = image.shape[-2:]
-        offset = tiling.offset_for(self.tile_seed, self.evaluations, self.tile, tiling.grid_unit(layers))
+        offset = tiling.offset_for(self.tile_seed, self.evaluations, self.tile, geometry.grid_unit(layers))
         return tiling.TiledObjective(
             self.vgg,
             self.content_layer,
@@ -142,7 +143,7 @@ class StyleTransferModule(L.LightningModule):
             self.content_scale,
             grams,
             weights,
-            tiling.grid(h, w, self.tile, tiling.halo(layers), offset),
+            tiling.grid(h, w, self.tile, geometry.halo(layers), offset),
         )
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

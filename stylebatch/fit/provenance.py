@@ -23,13 +23,13 @@ from PIL import Image
 
 from stylebatch import __version__
 from stylebatch.errors import ImageError, StylebatchError
-from stylebatch.fit.vgg import check_weights_path, weights_identity
 from stylebatch.images import EXIF_IFD, EXIF_USER_COMMENT, USER_COMMENT_ASCII, opened, save_image
 from stylebatch.job import config as cfgmod
 from stylebatch.job.checks import FileChecker, check_name, check_output_dir, check_pair_files
 from stylebatch.job.config import Config
-from stylebatch.job.manifest import Job, Pair
+from stylebatch.job.pairs import Job, Pair
 from stylebatch.job.values import text_problem
+from stylebatch.job.weights import check_weights_path, weights_identity
 from stylebatch.job.yamlfiles import MAX_DEPTH, nesting_depth
 from stylebatch.jobdir.state import sha256_file
 

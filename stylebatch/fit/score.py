@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from stylebatch.images import fit_size, load_image, resize, to_tensor
+from stylebatch.fit.pixels import to_tensor
+from stylebatch.images import fit_size, load_image, resize
 
 SCORE_SIZE = 256
 CONTENT_LAYER = "relu4_2"
@@ -66,7 +67,7 @@ class Scorer:
 
     content, style: PIL RGB images, already at the size they are compared at (see `load_pair`)."""
 
-    def __init__(self, extract: Extractor, content: Image.Image, style: Image.Image):
+    def __init__(self, extract: Extractor, content: Image.Image, style: Image.Image) -> None:
         self.extract = extract
         self.size = content.size  # (w, h): every output is resized to this
         with torch.no_grad():

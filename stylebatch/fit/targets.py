@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from stylebatch import geometry
 from stylebatch.fit import tiling
 from stylebatch.fit.losses import gram_matrix
+from stylebatch.fit.vgg import VGGFeatures
 from stylebatch.job.config import Config
 
 
@@ -25,16 +27,18 @@ def blend_weights(cfg: Config, n: int) -> list[float]:
     return list(cfg.style_blend)
 
 
-def _grams(vgg, image: torch.Tensor, cfg: Config, tile: int | None) -> dict[str, torch.Tensor]:
+def _grams(vgg: VGGFeatures, image: torch.Tensor, cfg: Config, tile: int | None) -> dict[str, torch.Tensor]:
     """One image's Gram matrices: one VGG pass, or tile by tile where it is larger than `tile`."""
-    if tiling.needs_tiling(*image.shape[-2:], tile):
+    if geometry.needs_tiling(*image.shape[-2:], tile):
         return tiling.tiled_targets(vgg, image, None, list(cfg.style_layers), cfg.pooling, tile)[1]
     feats = vgg(image, list(cfg.style_layers), pooling=cfg.pooling)
     return {name: gram_matrix(feats[name]) for name in cfg.style_layers}
 
 
 @torch.no_grad()
-def blended_grams(vgg, styles: list[torch.Tensor], cfg: Config, tile: int | None = None) -> dict[str, torch.Tensor]:
+def blended_grams(
+    vgg: VGGFeatures, styles: list[torch.Tensor], cfg: Config, tile: int | None = None
+) -> dict[str, torch.Tensor]:
     """{layer: sum_j w_j G_j}: each style's Gram matrices (one VGG pass per style), blended with the
     normalised `style_blend` weights (JJ, NSPT and crowsonkb blend the targets the same way). A
     single style's Grams are returned unscaled, so weights [1, 0] give exactly the first style's."""
@@ -95,12 +99,12 @@ def _relative(t: torch.Tensor, on: bool) -> torch.Tensor:
 
 @torch.no_grad()
 def compute_targets(
-    vgg, content: torch.Tensor, styles: list[torch.Tensor], cfg: Config, tile: int | None = None
+    vgg: VGGFeatures, content: torch.Tensor, styles: list[torch.Tensor], cfg: Config, tile: int | None = None
 ) -> LossTargets:
     """One pair's targets: content (1, 3, H, W) and its style image(s), already on the device; two
     VGG passes for one style (one for the content, one per style), each tile by tile where the
     image is larger than `tile` (a 4096 px image's conv1 maps alone would take 8 GiB)."""
-    if tiling.needs_tiling(*content.shape[-2:], tile):
+    if geometry.needs_tiling(*content.shape[-2:], tile):
         feats = tiling.tiled_targets(vgg, content, cfg.content_layer, [], cfg.pooling, tile)[0]
     else:
         feats = vgg(content, [cfg.content_layer], pooling=cfg.pooling)[cfg.content_layer]

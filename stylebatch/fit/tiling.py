@@ -33,39 +33,11 @@ import random
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import FunctionCtx
 
 from stylebatch.fit.losses import gram_matrix
-from stylebatch.fit.vgg import LAYER_INDEX, LAYER_NAMES, VGGFeatures
-
-
-def level(layer: str) -> int:
-    """How many 2x2 pools come before (and including) `layer`: its features are 2**level smaller."""
-    return sum(1 for name in LAYER_NAMES[: LAYER_INDEX[layer] + 1] if name.startswith("pool"))
-
-
-def extent(layers: list[str]) -> int:
-    """Pixels each side of an aligned block that the deepest layer's features depend on: every
-    3x3 convolution up to it widens the view by one position of its level (2**level pixels); a
-    pool, whose windows lie inside blocks, widens nothing. conv5_1: 2*1 + 2*2 + 4*4 + 4*8 + 1*16 = 70."""
-    deepest = max(LAYER_INDEX[name] for name in layers)
-    return sum(2 ** level(name) for name in LAYER_NAMES[: deepest + 1] if name.startswith("conv"))
-
-
-def receptive_field(layer: str) -> int:
-    """Side in pixels of the region one feature of `layer` sees (relu5_1: 156)."""
-    return 2 ** level(layer) + 2 * extent([layer])
-
-
-def grid_unit(layers: list[str]) -> int:
-    """Tile edges and offsets are multiples of this: one position of the deepest layer's level
-    (so pooling windows never straddle an edge), and at least 16."""
-    return max(16, 2 ** level(max(layers, key=LAYER_INDEX.__getitem__)))
-
-
-def halo(layers: list[str]) -> int:
-    """The margin computed around each tile: the extent rounded up to the grid unit (conv5_1: 80)."""
-    unit = grid_unit(layers)
-    return -(-extent(layers) // unit) * unit
+from stylebatch.fit.vgg import VGGFeatures
+from stylebatch.geometry import edges, halo, level
 
 
 @dataclass(frozen=True)
@@ -90,12 +62,6 @@ class Tile:
     def full(self, lvl: int) -> tuple[slice, slice]:
         """The interior as positions of the whole image's features at level `lvl`."""
         return slice(self.y0 // 2**lvl, self.y1 // 2**lvl), slice(self.x0 // 2**lvl, self.x1 // 2**lvl)
-
-
-def edges(length: int, tile: int, offset: int) -> list[int]:
-    """Tile edges along one side: 0, offset, offset + tile, ... , length."""
-    cuts = [c for c in range(offset, length, tile) if c > 0]
-    return [0, *cuts, length]
 
 
 def grid(h: int, w: int, tile: int, margin: int, offset: tuple[int, int] = (0, 0)) -> list[Tile]:
@@ -187,7 +153,7 @@ class TiledLoss(torch.autograd.Function):
     with a tiled backward. Inputs: the image and a TiledObjective (its tiles fixed for this call)."""
 
     @staticmethod
-    def forward(ctx, image: torch.Tensor, obj: TiledObjective) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(ctx: FunctionCtx, image: torch.Tensor, obj: TiledObjective) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = image.shape[-2:]
         shapes = _layer_shapes(obj, h, w)
         b = image.shape[0]
@@ -220,7 +186,7 @@ class TiledLoss(torch.autograd.Function):
         return content, style
 
     @staticmethod
-    def backward(ctx, g_content: torch.Tensor, g_style: torch.Tensor):
+    def backward(ctx: FunctionCtx, g_content: torch.Tensor, g_style: torch.Tensor):
         (image,) = ctx.saved_tensors
         obj, shapes = ctx.obj, ctx.shapes
         slopes = {name: s * g_style.view(-1, 1, 1) for name, s in ctx.slopes.items()}
@@ -279,8 +245,3 @@ def tiled_targets(
         del feats
         release(image.device)
     return content, grams
-
-
-def needs_tiling(h: int, w: int, tile: int | None) -> bool:
-    """Tiles only where a pass (or an input image) is larger than the tile."""
-    return bool(tile) and max(h, w) > tile

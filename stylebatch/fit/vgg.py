@@ -11,10 +11,7 @@ a local file (a full torchvision vgg19 state dict or features only; float16 acce
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-import zipfile
 from pathlib import Path
 
 import torch
@@ -23,26 +20,8 @@ from torch import nn
 from torchvision.models import VGG19_Weights
 
 from stylebatch.errors import WeightsError
-
-# torchvision's VGG19 "E" configuration: channels per conv, "M" = max pool.
-_VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
-
-
-def _layer_names() -> list[str]:
-    """Names of the 37 modules of torchvision's vgg19().features, in order."""
-    names, block, conv = [], 1, 1
-    for item in _VGG19_CFG:
-        if item == "M":
-            names.append(f"pool{block}")
-            block, conv = block + 1, 1
-        else:
-            names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
-            conv += 1
-    return names
-
-
-LAYER_NAMES: list[str] = _layer_names()
-LAYER_INDEX: dict[str, int] = {name: i for i, name in enumerate(LAYER_NAMES)}
+from stylebatch.geometry import LAYER_INDEX, LAYER_NAMES
+from stylebatch.job.weights import RANDOM_WEIGHTS_SEED, check_weights_path
 
 # `pooling: avg` replaces each 2x2 max pool by a 2x2 average pool times this gain, so activations keep
 # roughly their magnitude (a window's mean is below its max). 2.0 is crowsonkb/style-transfer-pytorch's
@@ -55,22 +34,13 @@ LAYER_INDEX: dict[str, int] = {name: i for i, name in enumerate(LAYER_NAMES)}
 AVG_POOL_GAIN = 2.0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RANDOM_WEIGHTS_SEED = 0
-
-
-def min_input_size(layers: list[str]) -> int:
-    """Smallest image side for which every named layer still has at least one position:
-    each pool up to and including the deepest layer halves (floors) the side."""
-    deepest = max(LAYER_INDEX[name] for name in layers)
-    pools = sum(1 for name in LAYER_NAMES[: deepest + 1] if name.startswith("pool"))
-    return 2**pools
 
 
 class VGGFeatures(nn.Module):
     """VGG19 `features` truncated after the deepest layer it is asked for, frozen, with ImageNet
     normalisation inside. `forward(x, layers)` takes RGB in [0, 1] and returns {name: features}."""
 
-    def __init__(self, features: nn.Sequential, deepest: str = "pool5", channels_last: bool = True):
+    def __init__(self, features: nn.Sequential, deepest: str = "pool5", channels_last: bool = True) -> None:
         super().__init__()
         self.channels_last = channels_last
         stop = LAYER_INDEX[deepest] + 1
@@ -80,14 +50,12 @@ class VGGFeatures(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         # Frozen: eval mode and no gradients for the weights (detach() would do nothing here).
         self.eval().requires_grad_(False)
-        self.forward_calls = 0  # counted so tests can check targets are computed once per pair
 
     @property
     def depth(self) -> int:
         return len(self.layers)
 
     def forward(self, image: torch.Tensor, layers: list[str], pooling: str = "max") -> dict[str, torch.Tensor]:
-        self.forward_calls += 1
         wanted = {LAYER_INDEX[name]: name for name in layers}
         last = max(wanted)
         if last >= self.depth:
@@ -155,94 +123,6 @@ def _load_imagenet() -> dict:
             f"Download {VGG19_Weights.IMAGENET1K_V1.url} on a machine with internet and copy it to {path}, "
             f"or run with --weights PATH (a VGG19 state dict) or --weights random (untrained, for testing)"
         ) from None
-
-
-def weights_identity(weights: str) -> str:
-    """What identifies the network in a pair's id: `imagenet`, `random:<seed>` or the file's sha256."""
-    if weights in ("imagenet", "random"):
-        return f"random:{RANDOM_WEIGHTS_SEED}" if weights == "random" else "imagenet"
-    digest = hashlib.sha256()
-    with open(weights, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
-# The most a weights file may hold: a full torchvision VGG19 (classifier included, 143,667,240
-# parameters) in float64, plus room for the archive's own records. Checked before anything is
-# unpacked: a 4 MB zip whose members inflate to gigabytes is refused from its directory alone.
-VGG19_PARAMETERS = 143_667_240
-MAX_WEIGHTS_BYTES = VGG19_PARAMETERS * 8 + (64 << 20)
-
-
-def check_weights_path(weights: str) -> str | None:
-    """A problem with `--weights` that can be seen without loading, or None."""
-    if weights in ("imagenet", "random"):
-        return None
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", weights):
-        return f"--weights {weights}: URLs are not supported; download the file first"
-    path = Path(weights)
-    if not path.exists():
-        return f"--weights {weights}: no such file (use imagenet, random or a path to a VGG19 state dict)"
-    if not path.is_file():
-        return f"--weights {weights}: not a file"
-    return _weights_size_problem(path, weights) or _not_tensor_file(path, weights)
-
-
-# The first bytes of what torch.save writes: a zip archive (the default since torch 1.6) or a
-# legacy pickle (protocol 2+ starts with 0x80). Anything else, torch.load refuses with a hint about
-# weights_only=False that is wrong here (a PNG is not a state dict whatever the flag).
-_TENSOR_MAGIC = (b"PK\x03\x04", b"\x80")
-_KNOWN_MAGIC = {
-    b"\x89PNG": "a PNG image",
-    b"\xff\xd8\xff": "a JPEG image",
-    b"GIF8": "a GIF image",
-    b"%PDF": "a PDF",
-    b"\x1f\x8b": "a gzip file",
-    b"RIFF": "a RIFF (WebP/WAV) file",
-}
-
-
-def _not_tensor_file(path: Path, weights: str) -> str | None:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-    except OSError as e:
-        return f"--weights {weights}: cannot be read ({e.strerror or e})"
-    if head.startswith(_TENSOR_MAGIC):
-        return None
-    what = next(
-        (name for magic, name in _KNOWN_MAGIC.items() if head.startswith(magic)),
-        "empty" if not head else "not a file torch.save writes",
-    )
-    return (
-        f"--weights {weights}: cannot be loaded: not a PyTorch weights file ({what}); give a VGG19 "
-        "state dict saved with torch.save, or imagenet, or random"
-    )
-
-
-def _weights_size_problem(path: Path, weights: str) -> str | None:
-    size = path.stat().st_size
-    if size == 0:
-        return f"--weights {weights}: empty file (0 bytes), cannot be loaded as VGG19 weights"
-    try:
-        is_zip = zipfile.is_zipfile(path)
-    except OSError as e:
-        return f"--weights {weights}: cannot be read ({e.strerror or e})"
-    if is_zip:  # torch.save's format: the central directory says what each member unpacks to
-        try:
-            with zipfile.ZipFile(path) as archive:
-                unpacked = sum(info.file_size for info in archive.infolist())
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-            return f"--weights {weights}: cannot be loaded as a tensor file (a broken archive: {e})"
-        if unpacked > MAX_WEIGHTS_BYTES:
-            return (
-                f"--weights {weights}: its archive unpacks to {unpacked:,} bytes, far more than VGG19 weights "
-                f"need (at most {MAX_WEIGHTS_BYTES:,}); refused without unpacking it"
-            )
-    elif size > MAX_WEIGHTS_BYTES:
-        return f"--weights {weights}: {size:,} bytes, far more than VGG19 weights need (at most {MAX_WEIGHTS_BYTES:,})"
-    return None
 
 
 def load_vgg(weights: str = "imagenet", layers: list[str] | None = None) -> VGGFeatures:

@@ -4,22 +4,20 @@ input files (decoded, sized, hashed once each) and the stable pair id they give.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stylebatch.errors import ImageError
-from stylebatch.fit.vgg import LAYER_INDEX, check_weights_path, min_input_size, weights_identity
+from stylebatch.geometry import LAYER_INDEX, min_input_size
 from stylebatch.images import check_image, fit_size
 from stylebatch.job import config as cfgmod
 from stylebatch.job.config import Config
+from stylebatch.job.pairs import Pair, pair_id
 from stylebatch.job.values import path_problem, shown, text_problem
+from stylebatch.job.weights import check_weights_path, weights_identity
 from stylebatch.jobdir.state import INVALID_PREFIX, STATE_DIR, sha256_file
-
-if TYPE_CHECKING:
-    from stylebatch.job.manifest import Pair
 
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes; the temp file's name adds a prefix and a suffix
 # Never an output directory: the file system's root and the system's own directories (a job writes
@@ -80,11 +78,15 @@ def check_name(name: Any) -> str | None:
     return None
 
 
+# Turns a pair's `auto` settings into numbers: (pair name, config, content size) -> config.
+AutoResolver = Callable[[str, Config, tuple[int, int]], Config]
+
+
 class FileChecker:
     """Checks (decode, size) and hashes each distinct file once, however many pairs use it."""
 
-    def __init__(self, auto: Any = None):
-        self.auto = auto or (lambda name, cfg, wh: cfg)  # resolves `auto` keys (autosize.resolver)
+    def __init__(self, auto: AutoResolver | None = None) -> None:
+        self.auto = auto or (lambda name, cfg, wh: cfg)  # resolves `auto` keys (AutoResolver)
         self._checked: dict[tuple[Path, int], tuple[tuple[int, int] | None, str | None]] = {}
         self._hashes: dict[Path | str, str] = {}
 
@@ -106,18 +108,6 @@ class FileChecker:
         if path not in self._hashes:
             self._hashes[path] = sha256_file(path)
         return self._hashes[path]
-
-
-def pair_id(
-    content_sha: str, style_sha: str | list[str], weights_id: str, cfg: Config, init_sha: str | None = None
-) -> str:
-    """Covers the inputs' bytes (every style of a blend, an init image), the network and the
-    pixel-changing config keys (blend weights included); not bookkeeping, not the init file's path."""
-    identity = cfg.identity()
-    if init_sha is not None:
-        identity["init"] = f"sha256:{init_sha}"
-    payload = {"content": content_sha, "style": style_sha, "weights": weights_id, "config": identity}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def check_output_dir(path: Path) -> str | None:
@@ -188,7 +178,7 @@ def check_pair_files(pair: Pair, files: FileChecker, where: str, weights: str) -
     need = min_input_size(cfg.layers_used)
     pair.content_size = sizes["content"]
     declared = cfg
-    cfg = pair.config = files.auto(pair.name, cfg, sizes["content"])  # issue 16: `auto` → numbers
+    cfg = pair.config = files.auto(pair.name, cfg, sizes["content"])  # `auto` → numbers
     if problems := cfgmod.cross_check(cfg):
         pair.problems += [f"{where}: {p}" for p in problems]
         return

@@ -1,6 +1,6 @@
 """The one place where every setting is defined: its type, default and a one-line doc.
 
-Everything else reads from `Config`: presets (`configs/*.yaml`) hold only what differs from these
+Everything else reads from `Config`: presets (`presets/*.yaml` beside this file) hold only what differs from these
 defaults, manifests override per pair, `--set key=value` overrides last, and the README's
 reference table is generated from the field docs (`python scripts/update_readme.py`).
 
@@ -12,19 +12,28 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Union
 
 from stylebatch.errors import ConfigError
-from stylebatch.fit.tiling import grid_unit
-from stylebatch.fit.vgg import LAYER_INDEX
+from stylebatch.geometry import LAYER_INDEX, grid_unit
+from stylebatch.images import OUTPUT_FORMATS
 
 # Re-exported: importers of the config find the value checks here too.
 from stylebatch.job.config_checks import AUTO_KEYS, INIT_MODES, check_value, did_you_mean, type_name  # noqa: F401
 from stylebatch.job.values import shown
 from stylebatch.job.yamlfiles import load_yaml
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The bundled presets are package data, read through importlib.resources so an installed wheel (not
+# only a checkout) finds them; a user's own preset is any YAML file given by path.
+PRESETS = resources.files("stylebatch.job") / "presets"
+
+
+def preset_names() -> list[str]:
+    """The bundled presets' names, sorted."""
+    return sorted(p.name[: -len(".yaml")] for p in PRESETS.iterdir() if p.name.endswith(".yaml"))
+
 
 # The paper's layers (Gatys et al. 2016, section 3): content at conv4_2, style at convN_1.
 PAPER_STYLE_LAYERS = {"conv1_1": 1.0, "conv2_1": 1.0, "conv3_1": 1.0, "conv4_1": 1.0, "conv5_1": 1.0}
@@ -233,7 +242,7 @@ class Config:
         "Output file format, 8 bits per channel: `png` (lossless; settings in a text chunk), `jpg` or `webp` "
         "(settings in the EXIF UserComment; jpg drops transparency). 16-bit output is not supported.",
         identity=False,
-        choices=("png", "jpg", "webp"),
+        choices=OUTPUT_FORMATS,
     )
     quality: int = _field(
         95, "JPEG/WebP quality, 1-100 (webp at 100 is lossless); ignored for png.", identity=False, ge=1, le=100
@@ -327,14 +336,18 @@ def resolve(layers: list[tuple[str, dict[str, Any]]]) -> Config:
 
 
 def load_preset(name: str) -> tuple[str, dict[str, Any]]:
-    """A preset by name (`configs/<name>.yaml`) or path; returns (source label, overrides)."""
+    """A bundled preset by name (`stylebatch/job/presets/<name>.yaml`) or a YAML file by path;
+    returns (source label, overrides)."""
     path = Path(name)
-    if not path.suffix:
-        path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    bundled = PRESETS / f"{name}.yaml"
+    if not path.suffix and bundled.is_file():
+        text, path = bundled.read_text(encoding="utf-8"), Path(f"presets/{name}.yaml")
+    elif path.suffix and path.is_file():
+        text = path.read_text(encoding="utf-8")
+    else:
+        known = preset_names()
         raise ConfigError(f"preset '{name}' not found{did_you_mean(name, known)}; known presets: {', '.join(known)}")
-    data = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+    data = load_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a preset must be a mapping of config keys")
     return f"preset '{name}'", data

@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from stylebatch.fit.vgg import LAYER_INDEX
+from stylebatch.geometry import LAYER_INDEX
 from stylebatch.job.values import number_problem, shown
 
 INIT_MODES = ("content", "noise", "style_stats")

@@ -28,8 +28,8 @@ from typing import Any
 
 from stylebatch.atomic import atomic_write
 from stylebatch.errors import StylebatchError
+from stylebatch.job.pairs import Job
 
-JOB_FILE = "job.json"
 FORMAT = 2
 
 
@@ -37,9 +37,8 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, default=str)  # ASCII: \u escapes carry any name, even a lone surrogate
 
 
-def job_file_bytes(job: Any) -> bytes:
-    """The job.json of a manifest.Job (taken as Any: this module must not import the manifest, which
-    imports torch)."""
+def job_file_bytes(job: Job) -> bytes:
+    """The job.json of a loaded Job."""
     configs = [p.config for p in job.pairs if p.config is not None]
     fields = dataclasses.fields(configs[0]) if configs else ()
     defaults = configs[0].to_dict() if configs else {}
@@ -73,9 +72,9 @@ def job_file_bytes(job: Any) -> bytes:
     return text.encode("ascii")
 
 
-def write_job_file(job: Any, root: Path) -> None:
+def write_job_file(job: Job, path: Path) -> None:
     """Write `<root>/job.json` atomically (`root` is the job's `.stylebatch` directory)."""
-    atomic_write(Path(root) / JOB_FILE, job_file_bytes(job))
+    atomic_write(Path(path), job_file_bytes(job))
 
 
 @dataclass
@@ -120,10 +119,10 @@ class JobFile:
         return p if p.is_absolute() else self.cwd / p
 
 
-def read_job_file(root: Path) -> JobFile | None:
+def read_job_file(path: Path) -> JobFile | None:
     """The job file under `root` (the `.stylebatch` directory), None when there is none; a file
     that cannot be read is a StylebatchError naming it."""
-    path = Path(root) / JOB_FILE
+    path = Path(path)
     try:
         data = json.loads(path.read_bytes())
     except FileNotFoundError:

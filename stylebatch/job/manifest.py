@@ -23,14 +23,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stylebatch.errors import ConfigError
-from stylebatch.fit.vgg import check_weights_path
 from stylebatch.job import config as cfgmod
 from stylebatch.job.checks import (
+    AutoResolver,
     FileChecker,
     blend_problem,
     check_name,
@@ -39,58 +38,13 @@ from stylebatch.job.checks import (
     init_file,
     resolved,
 )
-from stylebatch.job.config import Config
 from stylebatch.job.entries import PAIR_KEYS, URL_HINT, URLS, format_value, is_url, raw_entries, style_stem
+from stylebatch.job.pairs import Job, Pair
 from stylebatch.job.values import path_problem, shown
+from stylebatch.job.weights import check_weights_path
 from stylebatch.jobdir.state import JobState, own_output
-from stylebatch.memory import autosize
 
 TOP_KEYS = ("output_dir", "weights", "defaults", "pairs", "grid")
-
-
-@dataclass
-class Pair:
-    name: str
-    content: Path
-    styles: list[Path]  # every style file: one, or a blend's several (empty when none was given)
-    config: Config | None
-    entry: str  # where it came from, for messages: "pairs[2]" or "grid[5]"
-    problems: list[str] = field(default_factory=list)
-    out_size: tuple[int, int] | None = None  # (w, h)
-    content_size: tuple[int, int] | None = None  # (w, h) of the content file: fixes every pass's size
-    id: str = ""
-
-    @property
-    def label(self) -> str:
-        return f"{self.entry} '{self.name}'"
-
-    @property
-    def cost(self) -> int:
-        """Estimated work: output pixels × evaluation budget."""
-        if not self.out_size or not self.config:
-            return 0
-        return self.out_size[0] * self.out_size[1] * self.config.steps
-
-
-@dataclass
-class Job:
-    manifest: Path
-    output_dir: Path
-    weights: str
-    pairs: list[Pair]
-    problems: list[str]  # job-level problems (structure, output_dir, weights)
-
-    @property
-    def valid_pairs(self) -> list[Pair]:
-        return [p for p in self.pairs if not p.problems]
-
-    @property
-    def all_problems(self) -> list[str]:
-        return self.problems + [prob for p in self.pairs for prob in p.problems]
-
-    @property
-    def layers_used(self) -> list[str]:
-        return sorted({name for p in self.valid_pairs for name in p.config.layers_used})
 
 
 def _own_outputs(output_dir: Path) -> Callable[[Path], bool]:
@@ -115,11 +69,12 @@ def load_job(
     out: str | Path | None = None,
     weights: str | None = None,
     check_files: bool = True,
-    device: str | None = None,
+    resolve_auto: Callable[[Path], AutoResolver] | None = None,
 ) -> Job:
     """Parse, resolve and validate a manifest. Never raises for user errors: every problem is
     recorded on the job (structure) or on its pair (config, files), so all can be listed at once.
-    `device`: where `auto` sizes are measured for (default: the first GPU, else the CPU)."""
+    `resolve_auto(output_dir)`: turns `auto` settings into numbers for one pair (the memory model's
+    `autosize.resolver`, which `memory.autosize.load_job` passes); None leaves them `auto`."""
     manifest = Path(manifest)
     src = str(manifest)
     problems: list[str] = []
@@ -195,7 +150,7 @@ def load_job(
         problems += e.problems
         layers = []
 
-    files = FileChecker(autosize.resolver(job.output_dir, device))  # issue 16: size/tile/batch_size auto
+    files = FileChecker(resolve_auto(job.output_dir) if resolve_auto else None)  # size/tile/batch_size auto
     for entry, raw, varied in raw_entries(data, base, src, problems, _own_outputs(job.output_dir)):
         urls = raw.pop(URLS, [])
         pair_keys = {k: v for k, v in raw.items() if k not in PAIR_KEYS}
@@ -258,7 +213,7 @@ def load_job(
     for pair in job.pairs:
         if pair.config is None or check_name(pair.name):
             continue
-        output = job.output_dir / f"{pair.name}.{getattr(pair.config, 'format', 'png')}"
+        output = job.output_path(pair)
         if resolved(output) in inputs:
             pair.problems.append(
                 f"{src}: {pair.label}: output {output} would overwrite an input image; set 'name' or another output_dir"

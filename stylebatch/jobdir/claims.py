@@ -27,12 +27,12 @@ from typing import Any
 
 from stylebatch.atomic import open_nofollow, read_nofollow, remove_stale_temps, temp_targets
 from stylebatch.errors import LockedError
+from stylebatch.images import OUTPUT_FORMATS  # an output's temps may be in any of them
 from stylebatch.jobdir.state import HOST, JobState
 
 log = logging.getLogger("stylebatch")
 
 CLAIM_FILE, CLAIM_LOG = "claim", "claims.log"
-OUTPUT_FORMATS = ("png", "jpg", "webp")  # config.Config.format's choices: an output's temps in any of them
 WAIT_S = 20.0  # at the end of a share, how long a busy pair is waited for
 POLL_S = 0.2
 
@@ -178,11 +178,11 @@ def _claim_all(state: JobState, names: list[str], rank: int, purpose: str) -> It
             release(state, name, fd, purpose)
 
 
-def pending(state: JobState, pairs: list[Any], needs_work: Callable[[Any], bool], rank: int = 0) -> list[Any]:
-    """The pairs to run now. `needs_work` may reset a pair's record, so it runs under the pair's
-    claim; a pair claimed by a live process is planned as it is, its record untouched (whoever
-    gets to it runs it only once the claim is free, and only if it is still unfinished then)."""
-    planned = []
+def one_by_one(state: JobState, pairs: list[Any], rank: int = 0) -> Iterator[tuple[Any, bool]]:
+    """Each pair (anything with a `name`) with whether this process holds its claim, held while the
+    caller looks at it: deciding whether a pair needs work may reset its record, so it happens under
+    the claim. A pair claimed by a live process comes with False: plan it as it is, its record
+    untouched (whoever gets to it runs it only once the claim is free, and only if still unfinished)."""
     for pair in pairs:
         with _claim_all(state, [pair.name], rank, "plan") as got:
             if not got:
@@ -191,10 +191,7 @@ def pending(state: JobState, pairs: list[Any], needs_work: Callable[[Any], bool]
                     pair.name,
                     holder(state, pair.name),
                 )
-                planned.append(pair)
-            elif needs_work(pair):
-                planned.append(pair)
-    return planned
+            yield pair, got
 
 
 def claimed(

@@ -59,7 +59,7 @@ def _fmt(value: float, column: str) -> str:
 class CurveWriter:
     """Appends rows to one pair's curve file; `restart(at)` drops the rows past a checkpoint."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.columns: list[str] | None = None
         self._fh: IO[str] | None = None

@@ -38,8 +38,10 @@ from typing import Any
 
 from stylebatch.atomic import atomic_write, link_message, open_nofollow, pid_alive, read_nofollow, remove_stale_temps
 from stylebatch.errors import JobGoneError, LockedError, UnsafePathError
+from stylebatch.jobdir.curves import CURVE_FILE
 
 STATE_DIR = ".stylebatch"
+JOB_FILE = "job.json"
 STATUSES = ("pending", "running", "done", "failed", "interrupted", "invalid")
 INVALID_PREFIX = (
     "_invalid_"  # records of invalid manifest entries (run --skip-invalid); a pair name may not start with it
@@ -56,11 +58,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-GENERATION_FILE = "generation"  # a token `run --fresh` renews: a worker of an earlier run then writes nothing
-
-
 class JobState:
-    def __init__(self, output_dir: Path):
+    """The job directory's state, and the one place its paths are made: every file under
+    `.stylebatch/` is named here, so a layout change touches this class alone."""
+
+    def __init__(self, output_dir: Path) -> None:
         self.output_dir = Path(output_dir)
         self.root = self.output_dir / STATE_DIR
         self.expected_generation: str | None = None  # set in a worker: every record write checks it
@@ -68,13 +70,14 @@ class JobState:
     def generation(self) -> str:
         """The job's current generation token ('' before any `--fresh`)."""
         try:
-            return read_nofollow(self.root / GENERATION_FILE).decode("ascii", "replace").strip()
+            return read_nofollow(self.generation_file).decode("ascii", "replace").strip()
         except (OSError, ValueError):
             return ""
 
     def new_generation(self) -> str:
         token = secrets.token_hex(8)
-        atomic_write(self.ensure_dir(self.root) / GENERATION_FILE, token.encode())
+        self.ensure_dir(self.root)
+        atomic_write(self.generation_file, token.encode())
         return token
 
     def check_generation(self) -> None:
@@ -85,11 +88,49 @@ class JobState:
                 "this worker of the earlier run stops without writing"
             )
 
+    @property
+    def generation_file(self) -> Path:
+        """A token `run --fresh` renews: a worker of an earlier run then writes nothing more."""
+        return self.root / "generation"
+
+    @property
+    def job_file(self) -> Path:
+        """The resolved job (job/jobfile.py), written by rank 0 before any pair runs."""
+        return self.root / JOB_FILE
+
+    @property
+    def pairs_dir(self) -> Path:
+        return self.root / "pairs"
+
     def pair_dir(self, name: str) -> Path:
-        return self.root / "pairs" / name
+        return self.pairs_dir / name
 
     def checkpoint_path(self, name: str) -> Path:
         return self.pair_dir(name) / "last.ckpt"
+
+    def curve_path(self, name: str) -> Path:
+        return self.pair_dir(name) / CURVE_FILE
+
+    @property
+    def stop_file(self) -> Path:
+        """Written by rank 0 when it is signalled: reaches the workers on every node."""
+        return self.root / "stop"
+
+    @property
+    def ranks_dir(self) -> Path:
+        return self.root / "ranks"
+
+    def rank_file(self, rank: int) -> Path:
+        """A worker's heartbeat and counts, read by rank 0 while it waits."""
+        return self.ranks_dir / f"rank{rank}.json"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
 
     def ensure_dir(self, path: Path) -> Path:
         """Create `path` (inside the output directory) component by component, refusing any

@@ -18,10 +18,12 @@ from typing import Any
 
 import torch
 
-from stylebatch.fit import tiling
+from stylebatch import geometry
 from stylebatch.images import fit_size
+from stylebatch.job import manifest as manifest_loader
 from stylebatch.job.config import AUTO_KEYS, Config
-from stylebatch.jobdir.state import STATE_DIR
+from stylebatch.job.pairs import Job
+from stylebatch.jobdir.state import JobState
 from stylebatch.memory import estimate
 from stylebatch.memory.calibration import Device
 
@@ -53,7 +55,7 @@ def auto_tile(cfg: Config, content_wh: tuple[int, int], memory: Device) -> int |
     does, or the smallest when none does."""
     if estimate.estimate(cfg, content_wh, memory).fits:
         return None
-    unit = tiling.grid_unit(cfg.layers_used)
+    unit = geometry.grid_unit(cfg.layers_used)
     side = max(fit_size(*content_wh, cfg.size))
     best = 2 * unit
     for tile in range(2 * unit, side + unit, unit):
@@ -87,7 +89,7 @@ def resolve(cfg: Config, content_wh: tuple[int, int], memory: Device, previous: 
     if cfg.tile == "auto":
         cfg = dataclasses.replace(cfg, tile=auto_tile(dataclasses.replace(cfg, tile=None), content_wh, memory))
     if cfg.batch_size == "auto":
-        tiled = isinstance(cfg.tile, int) and tiling.needs_tiling(*fit_size(*content_wh, cfg.size)[::-1], cfg.tile)
+        tiled = isinstance(cfg.tile, int) and geometry.needs_tiling(*fit_size(*content_wh, cfg.size)[::-1], cfg.tile)
         n = 1 if tiled or cfg.optimizer != "adam" else largest_batch(cfg, content_wh, memory)
         w, h = fit_size(*content_wh, cfg.size)
         # The estimate replaces batch_pixels' rough bound: raise it to let the batch through.
@@ -110,7 +112,7 @@ def resolver(
     def previous(name: str) -> dict[str, Any] | None:
         if "job" not in cache:
             try:
-                data = json.loads((output_dir / STATE_DIR / "job.json").read_text())
+                data = json.loads(JobState(output_dir).job_file.read_text())
                 cache["job"] = {p["name"]: p.get("config") or {} for p in data.get("pairs", [])}
             except (OSError, ValueError, KeyError, TypeError):
                 cache["job"] = {}
@@ -122,3 +124,9 @@ def resolver(
         return resolve(cfg, content_wh, memory(), previous(name))
 
     return resolve_pair
+
+
+def load_job(manifest: str | Path, *, device: str | torch.device | None = None, **kwargs: Any) -> Job:
+    """`job.manifest.load_job` with `auto` settings resolved for `device`'s memory (default: the
+    first GPU, else the CPU): what `validate` and `run` load."""
+    return manifest_loader.load_job(manifest, resolve_auto=lambda out: resolver(out, device), **kwargs)

@@ -1,6 +1,6 @@
 """This machine's side of the estimates: free memory, and what past runs measured here.
 
-Each pair's run records its measured peak and evaluation rate (`observe` before, `record` after:
+Each pair's run records its measured peak and evaluation rate (measure.py: `observe` before, `record` after:
 into the pair's state record and a per-machine calibration file,
 `$XDG_CACHE_HOME/stylebatch/calibration.json`, default `~/.cache/...`), so the estimates of the
 next `validate`, `size: auto` or out-of-memory message on this machine use its own figures:
@@ -14,6 +14,8 @@ next `validate`, `size: auto` or out-of-memory message on this machine use its o
 
 Without observations the defaults below are used (measured on the project's 2-core CPU; a GPU's
 rate is a guess until its first run).
+
+May import: atomic (never the model or the runner's measuring: they read this).
 """
 
 from __future__ import annotations
@@ -23,14 +25,11 @@ import logging
 import os
 import re
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from stylebatch.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 KEEP = 32  # observations kept per device and kind (the newest)
@@ -71,7 +70,7 @@ def free_memory(device: torch.device) -> int:
         return 8 * 2**30  # not Linux: assume a modest machine
 
 
-def _load(path: Path) -> dict[str, Any]:
+def read_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
         return data if isinstance(data, dict) and isinstance(data.get("devices"), dict) else {"devices": {}}
@@ -97,7 +96,7 @@ class Device:
     def current(device: torch.device | str, path: Path | None = None) -> Device:
         device = torch.device(device)
         key = device_key(device)
-        seen = _load(path or cache_file())["devices"].get(key, {})
+        seen = read_file(path or cache_file())["devices"].get(key, {})
         d = DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
         ratios = [m / p for p, m in seen.get("memory", []) if p >= MIN_OBSERVED]
         # A run's seconds include its fixed cost (targets, Trainer, saving), which the estimate adds apart.
@@ -113,95 +112,3 @@ class Device:
             d["pair_overhead"],
             len(ratios) + len(rates),
         )
-
-
-def _rss() -> tuple[int, int]:
-    """(current, peak) resident set of this process, bytes."""
-    text = Path("/proc/self/status").read_text()
-    get = lambda k: int(re.search(rf"{k}:\s+(\d+) kB", text).group(1)) * 1024  # noqa: E731
-    return get("VmRSS"), get("VmHWM")
-
-
-_observed: list[bool] = []  # whether a pair has run in this process yet
-
-
-def observe(device: torch.device, done: list[int] | None = None) -> dict[str, Any]:
-    """Where memory stands before a batch (the runner calls this, then `record_batch` after it);
-    `done`: the evaluations its members' checkpoints already stand at."""
-    from stylebatch.memory.ladder import mark  # oom imports this module
-
-    out: dict[str, Any] = {"time": time.perf_counter(), "done": done or [], "mark": mark(), "first": not _observed}
-    _observed.append(True)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return {**out, "start": torch.cuda.memory_allocated(device)}
-    try:
-        rss, hwm = _rss()
-    except (OSError, AttributeError):
-        return out
-    return {**out, "start": rss, "hwm": hwm}
-
-
-def measured_peak(device: torch.device, before: dict[str, Any]) -> int | None:
-    """The pair's peak (bytes, same sense as estimate's `peak`), or None where it cannot be told:
-    on CPU the kernel keeps one high-water mark per process, so only a pair that raised it shows."""
-    if "start" not in before:
-        return None
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    _, hwm = _rss()
-    return hwm if hwm > before["hwm"] else None
-
-
-def record(
-    device: torch.device, before: dict[str, Any], predicted_own: int, work_flops: float, path: Path | None = None
-) -> dict[str, Any]:
-    """Add one run's figures to the machine's calibration file; returns them for the pair's state
-    record. `predicted_own`: the model's bytes for the pair without baseline or scale;
-    `work_flops`: the FLOPs of the evaluations this run did."""
-    seconds = time.perf_counter() - before["time"]
-    peak = measured_peak(device, before)
-    entry = {
-        "device": device_key(device),
-        "predicted_bytes": predicted_own,
-        "peak_bytes": peak,
-        "start_bytes": before.get("start"),
-        "start_peak_bytes": before.get("hwm"),
-        "seconds": round(seconds, 3),
-        "flops": work_flops,
-    }
-    path = path or cache_file()
-    try:
-        data = _load(path)
-        seen = data["devices"].setdefault(entry["device"], {})
-        if peak is not None and before.get("start") is not None:
-            own = peak - before["start"]
-            seen["memory"] = (seen.get("memory", []) + [[predicted_own, own]])[-KEEP:]
-            seen["baseline"] = (seen.get("baseline", []) + [before["start"]])[-KEEP:]
-        if before.get("first") and before.get("hwm") is not None:  # the process's first pair: its floor
-            seen["floor"] = (seen.get("floor", []) + [before["hwm"]])[-KEEP:]
-        if work_flops > 0 and seconds > 0:
-            seen["rate"] = (seen.get("rate", []) + [[work_flops, seconds]])[-KEEP:]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(data, indent=1).encode())
-    except OSError as e:  # a read-only home must not fail the pair
-        log.warning("could not update %s: %s", path, e)
-    return entry
-
-
-def record_batch(device: torch.device, before: dict[str, Any], pairs: list[Any], results: list[Any]) -> dict[str, Any]:
-    """`record` for a batch the runner ran: the model's bytes for it and the FLOPs of the
-    evaluations it did (from where its checkpoints stood to where it stopped). Never raises: a
-    failed measurement must not fail a finished pair."""
-    from stylebatch.memory import estimate
-
-    try:
-        cfg, wh = pairs[0].config, pairs[0].content_size or pairs[0].out_size
-        tile = cfg.tile if isinstance(cfg.tile, int) else None
-        own = estimate.own_bytes(cfg, wh, len(pairs), tile)
-        start = min(before.get("done") or [0])
-        work = estimate.work(cfg, wh, start, results[0].evaluations, len(pairs), tile)
-        return record(device, before, own, work)
-    except Exception as e:  # noqa: BLE001
-        log.warning("could not record this run's memory and rate: %s", e)
-        return {}

@@ -22,18 +22,22 @@ machine from what each run records (calibration.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stylebatch.fit import tiling
-from stylebatch.fit.vgg import _VGG19_CFG, LAYER_INDEX, LAYER_NAMES
+from stylebatch import geometry
+from stylebatch.geometry import LAYER_INDEX, LAYER_NAMES, VGG19_CFG
 from stylebatch.images import fit_size
+from stylebatch.job.pairs import Pair
+
+if TYPE_CHECKING:  # the machine's figures are passed in: the model itself reads no machine
+    from stylebatch.memory.calibration import Device
 
 FP32, INT64 = 4, 8
 LINE_SEARCH_VECTORS = {"strong_wolfe": 5, None: 2}  # flat gradient and the line search's copies, while it runs
 
 
 def _channels() -> dict[str, int]:
-    out, convs = {}, iter(c for c in _VGG19_CFG if c != "M")
+    out, convs = {}, iter(c for c in VGG19_CFG if c != "M")
     c = 3
     for name in LAYER_NAMES:
         if name.startswith("conv"):
@@ -49,7 +53,7 @@ def layer_maps(h: int, w: int, deepest: str) -> list[tuple[str, int, int, int]]:
     """(name, channels, h, w) of every VGG module up to `deepest`, pools flooring odd sides."""
     out = []
     for name in LAYER_NAMES[: LAYER_INDEX[deepest] + 1]:
-        lv = tiling.level(name)
+        lv = geometry.level(name)
         out.append((name, CHANNELS[name], h // 2**lv, w // 2**lv))
     return out
 
@@ -181,9 +185,9 @@ def pass_peak(cfg: Any, wh: tuple[int, int], tile: int | None, batch: int = 1) -
     content_target = _map_bytes(
         {n: (c, hh, ww) for n, c, hh, ww in layer_maps(h, w, cfg.content_layer)}, cfg.content_layer, batch
     )
-    fixed = image * vectors(cfg, tiling.needs_tiling(h, w, tile)) + content_target + batch * 3 * style_px * FP32
-    if tiling.needs_tiling(h, w, tile):
-        crop = min(h, tile + 2 * tiling.halo(layers)), min(w, tile + 2 * tiling.halo(layers))
+    fixed = image * vectors(cfg, geometry.needs_tiling(h, w, tile)) + content_target + batch * 3 * style_px * FP32
+    if geometry.needs_tiling(h, w, tile):
+        crop = min(h, tile + 2 * geometry.halo(layers)), min(w, tile + 2 * geometry.halo(layers))
         cw, ch = crop[1], crop[0]
         step = saved_bytes(ch, cw, cfg.content_layer, style, cfg.pooling, batch) + backward_extra(
             ch, cw, cfg.content_layer, style, batch, cfg.pooling
@@ -194,7 +198,9 @@ def pass_peak(cfg: Any, wh: tuple[int, int], tile: int | None, batch: int = 1) -
         evaluation = saved_bytes(h, w, cfg.content_layer, style, cfg.pooling, batch, tv) + backward_extra(
             h, w, cfg.content_layer, style, batch, cfg.pooling
         )
-    s_tile = s_side if not tiling.needs_tiling(s_side, s_side, tile) else min(s_side, tile + 2 * tiling.halo(layers))
+    s_tile = (
+        s_side if not geometry.needs_tiling(s_side, s_side, tile) else min(s_side, tile + 2 * geometry.halo(layers))
+    )
     targets = nograd_peak(s_tile, s_tile, style, batch) + content_target
     return fixed + max(evaluation, targets)
 
@@ -212,7 +218,7 @@ def _mean_crops(length: int, tile: int, margin: int, unit: int) -> float:
     offsets = range(0, tile, unit)
     total = 0
     for o in offsets:
-        cuts = tiling.edges(length, tile, o)
+        cuts = geometry.edges(length, tile, o)
         total += sum(min(length, b + margin) - max(0, a - margin) for a, b in zip(cuts, cuts[1:]))
     return total / len(offsets)
 
@@ -222,9 +228,9 @@ def pass_flops(cfg: Any, wh: tuple[int, int], tile: int | None, batch: int = 1) 
     over every crop, averaged over the grid offsets (crops cover ~ the product of the summed crop
     lengths along each side; FLOPs are proportional to pixels up to the pools' floors)."""
     w, h = wh
-    if not tiling.needs_tiling(h, w, tile):
+    if not geometry.needs_tiling(h, w, tile):
         return flops(h, w, cfg.layers_used, batch)
-    margin, unit = tiling.halo(cfg.layers_used), tiling.grid_unit(cfg.layers_used)
+    margin, unit = geometry.halo(cfg.layers_used), geometry.grid_unit(cfg.layers_used)
     area = _mean_crops(h, tile, margin, unit) * _mean_crops(w, tile, margin, unit)
     return 3 * flops(h, w, cfg.layers_used, batch, backward=False) * area / (h * w)
 
@@ -264,21 +270,16 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def describe_job(pairs: list[Any], device: str | None = None) -> list[str]:
+def describe_job(pairs: list[Pair], memory: Device) -> list[str]:
     """`validate`'s lines: per pair its size, budget, predicted peak and time on this device and
     whether it fits; then the total (pairs run one after another on one device)."""
-    import torch
-
-    from stylebatch.memory.calibration import Device
-
-    memory = Device.current(device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
     lines, total, worst, misfits = [], 0.0, 0, 0
     for pair in pairs:
         cfg, (w, h) = pair.config, pair.out_size
         tile = cfg.tile if isinstance(cfg.tile, int) else None
         est = estimate(cfg, pair.content_size, memory, tile=tile)
         total, worst, misfits = total + est.seconds, max(worst, est.peak), misfits + (not est.fits)
-        tiled = f", tiles of {tile} px" if tile and tiling.needs_tiling(h, w, tile) else ""
+        tiled = f", tiles of {tile} px" if tile and geometry.needs_tiling(h, w, tile) else ""
         verdict = "fits" if est.fits else f"does NOT fit {_gib(est.budget)} (try tile: auto or a lower size)"
         lines.append(
             f"  {pair.name}: {w}x{h}, {cfg.steps} evaluations, {cfg.optimizer}{tiled}; "

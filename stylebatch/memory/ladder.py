@@ -21,12 +21,12 @@ import dataclasses
 import gc
 import logging
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from stylebatch.fit import tiling
+from stylebatch import geometry
+from stylebatch.job.pairs import Pair
 from stylebatch.memory import autosize, estimate
 from stylebatch.memory.calibration import Device
 
@@ -77,12 +77,12 @@ def free(device: torch.device, baseline: int | None = None, since: int = 0) -> d
     return out
 
 
-def _tiled(pair: Any) -> bool:
+def _tiled(pair: Pair) -> bool:
     cfg = pair.config
     return isinstance(cfg.tile, int) and max(pair.out_size) > cfg.tile
 
 
-def next_rung(pair: Any, batch: int, device: torch.device) -> tuple[str, dict[str, Any]] | None:
+def next_rung(pair: Pair, batch: int, device: torch.device) -> tuple[str, dict[str, Any]] | None:
     """The next rung for a pair (or its batch, `batch` > 1) that ran out of memory: its name and
     the settings it changes, or None when none is left."""
     cfg = pair.config
@@ -93,7 +93,7 @@ def next_rung(pair: Any, batch: int, device: torch.device) -> tuple[str, dict[st
     if not _tiled(pair):
         wh = pair.content_size or pair.out_size  # (only the aspect matters)
         tile = autosize.auto_tile(dataclasses.replace(cfg, tile=None), wh, Device.current(device))
-        unit, side = tiling.grid_unit(cfg.layers_used), max(pair.out_size)
+        unit, side = geometry.grid_unit(cfg.layers_used), max(pair.out_size)
         if tile is None:  # the estimate thought it fitted untiled: at least four tiles
             tile = max(unit, side // 2 // unit * unit)
         if tile < side:  # an image of one tile cannot be tiled
@@ -101,7 +101,7 @@ def next_rung(pair: Any, batch: int, device: torch.device) -> tuple[str, dict[st
     return None
 
 
-def with_fallback(pair: Any, record: dict[str, Any] | None) -> Any:
+def with_fallback(pair: Pair, record: dict[str, Any] | None) -> Pair:
     """The pair with the settings its earlier rungs recorded (a resume goes on where it was)."""
     changes = ((record or {}).get("memory_fallback") or {}).get("config") or {}
     if not changes or pair.config is None:
@@ -109,7 +109,7 @@ def with_fallback(pair: Any, record: dict[str, Any] | None) -> Any:
     return dataclasses.replace(pair, config=dataclasses.replace(pair.config, **changes))
 
 
-def failure(pair: Any, device: torch.device, tried: list[str]) -> str:
+def failure(pair: Pair, device: torch.device, tried: list[str]) -> str:
     """The message of a pair that ran out of memory on the last rung: size, estimate, what was tried."""
     w, h = pair.out_size or (0, 0)
     memory = Device.current(device)
@@ -123,20 +123,19 @@ def failure(pair: Any, device: torch.device, tried: list[str]) -> str:
 
 
 def climb(
-    pairs: list[Any],
+    pairs: list[Pair],
     device: torch.device,
     state: Any,
     error: str,
     before: dict[str, Any],
-    rerun: Callable[[list[Any]], None],
-    fail: Callable[[Any, str], None],
-) -> None:
-    """After an out-of-memory error of `pairs` (a batch, or one pair): free, take the next rung,
-    record it, and rerun (`rerun([pair])` runs one pair through the runner again, which reads the
-    recorded settings back with `with_fallback`), or `fail(pair, message)` when none is left.
-    `before`: calibration.observe's figures from before the failed fit."""
+) -> tuple[list[list[Any]], list[tuple[Any, str]]]:
+    """After an out-of-memory error of `pairs` (a batch, or one pair): free, take the next rung and
+    record it. Returns (the batches to run next: each pair alone, the runner reading the recorded
+    settings back with `with_fallback`; the pairs that failed, with their message, when no rung is
+    left). `before`: measure.observe's figures from before the failed fit."""
     freed = free(device, before.get("start") if device.type == "cuda" else None, before.get("mark", 0))
     rung = next_rung(pairs[0], len(pairs), device)
+    failed: list[tuple[Any, str]] = []
     for pair in pairs:
         record = state.read(pair.name) or {}
         fallback = dict(record.get("memory_fallback") or {"rungs": [], "config": {}})
@@ -145,7 +144,7 @@ def climb(
             message = failure(pair, device, tried)
             fallback["rungs"] = [*fallback["rungs"], {"rung": "failed", "error": error, **freed}]
             state.update(pair.name, memory_fallback=fallback)
-            fail(pair, message)
+            failed.append((pair, message))
             continue
         name, changes = rung
         fallback["config"] = {**fallback["config"], **changes}
@@ -153,6 +152,4 @@ def climb(
         # The failed attempt does not count: the retry below is the pair's attempt.
         state.undo_attempt(pair.name, memory_fallback=fallback, batch=None)
         log.warning("%s: out of memory (%s); retrying %s %s", pair.name, error, name, changes or "")
-    if rung is not None:
-        for pair in pairs:
-            rerun([pair])
+    return ([[pair] for pair in pairs] if rung is not None else []), failed

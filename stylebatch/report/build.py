@@ -25,21 +25,21 @@ import fcntl
 import json
 import os
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from stylebatch.errors import StylebatchError
 from stylebatch.job.jobfile import JobFile, read_job_file
-from stylebatch.jobdir.state import INVALID_PREFIX, STATE_DIR, JobState, effective_status
+from stylebatch.job.pairs import output_name
+from stylebatch.jobdir.state import STATE_DIR, JobState
 from stylebatch.report.cells import counts
 from stylebatch.report.matrix import Axes, Layout, PairView, build_layout
 from stylebatch.report.pages import Pages, render_all, template_version, write_index
+from stylebatch.report.rows import job_records
 from stylebatch.report.sheet import SheetGeometry
 from stylebatch.report.thumbs import Thumbs, write_cache_file
 
-REPORT_DIR = "report"
 OWN_PAGE = re.compile(r"(page-\d{4,}\.html|sheet-\d{4,}\.(jpg|png)|contact_sheet\.(jpg|png))")  # names pages.py gives
 SHOWN_RECORD = ("steps_done", "steps", "losses", "seconds", "error", "updated")  # what a cell uses of a record
 
@@ -64,23 +64,11 @@ def _snapshot(pair_dir: str) -> Path | None:
 def load_views(out_dir: Path) -> tuple[JobFile, list[PairView]]:
     """The job file and one view per pair of it, in manifest order (one record read per pair)."""
     state = JobState(out_dir)
-    job = read_job_file(state.root)
+    job = read_job_file(state.job_file)
     if job is None:
         raise StylebatchError(f"{out_dir}: not a stylebatch output directory (no {STATE_DIR}/job.json)")
-    invalid = {}
-    for name in state.names():
-        if name.startswith(INVALID_PREFIX):
-            record = state.read(name) or {}
-            invalid[record.get("entry")] = record
     views = []
-    now = time.time()
-    for e in job.entries:
-        bad = invalid.get(e.entry) if e.entry else None
-        record = (bad if bad is not None else state.read(e.name)) or {}
-        if bad is not None or not e.has_config:
-            status = "invalid"
-        else:
-            status = effective_status(record, now) if record else "pending"
+    for e, record, status in job_records(state, job):
         styles = [job.resolve(s) for s in (e.styles or [e.style])]
         shown = {k: record[k] for k in SHOWN_RECORD if k in record}  # the rest of a record, ~1 KB, is not shown
         view = PairView(
@@ -94,11 +82,11 @@ def load_views(out_dir: Path) -> tuple[JobFile, list[PairView]]:
             has_config=e.has_config,
         )
         if status == "done":
-            out_name = record.get("output") or f"{e.name}.{job.value(e, 'format') or 'png'}"
+            out_name = record.get("output") or output_name(e.name, job.value(e, "format") or "png")
             out = out_dir / out_name
             view.output = out if os.path.isfile(out) else None
         elif status in ("running", "interrupted"):
-            view.snapshot = _snapshot(f"{state.root}/pairs/{e.name}")
+            view.snapshot = _snapshot(str(state.pair_dir(e.name)))
         views.append(view)
     return job, views
 
@@ -140,7 +128,7 @@ def write_report(
     changed pages in that many forked processes (the CLI; never inside a run, which has threads)."""
     out_dir = Path(out_dir)
     state = JobState(out_dir)
-    report_dir = state.root / REPORT_DIR
+    report_dir = state.report_dir
     # Nothing read or written through a link: one planted at `.stylebatch/`, the report directory
     # or anything in it is refused with one line naming it.
     state.check_links(report_dir)

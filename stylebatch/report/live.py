@@ -18,16 +18,17 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 import stylebatch
+from stylebatch.job.pairs import Job
+from stylebatch.jobdir.state import JobState
 from stylebatch.report.build import write_report
 
 log = logging.getLogger("stylebatch")
 FIRST_S = 60.0  # the first live report comes after at most this long
 
 
-def report_every_s(job: Any) -> float:
+def report_every_s(job: Job) -> float:
     """`report_every` (minutes) of the job's pairs, in seconds: the smallest one set; 0 means off."""
     minutes = [float(p.config.report_every) for p in job.valid_pairs]
     return 60.0 * min(minutes) if minutes else 0.0
@@ -38,7 +39,7 @@ def _report_command(output_dir: Path, live_every: float) -> list[str]:
 
 
 class LiveReport:
-    def __init__(self, output_dir: Path, every_s: float):
+    def __init__(self, output_dir: Path, every_s: float) -> None:
         self.output_dir, self.every_s = Path(output_dir).resolve(), every_s
         self._wake = threading.Event()
         self._final = False
@@ -77,7 +78,7 @@ class LiveReport:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(Path(stylebatch.__file__).resolve().parent.parent), *filter(None, [env.get("PYTHONPATH")])]
         )
-        logs = self.output_dir / ".stylebatch" / "logs"
+        logs = JobState(self.output_dir).logs_dir
         try:
             logs.mkdir(parents=True, exist_ok=True)
             with open(logs / "report.log", "ab") as err:

@@ -135,7 +135,7 @@ class Axes:
     """Reads an axis's value off a view: a config value (the job's default unless overridden) or an
     input image."""
 
-    def __init__(self, keys: list[str], defaults: dict[str, Any], bookkeeping: set[str]):
+    def __init__(self, keys: list[str], defaults: dict[str, Any], bookkeeping: set[str]) -> None:
         self.keys, self.defaults, self.bookkeeping = keys, defaults, bookkeeping
 
     def known(self) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 
 from stylebatch.job.jobfile import JobFile
-from stylebatch.jobdir.curves import CURVE_FILE, read_curve
+from stylebatch.jobdir.curves import read_curve
 from stylebatch.jobdir.state import JobState
 from stylebatch.report.cells import CURVE_POINTS, SERIES, anchor, cell, counts, curve_data, head, href, problems
 from stylebatch.report.matrix import Layout, Page, PairView, fmt
@@ -72,7 +72,7 @@ class Pages:
         out_dir: Path,
         thumbs: Thumbs,
         live_every: float | None,
-    ):
+    ) -> None:
         self.job, self.views, self.layout, self.thumbs = job, views, layout, thumbs
         self.report_dir, self.out_dir = report_dir, out_dir
         pages = layout.pages
@@ -227,7 +227,7 @@ def _add_curves(p: Page, ctx: dict[str, Any], out_dir: Path) -> None:
         for i, row in enumerate(block["rows"]):
             for j, c in enumerate(row["cells"]):
                 if c is not None and c["status"] not in ("pending", "invalid"):
-                    c["curve"] = curve_data(read_curve(state.pair_dir(b.cells[(i, j)].name) / CURVE_FILE))
+                    c["curve"] = curve_data(read_curve(state.curve_path(b.cells[(i, j)].name)))
 
 
 def _span(values: list[Any], a: int, b: int) -> str:

@@ -3,12 +3,13 @@ pending and invalid ones included, read from the job's on-disk state (state.py) 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from stylebatch.errors import StylebatchError
-from stylebatch.job.jobfile import read_job_file
+from stylebatch.job.jobfile import JobEntry, JobFile, read_job_file
 from stylebatch.jobdir.state import INVALID_PREFIX, STATE_DIR, JobState, effective_status
 
 
@@ -37,21 +38,34 @@ def pair_rows(output_dir: Path) -> Iterator[dict[str, Any]]:
     state = JobState(output_dir)
     if not state.root.is_dir():
         raise StylebatchError(f"{output_dir}: not a stylebatch output directory (no {STATE_DIR}/)")
-    job = read_job_file(state.root)
+    job = read_job_file(state.job_file)
     if job is None:
         for name in state.names():
             record = state.read(name)
             if record:
                 yield _row(name, str(record.get("entry") or ""), record, None)
         return
+    for e, record, status in job_records(state, job):
+        if status == "invalid":
+            yield {**_row(e.name, e.entry, record, None), "status": "invalid", "steps_done": 0, "steps": None}
+        else:
+            yield _row(e.name, e.entry, record or None, job.value(e, "steps"))
+
+
+def job_records(state: JobState, job: JobFile) -> Iterator[tuple[JobEntry, dict[str, Any], str]]:
+    """(entry, record, status) for each pair of the job file, in manifest order, one record read at
+    a time: `invalid` for an entry the run recorded as invalid (its record says why) or one without
+    a config, `pending` for one without a record (an empty record), else the record's own status."""
     invalid = {}
     for name in state.names():
         if name.startswith(INVALID_PREFIX):
             record = state.read(name) or {}
             invalid[record.get("entry")] = record
+    now = time.time()
     for e in job.entries:
-        if not e.has_config or e.entry in invalid:
-            bad = invalid.get(e.entry, {})
-            yield {**_row(e.name, e.entry, bad, None), "status": "invalid", "steps_done": 0, "steps": None}
+        bad = invalid.get(e.entry) if e.entry else None
+        if bad is not None or not e.has_config:
+            yield e, bad or {}, "invalid"
             continue
-        yield _row(e.name, e.entry, state.read(e.name), job.value(e, "steps"))
+        record = state.read(e.name)
+        yield e, record or {}, effective_status(record, now) if record else "pending"

@@ -59,7 +59,7 @@ def write_cache_file(path: Path, data: bytes) -> None:
 class Thumbs:
     """The thumbnail cache of one report directory; `prune` removes the ones this report did not use."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
         self.existing: dict[str, Thumb] = {}
         self.used: set[str] = set()

@@ -10,9 +10,9 @@ import traceback
 
 from stylebatch.errors import EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StylebatchError
 from stylebatch.fit.engine import NonFiniteLossError, PairHooks, PairResult
-from stylebatch.job.manifest import Job, Pair
+from stylebatch.job.pairs import Job, Pair
 from stylebatch.jobdir.state import INVALID_PREFIX, JobState, begin_attempt, effective_status, output_stamp
-from stylebatch.run.options import Reporter, StopFlag, output_path
+from stylebatch.run.options import Reporter, StopFlag
 
 log = logging.getLogger("stylebatch")
 
@@ -58,7 +58,7 @@ def begin_pair(
             "steps": pair.config.steps,
             "started": started,
             "error": None,
-            "output": output_path(job, pair).name,
+            "output": job.output_path(pair).name,
             "batch": batch,
             "steps_done": resume_at,
             **state.owner(rank),
@@ -76,7 +76,7 @@ def begin_pair(
     def on_checkpoint(n: int) -> None:
         state.update(pair.name, steps_done=n, heartbeat=time.time())
 
-    stop_file = state.root / "stop"  # written by rank 0 when it is signalled: reaches workers on any node
+    stop_file = state.stop_file
     hooks = PairHooks(
         should_stop=lambda: bool(stop) or stop_file.exists(),
         on_progress=on_progress,
@@ -103,7 +103,7 @@ def conclude_pair(
         steps_done=result.evaluations,
         output_sha256=result.output_sha256,
         encoding=pair.config.encoding(),
-        output_stat=output_stamp(output_path(job, pair)),
+        output_stat=output_stamp(job.output_path(pair)),
         losses=result.losses,
         seconds=seconds,
         finished=time.time(),
@@ -148,7 +148,7 @@ def exit_code(job: Job, state: JobState, interrupted: bool) -> int:
 def record_invalid(job: Job, state: JobState) -> None:
     """With --skip-invalid, each invalid entry is recorded as failed with its reasons, under a name
     of its own (its output name may be the problem, or a duplicate of a valid pair's)."""
-    pairs_dir = state.root / "pairs"
+    pairs_dir = state.pairs_dir
     if pairs_dir.is_dir():
         for old in pairs_dir.glob(f"{INVALID_PREFIX}*"):
             shutil.rmtree(old, ignore_errors=True)

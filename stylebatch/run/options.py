@@ -6,11 +6,10 @@ from __future__ import annotations
 import logging
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from stylebatch.errors import StopNow
-from stylebatch.job.manifest import Job, Pair
+from stylebatch.job.pairs import Job, Pair
 from stylebatch.jobdir.state import JobState, output_intact, record_count
 from stylebatch.run.redo_notes import redo_note, stale_output_note
 
@@ -25,7 +24,7 @@ class RunOptions:
     break_lock: bool = False
     device: str = "cpu"
     sync_timeout: float = 600.0  # seconds a rank waits for rank 0's plan (or for a worker to start)
-    verify: bool = False  # issue 15: re-hash every done output (sha256) instead of trusting size+mtime+inode
+    verify: bool = False  # re-hash every done output (sha256) instead of trusting size+mtime+inode
 
 
 class Reporter:
@@ -36,7 +35,7 @@ class Reporter:
     def pair_progress(self, pair: Pair, evaluations: int, losses: dict[str, float]) -> None: ...
     def pair_end(self, pair: Pair, status: str, detail: str = "") -> None: ...
     def waiting(self, ranks: list[int], counts: dict[str, int]) -> None: ...
-    def note(self, message: str) -> None: ...  # issue 15: one line for the user (a pair redone, and why)
+    def note(self, message: str) -> None: ...  # one line for the user (a pair redone, and why)
 
 
 class StopFlag:
@@ -45,7 +44,7 @@ class StopFlag:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
-    def __init__(self, on_signal: Any = None):
+    def __init__(self, on_signal: Any = None) -> None:
         self.signum: int | None = None
         self.on_signal = on_signal
         self._previous: dict[int, Any] = {}
@@ -55,7 +54,7 @@ class StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise StopNow  # issue 15: not KeyboardInterrupt, which Lightning turns into exit 1
+            raise StopNow  # not KeyboardInterrupt, which Lightning turns into exit 1
         first = self.signum is None
         self.signum = signum
         log.warning("received %s: checkpointing the current pair and stopping", signal.Signals(signum).name)
@@ -72,10 +71,6 @@ class StopFlag:
         self._previous.clear()
 
 
-def output_path(job: Job, pair: Pair) -> Path:
-    return job.output_dir / f"{pair.name}.{pair.config.format}"
-
-
 def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter: Reporter | None = None) -> bool:
     """Whether a pair is to run now; resets a record whose id no longer matches."""
     record = state.read(pair.name)
@@ -83,7 +78,7 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter
         return True
     if record.get("id") != pair.id:
         # Inputs, weights or pixel-changing settings changed: the old checkpoint means nothing.
-        note = redo_note(pair, record, output_path(job, pair), job.weights)  # issue 15: say what changed
+        note = redo_note(pair, record, job.output_path(pair), job.weights)  # say what changed
         if note:
             log.info("%s", note)
             (reporter or Reporter()).note(note)
@@ -94,13 +89,13 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter
         return True
     status = record.get("status")
     if status == "done":
-        out = output_path(job, pair)
+        out = job.output_path(pair)
         same_encoding = record.get("encoding", {"format": "png"}) == pair.config.encoding()
-        # issue 15: size + mtime + inode recorded at write time; the full sha256 on --verify or a changed stamp
+        # size + mtime + inode recorded at write time; the full sha256 on --verify or a changed stamp
         if same_encoding and output_intact(state, pair.name, record, out, getattr(opts, "verify", False)):
             return False
         log.info("%s: output missing or changed since it was written; redoing the pair", pair.name)
-        (reporter or Reporter()).note(stale_output_note(pair.name, record, pair.config.encoding(), out))  # issue 15
+        (reporter or Reporter()).note(stale_output_note(pair.name, record, pair.config.encoding(), out))
         state.update(pair.name, status="pending", steps_done=0, attempts=0, attempt_open=False)
         return True
     if (

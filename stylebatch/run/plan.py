@@ -17,17 +17,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from stylebatch.fit.tiling import needs_tiling
+from stylebatch.geometry import needs_tiling
 from stylebatch.images import fit_size
+from stylebatch.job.pairs import Pair
 
 
-def pass_sizes(pair: Any) -> list[tuple[int, int]]:
+def pass_sizes(pair: Pair) -> list[tuple[int, int]]:
     """(w, h) of each coarse-to-fine pass of a pair, the last at `size`."""
     w, h = pair.content_size
     return [fit_size(w, h, side) for side in pair.config.scale_sizes]
 
 
-def batch_limit(pair: Any) -> int:
+def batch_limit(pair: Pair) -> int:
     """How many pairs like this one may share a batch: `batch_size`, fewer where the batch's pixels
     would pass `batch_pixels` (memory grows with the pixels of the whole batch), at least 1."""
     cfg = pair.config
@@ -37,7 +38,7 @@ def batch_limit(pair: Any) -> int:
     return min(cfg.batch_size, max(1, cfg.batch_pixels // (w * h)))
 
 
-def batch_key(pair: Any) -> str | None:
+def batch_key(pair: Pair) -> str | None:
     """Pairs with equal keys may share a batch (see the module doc); None: never batched."""
     cfg = pair.config
     limit = batch_limit(pair)
@@ -59,7 +60,7 @@ def batch_key(pair: Any) -> str | None:
     return json.dumps(shape, sort_keys=True)
 
 
-def group(pairs: list[Any], recorded: dict[str, list[str]]) -> list[list[Any]]:
+def group(pairs: list[Pair], recorded: dict[str, list[str]]) -> list[list[Pair]]:
     """Split `pairs` (in plan order) into batches. A recorded batch whose members are all here and
     still batchable together is kept as it was (a resumed pair keeps its companions, so it goes on
     exactly as it started); the rest are chunked by `batch_key`."""
@@ -95,7 +96,7 @@ def group(pairs: list[Any], recorded: dict[str, list[str]]) -> list[list[Any]]:
     return batches
 
 
-def plan(pairs: list[Any], world: int, recorded: dict[str, list[str]] | None = None) -> list[list[list[str]]]:
+def plan(pairs: list[Pair], world: int, recorded: dict[str, list[str]] | None = None) -> list[list[list[str]]]:
     """Batches of pair names for each of `world` workers: batches (see `group`) stay whole and are
     balanced by estimated cost (pixels x evaluations), the costliest first, each to the least-loaded
     worker (ties by name and rank, so the plan is deterministic). In each worker's list the batches

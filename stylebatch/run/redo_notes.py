@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stylebatch.errors import StylebatchError
+from stylebatch.job.pairs import Pair
 from stylebatch.jobdir.state import sha256_file
 
 
@@ -24,7 +25,7 @@ def _as_json(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def redo_note(pair: Any, record: dict[str, Any], output: Path, weights: str) -> str | None:
+def redo_note(pair: Pair, record: dict[str, Any], output: Path, weights: str) -> str | None:
     """What changed since a pair was made, for a pair whose id no longer matches its record:
     "redoing X: style_weight 1.5 → 3 (the previous output is replaced)", from the settings the
     previous output carries; for a pair stopped part way, that its checkpoint is dropped."""

@@ -9,6 +9,7 @@ stop flag: run_setup.py; the pairs' records and the exit code: pair_records.py.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import json
@@ -29,13 +30,14 @@ from stylebatch.errors import JobGoneError, StylebatchError, WorkerLostError, is
 from stylebatch.fit.checkpoint import position, vet_checkpoint
 from stylebatch.fit.engine import Member, shape_at, stylize
 from stylebatch.fit.provenance import pair_metadata
-from stylebatch.fit.vgg import VGGFeatures, load_vgg, weights_identity
+from stylebatch.fit.vgg import VGGFeatures, load_vgg
 from stylebatch.job.jobfile import write_job_file
-from stylebatch.job.manifest import Job, Pair
+from stylebatch.job.pairs import Job, Pair
+from stylebatch.job.weights import weights_identity
 from stylebatch.jobdir import claims
 from stylebatch.jobdir.state import HOST, JobState, effective_status
-from stylebatch.memory import calibration
 from stylebatch.memory import ladder as oom
+from stylebatch.memory import measure
 from stylebatch.report.live import LiveReport, report_every_s
 from stylebatch.run import workers
 from stylebatch.run.lifecycle import (
@@ -48,7 +50,7 @@ from stylebatch.run.lifecycle import (
     recorded_batches,
     summarize_job,
 )
-from stylebatch.run.options import Reporter, RunOptions, StopFlag, needs_work, output_path
+from stylebatch.run.options import Reporter, RunOptions, StopFlag, needs_work
 from stylebatch.run.plan import plan as make_plan
 
 log = logging.getLogger("stylebatch")
@@ -80,34 +82,38 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
     job.output_dir.mkdir(parents=True, exist_ok=True)
     world = fabric.world_size if fabric is not None else 1
     stop = StopFlag(on_signal=lambda signum: _forward_stop(fabric, state, signum))
-    # issue 14: a worker that dies stops the job (checkpoints, exit 3, one line), instead of Lightning's SIGKILL
+    # a worker that dies stops the job (checkpoints, exit 3, one line), instead of Lightning's SIGKILL
     watch = workers.ChildWatch(on_lost=lambda why: stop._handle(signal.SIGTERM, None), stopping=lambda: bool(stop))
     with state.lock(opts.break_lock):
         try:
             _open_log(state, rank=0)
             _log_rank(fabric)
-            if opts.fresh and (state.root / "pairs").exists():
+            if opts.fresh and state.pairs_dir.exists():
                 # Never under a live process's claim: the claims are taken (waited for) first, and
                 # a new generation tells any worker of an earlier run to stop without writing.
                 held = claims.hold_all(state, state.names(), claims.WAIT_S)
                 try:
-                    shutil.rmtree(state.root / "pairs")
+                    shutil.rmtree(state.pairs_dir)
                     state.new_generation()
                 finally:
                     for name, fd in held:
                         claims.release(state, name, fd, "plan")
             generation = state.generation()
-            removed = state.remove_stale_temps()  # issue 14: only .stylebatch/; pair temps under their claim
+            removed = state.remove_stale_temps()  # only .stylebatch/; pair temps under their claim
             if removed:
                 log.info("removed %d temp file(s) left by an interrupted run", removed)
-            for leftover in (state.root / "ranks", state.root / "stop"):
+            for leftover in (state.ranks_dir, state.stop_file):
                 shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
-            write_job_file(job, state.root)  # issue 15: compact job.json (jobfile.py)
+            write_job_file(job, state.job_file)  # compact: the config once, a line per pair
             record_invalid(job, state)
             vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
             # Under each pair's claim: a pair a live process works on is planned, its record untouched.
-            pending = claims.pending(state, job.valid_pairs, lambda p: needs_work(job, state, p, opts, reporter))
-            pending = [oom.with_fallback(p, state.read(p.name)) for p in pending]  # issue 16: earlier rungs
+            pending = [
+                p
+                for p, held in claims.one_by_one(state, job.valid_pairs)
+                if not held or needs_work(job, state, p, opts, reporter)
+            ]
+            pending = [oom.with_fallback(p, state.read(p.name)) for p in pending]  # earlier rungs
             shares = make_plan(pending, world, recorded_batches(state, pending))  # batches of names, per rank
         except BaseException as e:
             if fabric is not None:
@@ -119,17 +125,17 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
         reporter.start(len(job.pairs), len(job.valid_pairs) - len(pending), pending)
         log.info("plan: %s", dict(enumerate(shares)))
         stop.install()
-        live = LiveReport(job.output_dir, report_every_s(job)).start()  # issue 15: rank 0's live report
+        live = LiveReport(job.output_dir, report_every_s(job)).start()  # rank 0's live report
         try:
             run_batches(job, shares[0], vgg, _rank_device(fabric, opts), state, stop, reporter, rank=0)
             if world > 1:
                 _wait_for_workers(state, world, opts.sync_timeout, reporter, job)
-            live.stop(final=True)  # issue 15: the report once more at the end
+            live.stop(final=True)  # the report once more at the end
         finally:
-            live.stop(final=False)  # issue 15: no-op after the final one
+            live.stop(final=False)  # no-op after the final one
             stop.restore()
-            watch.close()  # issue 14
-    if watch.message():  # issue 14
+            watch.close()
+    if watch.message():
         raise WorkerLostError(watch.message())
     if stop.signum == signal.SIGUSR1 and os.environ.get("SLURM_JOB_ID"):
         _requeue(os.environ["SLURM_JOB_ID"])
@@ -153,7 +159,7 @@ def _worker(fabric: Any, job: Job, opts: RunOptions) -> int:
     mine = msg["shares"][rank]
     state.expected_generation = msg.get("generation", "")  # a later --fresh: stop without writing
     stop = StopFlag()
-    rank_file = state.root / "ranks" / f"rank{rank}.json"
+    rank_file = state.rank_file(rank)
     rank_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(rank_file, json.dumps({**state.owner(rank), "status": "running"}).encode())
     stop.install()
@@ -176,10 +182,10 @@ def _worker(fabric: Any, job: Job, opts: RunOptions) -> int:
 def _forward_stop(fabric: Any, state: JobState, signum: int) -> None:
     """Rank 0 passes a stop on: to the workers it launched, and through a stop file to any others."""
     try:
-        atomic_write(state.root / "stop", str(signum).encode())
+        atomic_write(state.stop_file, str(signum).encode())
     except OSError:
         pass
-    for proc in workers.children():  # issue 14: the workers rank 0 started (workers.launch)
+    for proc in workers.children():  # the workers rank 0 started (workers.launch)
         if proc.poll() is None:
             proc.send_signal(signum)
 
@@ -191,7 +197,7 @@ def _wait_for_workers(state: JobState, world: int, timeout: float, reporter: Rep
     while True:
         waiting = []
         for rank in range(1, world):
-            path = state.root / "ranks" / f"rank{rank}.json"
+            path = state.rank_file(rank)
             try:
                 info = json.loads(path.read_text())
             except (OSError, ValueError):
@@ -240,7 +246,7 @@ def run_batches(
     vgg.to(device)
     weights_id = weights_identity(job.weights)
     by_name = {p.name: p for p in job.valid_pairs}
-    stopping = lambda: bool(stop) or (state.root / "stop").exists()  # noqa: E731
+    stopping = lambda: bool(stop) or state.stop_file.exists()  # noqa: E731
     # One process per pair: each batch is worked on only while this process holds its claims.
     mine = [[by_name[n] for n in names] for names in batches]
     for i, batch in enumerate(claims.claimed(state, mine, rank, stopping)):
@@ -248,12 +254,12 @@ def run_batches(
             break
         if i:
             fault_point("between_pairs")
-        _run_batch(job, batch, vgg, device, state, stop, reporter, rank, weights_id)
-
-
-def _style_arg(pair: Pair) -> Path | list[Path]:
-    """What the engine takes for the style: the one style file, or a blend's list."""
-    return pair.styles[0] if len(pair.styles) == 1 else list(pair.styles)
+        # A failed batch comes back as follow-up batches (its pairs one by one, or the memory
+        # ladder's next rung), run here while this process still holds the batch's claims.
+        queue = collections.deque([batch])
+        while queue:
+            follow_up = _run_batch(job, queue.popleft(), vgg, device, state, stop, reporter, rank, weights_id)
+            queue.extendleft(reversed(follow_up))
 
 
 def _run_batch(
@@ -266,12 +272,13 @@ def _run_batch(
     reporter: Reporter,
     rank: int,
     weights_id: str,
-) -> None:
-    """A batch (often of one pair) through `engine.stylize`. If a batch of several fails (out of
-    memory, or any error of one member: an image changed since validation, an unwritable output),
-    its pairs are run again one by one, each from its own checkpoint: the faulty pair fails with
-    its own reason and the others finish, as they would have unbatched."""
-    batch = [oom.with_fallback(p, state.read(p.name)) for p in batch]  # issue 16: settings of earlier rungs
+) -> list[list[Pair]]:
+    """A batch (often of one pair) through `engine.stylize`; returns the batches to run next. If a
+    batch of several fails (out of memory, or any error of one member: an image changed since
+    validation, an unwritable output), its pairs come back one by one, each to resume from its own
+    checkpoint: the faulty pair fails with its own reason and the others finish, as they would have
+    unbatched. Out of memory, the ladder (memory/ladder.py) decides what comes back."""
+    batch = [oom.with_fallback(p, state.read(p.name)) for p in batch]  # settings of earlier rungs
     names = [p.name for p in batch] if len(batch) > 1 else None
     loaded = [_own_checkpoint(state, p, reporter) for p in batch]
     # Where the batch resumes, as the engine will decide it: every member's checkpoint at one place.
@@ -281,18 +288,18 @@ def _run_batch(
     members = [
         Member(
             p.content,
-            _style_arg(p),
+            list(p.styles),
             p.config,
             state.checkpoint_path(p.name),
-            output_path(job, p),
+            job.output_path(p),
             pair_metadata(job, p, weights_id),
             hooks,
             checkpoint,
         )
         for p, (hooks, _), checkpoint in zip(batch, begun, loaded)
     ]
-    # issue 16: the measured peak and rate, for the estimates (from where the checkpoints stand)
-    before = calibration.observe(device, [int((state.read(p.name) or {}).get("steps_done", 0)) for p in batch])
+    # The measured peak and rate, for the estimates (from where the checkpoints stand).
+    before = measure.observe(device, [int((state.read(p.name) or {}).get("steps_done", 0)) for p in batch])
     try:
         for p in batch:
             fault_point(f"pair:{p.name}")
@@ -315,32 +322,26 @@ def _run_batch(
         e.__traceback__ = None  # its frames hold the batch's tensors: drop them so _free_memory frees them
         results = None
     if results is not None:
-        figures = calibration.record_batch(device, before, batch, results)  # issue 16
+        figures = measure.record_batch(device, before, batch, results)
         for p, result, (_, started) in zip(batch, results, begun):
             conclude_pair(job, p, state, reporter, result, started)
             state.update(p.name, measured=figures)
-        return
-    if out_of_memory:  # issue 16: the ladder (oom.py): unbatched, smaller history, tiled, then failed
+        return []
+    if out_of_memory:  # the ladder: unbatched, smaller history, tiled, then failed
         del members
-        oom.climb(
-            batch,
-            device,
-            state,
-            why,
-            before,
-            rerun=lambda pairs: _run_batch(job, pairs, vgg, device, state, stop, reporter, rank, weights_id),
-            fail=lambda pair, message: fail_pair(state, pair, reporter, message),
-        )
-        return
+        retry, failed = oom.climb(batch, device, state, why, before)
+        for pair, message in failed:
+            fail_pair(state, pair, reporter, message)
+        return retry
     _free_memory(device)
     if len(batch) == 1:
         fail_pair(state, batch[0], reporter, why)
-        return
+        return []
     log.warning("batch %s: %s; running its pairs one by one", names, why)
     for p in batch:
-        # The batch's attempt does not count: each pair's own run below is its attempt.
+        # The batch's attempt does not count: each pair's own run is its attempt.
         state.undo_attempt(p.name, batch=None)
-        _run_batch(job, [p], vgg, device, state, stop, reporter, rank, weights_id)
+    return [[p] for p in batch]
 
 
 def _own_checkpoint(state: JobState, pair: Pair, reporter: Reporter) -> dict[str, Any] | None:
@@ -365,7 +366,7 @@ def _free_memory(device: torch.device) -> None:
 
 def _open_log(state: JobState, rank: int) -> Path:
     """One log file per process in the job directory, each line with its rank."""
-    logs = state.root / "logs"
+    logs = state.logs_dir
     logs.mkdir(parents=True, exist_ok=True)
     path = logs / f"{HOST}-{os.getpid()}-rank{rank}.log"
     handler = logging.FileHandler(path, encoding="utf-8")

@@ -16,9 +16,8 @@ from typing import Any
 
 from stylebatch.errors import StylebatchError
 from stylebatch.fit.provenance import read_metadata
-from stylebatch.job.manifest import Job, Pair
+from stylebatch.job.pairs import Job, Pair
 from stylebatch.jobdir.state import JobState, output_stamp, sha256_file
-from stylebatch.run.options import output_path
 
 OVERWRITE_HINT = "move it away, or use --overwrite to let the job replace it"
 
@@ -55,7 +54,7 @@ def check_user_files(job: Job, overwrite: bool) -> None:
         return
     state = JobState(job.output_dir)
     for pair in job.valid_pairs:
-        path = output_path(job, pair)
+        path = job.output_path(pair)
         if why := foreign_output(state, pair, path):
             pair.problems.append(f"{job.manifest}: {pair.label}: output {path} {why}; {OVERWRITE_HINT}")
 

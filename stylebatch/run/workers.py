@@ -227,7 +227,7 @@ class ChildWatch:
     while the job is not already stopping is reported once through `on_lost`; `lost` keeps the
     one-line descriptions for the exit message."""
 
-    def __init__(self, on_lost: Callable[[str], None], stopping: Callable[[], bool]):
+    def __init__(self, on_lost: Callable[[str], None], stopping: Callable[[], bool]) -> None:
         self.on_lost, self.stopping = on_lost, stopping
         self.lost: list[str] = []
         self._seen: set[int] = set()
