@@ -50,13 +50,19 @@ TOP_KEYS = ("output_dir", "weights", "defaults", "pairs", "grid")
 def _own_outputs(output_dir: Path) -> Callable[[Path], bool]:
     """Whether a file a pattern matched is this job's own output (output_dir inside a content or
     style pattern): never an input, or each rerun would find its outputs as new pairs."""
-    state, real_out = JobState(output_dir), os.path.realpath(output_dir)
-    parents: dict[Path, str] = {}
+    state, parents = JobState(output_dir), {}
+    try:
+        real_out = os.path.realpath(output_dir)
+    except (OSError, ValueError):  # an unusable output_dir (reported as such): it holds no outputs
+        return lambda path: False
 
     def skip(path: Path) -> bool:
-        if path.parent not in parents:
-            parents[path.parent] = os.path.realpath(path.parent)
-        return parents[path.parent] == real_out and own_output(state, path)
+        try:
+            if path.parent not in parents:
+                parents[path.parent] = os.path.realpath(path.parent)
+            return parents[path.parent] == real_out and own_output(state, path)
+        except (OSError, ValueError):  # a name no output can have (a NUL byte, bytes not UTF-8)
+            return False
 
     return skip
 

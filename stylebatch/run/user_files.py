@@ -30,6 +30,8 @@ def foreign_output(state: JobState, pair: Pair, path: Path) -> str | None:
         return None
     except OSError as e:
         return f"cannot be checked ({e.strerror})"
+    except ValueError:  # a name no file can have (the name's own problem is reported)
+        return None
     if stat.S_ISLNK(st.st_mode):
         return "is a symbolic link this job did not make"
     if not stat.S_ISREG(st.st_mode):
@@ -50,10 +52,12 @@ def foreign_output(state: JobState, pair: Pair, path: Path) -> str | None:
 
 def check_user_files(job: Job, overwrite: bool) -> None:
     """Add a problem to every valid pair whose output path holds a file the job did not write."""
-    if overwrite:
+    if overwrite or job.problems:  # a job-level problem (output_dir, --set) is refused already
         return
     state = JobState(job.output_dir)
     for pair in job.valid_pairs:
+        if pair.config is None:
+            continue
         path = job.output_path(pair)
         if why := foreign_output(state, pair, path):
             pair.problems.append(f"{job.manifest}: {pair.label}: output {path} {why}; {OVERWRITE_HINT}")
