@@ -75,3 +75,39 @@ def test_a_content_too_narrow_for_any_size_is_told_to_crop(tmp_path: Path, capsy
     # A merely small size on a sound image is still told to raise it.
     manifest = tiny_job(tmp_path, pairs=[dict(PAIR)], defaults={**FAST, "size": 8})
     assert "raise 'size'" in one_error(capsys, ["validate", str(manifest), *ARGS])
+
+
+def test_status_and_report_do_not_count_a_deleted_output_as_done(tmp_path: Path, capsys) -> None:
+    import json
+
+    manifest = tiny_job(tmp_path, defaults=FAST)
+    out = tmp_path / "out"
+    assert main(["run", str(manifest), *ARGS]) == 0
+    (out / "a__s1.png").unlink()
+    capsys.readouterr()
+    assert main(["status", str(out), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["counts"]["done"] == 1 and document["counts"]["pending"] == 1, document["counts"]
+    row = next(p for p in document["pairs"] if p["name"] == "a__s1")
+    assert row["status"] == "pending" and "a__s1.png is missing" in row["error"]
+    assert main(["report", str(out)]) == 0
+    assert "1 done, 1 pending" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["float 0-1", "int32 0-255", "int32 full range"])
+def test_float_and_32_bit_integer_tiffs_decode_by_their_range(kind: str, tmp_path: Path) -> None:
+    import numpy as np
+
+    from stylebatch.images import load_image
+
+    ramp = np.linspace(0, 1, 32 * 32).reshape(32, 32)
+    array = {
+        "float 0-1": ramp.astype(np.float32),
+        "int32 0-255": (ramp * 255).astype(np.int32),
+        "int32 full range": (ramp * (2**31 - 1)).astype(np.int32),
+    }[kind]
+    path = tmp_path / "grey.tif"
+    Image.fromarray(array, mode="F" if kind.startswith("float") else "I").save(path)
+    rgb = np.asarray(load_image(path, 10**7).rgb)
+    assert rgb.min() == 0 and rgb.max() == 255  # the whole ramp, neither black nor zeros
+    assert abs(int(rgb[16, 0, 0]) - 128) < 4  # the middle of the ramp is mid-grey
