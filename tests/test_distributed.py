@@ -17,7 +17,7 @@ import torch
 
 from stylebatch.cli.main import main
 from stylebatch.job.manifest import load_job
-from stylebatch.run.plan import plan
+from stylebatch.runner.plan import plan
 from tests.jobkit import cli_env, final_target, records, temp_files, tiny_job
 
 pytestmark = pytest.mark.slow  # real processes: launchers, torchrun, simulated SLURM, kills

@@ -68,7 +68,7 @@ def test_reruns_follow_identity(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_failed_pair_retried_until_max_attempts_then_left(tmp_path: Path, monkeypatch) -> None:
     manifest = tiny_job(tmp_path, defaults={"steps": 3, "max_attempts": 2})
-    from stylebatch.run import runner
+    from stylebatch.runner import loop as runner
 
     def explode(members, *args):
         if any("b__s2" in str(m.output) for m in members):

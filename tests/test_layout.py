@@ -3,7 +3,7 @@ in a circle, torch stays out of the quick commands' wings and rich out of everyt
 
 The order, lowest first (a module may import its own wing and any wing below it):
 
-    errors, geometry  <  atomic  <  images  <  jobdir  <  job  <  memory, report  <  fit  <  run  <  cli, api  <  the package's entry points (__init__, __main__)
+    errors, geometry  <  atomic  <  images  <  jobdir  <  job  <  memory, report  <  fit  <  runner  <  cli, api  <  the package's entry points (__init__, __main__)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ LEVELS = {
     "memory": 5,
     "report": 5,
     "fit": 6,
-    "run": 7,
+    "runner": 7,
     "cli": 8,
     "api": 8,
     "__main__": 9,  # the entry points sit on top of everything

@@ -184,7 +184,7 @@ def test_skip_invalid_runs_valid_pairs_and_exits_1(images: Path) -> None:
 
 def test_file_broken_after_validation_fails_only_its_pair(images: Path, monkeypatch) -> None:
     manifest = tiny_job(images, defaults={"steps": 3})
-    from stylebatch.run import runner
+    from stylebatch.runner import loop as runner
 
     original = runner._run_batch
 

@@ -110,7 +110,7 @@ def test_control_a_module_kept_alive_is_reported_not_freed(tmp_path: Path, monke
 
 def test_recorded_rungs_apply_again_on_a_resume(tmp_path: Path) -> None:
     from stylebatch.memory.autosize import load_job
-    from stylebatch.run.plan import batch_key
+    from stylebatch.runner.plan import batch_key
 
     manifest = tiny_job(tmp_path, pairs=ADAM_PAIRS, defaults={"batch_size": 2})
     pair = load_job(manifest, check_files=True).valid_pairs[0]

@@ -115,7 +115,7 @@ def test_claimed_waits_for_a_busy_batch_and_skips_one_finished_meanwhile(tmp_pat
 
 _GRANDCHILD = textwrap.dedent("""
     import os, signal, sys, time
-    from stylebatch.run import workers
+    from stylebatch.runner import workers
     marker = sys.argv[1]
     if sys.argv[2] == "watch-only":
         workers._request_parent_death_signal = lambda signum: None  # only the parent-pid watch is left

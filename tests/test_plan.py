@@ -7,8 +7,8 @@ from pathlib import Path
 
 from stylebatch.cli.main import main
 from stylebatch.job.config import Config
-from stylebatch.run import plan as plan_module
-from stylebatch.run.plan import batch_key, batch_limit, group, plan
+from stylebatch.runner import plan as plan_module
+from stylebatch.runner.plan import batch_key, batch_limit, group, plan
 from tests.jobkit import records, tiny_job
 
 CFG = Config(optimizer="adam", lr=0.05, size=32, steps=8, batch_size=3)

@@ -211,7 +211,7 @@ def test_failed_and_invalid_pairs_show_their_errors(tmp_path: Path) -> None:
         {"content": "images/missing.png", "style": "images/s2.png"},  # invalid: skipped
     ]
     manifest = tiny_job(tmp_path, pairs=pairs, defaults=FAST)
-    from stylebatch.run import runner
+    from stylebatch.runner import loop as runner
 
     original = runner._run_batch
 

@@ -181,7 +181,7 @@ def test_fits_tiled_follow_the_untiled_fit(tmp_path: Path, make_image, optimizer
 
 def test_tiled_pairs_never_batch(tmp_path: Path) -> None:
     from stylebatch.memory.autosize import load_job
-    from stylebatch.run.plan import batch_key
+    from stylebatch.runner.plan import batch_key
 
     manifest = tiny_job(
         tmp_path,

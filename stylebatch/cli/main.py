@@ -175,7 +175,7 @@ def _plan_line(job: Job) -> str:
 
 
 def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from stylebatch.run.user_files import check_user_files
+    from stylebatch.runner.user_files import check_user_files
 
     job = _load(args)
     check_user_files(job, args.overwrite)  # a file at an output path that the job did not write
@@ -194,9 +194,9 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from stylebatch.run import workers
-    from stylebatch.run.runner import RunOptions, run_job
-    from stylebatch.run.workers import launch
+    from stylebatch.runner import workers
+    from stylebatch.runner.loop import RunOptions, run_job
+    from stylebatch.runner.workers import launch
 
     devices = whole_number("--devices", args.devices, auto=True)
     num_nodes = whole_number("--num-nodes", args.num_nodes)
@@ -218,7 +218,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         return run_job(job, opts, fabric=fabric) if job is not None else 0
     # `auto` sizes are measured for the device this run uses (None: the first GPU if any, else the CPU).
     job = _load_from_image(args) if args.from_image else _load(args, "cpu" if args.accelerator == "cpu" else None)
-    from stylebatch.run.user_files import check_user_files
+    from stylebatch.runner.user_files import check_user_files
 
     check_user_files(job, args.overwrite)  # before --fresh forgets the records that make an output ours
     refuse = bool(job.problems or (job.all_problems and not args.skip_invalid) or not job.valid_pairs)

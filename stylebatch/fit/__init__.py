@@ -2,5 +2,5 @@
 the target image, exact tiling, colour controls, the Trainer fit with its checkpoints, and the
 provenance written into every output.
 
-May import: memory, report, job, jobdir, images, atomic, errors, geometry. Not run or cli.
+May import: memory, report, job, jobdir, images, atomic, errors, geometry. Not runner or cli.
 """

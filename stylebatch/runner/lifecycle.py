@@ -12,7 +12,7 @@ from stylebatch.errors import EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, Styl
 from stylebatch.fit.engine import NonFiniteLossError, PairHooks, PairResult
 from stylebatch.job.pairs import Job, Pair
 from stylebatch.jobdir.state import INVALID_PREFIX, JobState, begin_attempt, effective_status, output_stamp
-from stylebatch.run.options import Reporter, StopFlag
+from stylebatch.runner.options import Reporter, StopFlag
 
 log = logging.getLogger("stylebatch")
 

@@ -39,8 +39,8 @@ from stylebatch.jobdir.state import HOST, JobState, effective_status
 from stylebatch.memory import ladder as oom
 from stylebatch.memory import measure
 from stylebatch.report.live import LiveReport, report_every_s
-from stylebatch.run import workers
-from stylebatch.run.lifecycle import (
+from stylebatch.runner import workers
+from stylebatch.runner.lifecycle import (
     begin_pair,
     conclude_pair,
     exit_code,
@@ -50,8 +50,8 @@ from stylebatch.run.lifecycle import (
     recorded_batches,
     summarize_job,
 )
-from stylebatch.run.options import Reporter, RunOptions, StopFlag, needs_work
-from stylebatch.run.plan import plan as make_plan
+from stylebatch.runner.options import Reporter, RunOptions, StopFlag, needs_work
+from stylebatch.runner.plan import plan as make_plan
 
 log = logging.getLogger("stylebatch")
 

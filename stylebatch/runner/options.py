@@ -11,7 +11,7 @@ from typing import Any
 from stylebatch.errors import StopNow
 from stylebatch.job.pairs import Job, Pair
 from stylebatch.jobdir.state import JobState, output_intact, record_count
-from stylebatch.run.redo_notes import redo_note, stale_output_note
+from stylebatch.runner.redo_notes import redo_note, stale_output_note
 
 log = logging.getLogger("stylebatch")
 
