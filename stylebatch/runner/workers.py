@@ -87,7 +87,7 @@ def launch(accelerator: str, devices: int | None, num_nodes: int, sync_timeout: 
     try:
         fabric.launch()
     except Exception as e:  # noqa: BLE001 (the process group's errors: DistStoreError, RuntimeError...)
-        raise WorkerLostError(startup_failure(e)) from None
+        raise WorkerLostError(startup_failure(e, wait_s=3.0)) from None
     finally:
         if watch is not None:
             watch.done.set()
@@ -98,9 +98,13 @@ STARTUP_S = 120.0  # the longest rank 0 waits for the workers it started to join
 EXIT_STARTUP = 3  # interrupted before any work: the same command, run again, starts the job
 
 
-def startup_failure(e: BaseException | None = None) -> str:
+def startup_failure(e: BaseException | None = None, wait_s: float = 0.0) -> str:
     """One line for a worker that failed to start or to take the job: the worker that died if one
-    did, else the process group's own first line."""
+    did (waiting up to `wait_s` for it: the connection drops a moment before the process is gone),
+    else the process group's own first sentence."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and all(proc.poll() in (None, 0) for proc in _children):
+        time.sleep(0.05)
     for rank, proc in enumerate(_children, start=1):
         code = proc.poll()
         if code not in (None, 0):
@@ -109,7 +113,8 @@ def startup_failure(e: BaseException | None = None) -> str:
                 f"rank {rank} (pid {proc.pid}) {how} while the workers were starting; nothing was run: "
                 "run the same command again"
             )
-    why = f" ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})" if e is not None else ""
+    first = str(e).splitlines()[0].split(". ")[0] if e is not None and str(e) else ""
+    why = f" ({type(e).__name__}: {first})" if e is not None else ""
     return f"the workers could not start or reach each other{why}; nothing was run: run the same command again"
 
 
@@ -118,7 +123,7 @@ def broadcast(fabric: Any, obj: Any) -> Any:
     try:
         return fabric.broadcast(obj, src=0)
     except Exception as e:  # noqa: BLE001 (gloo/NCCL: "Connection closed by peer", timeouts)
-        raise WorkerLostError(startup_failure(e)) from None
+        raise WorkerLostError(startup_failure(e, wait_s=3.0)) from None
 
 
 class _StartWatch:
