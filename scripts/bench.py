@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -196,6 +197,140 @@ def bare_vgg_seconds(vgg, image: torch.Tensor, cfg: Config, evals: int) -> float
         x.grad = None
 
     return best_time(evaluation, image.device, evals)
+
+
+def torchvision_bare(vgg, cfg: Config, channels_last: bool) -> torch.nn.Module:
+    """torchvision's own VGG19 `features` (its in-place ReLUs) up to the deepest used layer, with the
+    engine's weights: the bare eager pass users would write themselves."""
+    import torchvision
+
+    deepest = max(LAYER_INDEX[n] for n in cfg.layers_used)
+    with torch.device("meta"):
+        net = torchvision.models.vgg19().features[: deepest + 1]
+    net = net.to_empty(device=vgg.mean.device)
+    state = {k.removeprefix("layers."): v for k, v in vgg.state_dict().items() if k.startswith("layers.")}
+    net.load_state_dict({k: v for k, v in state.items() if int(k.split(".")[0]) <= deepest})
+    net.eval().requires_grad_(False)
+    return net.to(memory_format=torch.channels_last) if channels_last else net
+
+
+def side_by_side(size: int, vgg, device: torch.device, cfg: Config, repeats: int) -> dict[str, list[float]]:
+    """Seconds of one evaluation (forward + backward to the image) of: the engine, the engine with
+    out-of-place ReLUs (the extractor before it ran them in place), and the bare torchvision VGG19
+    to the deepest used layer in NCHW and in channels_last. Interleaved: each repeat runs every
+    variant once, in a rotating order, so a change in the machine's load reaches them all alike."""
+    h, w = size * 3 // 4, size
+    gen = torch.Generator().manual_seed(0)
+    content = torch.rand(1, 3, h, w, generator=gen).to(device)
+    style = torch.rand(1, 3, h, w, generator=gen).to(device)
+    module = module_for(vgg, content, style, cfg).to(device)
+
+    def engine(inplace: bool):
+        def evaluation():
+            vgg.inplace_relu = inplace
+            try:
+                module.losses(module.target)["total"].sum().backward()
+            finally:
+                vgg.inplace_relu = True
+            module.target.grad = None
+
+        return evaluation
+
+    def bare(channels_last: bool):
+        net = torchvision_bare(vgg, cfg, channels_last)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        x = content.clone().contiguous(memory_format=fmt).requires_grad_()
+
+        def evaluation():
+            net(x).sum().backward()
+            x.grad = None
+
+        return evaluation
+
+    fns = {
+        "engine": engine(True),
+        "engine, out-of-place ReLUs": engine(False),
+        "bare NCHW": bare(False),
+        "bare channels_last": bare(True),
+    }
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()  # warm-up (allocations, kernel selection)
+    sync(device)
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t = time.perf_counter()
+            fns[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def trainer_step_vs_bare(
+    size: int, vgg, device: torch.device, cfg: Config, steps: int
+) -> tuple[list[float], list[float]]:
+    """(seconds per optimizer step of `engine.stylize` in its Lightning Trainer, seconds per bare
+    torchvision pass), interleaved: after each step the bare pass runs once, inside a callback, and
+    is subtracted from the step-to-step interval. One Adam pair, one pass at `size` (no scales)."""
+    from PIL import Image
+
+    from stylebatch.fit import engine
+
+    gen = torch.Generator().manual_seed(0)
+    h, w = size * 3 // 4, size
+    bare_net = torchvision_bare(vgg, cfg, channels_last=True)
+    x = torch.rand(1, 3, h, w, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    steps_s: list[float] = []
+    bare_s: list[float] = []
+
+    class Timer(L.Callback):
+        last: float | None = None
+        inside = 0.0
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            sync(device)
+            now = time.perf_counter()
+            if self.last is not None:
+                steps_s.append(now - self.last - self.inside)
+            self.last = now
+
+        def on_train_batch_end(self, trainer, module, *args):
+            sync(device)
+            t = time.perf_counter()
+            bare_net(x).sum().backward()
+            x.grad = None
+            sync(device)
+            self.inside = time.perf_counter() - t
+            bare_s.append(self.inside)
+
+    make_trainer = engine._trainer
+
+    def with_timer(device_, cfg_, callbacks, *rest, **kwargs):
+        return make_trainer(device_, cfg_, [*callbacks, Timer()], *rest, **kwargs)
+
+    run_cfg = Config(**{**cfg.to_dict(), "size": size, "scales": None, "steps": steps + 2, "checkpoint_every": 10**6})
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name in ("content", "style"):
+            pixels = (torch.rand(h, w, 3, generator=gen) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / f"{name}.png")
+        member = engine.Member(
+            root / "content.png",
+            [root / "style.png"],
+            run_cfg,
+            root / "ck" / "pair.ckpt",
+            root / "out.png",
+            {},
+            engine.PairHooks(),
+        )
+        engine._trainer = with_timer
+        try:
+            engine.stylize([member], vgg, device)
+        finally:
+            engine._trainer = make_trainer
+    return steps_s[1:], bare_s[1:]  # the first interval holds the optimizer's state allocation
 
 
 def layer_gain(device: torch.device, size: int, batch: int, cfg: Config, repeats: int) -> list[tuple]:
@@ -374,6 +509,39 @@ def workers_pairs_per_hour(devices: int, pairs: int, size: int, steps: int) -> f
         return pairs / (time.perf_counter() - t) * 3600
 
 
+def report_vs_bare(sizes: list[int], vgg, device: torch.device, cfg: Config, repeats: int, say) -> None:
+    """The side-by-side table: best seconds of each variant, and the ratios to the faster bare
+    layout as the best-to-best ratio and the median of the per-repeat ratios (same repeat, same load)."""
+    say(f"side by side with the bare torchvision VGG19 pass to {max(cfg.layers_used, key=LAYER_INDEX.__getitem__)}")
+    say(f"(forward + backward to the image, {repeats} interleaved repeats; load average before: {_load()})")
+    say("| size | HxW | variant | best s | ratio best/best | median ratio per repeat |")
+    say("|---|---|---|---|---|---|")
+    for size in sizes:
+        times = side_by_side(size, vgg, device, cfg, repeats)
+        base = min(("bare NCHW", "bare channels_last"), key=lambda k: min(times[k]))
+        for name, ts in times.items():
+            ratios = sorted(t / b for t, b in zip(ts, times[base]))
+            say(
+                f"| {size} | {size * 3 // 4}x{size} | {name}{' (reference)' if name == base else ''} | {min(ts):.4f} | "
+                f"{min(ts) / min(times[base]):.3f} | {ratios[len(ratios) // 2]:.3f} |"
+            )
+        step_s, bare_s = trainer_step_vs_bare(size, vgg, device, cfg, repeats)
+        ratios = sorted(t / b for t, b in zip(step_s, bare_s))
+        say(
+            f"| {size} | {size * 3 // 4}x{size} | `run`'s Adam step in the Trainer (vs bare channels_last) | "
+            f"{min(step_s):.4f} | {min(step_s) / min(bare_s):.3f} | {ratios[len(ratios) // 2]:.3f} |"
+        )
+    say(f"load average after: {_load()}")
+    say()
+
+
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=None, help="per-evaluation table sizes (none: skip)")
@@ -420,6 +588,16 @@ def main() -> int:
     )
     parser.add_argument("--job-sizes", type=int, nargs="*", default=[128, 256])
     parser.add_argument("--job-steps", type=int, default=None, help="override the jobs' evaluation budget")
+    parser.add_argument(
+        "--vs-bare",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="SIZE",
+        help="the engine's evaluation and Trainer step side by side with the bare torchvision VGG19 pass "
+        "(interleaved, --repeats each)",
+    )
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved repeats for --vs-bare")
     parser.add_argument("--out", help="also write the report to this file")
     args = parser.parse_args()
 
@@ -449,6 +627,8 @@ def main() -> int:
     )
     say("|---|---|---|---|---|---|---|---|---|---|---|---|")
     compiled_lines: list[str] = []
+    if args.vs_bare:
+        report_vs_bare(args.vs_bare, vgg, device, cfg, args.repeats, say)
     for size in sizes:
         r = bench_size(size, vgg, device, cfg, args.evals, args.compile)
         floor = r["flops"] / peak

@@ -165,6 +165,13 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="where to write the jobs (default: a temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the generated jobs")
     parser.add_argument("--reuse", action="store_true", help="reuse a job of the same size kept in --dir by --keep")
+    parser.add_argument(
+        "--commands",
+        nargs="+",
+        default=["validate", "run", "status", "report"],
+        choices=["validate", "run", "status", "report"],
+        help="which commands to time (default: all)",
+    )
     args = parser.parse_args()
     base = Path(args.dir or tempfile.mkdtemp(prefix="bench_scale_"))
     print(
@@ -196,38 +203,15 @@ def main() -> None:
                 per_pair = 1e6 * seconds / n  # noqa: B023
                 print(f"  {name:<36} {seconds:8.2f} s  {per_pair:8.1f} us/pair  peak RSS {rss:7.0f} MiB", flush=True)
 
-            s, rss, _, _ = measure(["validate", str(manifest)], root)
-            note("validate", s, rss)
-            shutil.rmtree(out / ".stylebatch" / "pairs" / pending, ignore_errors=True)  # one pair to run
-            (out / f"{pending}.png").unlink(missing_ok=True)
-            s, rss, first, code = measure(["run", str(manifest), "--weights", "random"], root, until="start ")
-            assert first is not None, "run never reached its first pair"
-            note("run: start-up to 1st pair", first, rss)
-            note("run: whole (1 pair + final report)", s, rss)
-            s, rss, first, _ = measure(["run", str(manifest), "--weights", "random"], root, until="exit ")
-            note("run: all done (start-up)", first or s, rss)
-            for name, cmd in (
-                ("status", ["status", str(out)]),
-                ("status --json", ["status", str(out), "--json"]),
-                ("status --all", ["status", str(out), "--all"]),
-            ):
-                s, rss, _, _ = measure(cmd, root)
-                note(name, s, rss)
-            # Cold: no report yet. Moved aside (removing 100,000 thumbnails takes minutes on a busy disk).
-            report = out / ".stylebatch" / "report"
-            if report.exists():
-                report.rename(base / f"old-report-{n}-{time.time_ns()}")
-            s, rss, _, _ = measure(["report", str(out)], root)
-            note("report (cold: thumbnails made)", s, rss)
-            s, rss, _, _ = measure(["report", str(out)], root)
-            note("report (warm: nothing changed)", s, rss)
-            pages = len(list(report.glob("page-*.html"))) or 1
-            biggest = max(f.stat().st_size for f in report.glob("*.html"))
-            job_json = (out / ".stylebatch" / "job.json").stat().st_size
-            print(
-                f"  report: {pages} page(s), largest HTML file {biggest / 1e6:.2f} MB; job.json {job_json / 1e6:.1f} MB "
-                f"({job_json / n:.0f} bytes/pair)"
-            )
+            if "validate" in args.commands:
+                s, rss, _, _ = measure(["validate", str(manifest)], root)
+                note("validate", s, rss)
+            if "run" in args.commands:
+                _time_run(manifest, out, pending, root, note)
+            if "status" in args.commands:
+                _time_status(out, root, note)
+            if "report" in args.commands:
+                _time_report(base, n, out, root, note)
             results[n] = row
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
@@ -236,13 +220,56 @@ def main() -> None:
             shutil.rmtree(old, ignore_errors=True)
         if not args.keep and not args.dir:
             shutil.rmtree(base, ignore_errors=True)
+    _linearity(results)
+    print(f"\n(this process's own peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
+
+
+def _time_run(manifest: Path, out: Path, pending: str, root: Path, note) -> None:
+    shutil.rmtree(out / ".stylebatch" / "pairs" / pending, ignore_errors=True)  # one pair to run
+    (out / f"{pending}.png").unlink(missing_ok=True)
+    s, rss, first, code = measure(["run", str(manifest), "--weights", "random"], root, until="start ")
+    assert first is not None, "run never reached its first pair"
+    note("run: start-up to 1st pair", first, rss)
+    note("run: whole (1 pair + final report)", s, rss)
+    s, rss, first, _ = measure(["run", str(manifest), "--weights", "random"], root, until="exit ")
+    note("run: all done (start-up)", first or s, rss)
+
+
+def _time_status(out: Path, root: Path, note) -> None:
+    for name, cmd in (
+        ("status", ["status", str(out)]),
+        ("status --json", ["status", str(out), "--json"]),
+        ("status --all", ["status", str(out), "--all"]),
+    ):
+        s, rss, _, _ = measure(cmd, root)
+        note(name, s, rss)
+
+
+def _time_report(base: Path, n: int, out: Path, root: Path, note) -> None:
+    # Cold: no report yet. Moved aside (removing 100,000 thumbnails takes minutes on a busy disk).
+    report = out / ".stylebatch" / "report"
+    if report.exists():
+        report.rename(base / f"old-report-{n}-{time.time_ns()}")
+    s, rss, _, _ = measure(["report", str(out)], root)
+    note("report (cold: thumbnails made)", s, rss)
+    s, rss, _, _ = measure(["report", str(out)], root)
+    note("report (warm: nothing changed)", s, rss)
+    pages = len(list(report.glob("page-*.html"))) or 1
+    biggest = max(f.stat().st_size for f in report.glob("*.html"))
+    job_json = (out / ".stylebatch" / "job.json").stat().st_size
+    print(
+        f"  report: {pages} page(s), largest HTML file {biggest / 1e6:.2f} MB; job.json {job_json / 1e6:.1f} MB "
+        f"({job_json / n:.0f} bytes/pair)"
+    )
+
+
+def _linearity(results: dict[int, dict[str, tuple[float, float]]]) -> None:
     if len(results) > 1:
         sizes = sorted(results)
         print(f"\nlinearity: seconds per pair at N = {sizes[-1]:,} / at N = {sizes[0]:,} (1.0 = linear)")
         for name in results[sizes[0]]:
             a, b = results[sizes[0]][name][0] / sizes[0], results[sizes[-1]][name][0] / sizes[-1]
             print(f"  {name:<36} {b / a:6.2f}")
-    print(f"\n(this process's own peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
 
 
 if __name__ == "__main__":

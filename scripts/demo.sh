@@ -7,7 +7,8 @@
 # The default network is torchvision's ImageNet VGG19 (548 MB, downloaded once into torch's
 # cache). If it cannot be downloaded (no internet), stylebatch says where to put the file; this
 # demo then runs again with `--weights random` so you can see the pipeline work end to end
-# (untrained weights: the pictures will not look like paintings). Extra arguments are passed on,
+# (untrained weights: the pictures will not look like paintings). The failed attempt writes nothing:
+# `run` obtains the weights before it creates the output directory. Extra arguments are passed on,
 # e.g. `bash scripts/demo.sh --weights path/to/vgg19.pth`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,8 +34,9 @@ fi
 rm -f "$log"
 if [ "$code" -ne 2 ]; then
     echo
-    echo "demo: the outputs are in $out/. Next:"
+    echo "demo: the outputs are in $out/. Next (or \`source .venv/bin/activate\` once, then plain \`stylebatch\`):"
     echo "  .venv/bin/stylebatch status $out     # every pair's state"
     echo "  .venv/bin/stylebatch report $out     # the results as a grid: $out/.stylebatch/report/report.html"
+    echo "  .venv/bin/stylebatch validate manifests/example.yaml   # the plan and time estimate of a manifest"
 fi
 exit $code

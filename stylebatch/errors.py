@@ -13,9 +13,11 @@ EXIT_CODES: dict[int, str] = {
     2: "invalid input or usage, refused before any work",
     3: "interrupted (signal); run the same command again to resume",
     4: "the output directory is locked by another running job",
+    5: "validate: a pair does not fit the device's memory (its line says so; try tile: auto or a lower size)",
     70: "internal error (a bug: please report it with the traceback from --debug)",
 }
 EXIT_OK, EXIT_FAILED_PAIRS, EXIT_INVALID, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_INTERNAL = 0, 1, 2, 3, 4, 70
+EXIT_TOO_LARGE = 5
 
 
 class StylebatchError(Exception):
@@ -30,6 +32,11 @@ class StylebatchError(Exception):
 
 class ConfigError(StylebatchError):
     """A config key, type or value is wrong."""
+
+
+class ManifestError(StylebatchError):
+    """The manifest (or a file it names) is invalid: what the Python API raises with every problem
+    the CLI would print before refusing to run (exit 2)."""
 
 
 class ImageError(StylebatchError):

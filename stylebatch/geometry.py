@@ -29,9 +29,13 @@ LAYER_NAMES: list[str] = _layer_names()
 LAYER_INDEX: dict[str, int] = {name: i for i, name in enumerate(LAYER_NAMES)}
 
 
+# Pools up to and including each layer, computed once: the estimates ask for it per layer per pass.
+_LEVELS = {name: sum(1 for n in LAYER_NAMES[: i + 1] if n.startswith("pool")) for i, name in enumerate(LAYER_NAMES)}
+
+
 def level(layer: str) -> int:
     """How many 2x2 pools come before (and including) `layer`: its features are 2**level smaller."""
-    return sum(1 for name in LAYER_NAMES[: LAYER_INDEX[layer] + 1] if name.startswith("pool"))
+    return _LEVELS[layer]
 
 
 def min_input_size(layers: list[str]) -> int:

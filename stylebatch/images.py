@@ -1,6 +1,7 @@
-"""Images in and out: safe decoding (pixel limit from the header, EXIF orientation, odd modes),
-resizing, tensor conversion and atomic saving (png, jpg, webp; 8 bits) with the settings in a PNG text
-chunk or the EXIF UserComment."""
+"""Images in and out: safe decoding (pixel limit from the header, EXIF orientation, odd modes, ICC
+profiles into sRGB: icc.py), resizing and atomic saving (png, jpg, webp, tiff at 8
+bits; png16 and tiff16 at 16 bits from the float result) with the content's ICC profile and the
+settings in a PNG text chunk, the EXIF UserComment or the TIFF ImageDescription."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import io
 import logging
 import re
 import stat
+import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from stylebatch import icc as colour
 from stylebatch.atomic import atomic_write
 from stylebatch.errors import ImageError
 
@@ -24,8 +29,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedImage:
-    rgb: Image.Image  # mode RGB
+    rgb: Image.Image  # mode RGB, sRGB (converted from the file's ICC profile when it has another)
     alpha: Image.Image | None  # mode L, when the file has transparency
+    icc: bytes | None = None  # the file's RGB ICC profile, which an output made from it carries
 
 
 @contextlib.contextmanager
@@ -124,8 +130,15 @@ def _to_rgb_alpha(img: Image.Image, path: Path) -> LoadedImage:
         img, mode = img.convert("RGBA"), "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         alpha = img.getchannel("A")
-    rgb = img.convert("RGB")  # also CMYK, YCbCr, L, 1, P, 48-bit RGB (PIL decodes those to 8 bits)
-    return LoadedImage(rgb, alpha)
+    profile = colour.usable(img.info.get("icc_profile"))
+    space = profile[16:20] if profile else b""
+    if profile and (space, mode) in ((b"RGB ", "RGB"), (b"RGB ", "RGBA"), (b"CMYK", "CMYK")):
+        # The network sees sRGB: a wide-gamut photo (Adobe RGB, Display P3) or a press CMYK file is
+        # converted through its profile, not reinterpreted (which would shift every colour).
+        rgb = colour.to_srgb(img.convert("RGB") if mode == "RGBA" else img, profile)
+    else:
+        rgb = img.convert("RGB")  # also CMYK, YCbCr, L, 1, P, 48-bit RGB (PIL decodes those to 8 bits)
+    return LoadedImage(rgb, alpha, profile if space == b"RGB " else None)
 
 
 def load_image(path: str | Path, max_pixels: int) -> LoadedImage:
@@ -188,37 +201,153 @@ def resize(img: Image.Image, wh: tuple[int, int]) -> Image.Image:
 
 
 # The formats outputs are written in (Config.format's choices; the claims sweep their temp files).
-OUTPUT_FORMATS = ("png", "jpg", "webp")
+OUTPUT_FORMATS = ("png", "jpg", "webp", "tiff", "png16", "tiff16")
+
+
+def output_extension(fmt: str) -> str:
+    """An output file's extension for a `format`: png16 makes a `.png`, tiff and tiff16 a `.tif`."""
+    return {"png16": "png", "tiff": "tif", "tiff16": "tif"}.get(fmt, fmt)
+
 
 EXIF_IFD, EXIF_USER_COMMENT = 0x8769, 0x9286
 USER_COMMENT_ASCII = b"ASCII\0\0\0"  # the EXIF UserComment character-code prefix
 
 
 def save_image(
-    img: Image.Image, path: str | Path, text: dict[str, str] | None = None, format: str = "png", quality: int = 95
+    img: Image.Image,
+    path: str | Path,
+    text: dict[str, str] | None = None,
+    format: str = "png",
+    quality: int = 95,
+    icc: bytes | None = None,
 ) -> bytes:
     """Encode (8 bits per channel) and write atomically; returns the bytes written.
 
     png: lossless, `text` in tEXt chunks. jpg/webp: `quality` 1-100 (webp at 100 is lossless); the
-    `text` values (ASCII JSON) go into the EXIF UserComment, one `key=value` per line. JPEG has no
-    alpha: a transparent content's alpha is dropped there."""
+    `text` values (ASCII JSON) go into the EXIF UserComment, one `key=value` per line. tiff:
+    Deflate, `text` in the ImageDescription the same way. JPEG has no alpha: a transparent
+    content's alpha is dropped there. `icc`: the ICC profile the pixels are in, embedded as is."""
     buf = io.BytesIO()
+    profile = {"icc_profile": icc} if icc else {}
     if format == "png":
         info = PngImagePlugin.PngInfo()
         for key, value in (text or {}).items():
             info.add_text(key, value)
-        img.save(buf, format="PNG", pnginfo=info)
+        img.save(buf, format="PNG", pnginfo=info, **profile)
+    elif format == "tiff":
+        description = "\n".join(f"{k}={v}" for k, v in (text or {}).items())
+        tags = {270: description.encode("ascii", "replace").decode("ascii")} if text else {}
+        img.save(buf, format="TIFF", compression="tiff_adobe_deflate", tiffinfo=tags, **profile)
     else:
         exif = Image.Exif()
         if text:
             comment = "\n".join(f"{k}={v}" for k, v in text.items())
             exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = USER_COMMENT_ASCII + comment.encode("ascii", "replace")
         if format == "jpg":
-            img.convert("RGB").save(buf, format="JPEG", quality=quality, exif=exif.tobytes())
+            img.convert("RGB").save(buf, format="JPEG", quality=quality, exif=exif.tobytes(), **profile)
         elif format == "webp":
-            img.save(buf, format="WEBP", quality=quality, lossless=quality == 100, exif=exif.tobytes())
+            img.save(buf, format="WEBP", quality=quality, lossless=quality == 100, exif=exif.tobytes(), **profile)
         else:
             raise ValueError(f"unknown image format {format!r}")
     data = buf.getvalue()
     atomic_write(path, data)
     return data
+
+
+def save_output(
+    rgb: np.ndarray,
+    alpha: Image.Image | None,
+    path: str | Path,
+    *,
+    text: dict[str, str] | None = None,
+    format: str = "png",
+    quality: int = 95,
+    icc: bytes | None = None,
+) -> bytes:
+    """A result's float sRGB pixels (H, W, 3) in [0, 1] encoded and written atomically; returns the bytes.
+
+    With a content profile `icc` other than sRGB, the pixels are converted into it (in floating
+    point for RGB matrix/TRC profiles, icc.py) and the file carries it; with an sRGB one, the file
+    carries that. png16/tiff16 are written from the floats at 16 bits per channel (alpha 8 bits
+    scaled by 257); the 8-bit formats round once, as `to_pil` does."""
+    icc = colour.usable(icc)
+    converted = None if colour.is_srgb(icc) else colour.from_srgb(rgb, icc)
+    if format in ("png16", "tiff16"):
+        if icc and not colour.is_srgb(icc) and converted is None:
+            log.warning("%s: a 16-bit conversion into this ICC profile is not supported; written as sRGB", path)
+            icc = colour.srgb_bytes()
+        pixels = converted if converted is not None else rgb
+        data16 = np.round(np.clip(pixels, 0, 1) * np.float32(65535)).astype(np.uint16)
+        if alpha is not None:
+            data16 = np.dstack([data16, np.asarray(alpha, dtype=np.uint16) * 257])
+        encode = _png16 if format == "png16" else _tiff16
+        data = encode(data16, text or {}, icc)
+        atomic_write(path, data)
+        return data
+    pixels = converted if converted is not None else rgb
+    img = Image.fromarray(np.round(np.clip(pixels, 0, 1) * np.float32(255)).astype(np.uint8), "RGB")
+    if icc and not colour.is_srgb(icc) and converted is None:
+        img = colour.from_srgb_8bit(img, icc)
+    if alpha is not None:
+        img.putalpha(alpha)
+    return save_image(img, path, text, format, quality, icc)
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png16(pixels: np.ndarray, text: dict[str, str], icc: bytes | None) -> bytes:
+    """A 16-bit RGB(A) PNG (PIL writes 16 bits only for greyscale): IHDR, iCCP, tEXt, IDAT, IEND."""
+    h, w, channels = pixels.shape
+    header = struct.pack(">IIBBBBB", w, h, 16, 6 if channels == 4 else 2, 0, 0, 0)
+    rows = pixels.astype(">u2").reshape(h, -1).view(np.uint8)  # big-endian samples, as PNG stores them
+    raw = np.hstack([np.zeros((h, 1), np.uint8), rows]).tobytes()  # filter type 0 on every row
+    out = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
+    if icc:
+        out += _chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc))
+    for key, value in text.items():
+        out += _chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1", "replace"))
+    return out + _chunk(b"IDAT", zlib.compress(raw, 6)) + _chunk(b"IEND", b"")
+
+
+def _tiff16(pixels: np.ndarray, text: dict[str, str], icc: bytes | None) -> bytes:
+    """A 16-bit RGB(A) TIFF, little-endian, one Deflate-compressed strip, the settings in its
+    ImageDescription and the profile in tag 34675 (PIL writes 16 bits only for greyscale)."""
+    h, w, channels = pixels.shape
+    strip = zlib.compress(pixels.astype("<u2").tobytes(), 6)
+    description = ("\n".join(f"{k}={v}" for k, v in text.items()).encode("ascii", "replace") + b"\0") if text else b""
+    short, long_, ascii_, undefined = 3, 4, 2, 7
+
+    def entries(strip_offset: int) -> list[tuple[int, int, int, bytes]]:  # (tag, type, count, value), by tag
+        return [
+            (256, long_, 1, struct.pack("<I", w)),
+            (257, long_, 1, struct.pack("<I", h)),
+            (258, short, channels, struct.pack(f"<{channels}H", *[16] * channels)),
+            (259, short, 1, struct.pack("<H", 8)),  # Adobe Deflate
+            (262, short, 1, struct.pack("<H", 2)),  # RGB
+            *([(270, ascii_, len(description), description)] if description else []),
+            (273, long_, 1, struct.pack("<I", strip_offset)),
+            (277, short, 1, struct.pack("<H", channels)),
+            (278, long_, 1, struct.pack("<I", h)),
+            (279, long_, 1, struct.pack("<I", len(strip))),
+            (284, short, 1, struct.pack("<H", 1)),  # chunky
+            *([(338, short, 1, struct.pack("<H", 2))] if channels == 4 else []),  # unassociated alpha
+            *([(34675, undefined, len(icc), icc)] if icc else []),
+        ]
+
+    def layout(strip_offset: int) -> tuple[bytes, bytes]:
+        found = entries(strip_offset)
+        cursor = 8 + 2 + 12 * len(found) + 4  # values longer than 4 bytes follow the IFD
+        table, blobs = b"", b""
+        for tag, kind, count, value in found:
+            if len(value) <= 4:
+                table += struct.pack("<HHI", tag, kind, count) + value.ljust(4, b"\0")
+            else:
+                table += struct.pack("<HHII", tag, kind, count, cursor + len(blobs))
+                blobs += value + (b"\0" if len(value) % 2 else b"")
+        return struct.pack("<H", len(found)) + table + struct.pack("<I", 0), blobs
+
+    ifd, blobs = layout(0)
+    ifd, blobs = layout(8 + len(ifd) + len(blobs))  # the same sizes: only the strip's offset changes
+    return b"II*\0" + struct.pack("<I", 8) + ifd + blobs + strip

@@ -155,3 +155,25 @@ def test_a_ctrl_c_after_the_exit_line_keeps_the_exit_code(tmp_path: Path) -> Non
             except ProcessLookupError:
                 pass
     assert proc.wait(timeout=120) == 0, "".join(seen)
+
+
+def test_weights_that_cannot_be_had_leave_no_job_directory(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Offline, the demo's ImageNet attempt must not leave a job where the README's next command looks."""
+    from stylebatch.errors import WeightsError
+    from stylebatch.fit import vgg
+
+    def offline() -> dict:
+        raise WeightsError("cannot obtain the ImageNet VGG19 weights (URLError: offline)")
+
+    monkeypatch.setattr(vgg, "_load_imagenet", offline)
+    manifest = tiny_job(tmp_path, defaults={"steps": 2})
+    assert main(["run", str(manifest)]) == 2
+    assert "cannot obtain the ImageNet VGG19 weights" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_demo_names_the_venv_cli_and_the_readme_says_how_to_call_it() -> None:
+    demo = (REPO / "scripts" / "demo.sh").read_text()
+    assert ".venv/bin/stylebatch status $out" in demo and "source .venv/bin/activate" in demo
+    readme = (REPO / "README.md").read_text()
+    assert "`.venv/bin/stylebatch`" in readme and "source .venv/bin/activate" in readme

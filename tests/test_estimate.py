@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -174,7 +175,7 @@ def test_validate_prints_peak_time_and_fit_per_pair_and_in_total(tmp_path: Path,
     assert "largest peak ~" in out and "in all on one device" in out
     assert (
         main(["validate", str(tiny_job(tmp_path / "b", defaults={"memory_fraction": 1e-6})), "--weights", "random"])
-        == 0
+        == 5
     )
     out = capsys.readouterr().out
     assert out.count("does NOT fit") == 2 and "2 pair(s) do not fit" in out
@@ -186,7 +187,7 @@ def test_size_auto_resolves_once_and_sticks_on_resume(tmp_path: Path, monkeypatc
     manifest = tiny_job(
         tmp_path,
         pairs=[{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}],
-        defaults={"size": "auto", "batch_size": "auto", "tile": "auto"},
+        defaults={"size": "auto-up", "batch_size": "auto", "tile": "auto"},
     )
     monkeypatch.setattr(calibration, "free_memory", lambda device: 3 * 2**30)
     pair = load_job(manifest).valid_pairs[0]
@@ -203,7 +204,7 @@ def test_size_auto_resolves_once_and_sticks_on_resume(tmp_path: Path, monkeypatc
     other = tiny_job(
         tmp_path / "b",
         pairs=[{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}],
-        defaults={"size": "auto"},
+        defaults={"size": "auto-up"},
     )
     assert load_job(other).valid_pairs[0].config.size > pair.config.size  # fresh job, more memory: larger
 
@@ -222,3 +223,86 @@ def test_each_run_records_its_figures_in_the_state_and_the_machine_file(tmp_path
     assert seen["rate"][0][0] == measured["flops"] and seen["rate"][0][1] == pytest.approx(
         measured["seconds"], abs=1e-3
     )
+
+
+def test_time_fit_separates_overhead_from_rate_and_tiny_runs_do_not_set_the_rate() -> None:
+    """Runs of mixed sizes on a machine with 3 s of fixed cost a pair and 50 GFLOP/s: the fit finds
+    both, however many tiny runs (all overhead) are among them, and estimates a big run within 10 %."""
+    overhead, rate = 3.0, 50e9
+    big = [[f, overhead + f / rate] for f in (2e11, 8e11, 3e12, 1e13)]
+    tiny = [[f, overhead + f / rate + 0.4] for f in [1e8] * 20]  # noisy, slower than the model: all overhead
+    fitted_rate, fitted_overhead, spread = calibration.fit_time(big + tiny, default_overhead=1.0)
+    assert fitted_overhead == pytest.approx(overhead, rel=0.2)
+    assert fitted_rate == pytest.approx(rate, rel=0.1)
+    job = 5e13
+    assert (fitted_overhead + job / fitted_rate) == pytest.approx(overhead + job / rate, rel=0.1)
+    # The median per-run rate (the model before) is set by the tiny runs: 30x too slow.
+    median = sorted(f / max(s - 1.0, s / 2) for f, s in big + tiny)[len(big + tiny) // 2]
+    assert median < rate / 10
+    assert calibration.MIN_SPREAD <= spread < 0.5
+    # Runs of one size cannot tell overhead from rate: the default overhead, the rate from the rest.
+    same = [[1e12, 23.0]] * 5
+    r, o, _ = calibration.fit_time(same, default_overhead=3.0)
+    assert o == 3.0 and r == pytest.approx(1e12 / 20.0)
+    assert calibration.fit_time([], default_overhead=1.0) is None
+
+
+def test_validate_shows_the_total_with_a_range_and_batches_share_their_overhead(tmp_path: Path, capsys) -> None:
+    from stylebatch.cli.main import main
+
+    pairs = [{"content": "images/a.png", "style": s, "optimizer": "adam"} for s in ("images/s1.png", "images/s2.png")]
+    assert main(["validate", str(tiny_job(tmp_path, pairs=pairs)), "--weights", "random"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    found = re.search(r"~(\d+) s \((\d+)-(\d+) s\) in all", last)
+    assert found and int(found[2]) < int(found[1]) < int(found[3]), last
+    device = Device.current("cpu")
+    from stylebatch.memory.autosize import load_job
+
+    job = load_job(tmp_path / "job.yaml", weights="random")
+    alone = estimate.job_seconds([[p] for p in job.valid_pairs], device)
+    together = estimate.job_seconds([job.valid_pairs], device)
+    assert alone - together == pytest.approx(device.pair_overhead)
+
+
+def test_size_auto_never_upscales_unless_asked_and_says_what_it_chose(tmp_path: Path, monkeypatch, capsys) -> None:
+    from stylebatch.cli.main import main
+    from stylebatch.memory.autosize import load_job
+
+    monkeypatch.setattr(calibration, "free_memory", lambda device: 3 * 2**30)
+    pairs = [{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}]  # a.png is 40x30
+    manifest = tiny_job(tmp_path, pairs=pairs, defaults={"size": "auto"})
+    job = load_job(manifest)
+    assert job.valid_pairs[0].config.size == 40 and job.valid_pairs[0].out_size == (40, 30)
+    assert job.notes == ["a__s1: size auto → 40 px: the content's own size (size: auto-up to upscale it)"]
+    assert main(["validate", str(manifest), "--weights", "random"]) == 0
+    assert "  a__s1: size auto → 40 px: the content's own size" in capsys.readouterr().out
+    up = tiny_job(tmp_path / "up", pairs=pairs, defaults={"size": "auto-up"})
+    job = load_job(up)
+    assert job.valid_pairs[0].config.size > 40
+    assert job.notes[0].startswith(f"a__s1: size auto-up → {job.valid_pairs[0].config.size} px: the largest that fits")
+    # A photo larger than memory allows: the largest that fits, below its own size.
+    size, why = autosize.auto_size(Config(size="auto"), (6000, 4000), Device.current("cpu"))
+    assert size < 6000 and size % autosize.SIZE_STEP == 0 and why.startswith("the largest that fits")
+
+
+def test_validate_exits_5_when_a_pair_does_not_fit(tmp_path: Path, capsys) -> None:
+    from stylebatch.cli.main import main
+    from stylebatch.errors import EXIT_CODES, EXIT_TOO_LARGE
+
+    manifest = tiny_job(tmp_path, defaults={"memory_fraction": 1e-6})
+    assert main(["validate", str(manifest), "--weights", "random"]) == EXIT_TOO_LARGE == 5
+    captured = capsys.readouterr()
+    assert captured.out.count("does NOT fit") == 2
+    assert captured.err.strip() == f"2 pair(s) do not fit this device's memory; exit 5: {EXIT_CODES[5]}"
+    assert "| 5 | " + EXIT_CODES[5] in (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def test_an_empty_calibration_probes_the_machine_instead_of_guessing(tmp_path: Path) -> None:
+    empty = tmp_path / "none.json"
+    guessed = Device.current("cpu", empty)
+    probed = Device.current("cpu", empty, probe=True)
+    assert guessed.flop_rate == calibration.DEFAULTS["cpu"]["flop_rate"]
+    assert probed.flop_rate != guessed.flop_rate and probed.spread == calibration.PROBED_SPREAD
+    # The probe measures: a second one on the same machine within a factor of 3 of the first.
+    again = calibration.probe_rate(torch.device("cpu")) * calibration.PROBE_EFFICIENCY
+    assert probed.flop_rate / 3 < again < probed.flop_rate * 3

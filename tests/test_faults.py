@@ -131,8 +131,12 @@ def test_full_disk_while_saving_an_output_keeps_the_previous_one(tmp_path: Path,
     assert half_written  # the fault fired, mid-write
     recs = records(out)
     assert recs["a__s1"]["status"] == "interrupted" and recs["a__s1"]["attempts"] == 0  # no attempt used up
-    assert (out / "a__s1.png").read_bytes() == previous["a__s1.png"]  # the previous good output, intact
-    assert (out / "b__s2.png").read_bytes() == previous["b__s2.png"]  # the job stopped before it
+    # The previous good outputs are intact: kept under replaced/ once the new settings made them
+    # stale, never overwritten by the half-written file (which is gone).
+    for name in ("a__s1", "b__s2"):
+        kept = list((out / ".stylebatch" / "replaced").glob(f"{name}.*.png"))
+        assert len(kept) == 1 and kept[0].read_bytes() == previous[f"{name}.png"]
+        assert not (out / f"{name}.png").exists()
     assert temp_files(tmp_path) == []
 
     monkeypatch.undo()  # space freed: the same command finishes the job

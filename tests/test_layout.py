@@ -3,7 +3,7 @@ in a circle, torch stays out of the quick commands' wings and rich out of everyt
 
 The order, lowest first (a module may import its own wing and any wing below it):
 
-    errors, geometry  <  atomic  <  images  <  jobdir  <  job  <  memory, report  <  fit  <  runner  <  cli, api  <  the package's entry points (__init__, __main__)
+    errors, geometry  <  atomic, icc  <  images  <  jobdir  <  job  <  memory, report  <  fit  <  runner  <  cli, api  <  the package's entry points (__init__, __main__)
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ LEVELS = {
     "geometry": 0,
     "atomic": 1,
     "images": 2,
+    "icc": 1,  # colour profiles: what images.py decodes and encodes with
     "jobdir": 3,
     "job": 4,
     "memory": 5,
@@ -33,7 +34,7 @@ LEVELS = {
     "__init__": 9,
 }
 # Wings that `status`, `report` and `validate`'s checks load: they must start without torch.
-TORCH_FREE = ("errors", "geometry", "atomic", "images", "jobdir", "job", "report")
+TORCH_FREE = ("errors", "geometry", "atomic", "images", "icc", "jobdir", "job", "report")
 
 
 def wing(module: str) -> str:

@@ -112,11 +112,12 @@ def test_a_changed_setting_says_what_changed(done: Path, capsys: pytest.CaptureF
     capsys.readouterr()
     assert main(["run", str(done), "--weights", "random", "--set", "style_weight=3"]) == 0
     text = capsys.readouterr().out
-    assert "redoing a__s1: style_weight 0.1 → 3 (the previous output is replaced)" in text
-    assert "redoing b__s2: style_weight 0.1 → 3 (the previous output is replaced)" in text
+    kept = "(the previous output is kept as .stylebatch/replaced/"
+    assert f"redoing a__s1: style_weight 0.1 → 3 {kept}a__s1." in text
+    assert f"redoing b__s2: style_weight 0.1 → 3 {kept}b__s2." in text
     shutil.copy(done.parent / "images" / "s2.png", done.parent / "images" / "s1.png")  # an input's bytes change
     assert main(["run", str(done), "--weights", "random", "--set", "style_weight=3"]) == 0
     text = capsys.readouterr().out
-    assert "redoing a__s1: style s1.png changed (the previous output is replaced)" in text
+    assert f"redoing a__s1: style s1.png changed {kept}a__s1." in text
     assert "b__s2" not in text.split("to run")[0]  # unchanged: not redone, nothing said
     assert records(out)["b__s2"]["status"] == "done"

@@ -20,7 +20,9 @@ class _Pair:
     config: Config
 
 
-PAIRS = [_Pair(f"p{i}", Config(steps=100)) for i in range(4)]
+# One pass at one size: every evaluation is the same work, so the overall bar's work reads as evaluations.
+PAIRS = [_Pair(f"p{i}", Config(steps=100, size=64, scales=None)) for i in range(4)]
+EVAL = progress.pair_work(PAIRS[0], 0, 1)  # the work of one evaluation
 
 
 class _Clock:
@@ -59,7 +61,7 @@ def test_every_member_has_its_own_bar_and_the_overall_bar_counts_evaluations(clo
     assert [tasks[f"p{i} [batch of 4]"].completed for i in range(4)] == [10, 20, 30, 40]
     assert [tasks[f"p{i} [batch of 4]"].fields["info"] for i in range(4)] == [f"loss {i}" for i in range(4)]
     overall = tasks["pairs"]
-    assert overall.total == 400 and overall.completed == 100  # moves while the batch runs
+    assert overall.total == 400 * EVAL and overall.completed == 100 * EVAL  # moves while the batch runs
     assert overall.fields["count"] == "1/5 pairs"
     rep.pair_end(PAIRS[0], "done", "batch of 4, 702.0 s")
     overall = rep.progress.tasks[0]
@@ -72,6 +74,7 @@ def test_the_eta_comes_from_the_measured_rate_even_when_updates_are_minutes_apar
     rep.start(total=1, done=0, pending=PAIRS[:1])
     rep.pair_start(PAIRS[0], 0, None)
     rep.pair_progress(PAIRS[0], 10, {"total": 1.0})
+    assert _RateETA().render(rep.progress.tasks[0]).plain == "eta estimating…"  # no rate yet: never 0:00:00
     clock.now += 300  # five minutes for 10 evaluations: 2 evaluations a minute
     rep.pair_progress(PAIRS[0], 20, {"total": 1.0})
     overall = rep.progress.tasks[0]
@@ -84,15 +87,15 @@ def test_the_eta_comes_from_the_measured_rate_even_when_updates_are_minutes_apar
 def test_a_resumed_pair_and_a_failed_one_leave_the_overall_total_right(clock) -> None:
     rep, _ = _reporter(terminal=True)
     rep.start(total=2, done=0, pending=PAIRS[:2])
-    rep.pair_start(PAIRS[0], 60, None)  # resumed at 60: 40 left in this run
-    assert rep.progress.tasks[0].total == 140
+    rep.pair_start(PAIRS[0], 60, None)  # resumed at 60 (its record said 0: the checkpoint is what counts)
+    assert rep.progress.tasks[0].total == 200 * EVAL and rep.progress.tasks[0].completed == 60 * EVAL
     rep.pair_progress(PAIRS[0], 100, {"total": 0.0})
     rep.pair_end(PAIRS[0], "done")
     rep.pair_start(PAIRS[1], 0, None)
     rep.pair_progress(PAIRS[1], 30, {"total": 0.0})
     rep.pair_end(PAIRS[1], "failed", "boom")
     overall = rep.progress.tasks[0]
-    assert overall.completed == overall.total == 70 and overall.fields["count"] == "2/2 pairs"
+    assert overall.completed == overall.total == 130 * EVAL and overall.fields["count"] == "2/2 pairs"
     rep.stop()
 
 
@@ -115,4 +118,25 @@ def test_piped_output_is_one_line_per_member_per_interval_with_shared_time_label
     for name in names:
         mine = [line for line in lines if line.startswith(f"  {name}:")]
         assert mine == [f"  {name}: 10/100 evaluations, loss 0.5", f"  {name}: 40/100 evaluations, loss 0.25"]
-        assert f"done {name} (batch of 2, 702.0 s)" in lines
+    assert "done p0 (batch of 2, 702.0 s) [1/2 pairs, eta 0:00:21]" in lines  # 70 left at 60 per 18 s
+    assert "done p1 (batch of 2, 702.0 s)" in lines  # the last: nothing left to estimate
+
+
+def test_a_resumed_job_starts_where_the_interrupted_one_stood(clock) -> None:
+    """Work done before an interrupt counts: finished pairs in full, resumed ones up to their checkpoint."""
+    rep, _ = _reporter(terminal=True)
+    rep.start(total=4, done=1, pending=PAIRS[1:], before={"p1": 50, "p2": 0, "p3": 0}, settled=PAIRS[:1])
+    overall = rep.progress.tasks[0]
+    assert overall.total == 400 * EVAL and overall.completed == 150 * EVAL
+    assert overall.fields["count"] == "1/4 pairs"
+    rep.pair_start(PAIRS[1], 50, None)
+    rep.pair_progress(PAIRS[1], 51, {"total": 1.0})  # the first evaluation of this run: the rate starts here
+    clock.now += 0.5  # a batch's members report together: a tiny interval must not make a rate (eta 0:00:00)
+    rep.pair_progress(PAIRS[1], 60, {"total": 1.0})
+    assert _RateETA().render(rep.progress.tasks[0]).plain == "eta estimating…"
+    clock.now += 9.5
+    rep.pair_progress(PAIRS[1], 100, {"total": 1.0})
+    # 49 evaluations in 10 s; 200 left
+    assert rep.progress.tasks[0].completed == 200 * EVAL
+    assert _RateETA().render(rep.progress.tasks[0]).plain == "eta 0:00:41"
+    rep.stop()

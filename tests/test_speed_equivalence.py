@@ -33,6 +33,30 @@ def test_channels_last_matches_contiguous() -> None:
     assert grad_a.is_contiguous()  # the image parameter stays NCHW (L-BFGS views it flat)
 
 
+def test_in_place_relus_give_bit_identical_losses_gradients_and_pixels() -> None:
+    """In-place and out-of-place ReLUs: the same loss and gradient bit for bit (autograd saves the
+    ReLU's output either way), so the same pixels after Adam steps, for post-ReLU (the default) and
+    pre-ReLU (the paper's conv) layers."""
+    for cfg in (Config(), Config(content_layer="conv4_2", style_layers={"conv1_1": 1.0, "relu3_1": 1.0})):
+        runs = []
+        for inplace in (True, False):
+            vgg = load_vgg("random", cfg.layers_used)
+            vgg.inplace_relu = inplace
+            loss, grad = _loss_and_grad(vgg, cfg)
+            g = torch.Generator().manual_seed(8)
+            module = module_for(vgg, torch.rand(1, 3, 32, 48, generator=g), torch.rand(1, 3, 32, 32, generator=g), cfg)
+            opt = torch.optim.Adam([module.target], lr=0.05)
+            for _ in range(5):
+                opt.zero_grad()
+                module.losses(module.target)["total"].sum().backward()
+                opt.step()
+            runs.append((loss, grad, module.target.detach().clone()))
+        (loss_a, grad_a, pixels_a), (loss_b, grad_b, pixels_b) = runs
+        assert torch.equal(loss_a, loss_b) and torch.equal(grad_a, grad_b)
+        assert torch.equal(pixels_a, pixels_b)
+        assert grad_a.abs().sum() > 0
+
+
 def test_truncation_does_not_change_results() -> None:
     cfg = Config()
     deepest = max(cfg.layers_used, key=LAYER_INDEX.__getitem__)

@@ -79,7 +79,7 @@ def test_json_is_one_document_written_pair_by_pair(interrupted: Path, monkeypatc
     # Each row is read only after the one before it was written: the output grew between reads.
     assert len(written_before) == 4 and all(b > a for a, b in zip(written_before, written_before[1:]))
     lines = sink.getvalue().splitlines()
-    assert lines[0] == '{"pairs": [' and len(lines) == 1 + 4 + 2
+    assert lines[0] == '{"pairs": [' and len(lines) == 1 + 4 + 3  # pairs, "],", counts, replaced
     assert json.loads(lines[1].rstrip(","))["name"] == "a__s1"
     assert json.loads(sink.getvalue())["counts"]["pending"] == 3
 

@@ -1,5 +1,5 @@
 """The VGG19 extractor: layer names against torchvision's own network, frozen weights, truncation,
-out-of-place ReLUs and the minimum input size."""
+ReLUs in place except after a requested conv layer, and the minimum input size."""
 
 from __future__ import annotations
 
@@ -46,14 +46,39 @@ def test_layer_table_matches_torchvision(tv_features):
     assert LAYER_NAMES[-1] == "pool5"
 
 
-def test_extractor_has_torchvision_structure_with_out_of_place_relus(vgg, tv_features):
+def test_extractor_has_torchvision_structure(vgg, tv_features):
     assert vgg.depth == len(tv_features)
     for name, ours, theirs in zip(LAYER_NAMES, vgg.layers, tv_features):
         assert type(ours) is type(theirs), name
         if isinstance(ours, nn.Conv2d):
             assert ours.weight.shape == theirs.weight.shape, name
-        if isinstance(ours, nn.ReLU):
-            assert not ours.inplace, name
+
+
+@pytest.mark.parametrize("conv", ["conv1_1", "conv3_4", "conv4_2", "conv5_1"])
+def test_a_requested_conv_alone_keeps_its_negatives(vgg, conv):
+    """The ReLU after a requested conv runs out of place even when its own output is not asked for
+    (and later ReLUs run in place): the returned map is the pre-activation."""
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    deeper = "relu5_1" if conv != "conv5_1" else "relu5_2"
+    feats = vgg(image, [conv, deeper])
+    assert (feats[conv] < 0).any(), conv
+    relu = "relu" + conv[4:]
+    assert torch.equal(vgg(image, [relu])[relu], feats[conv].clamp_min(0))
+
+
+def test_in_place_relus_write_no_returned_map(vgg):
+    """Every returned map is what the out-of-place network returns, for post-ReLU, pre-ReLU and
+    pooled layers requested together."""
+    image = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(6))
+    layers = ["relu1_1", "conv2_1", "relu2_1", "pool2", "conv3_1", "relu4_2", "conv5_1", "relu5_1"]
+    fast = vgg(image, layers)
+    vgg.inplace_relu = False
+    try:
+        slow = vgg(image, layers)
+    finally:
+        vgg.inplace_relu = True
+    for name in layers:
+        assert torch.equal(fast[name], slow[name]), name
 
 
 def test_conv_is_pre_activation_and_relu_post_activation(vgg):

@@ -62,6 +62,25 @@ def check_devices(accelerator: str, devices: int | None) -> None:
         )
 
 
+def cpu_workers_note(accelerator: str, devices: int | None) -> str | None:
+    """A word when CPU workers would get less than 2 cores each: every worker pays its own start-up
+    (torch, the network) and splits the cores, so on 2 cores two workers ran slower than one (README)."""
+    if not devices or devices < 2 or accelerator == "gpu":
+        return None
+    if accelerator == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores // devices >= 2:
+        return None
+    return (
+        f"--devices {devices} on {cores} CPU core(s) gives each worker {max(1, cores // devices)} core(s) and its own "
+        "start-up; on 2 cores two workers ran slower than one with both (README, Speed): fewer workers may be faster"
+    )
+
+
 def check_paths(args: argparse.Namespace) -> None:
     """Every path given on the command line is printable UTF-8 text of a possible length."""
     for flag, attr in (
@@ -72,6 +91,7 @@ def check_paths(args: argparse.Namespace) -> None:
         ("--from", "from_image"),
         ("output_dir", "output_dir"),
         ("image", "image"),
+        ("dest", "dest"),
     ):
         value = getattr(args, attr, None)
         if isinstance(value, str) and (problem := path_problem(value)):

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import traceback
@@ -18,12 +19,13 @@ from rich.console import Console
 
 from stylebatch import __version__
 from stylebatch.atomic import fault_point
-from stylebatch.cli.flags import check_devices, check_paths, seconds, whole_number
+from stylebatch.cli.flags import check_devices, check_paths, cpu_workers_note, seconds, whole_number
 from stylebatch.errors import (
     EXIT_CODES,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_INVALID,
+    EXIT_TOO_LARGE,
     StopNow,
     StylebatchError,
     is_disk_full,
@@ -71,7 +73,14 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
-    run = sub.add_parser("run", help="run (or resume) every pair of a manifest")
+    run = sub.add_parser(
+        "run",
+        help="run (or resume) every pair of a manifest",
+        epilog=f"presets (--config, or defaults.preset in a manifest): {', '.join(_preset_names())}\n"
+        "every config key, its type, default and meaning (for --set and manifests): the README's\n"
+        "'Configuration reference' (README.md next to this package's source, or the project page)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     job_args(run, manifest_optional=True)
     run.add_argument(
         "--from",
@@ -84,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="retry pairs that used up max_attempts")
     run.add_argument("--skip-invalid", action="store_true", help="run the valid pairs, record invalid ones as failed")
     run.add_argument("--break-lock", action="store_true", help="remove a stale job lock (e.g. on NFS)")
+    from stylebatch.jobdir.state import REDO_UNASKED
+
+    run.add_argument(
+        "--redo",
+        action="store_true",
+        help=f"go ahead when a changed setting, input or weights would make more than {REDO_UNASKED} finished "
+        "pairs again (each previous output is kept in .stylebatch/replaced/)",
+    )
     run.add_argument(
         "--verify",
         action="store_true",
@@ -93,16 +110,22 @@ def _parser() -> argparse.ArgumentParser:
         "--accelerator",
         choices=("auto", "cpu", "gpu"),
         default="auto",
-        help="where the pairs run: auto (a GPU if there is one), cpu or gpu",
+        help="where the pairs run: auto (a GPU if there is one), cpu or gpu (default: auto)",
     )
-    run.add_argument("--devices", default="1", help="number of devices (workers), or auto")
     run.add_argument(
-        "--num-nodes", default="1", help="number of machines (SLURM/torchrun), each with --devices workers"
+        "--devices",
+        default="1",
+        help="number of devices (one worker each), or auto: every GPU, or one worker on the CPU (default: 1)",
+    )
+    run.add_argument(
+        "--num-nodes",
+        default="1",
+        help="number of machines (SLURM/torchrun), each with --devices workers (default: 1)",
     )
     run.add_argument(
         "--sync-timeout",
         default="600",
-        help="seconds workers wait for rank 0's plan (and rank 0 for a worker to start)",
+        help="seconds workers wait for rank 0's plan (and rank 0 for a worker to start) (default: 600)",
     )
 
     val = sub.add_parser("validate", help="check a manifest and every file it names; print the plan")
@@ -138,16 +161,34 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--live-every",
         type=float,
-        metavar="SECONDS",
-        help="as the running job writes it: pages reload every SECONDS while pairs are left",
+        metavar="MINUTES",
+        help="as the running job writes it: pages reload every MINUTES while pairs are left (the unit of report_every)",
     )
     report.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+    gallery = sub.add_parser(
+        "gallery", help="write the job's pictures as a self-contained folder to send: pages, contact sheets, files"
+    )
+    gallery.add_argument("output_dir", help="the job's output directory (the manifest's output_dir or --out)")
+    gallery.add_argument("dest", help="the folder to write (new, empty, or an earlier gallery, which is remade)")
+    gallery.add_argument("--losses", action="store_true", help="show each picture's final losses")
+    gallery.add_argument("--title", help="the pages' title (default: from the job directory's name)")
+    gallery.add_argument("--columns", default="auto", metavar="KEY", help="as for report")
+    gallery.add_argument("--rows", default="auto", metavar="KEY", help="as for report")
+    gallery.add_argument("--debug", action="store_true", help="show full tracebacks")
 
     inspect = sub.add_parser("inspect", help="print the settings, input hashes and versions an output carries")
     inspect.add_argument("image", help="an output image made by stylebatch")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser
+
+
+def _preset_names() -> list[str]:
+    """The bundled presets' names, read from the files (importing the config would load torch for --help)."""
+    package = Path(__file__).resolve().parents[1]
+    folders = [package / "job" / "presets", package.parent / "configs"]
+    return sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.yaml")})
 
 
 def _load(args: argparse.Namespace, device: str | None = None):
@@ -157,7 +198,15 @@ def _load(args: argparse.Namespace, device: str | None = None):
     if not args.manifest:
         raise StylebatchError(f"{args.command}: give a manifest (or, for run, --from IMAGE)")
     sets = parse_set(args.set)
-    return load_job(args.manifest, preset=args.config, sets=sets, out=args.out, weights=args.weights, device=device)
+    return load_job(
+        args.manifest,
+        preset=args.config,
+        sets=sets,
+        out=args.out,
+        weights=args.weights,
+        device=device,
+        preset_flag=f"--config {args.config}",
+    )
 
 
 def _print_problems(err: Console, problems: list[str]) -> None:
@@ -187,9 +236,23 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
     out.print(shorten(_plan_line(job), 1000), soft_wrap=True, markup=False)  # may hold a long path
     from stylebatch.memory.calibration import Device
     from stylebatch.memory.estimate import describe_job  # memory and time per pair, and in total
+    from stylebatch.runner.plan import group  # batched pairs share their fixed costs
 
-    for line in describe_job(job.pairs, Device.current(_device("auto"))):
-        out.print(line, soft_wrap=True, markup=False)
+    for note in job.notes:  # what `size: auto` chose
+        out.print(f"  {note}", soft_wrap=True, markup=False)
+    memory = Device.current(_device("auto"), probe=True)  # no recorded runs: this machine's speed, probed
+    lines, misfits = describe_job(job.pairs, memory, batches=group(job.valid_pairs, {}))
+    # Plain text (no markup, no styles, never wrapped): written as one block, not a rich print per
+    # line, which costs about a millisecond each (100,000 pairs: minutes).
+    out.file.write("".join(f"{line}\n" for line in lines))
+    out.file.flush()
+    if misfits:
+        err.print(
+            f"{misfits} pair(s) do not fit this device's memory; exit {EXIT_TOO_LARGE}: {EXIT_CODES[EXIT_TOO_LARGE]}",
+            soft_wrap=True,
+            markup=False,
+        )
+        return EXIT_TOO_LARGE
     return 0
 
 
@@ -202,6 +265,8 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     num_nodes = whole_number("--num-nodes", args.num_nodes)
     sync_timeout = seconds("--sync-timeout", args.sync_timeout)
     check_devices(args.accelerator, devices)
+    if note := cpu_workers_note(args.accelerator, devices):
+        err.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
     opts = RunOptions(
         fresh=args.fresh,
         retry_failed=args.retry_failed,
@@ -209,6 +274,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         break_lock=args.break_lock,
         sync_timeout=sync_timeout,
         verify=args.verify,
+        redo=args.redo,
     )
     fabric = launch(args.accelerator, devices, num_nodes, sync_timeout)
     if fabric is not None and fabric.global_rank != 0:
@@ -229,6 +295,8 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     if refuse:
         err.print(f"{len(job.all_problems)} problem(s); nothing was run (see --skip-invalid)", soft_wrap=True)
         return EXIT_INVALID
+    for note in job.notes:  # what `size: auto` chose
+        out.print(note, soft_wrap=True, markup=False)
     if args.from_image:
         from stylebatch.fit.provenance import batch_note
 
@@ -264,19 +332,21 @@ def _device(accelerator: str) -> str:
 def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Every pair of the job, pending ones included, one record read at a time (status_view.py)."""
     from stylebatch.cli.status import Summary, json_chunks
+    from stylebatch.jobdir.state import JobState
     from stylebatch.report.rows import pair_rows
 
     rows = pair_rows(Path(args.output_dir))
     summary = Summary(every=args.all)
     fh = out.file
     if args.json:
-        for chunk in json_chunks(rows, summary):
+        kept = [str(p) for p in JobState(Path(args.output_dir)).replaced()]
+        for chunk in json_chunks(rows, summary, kept):
             fh.write(chunk)
         fh.flush()
         return 0
     for row in rows:
         summary.add(row)
-    if args.all:
+    if args.all or not out.is_terminal:  # piped or in a file: one line per pair, names in full
         fh.writelines(summary.aligned())
         fh.flush()
     elif (table := summary.table()) is not None:
@@ -284,6 +354,17 @@ def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
     if more := summary.more():
         out.print(more, soft_wrap=True, markup=False)
     out.print(summary.line(args.output_dir), soft_wrap=True, markup=False)
+    kept = JobState(Path(args.output_dir)).replaced()
+    if kept:
+        out.print(
+            f"{len(kept)} earlier output(s) that a changed setting replaced are kept in {kept[0].parent}"
+            + ("" if args.all else " (--all lists them)"),
+            soft_wrap=True,
+            markup=False,
+        )
+        if args.all:
+            fh.writelines(f"  {path.name}\n" for path in kept)
+            fh.flush()
     return 0
 
 
@@ -306,11 +387,12 @@ def _load_from_image(args: argparse.Namespace):
 def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
     from stylebatch.report.build import write_report
 
-    if args.live_every:
+    live_every = args.live_every * 60 if args.live_every else None  # minutes, like report_every
+    if live_every:
         os.nice(10)  # the running job's refresh (live_report.py): the pairs come first
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     result = write_report(
-        Path(args.output_dir), columns=args.columns, rows=args.rows, live_every=args.live_every, workers=cores
+        Path(args.output_dir), columns=args.columns, rows=args.rows, live_every=live_every, workers=cores
     )
     counts = ", ".join(f"{n} {s}" for s, n in result.counts.items())
     layout = result.layout
@@ -327,6 +409,26 @@ def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
     )
     sheets = result.sheets[0] if len(result.sheets) == 1 else f"{len(result.sheets)} in {result.sheets[0].parent}"
     out.print(f"contact sheet: {sheets}", soft_wrap=True, markup=False)
+    return 0
+
+
+def cmd_gallery(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from stylebatch.report.gallery import write_gallery
+
+    result = write_gallery(
+        Path(args.output_dir),
+        Path(args.dest),
+        losses=args.losses,
+        columns=args.columns,
+        rows=args.rows,
+        heading=args.title,
+    )
+    out.print(
+        f"gallery: {result.index} ({result.pictures} pictures, {result.pages} page(s), "
+        f"{len(result.sheets)} contact sheet(s)); zip the folder {args.dest} to send it",
+        soft_wrap=True,
+        markup=False,
+    )
     return 0
 
 
@@ -351,7 +453,11 @@ def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
         f"  output       {size[0]}x{size[1]}, made on {meta.get('device', '?')}"
         + (f" with {threads} thread(s)" if threads else "")
     )
+    if meta.get("icc_profile"):  # the content's colour profile, which the output is in and carries
+        lines.append(f"  icc profile  {meta['icc_profile']}")
     lines.append("  versions     " + ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items()))
+    for path in _kept_copies(Path(args.image)):
+        lines.append(f"  replaced     {path} (an earlier output of this name, kept)")
     lines.append("  config       (* differs from the default)")
     for key, value in meta["config"].items():
         f = FIELDS.get(key)
@@ -363,18 +469,32 @@ def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
     return 0
 
 
+def _kept_copies(image: Path) -> list[Path]:
+    """The earlier outputs of an output's name that a changed setting replaced (kept by `run`)."""
+    from stylebatch.jobdir.state import JobState
+
+    own = re.compile(re.escape(image.stem) + r"\.(?:[0-9a-f]{16}|unknown)\.\w+")
+    return [p for p in JobState(image.parent).replaced() if own.fullmatch(p.name)]
+
+
 COMMANDS = {
     "run": cmd_run,
     "validate": cmd_validate,
     "status": cmd_status,
     "report": cmd_report,
     "inspect": cmd_inspect,
+    "gallery": cmd_gallery,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
+    out.on_broken_pipe = _broken_pipe  # type: ignore[method-assign]  # rich's own exits 1 there
     logging.raiseExceptions = False  # a log line lost to a full disk is not worth a traceback on stderr
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # bare `stylebatch`: the commands, not a usage error
+        _parser().print_help()
+        return 0
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # argparse: --help or --version (0)
@@ -391,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_problems(err, e.problems)
         return e.exit_code
     except KeyboardInterrupt:
+        if args.command != "run":
+            return EXIT_CTRL_C  # a read-only command has nothing to resume
         err.print("interrupted; run the same command again to resume", soft_wrap=True)
         return EXIT_INTERRUPTED
     except StopNow:
@@ -402,8 +524,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except OSError as e:  # the file system, not a bug (disk full, a directory removed): every write is
         # atomic and every finished pair recorded, so running the same command again resumes: exit 3
+        if isinstance(e, BrokenPipeError):
+            # The reader went away (`status --all | head`): what is still buffered for stdout goes
+            # nowhere instead of raising again when Python exits.
+            _drop_stdout()
+            if args.command != "run":
+                return EXIT_CLOSED_PIPE  # quietly, as Unix tools do
         if getattr(args, "debug", False):
             err.print(traceback.format_exc(), markup=False)
+        if args.command != "run":  # read-only: no job ran, nothing stopped
+            err.print(f"error: {shorten(str(e), 1000)}", soft_wrap=True, markup=False, highlight=False)
+            return EXIT_INVALID
         fix = "free space" if is_disk_full(e) else "fix this"
         err.print(
             f"error: {shorten(str(e), 1000)}; the job stopped, nothing finished is lost: {fix} and run the "
@@ -422,6 +553,25 @@ def main(argv: list[str] | None = None) -> int:
             markup=False,
         )
         return EXIT_INTERNAL
+
+
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what a Unix tool killed by a closed pipe exits with
+EXIT_CTRL_C = 130  # 128 + SIGINT
+
+
+def _broken_pipe() -> None:
+    """Rich's reaction to a closed stdout: turned into the BrokenPipeError main() ends on."""
+    _drop_stdout()
+    raise BrokenPipeError(32, "Broken pipe")
+
+
+def _drop_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 _WHOLE_PROCESS = False  # True when main() is the process (entry_point), not a call from a test

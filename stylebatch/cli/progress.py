@@ -1,10 +1,13 @@
 """What a running job shows: rich progress bars on a terminal, plain lines when piped.
 
-The overall bar counts loss evaluations over every pending pair (so it moves while a batch runs,
-not only when pairs finish) and says how many pairs are done; its ETA divides what is left by the
-evaluation rate measured since the job's first evaluation, so it stays shown however far apart
-updates are. Every running pair (each member of a batch) has its own bar with its own evaluations
-and loss.
+The overall bar counts the job's work (FLOPs of loss evaluations, memory/estimate.work, so a 512 px
+evaluation weighs 16 times a 128 px one) over every valid pair: what finished pairs did and what
+resumed pairs had done before this run count as done, so a resumed job's bar stands where the
+interrupted one left it. Its ETA divides the work left by the rate this job measured since its first
+evaluation of this run (overheads between pairs included), shown as "estimating…" until that rate
+rests on a few seconds of work; it stays shown however far apart updates are. Every running pair
+(each member of a batch) has its own bar with its own evaluations and loss, and every finished pair
+its "done" line, on a terminal as when piped.
 """
 
 from __future__ import annotations
@@ -19,18 +22,57 @@ from rich.text import Text
 from stylebatch.job.pairs import Pair
 
 PIPED_INTERVAL_S = 10.0  # piped output: one line per running pair at most this often
+RATE_AFTER_S = 5.0  # the ETA waits for this much measured time: the first evaluations carry start-up
+
+
+def eta_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "eta estimating…"
+    s = max(1, round(seconds))
+    return f"eta {s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 class _RateETA(ProgressColumn):
-    """Time left from the overall measured rate (rich's own column forgets its speed once updates
+    """Time left from the job's measured rate (rich's own column forgets its speed once updates
     are more than ~30 s apart, and then shows -:--:--)."""
 
     def render(self, task: Task) -> Text:
         rate, left = task.fields.get("rate"), (task.total or 0) - task.completed
-        if not rate or left <= 0 or task.finished:
+        if task.finished or left <= 0:
             return Text("", style="progress.remaining")
-        s = int(left / rate)
-        return Text(f"eta {s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}", style="progress.remaining")
+        return Text(eta_text(left / rate if rate else None), style="progress.remaining")
+
+
+_WORK: dict[tuple, tuple[Any, float]] = {}
+
+
+def pair_work(pair: Pair, start: int, end: int) -> float:
+    """The work of evaluations start..end of a pair: its FLOPs where its sizes are known, else the
+    evaluations themselves (every pair then weighs the same per evaluation)."""
+    if end <= start:
+        return 0.0
+    cfg = pair.config
+    wh = getattr(pair, "content_size", None) or getattr(pair, "out_size", None)
+    if wh is None and isinstance(cfg.size, int):
+        wh = (cfg.size, cfg.size)
+    if wh is not None:
+        try:
+            from stylebatch.memory.estimate import work
+
+            tile = cfg.tile if isinstance(cfg.tile, int) else None
+            # Once per distinct (config, size, span): a grid's pairs share their Config object, and a
+            # 100,000-pair start sums every pair's work twice. The entry keeps its config, so an id
+            # reused after the config is gone never matches.
+            key = (id(cfg), tuple(wh), start, end, tile)
+            hit = _WORK.get(key)
+            if hit is None or hit[0] is not cfg:
+                if len(_WORK) > 4096:
+                    _WORK.clear()
+                hit = _WORK[key] = (cfg, work(cfg, tuple(wh), start, end, 1, tile))
+            return hit[1]
+        except Exception:  # noqa: BLE001 (a progress bar never stops a job)
+            pass
+    return float(end - start)
 
 
 class RichReporter:
@@ -51,42 +93,68 @@ class RichReporter:
         )
         self.overall: Any = None
         self.tasks: dict[str, Any] = {}  # pair name -> its task
-        self.done_evals: dict[str, int] = {}  # pair name -> this run's evaluations counted into the overall bar
-        self.offset: dict[str, int] = {}  # pair name -> evaluations it had done before this run
+        self.counted: dict[str, int] = {}  # pair name -> its evaluations counted into the overall bar
         self.pairs_total = self.pairs_done = self.failed = 0
-        self.started = self.first_eval = None
-        self.evals_at_first = 0
+        self.ran = 0.0  # work of the evaluations this run did (the rate's numerator)
+        self.first_eval: float | None = None
         self.last_line: dict[str, float] = {}
 
-    def start(self, total: int, done: int, pending: list[Pair]) -> None:
+    def start(
+        self,
+        total: int,
+        done: int,
+        pending: list[Pair],
+        before: dict[str, int] | None = None,
+        settled: list[Pair] | None = None,
+    ) -> None:
+        """`before`: the evaluations each pending pair had done before this run (its checkpoint);
+        `settled`: the valid pairs this run has nothing left to do for (done, or failed for good)."""
         self.console.print(f"{total} pairs: {done} already done, {len(pending)} to run", soft_wrap=True)
+        before = before or {}
         self.pairs_total, self.pairs_done = done + len(pending), done
         self.progress.start()
-        evals = sum(p.config.steps for p in pending)
+        whole = sum(pair_work(p, 0, p.config.steps) for p in [*(settled or []), *pending])
+        completed = sum(pair_work(p, 0, p.config.steps) for p in settled or [])
+        for p in pending:
+            self.counted[p.name] = min(int(before.get(p.name, 0)), p.config.steps)
+            completed += pair_work(p, 0, self.counted[p.name])
         self.overall = self.progress.add_task(
-            "pairs", total=max(evals, 1), completed=0, info="", rate=None, count=self._count()
+            "pairs", total=max(whole, 1.0), completed=completed, info="", rate=None, count=self._count()
         )
-        self.started = time.monotonic()
+        if completed and pending:  # a resume: where the job stands, by work rather than pairs
+            self.console.print(
+                f"{100 * completed / whole:.0f}% of the job's work was done before this run", soft_wrap=True
+            )
 
     def _count(self) -> str:
         return f"{self.pairs_done}/{self.pairs_total} pairs"
 
-    def _advance(self, pair: Pair, n: int) -> None:
-        """Count a pair's evaluations into the overall bar and refresh the measured rate."""
-        previous = self.done_evals.get(pair.name, 0)
-        self.done_evals[pair.name] = n
-        completed = self.progress.tasks[self.overall].completed + max(0, n - previous)
+    def _move(self, pair: Pair, n: int, ran: bool) -> None:
+        """Count a pair as standing at `n` evaluations in the overall bar; `ran`: evaluations this
+        run did (they feed the measured rate; a restart or a batch rerun only moves the bar)."""
+        previous = self.counted.get(pair.name, 0)
+        n = min(n, pair.config.steps)
+        self.counted[pair.name] = n
+        delta = pair_work(pair, previous, n) - pair_work(pair, n, previous)
+        task = self.progress.tasks[self.overall]
         now = time.monotonic()
-        if self.first_eval is None:
-            self.first_eval, self.evals_at_first = now, completed
-        rate = (completed - self.evals_at_first) / (now - self.first_eval) if now > self.first_eval else None
-        self.progress.update(self.overall, completed=completed, rate=rate or None)
+        if ran and delta > 0:
+            if self.first_eval is None:
+                self.first_eval = now  # the rate is measured from here: process start-up is not the job's pace
+            else:
+                self.ran += delta
+        elapsed = now - self.first_eval if self.first_eval is not None else 0.0
+        rate = self.ran / elapsed if elapsed >= RATE_AFTER_S and self.ran > 0 else None
+        self.progress.update(self.overall, completed=task.completed + delta, rate=rate)
+
+    def eta(self) -> float | None:
+        """Seconds left by the measured rate, None while it is being measured."""
+        task = self.progress.tasks[self.overall]
+        rate = task.fields.get("rate")
+        return max(0.0, (task.total or 0) - task.completed) / rate if rate else None
 
     def pair_start(self, pair: Pair, steps_done: int, batch: list[str] | None) -> None:
-        # A resumed pair's earlier evaluations are not this run's work: out of the total, and of the rate.
-        self.offset[pair.name], self.done_evals[pair.name] = steps_done, 0
-        if steps_done:
-            self.progress.update(self.overall, total=max(1, self.progress.tasks[self.overall].total - steps_done))
+        self._move(pair, steps_done, ran=False)  # where its checkpoint stands (a restart from 0 moves back)
         label = pair.name if not batch else f"{pair.name} [batch of {len(batch)}]"
         self.tasks[pair.name] = self.progress.add_task(
             label,
@@ -103,7 +171,7 @@ class RichReporter:
 
     def pair_progress(self, pair: Pair, n: int, losses: dict[str, float]) -> None:
         steps = pair.config.steps
-        self._advance(pair, n - self.offset.get(pair.name, 0))
+        self._move(pair, n, ran=True)
         loss = f"loss {losses.get('total', 0):.4g}"
         self.progress.update(
             self.tasks[pair.name], completed=min(n, steps), info=loss, count=f"{min(n, steps)}/{steps}"
@@ -121,18 +189,20 @@ class RichReporter:
             self.failed += 1
         if status in ("done", "failed"):
             self.pairs_done += 1
-            # A failed or stopped pair's unused budget leaves the total, so the bar still ends full.
-            spent = self.done_evals.get(pair.name, 0)
-            unused = pair.config.steps - self.offset.get(pair.name, 0) - spent
-            if unused > 0:
-                self.progress.update(self.overall, total=max(1, self.progress.tasks[self.overall].total - unused))
+            # A failed pair's unused budget leaves the total, so the bar still ends full.
+            unused = pair_work(pair, self.counted.get(pair.name, 0), pair.config.steps)
+            if unused > 0 and status == "failed":
+                self.progress.update(self.overall, total=max(1.0, self.progress.tasks[self.overall].total - unused))
+            elif unused > 0:
+                self._move(pair, pair.config.steps, ran=False)
         info = f"failed {self.failed}" if self.failed else ""
         self.progress.update(self.overall, info=info, count=self._count())
         line = f"{status} {pair.name}" + (
             f" ({detail})" if detail and status == "done" else f": {detail}" if detail else ""
         )
-        if not self.live or status != "done":
-            self.console.print(line, soft_wrap=True, markup=False)
+        if status == "done" and not self.live:  # the bars show the rest on a terminal
+            line += f" [{self._count()}, {eta_text(self.eta())}]" if self.pairs_done < self.pairs_total else ""
+        self.console.print(line, soft_wrap=True, markup=False)
 
     def note(self, message: str) -> None:
         self.console.print(message, soft_wrap=True, markup=False)

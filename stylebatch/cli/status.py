@@ -83,17 +83,23 @@ class Summary:
         return f"{where}: {total} pairs: " + ", ".join(f"{v} {k}" for k, v in self.counts.items() if v)
 
     def aligned(self) -> Iterator[str]:
-        widths = [min(60, max([len(c[i]) for c in self.lines] + [len(h)])) for i, h in enumerate(COLUMNS)]
-        for c in [list(COLUMNS), *self.lines]:
+        """One line per pair listed (every pair with `every`, else those needing a look), columns
+        padded to the longest entry (at most 60) and never cut: names stay whole for grep and cut."""
+        lines = self.lines if self.every else [c for group in self.look.values() for c in group]
+        if not lines:
+            return
+        widths = [min(60, max([len(c[i]) for c in lines] + [len(h)])) for i, h in enumerate(COLUMNS)]
+        for c in [list(COLUMNS), *lines]:
             yield "  ".join(x.ljust(w) for x, w in zip(c[:-1], widths)) + "  " + c[-1] + "\n"
 
 
 _ENCODE = json.JSONEncoder(default=str).encode  # one encoder: json.dumps(default=...) builds one per call
 
 
-def json_chunks(rows: Iterable[dict[str, Any]], summary: Summary) -> Iterator[str]:
-    """One JSON document, a pair per line, each written before the next record is read."""
+def json_chunks(rows: Iterable[dict[str, Any]], summary: Summary, replaced: list[str] | None = None) -> Iterator[str]:
+    """One JSON document, a pair per line, each written before the next record is read; `replaced`:
+    the kept copies of outputs a changed setting replaced."""
     yield '{"pairs": [\n'
     for i, row in enumerate(rows):
         yield (",\n" if i else "") + _ENCODE(summary.add(row))
-    yield '\n],\n"counts": ' + json.dumps(summary.counts) + "}\n"
+    yield '\n],\n"counts": ' + json.dumps(summary.counts) + ',\n"replaced": ' + json.dumps(replaced or []) + "}\n"

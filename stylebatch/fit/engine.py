@@ -35,6 +35,7 @@ from stylebatch.jobdir.curves import CURVE_FILE, CurveWriter
 
 log = logging.getLogger(__name__)
 SNAPSHOT_GLOB = "iter_*.png"
+STOP_POLL_S = 0.1  # how often a fit asks whether to stop: well under any step a stop waits for anyway
 
 # Lightning is chatty for a process that runs hundreds of one-device fits; keep its warnings only.
 for _name in ("lightning.pytorch", "lightning.fabric"):
@@ -171,10 +172,21 @@ class _BudgetCallback(L.Callback):
     def __init__(self, cfg: Config, members: list[Member], curves: list[CurveWriter]) -> None:
         self.cfg, self.members, self.curves = cfg, members, curves
         self.last_saved = self.last_logged = 0
+        self.last_poll = -math.inf
         self.interrupted = False
 
     def on_train_start(self, trainer: L.Trainer, module: StyleTransferModule) -> None:
         self.last_saved = self.last_logged = module.evaluations
+        self.last_poll = -math.inf
+
+    def _stop_requested(self) -> bool:
+        """The members' stop hooks (a signal flag and a stop file's stat each), asked at most every
+        STOP_POLL_S seconds: per step the cost stays one clock read whatever the batch size."""
+        now = time.monotonic()
+        if now - self.last_poll < STOP_POLL_S:
+            return False
+        self.last_poll = now
+        return any(m.hooks.should_stop() for m in self.members)
 
     def on_train_batch_start(self, trainer: L.Trainer, module: StyleTransferModule, batch: Any, batch_idx: int) -> None:
         if self.cfg.optimizer == "lbfgs":
@@ -211,7 +223,7 @@ class _BudgetCallback(L.Callback):
             self.last_logged = n
         if n >= module.scale_end:
             trainer.should_stop = True
-        elif any(m.hooks.should_stop() for m in self.members):
+        elif self._stop_requested():
             self._save(trainer, module)
             self.interrupted = True
             trainer.should_stop = True
@@ -352,7 +364,7 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
     results, names = [], [Path(m.output).stem for m in members]
     final = module.result()
     for i, (m, p) in enumerate(zip(members, passes)):
-        image = pair_inputs.render(final[i : i + 1], p, m.cfg)  # post-hoc colour, 8 bits, the content's alpha
+        pixels = pair_inputs.output_pixels(final[i : i + 1], p, m.cfg)  # post-hoc colour, float
         meta = {
             **m.metadata,
             "evaluations": module.evaluations,
@@ -365,7 +377,7 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
                 losses[i],
                 seconds,
                 False,
-                write_output(image, m.output, m.cfg, device, meta),
+                write_output(pixels, p.alpha, images[i].icc, m.output, m.cfg, device, meta),
                 batch_size=n,
             )
         )

@@ -5,7 +5,8 @@ against, where it starts, and how a result becomes the saved image.
     pass_inputs     one pass's tensors: content and styles at that pass's size, colour-controlled
     initial_image   where a pass starts: the previous pass's result upsampled, the content, seeded
                     noise, style_stats noise, or an init image
-    render          the output image of a result: post-hoc colour, 8 bits, the content's alpha
+    render          the snapshot image of a result: post-hoc colour, 8 bits, the content's alpha
+    output_pixels   the output's float pixels of a result (post-hoc colour), its alpha and ICC profile
 
 Sizes: pass k has the longer side `cfg.scale_sizes[k]` (the last is `size`), the content's aspect
 kept; each style's longer side is `style_size`, or `style_scale` times the pass's longer side.
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -32,13 +34,14 @@ class PairImages:
     alpha: Image.Image | None
     styles: list[Image.Image]
     init: Image.Image | None  # `init: <path>`
+    icc: bytes | None = None  # the content's RGB ICC profile: the output is converted into it and carries it
 
 
 def load_images(content: Path, styles: list[Path], cfg: Config) -> PairImages:
     loaded = load_image(content, cfg.max_pixels)
     images = [load_image(p, cfg.max_pixels).rgb for p in styles]
     init = load_image(Path(cfg.init), cfg.max_pixels).rgb if cfg.init not in INIT_MODES else None
-    return PairImages(loaded.rgb, loaded.alpha, images, init)
+    return PairImages(loaded.rgb, loaded.alpha, images, init, loaded.icc)
 
 
 @dataclass
@@ -113,6 +116,13 @@ def finish(image: torch.Tensor, inputs: PassInputs, cfg: Config) -> torch.Tensor
     if cfg.preserve_color in ("luminance", "post"):
         return color.merge_chroma(image.detach(), inputs.colour.to(image.device))
     return image
+
+
+def output_pixels(image: torch.Tensor, inputs: PassInputs, cfg: Config) -> np.ndarray:
+    """The output's sRGB pixels (H, W, 3), float32 in [0, 1], from a (1, 3, H, W) result: what
+    `images.save_output` encodes at 8 or 16 bits (never rounded to 8 bits on the way)."""
+    t = finish(image, inputs, cfg).detach().to("cpu", torch.float32).squeeze(0).clamp(0, 1)
+    return t.permute(1, 2, 0).contiguous().numpy()
 
 
 def render(image: torch.Tensor, inputs: PassInputs, cfg: Config) -> Image.Image:

@@ -53,11 +53,27 @@ class StyleTransferModule(L.LightningModule):
     """Gatys et al. (2016): optimise the pixels of `init` so each image's VGG features match its
     content image's at the content layer and its Gram matrices match its style's.
 
-    init: (B, 3, H, W) in [0, 1] on the device; targets: the B pairs' targets and weights.
-    `evaluations` counts loss evaluations (forward + backward), the unit of `steps`, from where this
-    pass starts; `scale` is the pass's index and `scale_end` the evaluation count at which it ends.
-    `tile`: compute the loss tile by tile (tiling.py, exact) when the image is larger than this;
-    `tile_seed` seeds the tile grid's offset at each evaluation.
+    Usable in any `lightning.Trainer` (docs/lightning.md); stylebatch's engine builds one per pass.
+
+    Args:
+        vgg: the frozen feature extractor (`fit.vgg.load_vgg`), shared, never trained nor saved.
+        init: the starting images (B, 3, H, W) in [0, 1], on the device: the photo, noise, or the
+            previous pass's result upsampled. Copied into the module's only parameter, `target`.
+        targets: the B pairs' targets and weights (`fit.targets.compute_targets`, one pair;
+            `LossTargets.cat` for several of the same size): content features, style Grams,
+            alpha, beta, tv and the per-layer weights, each (B,).
+        optimizer: `OptimizerSpec(name, lr, lbfgs_history, line_search)`: `adam` or `lbfgs`
+            (`engine.optimizer_spec(cfg)` builds it from a Config).
+        scale_end: the evaluation count at which this pass ends; the module never stops itself
+            (stylebatch's budget callback, or your Trainer's `max_steps`, does).
+        pooling: `max` or `avg` (scaled 2x2 average pooling), as the targets were computed with.
+        ema_decay: > 0 makes `result()` the bias-corrected moving average of the iterates.
+        evaluations: loss evaluations (forward + backward), the unit of `steps`, done before this
+            pass (so counts go on across passes and resumes).
+        scale: the index of this coarse-to-fine pass (recorded in checkpoints).
+        tile: compute the loss tile by tile (tiling.py, exact) when the image is larger than this
+            many pixels on a side; None: never.
+        tile_seed: seeds the tile grid's offset at each evaluation.
     """
 
     def __init__(

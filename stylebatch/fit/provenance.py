@@ -4,8 +4,8 @@ Every output carries one JSON object (`pair_metadata` plus what `write_output` a
 pair's name and id, the absolute content/style paths and their sha256, the weights' identity and
 source, the effective config (every key), the evaluations and final losses, the output size, the
 device type and the versions of stylebatch, torch, torchvision, lightning, Pillow and Python.
-PNG keeps it in a tEXt chunk named `stylebatch`; jpg/webp in the EXIF UserComment as
-`stylebatch=<json>`.
+PNG (8 or 16 bits) keeps it in a tEXt chunk named `stylebatch`; jpg/webp in the EXIF UserComment
+and TIFF (8 or 16 bits) in its ImageDescription, both as `stylebatch=<json>`.
 
 `stylebatch inspect IMAGE` prints it; `stylebatch run --from IMAGE` rebuilds the pair from it and
 refuses if an input or the weights are no longer the bytes that made the image.
@@ -23,7 +23,7 @@ from PIL import Image
 
 from stylebatch import __version__
 from stylebatch.errors import ImageError, StylebatchError
-from stylebatch.images import EXIF_IFD, EXIF_USER_COMMENT, USER_COMMENT_ASCII, opened, save_image
+from stylebatch.images import EXIF_IFD, EXIF_USER_COMMENT, USER_COMMENT_ASCII, opened, save_output
 from stylebatch.job import config as cfgmod
 from stylebatch.job.checks import FileChecker, check_name, check_output_dir, check_pair_files
 from stylebatch.job.config import Config
@@ -76,22 +76,34 @@ def pair_metadata(job: Job, pair: Pair, weights_id: str) -> dict[str, Any]:
     }
 
 
-def write_output(image: Image.Image, output: Path, cfg: Config, device: Any, meta: dict[str, Any]) -> str:
-    """Save a finished pair's image atomically with its settings, inputs and versions embedded;
-    returns the file's sha256."""
+def write_output(
+    pixels: Any,
+    alpha: Image.Image | None,
+    icc: bytes | None,
+    output: Path,
+    cfg: Config,
+    device: Any,
+    meta: dict[str, Any],
+) -> str:
+    """Save a finished pair's float sRGB pixels (H, W, 3) atomically, in the content's ICC profile
+    `icc` (carried in the file) and at the config's format and bit depth, with its settings, inputs
+    and versions embedded; returns the file's sha256."""
     import torch
+
+    from stylebatch import icc as colour
 
     meta = {
         **meta,
         "device": device.type,
-        "output_size": list(image.size),
+        "output_size": [int(pixels.shape[1]), int(pixels.shape[0])],
+        **({"icc_profile": colour.description(icc) or "unnamed"} if icc else {}),
         "encoding": cfg.encoding(),
         "versions": versions(),
     }
     if device.type == "cpu":
         meta["cpu_threads"] = torch.get_num_threads()  # CPU float results depend on it (`run --from` uses it)
     text = {KEY: json.dumps(meta, sort_keys=True, default=str)}  # ASCII: json escapes the rest
-    data = save_image(image, output, text=text, format=cfg.format, quality=cfg.quality)
+    data = save_output(pixels, alpha, output, text=text, format=cfg.format, quality=cfg.quality, icc=icc)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -104,7 +116,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         # Refused from the header like any input (a decompression bomb, a FIFO, not an image): PNG
         # text chunks after the pixels are only reached by decoding them.
         with opened(path, cfgmod.FIELDS["max_pixels"].default) as img:
-            text = dict(getattr(img, "text", None) or {}) if img.format == "PNG" else _exif_text(img)
+            if img.format == "PNG":
+                text = dict(getattr(img, "text", None) or {})
+            elif img.format == "TIFF":
+                text = _lines(str(img.tag_v2.get(270) or ""))
+            else:
+                text = _exif_text(img)
     except ImageError as e:
         raise StylebatchError(str(e)) from None
     if KEY not in text:
@@ -156,8 +173,12 @@ def _exif_text(img: Image.Image) -> dict[str, str]:
     raw = img.getexif().get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT)
     if not isinstance(raw, bytes) or not raw.startswith(USER_COMMENT_ASCII):
         return {}
-    lines = raw[len(USER_COMMENT_ASCII) :].decode("ascii", "replace").split("\n")
-    return dict(line.split("=", 1) for line in lines if "=" in line)
+    return _lines(raw[len(USER_COMMENT_ASCII) :].decode("ascii", "replace"))
+
+
+def _lines(text: str) -> dict[str, str]:
+    """`key=value` lines (how jpg, webp and tiff outputs carry their settings)."""
+    return dict(line.split("=", 1) for line in text.split("\n") if "=" in line)
 
 
 def recorded_threads(path: str | Path) -> int | None:

@@ -1,8 +1,10 @@
 """A frozen VGG19 used only as a feature extractor, with layers addressed by name.
 
-torchvision's `vgg19().features` uses in-place ReLUs, so a hook on `conv4_2` silently returns
-`relu4_2`. We rebuild the stack with out-of-place ReLUs: `conv4_2` is the pre-activation and
-`relu4_2` the post-activation, as named.
+torchvision's `vgg19().features` uses in-place ReLUs, so a hook on `conv4_2` would silently return
+`relu4_2`. The extractor keeps them in place (they spare a pass over each conv's output: the bench's
+ratio to the bare torchvision pass) except after a conv layer a caller asks for, whose map must stay
+the pre-activation: `conv4_2` is the pre-activation and `relu4_2` the post-activation, as named.
+Both ReLUs give bit-identical values and gradients (autograd saves the output either way).
 
 Weights: `imagenet` (torchvision's VGG19_Weights.IMAGENET1K_V1, cached where torch.hub caches),
 a local file (a full torchvision vgg19 state dict or features only; float16 accepted), or
@@ -15,9 +17,7 @@ import os
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models import VGG19_Weights
 
 from stylebatch.errors import WeightsError
 from stylebatch.geometry import LAYER_INDEX, LAYER_NAMES
@@ -44,8 +44,10 @@ class VGGFeatures(nn.Module):
         super().__init__()
         self.channels_last = channels_last
         stop = LAYER_INDEX[deepest] + 1
-        layers = [nn.ReLU(inplace=False) if isinstance(m, nn.ReLU) else m for m in list(features)[:stop]]
-        self.layers = nn.Sequential(*layers)
+        self.layers = nn.Sequential(*list(features)[:stop])
+        # Switched off by tests that compare the two kinds of ReLU; forward() never runs one in
+        # place on a map it returns.
+        self.inplace_relu = True
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         # Frozen: eval mode and no gradients for the weights (detach() would do nothing here).
@@ -67,7 +69,10 @@ class VGGFeatures(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         out = {}
         for i, module in enumerate(self.layers[: last + 1]):
-            if pooling == "avg" and isinstance(module, nn.MaxPool2d):
+            if isinstance(module, nn.ReLU):
+                # In place on the conv's output unless that output is itself returned (a conv layer).
+                x = torch.relu_(x) if self.inplace_relu and i - 1 not in wanted else torch.relu(x)
+            elif pooling == "avg" and isinstance(module, nn.MaxPool2d):
                 x = nn.functional.avg_pool2d(x, module.kernel_size, module.stride) * AVG_POOL_GAIN
             else:
                 x = module(x)
@@ -82,6 +87,8 @@ class VGGFeatures(nn.Module):
 
 def imagenet_cache_path() -> Path:
     """Where torchvision looks for (and downloads) the ImageNet VGG19 weights."""
+    from torchvision.models import VGG19_Weights
+
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(VGG19_Weights.IMAGENET1K_V1.url)
 
 
@@ -92,6 +99,8 @@ def _features_state_dict(state: dict, source: str) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{source}: not a VGG19 state dict (expected a mapping of tensor names)")
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    import torchvision
+
     feats = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
     with torch.device("meta"):  # shapes only: nothing allocated or initialised, no download
         reference = torchvision.models.vgg19().features.state_dict()
@@ -114,6 +123,8 @@ def _features_state_dict(state: dict, source: str) -> dict[str, torch.Tensor]:
 
 
 def _load_imagenet() -> dict:
+    from torchvision.models import VGG19_Weights
+
     path = imagenet_cache_path()
     try:
         return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
@@ -127,6 +138,10 @@ def _load_imagenet() -> dict:
 
 def load_vgg(weights: str = "imagenet", layers: list[str] | None = None) -> VGGFeatures:
     """Build the frozen extractor, truncated after the deepest of `layers` (all of them if None)."""
+    # Imported here: torchvision (with torch._dynamo, which its ops import) takes seconds, and
+    # `validate` and the start of `run` need only the layer table of this module.
+    import torchvision
+
     if weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)

@@ -15,7 +15,7 @@ from stylebatch.geometry import LAYER_INDEX, min_input_size
 from stylebatch.images import check_image, fit_size
 from stylebatch.job import config as cfgmod
 from stylebatch.job.config import Config
-from stylebatch.job.pairs import Pair, pair_id
+from stylebatch.job.pairs import Pair, config_identity_json, pair_id
 from stylebatch.job.values import path_problem, shown, text_problem
 from stylebatch.job.weights import check_weights_path, weights_identity
 from stylebatch.jobdir.state import INVALID_PREFIX, STATE_DIR, sha256_file
@@ -116,7 +116,9 @@ class FileChecker:
     def __init__(self, auto: AutoResolver | None = None) -> None:
         self.auto = auto or (lambda name, cfg, wh: cfg)  # resolves `auto` keys (AutoResolver)
         self._checked: dict[tuple[Path, int], tuple[tuple[int, int] | None, str | None]] = {}
-        self._hashes: dict[Path | str, str] = {}
+        self._hashes: dict[Any, Any] = {}
+        self._configs: dict[tuple[int, str], tuple[Config, str]] = {}
+        self.geometry: dict[tuple, tuple[Config, tuple[int, int] | None, list[str]]] = {}
 
     def size(self, path: Path, max_pixels: int) -> tuple[tuple[int, int] | None, str | None]:
         key = (path, max_pixels)
@@ -126,6 +128,20 @@ class FileChecker:
             except ImageError as e:
                 self._checked[key] = (None, str(e))
         return self._checked[key]
+
+    def weights_ok(self, weights: str) -> bool:
+        """check_weights_path found nothing (a file's size, archive and magic read once per job)."""
+        if ("ok", weights) not in self._hashes:
+            self._hashes[("ok", weights)] = check_weights_path(weights) is None
+        return self._hashes[("ok", weights)]
+
+    def config_json(self, cfg: Config, tile: Any) -> str:
+        """`config_identity_json` of `cfg` with `tile`, once per distinct config (pairs of the same
+        settings share their Config object; it is kept here so its id stays its own)."""
+        key = (id(cfg), repr(tile))
+        if key not in self._configs:
+            self._configs[key] = (cfg, config_identity_json(dataclasses.replace(cfg, tile=tile)))
+        return self._configs[key][1]
 
     def weights_id(self, weights: str) -> str:
         if weights not in self._hashes:
@@ -190,7 +206,24 @@ def resolved(path: Path) -> Path | None:
         return None
 
 
-def check_pair_files(pair: Pair, files: FileChecker, where: str, weights: str) -> None:
+def wrong_folder_hint(path: Path, base: Path | None) -> str:
+    """For a file not found relative to the manifest's folder: that it exists relative to the
+    current directory, when it does (paths in a manifest are relative to the manifest)."""
+    if base is None:
+        return ""
+    try:
+        given = Path(os.path.relpath(path, base))
+    except ValueError:
+        return ""
+    if given.is_absolute() or not (Path.cwd() / given).is_file():
+        return ""
+    return (
+        f" ({given} exists relative to the current directory, but paths in a manifest are relative to "
+        f"the manifest's folder, {base}: write {os.path.relpath(Path.cwd() / given, base)})"
+    )
+
+
+def check_pair_files(pair: Pair, files: FileChecker, where: str, weights: str, base: Path | None = None) -> None:
     cfg = pair.config
     sizes = {}
     styles = pair.styles
@@ -201,31 +234,61 @@ def check_pair_files(pair: Pair, files: FileChecker, where: str, weights: str) -
     for role, path in roles:
         wh, err = files.size(path, cfg.max_pixels)
         if err:
-            pair.problems.append(f"{where}: {role}: {err}")
+            hint = wrong_folder_hint(path, base) if err.endswith(": file not found") else ""
+            pair.problems.append(f"{where}: {role}: {err}{hint}")
         sizes[role] = wh
     if not all(sizes.values()):
         return
-    need = min_input_size(cfg.layers_used)
     pair.content_size = sizes["content"]
     declared = cfg
     cfg = pair.config = files.auto(pair.name, cfg, sizes["content"])  # `auto` → numbers
-    if problems := cfgmod.cross_check(cfg):
+    # The checks below depend only on the config and the images' sizes: once per distinct couple
+    # (a grid of 100,000 pairs has a handful), the Config kept so its id stays its own.
+    key = (id(cfg), tuple(sizes.items()))
+    if key not in files.geometry:
+        files.geometry[key] = (cfg, *_size_problems(cfg, sizes, [r for r, _ in roles]))
+    _, out_size, problems = files.geometry[key]
+    pair.out_size = out_size
+    if problems:
         pair.problems += [f"{where}: {p}" for p in problems]
         return
-    pair.out_size = fit_size(*sizes["content"], cfg.size)
+    if not pair.problems and files.weights_ok(weights):
+        wid = files.weights_id(weights)
+        style_sha = [files.sha256(p) for p in styles] if len(styles) > 1 else files.sha256(styles[0])
+        init_sha = files.sha256(Path(cfg.init)) if init_file(pair) else None
+        # `tile: auto` stays auto in the id (it changes rounding only, and resolves per device).
+        config_json = files.config_json(cfg, declared.tile) if init_sha is None else None
+        pair.id = pair_id(
+            files.sha256(pair.content),
+            style_sha,
+            wid,
+            dataclasses.replace(cfg, tile=declared.tile) if init_sha is not None else cfg,
+            init_sha,
+            config_json,
+        )
+
+
+def _size_problems(
+    cfg: Config, sizes: dict[str, tuple[int, int]], roles: list[str]
+) -> tuple[tuple[int, int] | None, list[str]]:
+    """(output size, problems) of a config with inputs of these sizes: its keys together, and every
+    pass's images within max_pixels and large enough for the deepest layer."""
+    if problems := cfgmod.cross_check(cfg):
+        return None, problems
+    need = min_input_size(cfg.layers_used)
+    out_size = fit_size(*sizes["content"], cfg.size)
     # The largest images are those of the final pass; the smallest, those of the first.
     first, last = cfg.scale_sizes[0], cfg.size
-    style_roles = [r for r, _ in roles if r.startswith("style")]
-    biggest = [("output", pair.out_size)] + [(r, fit_size(*sizes[r], cfg.style_side(last))) for r in style_roles]
+    style_roles = [r for r in roles if r.startswith("style")]
+    biggest = [("output", out_size)] + [(r, fit_size(*sizes[r], cfg.style_side(last))) for r in style_roles]
     smallest = [("output", fit_size(*sizes["content"], first))]
     smallest += [(r, fit_size(*sizes[r], cfg.style_side(first))) for r in style_roles]
     for role, wh in biggest:
         if wh[0] * wh[1] > cfg.max_pixels:
-            pair.problems.append(
-                f"{where}: size {cfg.size} makes the {role} {wh[0]}x{wh[1]} = {wh[0] * wh[1]:,} pixels, "
+            return out_size, [
+                f"size {cfg.size} makes the {role} {wh[0]}x{wh[1]} = {wh[0] * wh[1]:,} pixels, "
                 f"above max_pixels {cfg.max_pixels:,}; lower 'size'"
-            )
-            return
+            ]
     for role, wh in smallest:
         if min(wh) < need:
             at = f"size {cfg.size}" if first == last else f"the first scale ({first})"
@@ -236,23 +299,14 @@ def check_pair_files(pair: Pair, files: FileChecker, where: str, weights: str) -
             target = -(-need * max(src) * last // (max(1, min(src)) * first))
             at_target = [fit_size(*src, target)] + [fit_size(*sizes[r], cfg.style_side(target)) for r in style_roles]
             if role == "output" and any(w * h > cfg.max_pixels for w, h in at_target):
-                pair.problems.append(
-                    f"{where}: the content is {src[0]}x{src[1]}: too narrow for layer "
+                return out_size, [
+                    f"the content is {src[0]}x{src[1]}: too narrow for layer "
                     f"{max(cfg.layers_used, key=LAYER_INDEX.__getitem__)}, which needs at least {need} px on each "
                     f"side, within max_pixels {cfg.max_pixels:,} at any 'size'; crop or pad the image"
-                )
-                return
-            pair.problems.append(
-                f"{where}: {at} makes the {role} {wh[0]}x{wh[1]}, but layer "
+                ]
+            return out_size, [
+                f"{at} makes the {role} {wh[0]}x{wh[1]}, but layer "
                 f"{max(cfg.layers_used, key=LAYER_INDEX.__getitem__)} needs at least {need} px on each side; "
                 "raise 'size'" + (" or the first scale" if first != last else "")
-            )
-            return
-    if not pair.problems and check_weights_path(weights) is None:
-        wid = files.weights_id(weights)
-        style_sha = [files.sha256(p) for p in styles] if len(styles) > 1 else files.sha256(styles[0])
-        init_sha = files.sha256(Path(cfg.init)) if init_file(pair) else None
-        # `tile: auto` stays auto in the id (it changes rounding only, and resolves per device).
-        pair.id = pair_id(
-            files.sha256(pair.content), style_sha, wid, dataclasses.replace(cfg, tile=declared.tile), init_sha
-        )
+            ]
+    return out_size, []

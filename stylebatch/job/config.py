@@ -67,10 +67,11 @@ def _field(
 class Config:
     """Settings of one pair. Defaults follow Gatys et al. (2016) where the paper states them."""
 
-    size: Union[int, Literal["auto"]] = _field(
+    size: Union[int, Literal["auto", "auto-up"]] = _field(
         512,
         "Longer side of the output in pixels; the content's aspect ratio is kept. `auto`: the largest that "
-        "fits `memory_fraction` of the device's free memory (README, How large can I go).",
+        "fits `memory_fraction` of the device's free memory, never past the content's own longer side; "
+        "`auto-up`: the same, upscaling the content where memory allows (README, How large can I go).",
         ge=1,
     )
     steps: int = _field(
@@ -239,8 +240,11 @@ class Config:
     # (or redoes the pair when none is kept) through the output's name and the record's `encoding`.
     format: str = _field(
         "png",
-        "Output file format, 8 bits per channel: `png` (lossless; settings in a text chunk), `jpg` or `webp` "
-        "(settings in the EXIF UserComment; jpg drops transparency). 16-bit output is not supported.",
+        "Output file format: `png` (lossless; settings in a text chunk), `jpg` or `webp` (settings in the EXIF "
+        "UserComment; jpg drops transparency), `tiff` (Deflate; settings in the ImageDescription), 8 bits per "
+        "channel; `png16` or `tiff16`: 16 bits per channel from the float result (`.png`/`.tif` files). Every "
+        "format carries the content's ICC profile; a content in another profile than sRGB (Adobe RGB, Display "
+        "P3) is converted to sRGB for the network and the output back into its profile.",
         identity=False,
         choices=OUTPUT_FORMATS,
     )
@@ -289,7 +293,8 @@ class Config:
 
     def encoding(self) -> dict[str, Any]:
         """How the output is encoded (its record keeps this, so a change re-encodes it)."""
-        return {"format": "png"} if self.format == "png" else {"format": self.format, "quality": self.quality}
+        lossless = self.format in ("png", "tiff", "png16", "tiff16")  # quality means nothing there
+        return {"format": self.format} if lossless else {"format": self.format, "quality": self.quality}
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -299,7 +304,7 @@ HINTS = typing.get_type_hints(Config)
 def cross_check(cfg: Config) -> list[str]:
     """Problems between keys, once every layer is merged."""
     problems = []
-    if cfg.size == "auto":
+    if cfg.size in ("auto", "auto-up"):
         return problems  # checked again once the size is resolved (manifest.py)
     if isinstance(cfg.tile, int) and cfg.tile % (unit := grid_unit(cfg.layers_used)):
         problems.append(

@@ -94,7 +94,7 @@ def check_value(
     ok, value = _coerce(value, tp)
     if not ok:
         return [f"'{key}' must be {type_name(tp)}, got {shown(value)}"], value
-    if key in AUTO_KEYS and value == "auto":
+    if key in AUTO_KEYS and value in ("auto", "auto-up"):  # auto-up: size only (its type says so)
         return [], value  # estimate.py resolves it once the image sizes are known
     if f.metadata["le"] is None and (problem := number_problem(value)):
         return [f"'{key}' {problem}"], value  # what torch cannot hold (float32 image, int64 counts)

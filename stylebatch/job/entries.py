@@ -6,6 +6,7 @@ Every problem is collected, each naming the manifest, the entry and the file.
 
 from __future__ import annotations
 
+import difflib
 import glob
 import itertools
 import re
@@ -67,6 +68,13 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def misspelt(raw: dict[str, Any], key: str) -> str | None:
+    """The key of `raw` that looks like a misspelling of `key` (an unknown key close to it), if any."""
+    unknown = [k for k in raw if isinstance(k, str) and k not in PAIR_KEYS and k not in cfgmod.FIELDS]
+    found = [k for k in unknown if difflib.get_close_matches(k, [key], n=1, cutoff=0.75)]
+    return found[0] if found else None
+
+
 def raw_entries(
     data: dict[str, Any], base: Path, src: str, problems: list[str], skip: Callable[[Path], bool] | None = None
 ) -> list[tuple[str, dict[str, Any], list[str]]]:
@@ -87,7 +95,8 @@ def raw_entries(
         for key in ("content", "style"):
             value = raw.get(key)
             if value is None:
-                problems.append(f"{where}: missing '{key}'")
+                if not misspelt(raw, key):  # a typo ('contnet') is said once, as an unknown key
+                    problems.append(f"{where}: missing '{key}'")
             elif is_url(value) or (isinstance(value, list) and any(is_url(v) for v in value)):
                 # Said once for the pair (load_job); the path stays, so the pair keeps its name.
                 raw.setdefault(URLS, []).append(f"'{key}' {value!r}")
@@ -117,12 +126,27 @@ def raw_entries(
     grid = data.get("grid")
     if grid is None:
         return entries
+    if isinstance(grid, list):  # several grids: photos x paintings beside a sweep on one pair
+        if not grid:
+            problems.append(f"{src}: 'grid' as a list must hold at least one grid")
+        for i, one in enumerate(grid):
+            entries += _grid_entries(one, f"grid[{i}]", base, src, problems, skip)
+        return entries
+    return entries + _grid_entries(grid, "grid", base, src, problems, skip)
+
+
+def _grid_entries(
+    grid: Any, label: str, base: Path, src: str, problems: list[str], skip: Callable[[Path], bool] | None = None
+) -> list[tuple[str, dict[str, Any], list[str]]]:
+    """The entries of one grid (the cartesian product of its lists), labelled `<label>[n]`."""
+    entries: list[tuple[str, dict[str, Any], list[str]]] = []
     if not isinstance(grid, dict):
-        problems.append(f"{src}: 'grid' must be a mapping of content, style and config keys to lists")
+        problems.append(f"{src}: '{label}' must be a mapping of content, style and config keys to lists")
         return entries
     axes: dict[str, list[Any]] = {}
+    misspelt = False
     for key, values in grid.items():
-        where = f"{src}: grid.{key}"
+        where = f"{src}: {label}.{key}"
         if not isinstance(values, list) or not values:
             problems.append(f"{where}: must be a non-empty list of values")
             continue
@@ -140,17 +164,18 @@ def raw_entries(
             problems.append(f"{where}: grid outputs are named automatically; 'name' is not allowed here")
         elif key not in cfgmod.FIELDS:  # said once here, not once per grid entry
             problems.append(f"{where}: unknown key '{key}'{cfgmod.did_you_mean(key, [*PAIR_KEYS, *cfgmod.FIELDS])}")
+            misspelt = True
         else:
             axes[key] = values
     for key in ("content", "style"):
         if key not in grid:
-            problems.append(f"{src}: grid: missing '{key}'")
+            problems.append(f"{src}: {label}: missing '{key}'")
     if "style" in axes:
         axes["style"] = [v for v in axes["style"] if v is not None]
         if not axes["style"]:
             del axes["style"]
-    if "content" not in axes or "style" not in axes:
-        return entries
+    if "content" not in axes or "style" not in axes or misspelt:
+        return entries  # a misspelt sweep would make its pairs duplicates of others: its one line is enough
     varied = [k for k, v in axes.items() if k not in ("content", "style") and len(v) > 1]
     keys = list(axes)
     for n, combo in enumerate(itertools.product(*(axes[k] for k in keys))):
@@ -160,7 +185,7 @@ def raw_entries(
             raw["style"] = blend.paths
             if blend.weights is not None:
                 raw["style_blend"] = blend.weights
-        entries.append((f"grid[{n}]", raw, varied))
+        entries.append((f"{label}[{n}]", raw, varied))
     return entries
 
 

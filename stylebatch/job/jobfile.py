@@ -53,6 +53,7 @@ def job_file_bytes(job: Job) -> bytes:
         "defaults": defaults,
     }
     lines = []
+    overrides: dict[int, tuple[Any, str]] = {}  # per Config object (pairs of the same settings share one)
     for p in job.pairs:
         entry: dict[str, Any] = {
             "name": p.name,
@@ -65,9 +66,13 @@ def job_file_bytes(job: Job) -> bytes:
             entry["styles"] = [str(s) for s in p.styles]
         if p.config is None:
             entry["set"] = None
-        else:  # getattr, not to_dict(): a deep copy of every config is most of the time at 100k pairs
-            entry["set"] = {k: v for k in names if (v := getattr(p.config, k)) != defaults.get(k)}
-        lines.append(_dumps(entry))
+            lines.append(_dumps(entry))
+            continue
+        if id(p.config) not in overrides:  # getattr, not to_dict(): a deep copy of every config is slow
+            diff = {k: v for k in names if (v := getattr(p.config, k)) != defaults.get(k)}
+            overrides[id(p.config)] = (p.config, _dumps(diff))  # the config kept: its id stays its own
+        # The same text as _dumps(entry) with "set" last, its JSON made once per config.
+        lines.append(f'{_dumps(entry)[:-1]}, "set": {overrides[id(p.config)][1]}}}')
     text = _dumps(head)[:-1] + ',\n "pairs": [\n' + ",\n".join(lines) + "\n]}\n"
     return text.encode("ascii")
 

@@ -76,11 +76,13 @@ def load_job(
     weights: str | None = None,
     check_files: bool = True,
     resolve_auto: Callable[[Path], AutoResolver] | None = None,
+    preset_flag: str | None = None,
 ) -> Job:
     """Parse, resolve and validate a manifest. Never raises for user errors: every problem is
     recorded on the job (structure) or on its pair (config, files), so all can be listed at once.
     `resolve_auto(output_dir)`: turns `auto` settings into numbers for one pair (the memory model's
-    `autosize.resolver`, which `memory.autosize.load_job` passes); None leaves them `auto`."""
+    `autosize.resolver`, which `memory.autosize.load_job` passes); None leaves them `auto`.
+    `preset_flag`: what a bad `preset` is blamed on (the CLI's "--config X"; default the manifest)."""
     manifest = Path(manifest)
     src = str(manifest)
     problems: list[str] = []
@@ -147,8 +149,9 @@ def load_job(
     if preset_name is not None:
         try:
             layers.append(cfgmod.load_preset(str(preset_name)))
-        except ConfigError as e:
-            problems += [f"{src}: {p}" for p in e.problems]
+        except ConfigError as e:  # a bad --config is the flag's (`preset_flag`), not the manifest's
+            where = (preset_flag or src) if preset else f"{src}: defaults"
+            problems += [f"{where}: {p}" for p in e.problems]
     layers.append((f"{src}: defaults", defaults))
     try:
         cfgmod.resolve(layers)  # report problems in shared layers once, not once per pair
@@ -157,6 +160,7 @@ def load_job(
         layers = []
 
     files = FileChecker(resolve_auto(job.output_dir) if resolve_auto else None)  # size/tile/batch_size auto
+    resolved_configs: dict[str, cfgmod.Config] = {}
     for entry, raw, varied in raw_entries(data, base, src, problems, _own_outputs(job.output_dir)):
         urls = raw.pop(URLS, [])
         pair_keys = {k: v for k, v in raw.items() if k not in PAIR_KEYS}
@@ -167,20 +171,30 @@ def load_job(
             name = f"{Path(content).stem}__{style_stem(style, raw.get('style_blend'))}"
             name += "".join(f"__{k}-{format_value(raw[k])}" for k in varied)
         styles = list(style) if isinstance(style, list) else [style] if style is not None else []
-        pair = Pair(str(name), content, styles, None, entry)
+        pair = Pair("" if name is None else str(name), content, styles, None, entry)
         where = f"{src}: {pair.label}"
         given_but_bad = [k for k in ("content", "style") if k in raw and raw[k] is None]  # already said why
-        if (name is not None or not given_but_bad) and (problem := check_name(name)):
+        # A name is made from content and style: with one missing, that (or its typo) is the one problem.
+        if (name is not None or (content is not None and style is not None)) and (problem := check_name(name)):
             pair.problems.append(f"{where}: {problem}")
         for key in unknown:  # suggest pair keys (content, style, name) as well as config keys
             pair.problems.append(
                 f"{where}: unknown key '{key}'{cfgmod.did_you_mean(key, [*PAIR_KEYS, *cfgmod.FIELDS])}"
             )
             del pair_keys[key]
-        try:
-            pair.config = cfgmod.resolve(layers + [(where, pair_keys), ("--set", sets or {})])
-        except ConfigError as e:
-            pair.problems += [p if p.startswith(src) or p.startswith("--set") else f"{where}: {p}" for p in e.problems]
+        # A grid's entries differ in a handful of keys: resolve each distinct mapping once and share
+        # the (frozen) Config, which also shares every per-config cache after it (estimates, ids).
+        key = repr(sorted(pair_keys.items(), key=lambda kv: kv[0]))
+        pair.config = resolved_configs.get(key)
+        if pair.config is None:
+            try:
+                pair.config = resolved_configs[key] = cfgmod.resolve(
+                    layers + [(where, pair_keys), ("--set", sets or {})]
+                )
+            except ConfigError as e:
+                pair.problems += [
+                    p if p.startswith(src) or p.startswith("--set") else f"{where}: {p}" for p in e.problems
+                ]
         if pair.config is not None and is_url(pair.config.init):
             pair.problems.append(f"{where}: 'init' {shown(pair.config.init)}: {URL_HINT}")
             pair.config = dataclasses.replace(pair.config, init="content")  # reported; nothing more to check
@@ -196,13 +210,16 @@ def load_job(
             pair.config = dataclasses.replace(pair.config, init=os.path.abspath(base / pair.config.init))
         if pair.config is not None and style is not None and (problem := blend_problem(pair)):
             pair.problems.append(f"{where}: {problem}")
-        if (content is None or style is None) and not given_but_bad:
+        # A pairs entry without content or style was said as missing (or misspelt) already.
+        if (content is None or style is None) and not given_but_bad and not entry.startswith("pairs"):
             pair.problems.append(f"{where}: needs both content and style")
         pair.problems += [f"{where}: {url}: {URL_HINT}" for url in urls]
         job.pairs.append(pair)
         if pair.config is None or content is None or style is None or urls or not check_files:
             continue
-        check_pair_files(pair, files, where, job.weights)
+        check_pair_files(pair, files, where, job.weights, base)
+
+    job.notes = [f"{name}: {why}" for name, why in getattr(files.auto, "notes", {}).items()]
 
     # Pooling is job-level: the pairs of a job share one network (and may be optimised as one batch).
     poolings = sorted({p.config.pooling for p in job.pairs if p.config is not None})
@@ -213,14 +230,17 @@ def load_job(
         )
 
     # An output must never overwrite an input (output_dir next to the images, a name like an input's).
-    inputs = {
-        resolved(p) for pair in job.pairs for p in (pair.content, *pair.styles, *init_file(pair)) if p is not None
-    } - {None}
+    # Each distinct input resolved once; each output as its resolved directory joined with its name
+    # (a valid name has no separator), resolved itself only where that name is a link.
+    distinct = {p for pair in job.pairs for p in (pair.content, *pair.styles, *init_file(pair)) if p is not None}
+    inputs = {resolved(p) for p in distinct} - {None}
+    out_dir = resolved(job.output_dir)
     for pair in job.pairs:
         if pair.config is None or check_name(pair.name):
             continue
         output = job.output_path(pair)
-        if resolved(output) in inputs:
+        final = out_dir / output.name if out_dir is not None and not os.path.islink(output) else resolved(output)
+        if final in inputs:
             pair.problems.append(
                 f"{src}: {pair.label}: output {output} would overwrite an input image; set 'name' or another output_dir"
             )
@@ -228,6 +248,8 @@ def load_job(
     # Duplicate output names are refused, each entry named.
     seen: dict[str, Pair] = {}
     for pair in job.pairs:
+        if not pair.name:  # an entry without content or style: its own problem says so
+            continue
         if pair.name in seen:
             pair.problems.append(
                 f"{src}: {pair.label}: duplicate output name (also {seen[pair.name].entry}); set 'name'"

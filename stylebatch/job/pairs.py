@@ -1,6 +1,6 @@
 """A job and its pairs as the loader makes them (`Pair`, `Job`), a pair's id, and where its output goes.
 
-May import: job.config (the types only; nothing that reads files).
+May import: job.config (the types only; nothing that reads files), images.output_extension.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stylebatch.images import output_extension
 from stylebatch.job.config import Config
 
 
 def output_name(name: str, fmt: str) -> str:
-    """The output file's name for a pair called `name` in format `fmt`."""
-    return f"{name}.{fmt}"
+    """The output file's name for a pair called `name` in format `fmt` (png16 → `.png`, tiff16 → `.tif`)."""
+    return f"{name}.{output_extension(fmt)}"
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Pair:
 
     @property
     def label(self) -> str:
-        return f"{self.entry} '{self.name}'"
+        return f"{self.entry} '{self.name}'" if self.name else self.entry  # no name: its content is missing
 
     @property
     def cost(self) -> int:
@@ -49,6 +50,7 @@ class Job:
     weights: str
     pairs: list[Pair]
     problems: list[str]  # job-level problems (structure, output_dir, weights)
+    notes: list[str] = field(default_factory=list)  # what `auto` settings chose, for validate and run
 
     @property
     def valid_pairs(self) -> list[Pair]:
@@ -67,13 +69,34 @@ class Job:
         return sorted({name for p in self.valid_pairs for name in p.config.layers_used})
 
 
+def config_identity_json(cfg: Config) -> str:
+    """The config's part of a pair id: its pixel-changing keys as sorted JSON."""
+    return json.dumps(cfg.identity(), sort_keys=True, default=str)
+
+
 def pair_id(
-    content_sha: str, style_sha: str | list[str], weights_id: str, cfg: Config, init_sha: str | None = None
+    content_sha: str,
+    style_sha: str | list[str],
+    weights_id: str,
+    cfg: Config,
+    init_sha: str | None = None,
+    config_json: str | None = None,
 ) -> str:
     """Covers the inputs' bytes (every style of a blend, an init image), the network and the
-    pixel-changing config keys (blend weights included); not bookkeeping, not the init file's path."""
-    identity = cfg.identity()
+    pixel-changing config keys (blend weights included); not bookkeeping, not the init file's path.
+
+    The hash is of json.dumps({"config", "content", "style", "weights"}, sort_keys=True), built here
+    from the config's own JSON (`config_json`, `config_identity_json(cfg)` when not given, computed
+    once per distinct config by FileChecker): the same bytes, so the same ids as ever."""
     if init_sha is not None:
+        identity = cfg.identity()
         identity["init"] = f"sha256:{init_sha}"
-    payload = {"content": content_sha, "style": style_sha, "weights": weights_id, "config": identity}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        config_json = json.dumps(identity, sort_keys=True, default=str)
+    elif config_json is None:
+        config_json = config_identity_json(cfg)
+    dumps = json.dumps
+    text = (
+        f'{{"config": {config_json}, "content": {dumps(content_sha)}, '
+        f'"style": {dumps(style_sha, default=str)}, "weights": {dumps(weights_id)}}}'
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -27,7 +27,7 @@ from typing import Any
 
 from stylebatch.atomic import open_nofollow, read_nofollow, remove_stale_temps, temp_targets
 from stylebatch.errors import LockedError
-from stylebatch.images import OUTPUT_FORMATS  # an output's temps may be in any of them
+from stylebatch.images import OUTPUT_FORMATS, output_extension  # an output's temps may be in any of them
 from stylebatch.jobdir.state import HOST, JobState
 
 log = logging.getLogger("stylebatch")
@@ -96,7 +96,7 @@ def _remove_output_temps(state: JobState, name: str) -> None:
     key = str(state.output_dir)
     if key not in _OUTPUT_TEMPS:
         _OUTPUT_TEMPS[key] = temp_targets(state.output_dir)
-    targets = {f"{name}.{fmt}" for fmt in OUTPUT_FORMATS} & _OUTPUT_TEMPS[key]
+    targets = {f"{name}.{output_extension(fmt)}" for fmt in OUTPUT_FORMATS} & _OUTPUT_TEMPS[key]
     if targets:
         remove_stale_temps(state.output_dir, targets)
 

@@ -10,6 +10,7 @@ Layout under the output directory:
     <output_dir>/.stylebatch/pairs/<name>/last.ckpt    Lightning checkpoint (target + optimizer)
     <output_dir>/.stylebatch/pairs/<name>/losses.csv   loss curve, kept in step with last.ckpt (curves.py)
     <output_dir>/.stylebatch/report/                   `stylebatch report`: pages, contact sheets, thumbnails
+    <output_dir>/.stylebatch/replaced/<name>.<old id>.png   a finished output a changed setting made stale, kept
 
 Only the worker that owns a pair writes its record, always atomically. The rows `status` shows are
 made from these records in pair_rows.py, the notes on a pair made again in redo_notes.py.
@@ -47,6 +48,9 @@ INVALID_PREFIX = (
     "_invalid_"  # records of invalid manifest entries (run --skip-invalid); a pair name may not start with it
 )
 HOST = socket.gethostname()
+# A stray --set on a job of hundreds of finished pairs must not quietly make them all again: up to
+# this many finished pairs are made again unasked (their outputs kept in replaced/), more need `run --redo`.
+REDO_UNASKED = 3
 STALE_HEARTBEAT_S = 15 * 60  # a 'running' pair on another host with no heartbeat for this long is shown interrupted
 
 
@@ -107,6 +111,27 @@ class JobState:
 
     def checkpoint_path(self, name: str) -> Path:
         return self.pair_dir(name) / "last.ckpt"
+
+    @property
+    def replaced_dir(self) -> Path:
+        return self.root / "replaced"
+
+    def keep_replaced(self, name: str, old_id: str, output: Path) -> Path | None:
+        """Move a finished output that is about to be made again out of the way, into
+        replaced/<name>.<old id><suffix>; returns where it went (None: there was no file)."""
+        if not os.path.lexists(output):
+            return None
+        target = self.ensure_dir(self.replaced_dir) / f"{name}.{old_id or 'unknown'}{output.suffix}"
+        os.replace(output, target)  # same file system: the bytes are never copied, never half there
+        return target
+
+    def replaced(self) -> list[Path]:
+        """The kept copies of replaced outputs, sorted by name."""
+        try:
+            with os.scandir(self.replaced_dir) as it:
+                return sorted(Path(e.path) for e in it if e.is_file(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def curve_path(self, name: str) -> Path:
         return self.pair_dir(name) / CURVE_FILE
@@ -194,15 +219,21 @@ class JobState:
         """Refuse the job directory if a link was planted anywhere in it, or in its subdirectory
         `under` and on the way there (one line naming it)."""
         _check_dir(self.root)
+        # scandir, not os.walk + islink: the entry's type comes with the listing (no lstat per file;
+        # 100,000 pairs hold 400,000 entries, checked at every start).
         top = Path(under) if under is not None else self.root
         current = self.root
         for part in top.relative_to(self.root).parts:
             current = current / part
             _check_dir(current)
-        for directory, dirs, files in os.walk(top):
-            for name in dirs + files:
-                if os.path.islink(os.path.join(directory, name)):
-                    raise UnsafePathError(link_message(Path(directory) / name))
+        stack = [str(top)] if os.path.isdir(top) else []
+        while stack:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.is_symlink():
+                        raise UnsafePathError(link_message(Path(entry.path)))
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
 
     def remove_stale_temps(self) -> int:
         """Temps left in the job directory by killed writers; those in a pair's own directory are

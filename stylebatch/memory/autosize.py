@@ -73,19 +73,40 @@ def largest_batch(cfg: Config, content_wh: tuple[int, int], memory: Device) -> i
     return batch
 
 
-def resolve(cfg: Config, content_wh: tuple[int, int], memory: Device, previous: dict[str, Any] | None = None) -> Config:
+def auto_size(cfg: Config, content_wh: tuple[int, int], memory: Device) -> tuple[int, str]:
+    """`size: auto` (or `auto-up`) for this content on this device, and why: the largest size that
+    fits, never past the content's own longer side unless `auto-up` (upscaling invents no detail
+    and costs time with the square of the size)."""
+    fits_at = largest_size(dataclasses.replace(cfg, size=SIZE_STEP), content_wh, memory)
+    own = max(content_wh)
+    budget = f"the largest that fits {memory.free * cfg.memory_fraction / 2**30:.1f} GiB"
+    if cfg.size == "auto-up" or fits_at < own:
+        return fits_at, budget
+    return own, "the content's own size (size: auto-up to upscale it)"
+
+
+def resolve(
+    cfg: Config,
+    content_wh: tuple[int, int],
+    memory: Device,
+    previous: dict[str, Any] | None = None,
+    why: list[str] | None = None,
+) -> Config:
     """`cfg` with its `auto` keys replaced by numbers. `previous`: the pair's config as a previous
-    run resolved it, reused where everything else is unchanged."""
-    if cfg.size == "auto":
+    run resolved it, reused where everything else is unchanged; `why` gets a line on the size chosen."""
+    if cfg.size in ("auto", "auto-up"):
         same = previous is not None and all(
             json.dumps(previous.get(k), sort_keys=True, default=str) == json.dumps(v, sort_keys=True, default=str)
             for k, v in cfg.identity().items()
             if k not in AUTO_KEYS
         )
         size = previous["size"] if same and isinstance(previous.get("size"), int) else None
-        cfg = dataclasses.replace(
-            cfg, size=size or largest_size(dataclasses.replace(cfg, size=SIZE_STEP), content_wh, memory)
-        )
+        reason = "as the job's earlier run chose it"
+        if size is None:
+            size, reason = auto_size(cfg, content_wh, memory)
+        if why is not None:
+            why.append(f"size {cfg.size} → {size} px: {reason}")
+        cfg = dataclasses.replace(cfg, size=size)
     if cfg.tile == "auto":
         cfg = dataclasses.replace(cfg, tile=auto_tile(dataclasses.replace(cfg, tile=None), content_wh, memory))
     if cfg.batch_size == "auto":
@@ -103,6 +124,7 @@ def resolver(
     """resolve(name, cfg, content_wh) for one job: this device's memory, queried once and only if a
     pair asks for `auto`; the previous resolution from the job's job.json."""
     cache: dict[str, Any] = {}
+    notes: dict[str, str] = {}  # pair name -> what its `size: auto` chose
 
     def memory() -> Device:
         if "memory" not in cache:
@@ -119,10 +141,15 @@ def resolver(
         return cache["job"].get(name)
 
     def resolve_pair(name: str, cfg: Config, content_wh: tuple[int, int]) -> Config:
-        if not any(getattr(cfg, k) == "auto" for k in AUTO_KEYS):
+        if not any(getattr(cfg, k) in ("auto", "auto-up") for k in AUTO_KEYS):
             return cfg
-        return resolve(cfg, content_wh, memory(), previous(name))
+        why: list[str] = []
+        resolved = resolve(cfg, content_wh, memory(), previous(name), why)
+        if why:
+            notes[name] = why[0]
+        return resolved
 
+    resolve_pair.notes = notes  # type: ignore[attr-defined]
     return resolve_pair
 
 

@@ -10,10 +10,18 @@ next `validate`, `size: auto` or out-of-memory message on this machine use its o
     floor          the process's peak before its first pair (CPU: loading `--weights random`
                    builds a whole VGG19, classifier included, for a moment)
     memory_scale   measured / predicted for the pair's own memory (CPU: heap slack; ~1 on GPU)
-    flop_rate      FLOP per second of whole runs (FLOPs from the layer shapes, estimate.flops)
+    flop_rate      FLOP per second of the optimisation (FLOPs from the layer shapes, estimate.flops)
+    pair_overhead  seconds a pair (or batch) takes besides its FLOPs: inputs, targets, the Trainer,
+                   checkpoints, saving
+    job_overhead   seconds a `run` takes besides its batches: start-up (Python, torch, the network),
+                   planning, the final report
 
-Without observations the defaults below are used (measured on the project's 2-core CPU; a GPU's
-rate is a guess until its first run).
+Time is modelled as job_overhead + per batch (pair_overhead + FLOPs / flop_rate), fitted to the
+runs recorded here (`fit_time`): the overhead from how a run's seconds grow with its FLOPs (small
+runs say most about it), the rate as total FLOPs over total seconds less overheads, so each run
+counts by its work and a tiny run, all overhead, never sets the rate. Without observations the
+defaults below are used (measured on the project's 2-core CPU; a GPU's rate is a guess until its
+first run).
 
 May import: atomic (never the model or the runner's measuring: they read this).
 """
@@ -25,6 +33,7 @@ import logging
 import os
 import re
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +46,82 @@ MIN_OBSERVED = 64 * 2**20  # a pair whose own memory is below this says little a
 DEFAULTS = {
     # Resident set of `stylebatch run` before its first pair (Python, torch, Lightning, the network),
     # and the heap's slack over the allocator-level model, both measured here (scripts/memory_model.py).
-    "cpu": {"baseline": 750 * 2**20, "memory_scale": 1.25, "flop_rate": 200e9, "pair_overhead": 1.0},
-    "cuda": {"baseline": 100 * 2**20, "memory_scale": 1.05, "flop_rate": 20e12, "pair_overhead": 0.5},
+    "cpu": {
+        "baseline": 750 * 2**20,
+        "memory_scale": 1.25,
+        "flop_rate": 200e9,
+        "pair_overhead": 1.0,
+        "job_overhead": 15.0,  # Python, torch and Lightning imported, the network built
+    },
+    "cuda": {
+        "baseline": 100 * 2**20,
+        "memory_scale": 1.05,
+        "flop_rate": 20e12,
+        "pair_overhead": 0.5,
+        "job_overhead": 15.0,
+    },
 }
+UNCALIBRATED_SPREAD = 0.5  # the range shown around an estimate from the defaults alone
+PROBED_SPREAD = 0.3  # ... and around one from a probe of this machine's speed
+# Whole runs' FLOP rate over the probe's (a VGG-sized 3x3 convolution, forward and backward to its
+# input), measured on the project's CPU under the same load: 19 GFLOP/s in a 3-pair 192 px job,
+# 20 GFLOP/s in the probe at that moment.
+PROBE_EFFICIENCY = 0.9
+
+
+def probe_rate(device: torch.device, seconds: float = 0.3) -> float:
+    """FLOP/s this device gives now (its load included) on a convolution like VGG's middle layers,
+    forward and backward to the input, best of a few; about `seconds` on a CPU."""
+    device = torch.device(device)
+    side = 64 if device.type == "cpu" else 256
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(device).requires_grad_(False)
+    x = torch.randn(1, 128, side, side, device=device, requires_grad=True)
+    flop = 2 * 2 * 9 * 128 * 128 * side * side
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        conv(x).sum().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    once()  # warm-up: allocations, kernel choice
+    best, spent = float("inf"), 0.0
+    while spent < seconds or best == float("inf"):
+        took = once()
+        best, spent = min(best, took), spent + took
+    return flop / best
+
+
+MIN_SPREAD = 0.15  # the least range shown: runs on a shared machine vary by this much
+
+
+def fit_time(runs: list[list[float]], default_overhead: float) -> tuple[float, float, float] | None:
+    """(flop_rate, pair_overhead, spread) from runs' [FLOPs, seconds], or None without usable runs.
+    The overhead is the intercept of seconds against FLOPs by least squares where the runs' FLOPs
+    differ enough to tell it (at least 4x), else the default, never more than the shortest run; the
+    rate is total FLOPs over total seconds less the overheads (work-weighted: a run counts by its
+    FLOPs, so runs that are mostly overhead barely move it); `spread` is the work-weighted RMS of the
+    runs' relative errors under that fit, at least MIN_SPREAD."""
+    pts = [(float(f), float(s)) for f, s in runs if f > 0 and s > 0]
+    if not pts:
+        return None
+    fs, ss = [f for f, _ in pts], [s for _, s in pts]
+    overhead = default_overhead
+    if len(pts) >= 3 and max(fs) >= 4 * min(fs):
+        mf, ms = statistics.fmean(fs), statistics.fmean(ss)
+        sxx = sum((f - mf) ** 2 for f in fs)
+        slope = sum((f - mf) * (s - ms) for f, s in pts) / sxx
+        if slope > 0:
+            overhead = ms - slope * mf
+    overhead = min(max(overhead, 0.0), min(ss))
+    busy = sum(max(s - overhead, s / 10) for s in ss)
+    rate = sum(fs) / busy
+    errors = [(overhead + f / rate) / s - 1 for f, s in pts]
+    spread = (sum(f * e * e for f, e in zip(fs, errors)) / sum(fs)) ** 0.5
+    return rate, overhead, max(spread, MIN_SPREAD)
 
 
 def cache_file() -> Path:
@@ -91,16 +173,25 @@ class Device:
     flop_rate: float
     pair_overhead: float
     observations: int = 0
+    job_overhead: float = 10.0
+    spread: float = UNCALIBRATED_SPREAD  # relative range of a time estimate (+/-)
+    probed: bool = False  # the rate is a probe's of this device now, not its recorded runs
 
     @staticmethod
-    def current(device: torch.device | str, path: Path | None = None) -> Device:
+    def current(device: torch.device | str, path: Path | None = None, probe: bool = False) -> Device:
+        """`probe`: without recorded runs, measure the device's speed now (probe_rate) instead of
+        taking the default rate (for time estimates; memory needs no probe)."""
         device = torch.device(device)
         key = device_key(device)
         seen = read_file(path or cache_file())["devices"].get(key, {})
         d = DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
         ratios = [m / p for p, m in seen.get("memory", []) if p >= MIN_OBSERVED]
-        # A run's seconds include its fixed cost (targets, Trainer, saving), which the estimate adds apart.
-        rates = [f / max(s - d["pair_overhead"], s / 2) for f, s in seen.get("rate", []) if s > 0]
+        runs = seen.get("rate", [])
+        timed = fit_time(runs, d["pair_overhead"])
+        rate, overhead, spread = timed or (d["flop_rate"], d["pair_overhead"], UNCALIBRATED_SPREAD)
+        if timed is None and probe:
+            rate, spread = probe_rate(device) * PROBE_EFFICIENCY, PROBED_SPREAD
+        jobs = [float(x) for x in seen.get("job", []) if x >= 0]
         return Device(
             device.type,
             key,
@@ -108,7 +199,10 @@ class Device:
             int(statistics.median(seen["baseline"])) if seen.get("baseline") else d["baseline"],
             int(statistics.median(seen["floor"])) if seen.get("floor") else d["baseline"],
             statistics.median(ratios) if ratios else d["memory_scale"],
-            statistics.median(rates) if rates else d["flop_rate"],
-            d["pair_overhead"],
-            len(ratios) + len(rates),
+            rate,
+            overhead,
+            len(ratios) + len(runs),
+            statistics.median(jobs) if jobs else d["job_overhead"],
+            spread,
+            timed is None and probe,
         )

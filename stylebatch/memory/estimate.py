@@ -270,24 +270,66 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def describe_job(pairs: list[Pair], memory: Device) -> list[str]:
+def _span(seconds: float, spread: float) -> str:
+    """'~4.0 min (3.0-5.0 min)': the estimate and its range, the range in the estimate's unit."""
+    low, high = seconds * (1 - spread), seconds * (1 + spread)
+    unit, scale = ("s", 1) if seconds < 90 else ("min", 60) if seconds < 5400 else ("h", 3600)
+    digits = 0 if unit == "s" else 1
+    return f"~{_duration(seconds)} ({low / scale:.{digits}f}-{high / scale:.{digits}f} {unit})"
+
+
+def job_seconds(batches: list[list[Any]], memory: Any) -> float:
+    """A job's time on one device: its fixed overhead, then batch after batch (each its overhead and
+    its members' FLOPs at the calibrated rate)."""
+    total = memory.job_overhead
+    flops: dict[tuple[int, Any, Any], float] = {}  # once per distinct (config, content size, tile)
+    for batch in batches:
+        cfg = batch[0].config
+        tile = cfg.tile if isinstance(cfg.tile, int) else None
+        flop = 0.0
+        for p in batch:
+            key = (id(p.config), p.content_size, tile)
+            if key not in flops:
+                flops[key] = work(p.config, p.content_size, 0, p.config.steps, 1, tile)
+            flop += flops[key]
+        total += memory.pair_overhead + flop / memory.flop_rate
+    return total
+
+
+def describe_job(pairs: list[Pair], memory: Device, batches: list[list[Pair]] | None = None) -> tuple[list[str], int]:
     """`validate`'s lines: per pair its size, budget, predicted peak and time on this device and
-    whether it fits; then the total (pairs run one after another on one device)."""
-    lines, total, worst, misfits = [], 0.0, 0, 0
+    whether it fits; then the total with its range (pairs run batch after batch on one device;
+    `batches`: the plan's grouping, default each pair alone); and how many pairs do not fit."""
+    lines, worst, misfits = [], 0, 0
+    # A grid has few distinct (config, content size) couples: estimate each once. Pairs share their
+    # Config object when their settings are the same (load_job), and hold it alive, so its id is a key.
+    estimates: dict[tuple[int, tuple[int, int]], Estimate] = {}
     for pair in pairs:
         cfg, (w, h) = pair.config, pair.out_size
         tile = cfg.tile if isinstance(cfg.tile, int) else None
-        est = estimate(cfg, pair.content_size, memory, tile=tile)
-        total, worst, misfits = total + est.seconds, max(worst, est.peak), misfits + (not est.fits)
+        key = (id(cfg), pair.content_size)
+        est = estimates.get(key)
+        if est is None:
+            est = estimates[key] = estimate(cfg, pair.content_size, memory, tile=tile)
+        worst, misfits = max(worst, est.peak), misfits + (not est.fits)
         tiled = f", tiles of {tile} px" if tile and geometry.needs_tiling(h, w, tile) else ""
         verdict = "fits" if est.fits else f"does NOT fit {_gib(est.budget)} (try tile: auto or a lower size)"
         lines.append(
             f"  {pair.name}: {w}x{h}, {cfg.steps} evaluations, {cfg.optimizer}{tiled}; "
-            f"peak ~{_gib(est.peak)}, ~{_duration(est.seconds)}: {verdict}"
+            f"peak ~{_gib(est.peak)}, ~{_duration(est.seconds)} alone: {verdict}"
         )
-    calibrated = f"calibrated from {memory.observations} run(s)" if memory.observations else "not yet calibrated here"
+    total = job_seconds(batches if batches is not None else [[p] for p in pairs], memory)
+    if memory.observations:
+        calibrated = (
+            f"calibrated from {memory.observations} run(s): {memory.flop_rate / 1e9:.0f} GFLOP/s, "
+            f"{memory.pair_overhead:.1f} s a pair"
+        )
+    elif getattr(memory, "probed", False):
+        calibrated = f"not yet calibrated here: {memory.flop_rate / 1e9:.0f} GFLOP/s from a probe of its speed now"
+    else:
+        calibrated = "not yet calibrated here"
     lines.append(
-        f"estimate on {memory.key} ({_gib(memory.free)} free now; {calibrated}): largest peak ~{_gib(worst)}, ~{_duration(total)} in all on one device"
-        + (f"; {misfits} pair(s) do not fit" if misfits else "")
+        f"estimate on {memory.key} ({_gib(memory.free)} free now; {calibrated}): largest peak ~{_gib(worst)}, "
+        f"{_span(total, memory.spread)} in all on one device" + (f"; {misfits} pair(s) do not fit" if misfits else "")
     )
-    return lines
+    return lines, misfits

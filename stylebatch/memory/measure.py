@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -32,6 +33,37 @@ def _rss() -> tuple[int, int]:
 
 
 _observed: list[bool] = []  # whether a pair has run in this process yet
+_batch_seconds: list[float] = []  # the seconds of each batch this process ran (the rest is the job's overhead)
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux), None where it cannot be told."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def record_job(device: torch.device, path: Path | None = None) -> float | None:
+    """At the end of a run that ran batches: its seconds besides them (start-up, planning, the
+    report), into the machine's calibration file as the job's overhead. Never raises."""
+    age = process_age()
+    if age is None or not _batch_seconds:
+        return None
+    overhead = max(0.0, age - sum(_batch_seconds))
+    _batch_seconds.clear()
+    path = path or cache_file()
+    try:
+        data = read_file(path)
+        seen = data["devices"].setdefault(device_key(device), {})
+        seen["job"] = (seen.get("job", []) + [round(overhead, 3)])[-KEEP:]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(data, indent=1).encode())
+    except OSError as e:
+        log.warning("could not update %s: %s", path, e)
+    return overhead
 
 
 def observe(device: torch.device, done: list[int] | None = None) -> dict[str, Any]:
@@ -67,6 +99,7 @@ def record(
     record. `predicted_own`: the model's bytes for the pair without baseline or scale;
     `work_flops`: the FLOPs of the evaluations this run did."""
     seconds = time.perf_counter() - before["time"]
+    _batch_seconds.append(seconds)
     peak = measured_peak(device, before)
     entry = {
         "device": device_key(device),

@@ -26,9 +26,20 @@ def href(target: Path, base: Path) -> str:
     return quote(os.fsencode(os.path.relpath(target, base).replace(os.sep, "/")))
 
 
-def curve_data(rows: list[dict[str, float]], width: int = 160, height: int = 400) -> dict[str, Any] | None:
-    """Content, style and total loss against evaluations, log scale: integer polylines (a 400-unit
-    tall viewBox drawn 40 px tall, so integers lose nothing) for a small SVG."""
+# The curve's chart, in SVG user units (drawn at the cell's width, 0.55 as tall): the plot area
+# inside, the y axis' decade labels to its left and the evaluation counts under it.
+CHART_W, CHART_H = 220, 120
+PLOT = (34, 6, 214, 96)  # left, top, right, bottom
+
+
+def _decade(e: int) -> str:
+    return {-2: "0.01", -1: "0.1", 0: "1", 1: "10", 2: "100", 3: "1000"}.get(e, f"1e{e}")
+
+
+def curve_data(rows: list[dict[str, float]]) -> dict[str, Any] | None:
+    """Content, style and total loss against evaluations on a log y axis, as a small labelled chart:
+    polylines in the plot area, a gridline and label at each power of ten the losses span (or at
+    their ends when they span less than one), the first and last evaluation counts under the x axis."""
     if not rows:
         return None
     if len(rows) > CURVE_POINTS:
@@ -41,17 +52,34 @@ def curve_data(rows: list[dict[str, float]], width: int = 160, height: int = 400
     lo, hi = math.log10(min(values)), math.log10(max(values))
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
+    left, top, right, bottom = PLOT
     x0, x1 = rows[0][X_COLUMN], rows[-1][X_COLUMN]
-    xs = [round(1 + (width - 2) * ((r[X_COLUMN] - x0) / (x1 - x0) if x1 > x0 else 1.0)) for r in rows]
-    floor, span = 10**lo, (height - 8) / (hi - lo)
+    xs = [round(left + (right - left) * ((r[X_COLUMN] - x0) / (x1 - x0) if x1 > x0 else 1.0), 1) for r in rows]
+    floor, span = 10**lo, (bottom - top) / (hi - lo)
+
+    def y(v: float) -> float:
+        return round(top + span * (hi - math.log10(max(v, floor))), 1)
+
     lines = []
     for k in series:
-        ys = [round(4 + span * (hi - math.log10(max(r[k], floor)))) if math.isfinite(r[k]) else height for r in rows]
-        lines.append((SERIES[k], " ".join(f"{x},{y}" for x, y in zip(xs, ys))))
+        ys = [y(r[k]) if math.isfinite(r[k]) else bottom for r in rows]
+        lines.append((SERIES[k], " ".join(f"{a},{b}" for a, b in zip(xs, ys))))
+    decades = list(range(math.ceil(lo - 1e-9), math.floor(hi + 1e-9) + 1))
+    if len(decades) > 4:  # at most four labels: every other power of ten, and so on
+        decades = decades[:: math.ceil(len(decades) / 4)]
+    ticks = [(y(10.0**e), _decade(e)) for e in decades] or [(y(10**hi), f"{10**hi:.2g}"), (y(10**lo), f"{10**lo:.2g}")]
     first, last = rows[0], rows[-1]
     title = "; ".join(f"{k} {first[k]:.3g} → {last[k]:.3g}" for k in series)
-    title += f" (evaluations {int(x0)}–{int(x1)}; log scale 1e{lo:.1f}–1e{hi:.1f})"
-    return {"w": width, "h": height, "title": title, "lines": lines}
+    title += f" (evaluations {int(x0)}–{int(x1)}; log scale)"
+    return {
+        "w": CHART_W,
+        "h": CHART_H,
+        "plot": {"left": left, "top": top, "right": right, "bottom": bottom},
+        "ticks": ticks,
+        "x_labels": (f"{int(x0)}", f"{int(x1)} evaluations"),
+        "title": title,
+        "lines": lines,
+    }
 
 
 def anchor(name: str) -> str:
@@ -68,7 +96,7 @@ def cell(v: PairView, base: Path, out_dir: Path, thumbs: Thumbs, steps: Any) -> 
     if v.status in ("running", "interrupted") and total:
         badge = f"{v.status} {done}/{total}"
     stats = []
-    losses = r.get("losses") if v.status == "done" else None
+    losses = r.get("losses") if v.status == "done" else None  # their meaning: LOSS_NOTE, atop the page
     if losses:
         stats += [
             f"content {fmt(float(losses.get('content', float('nan'))))}",

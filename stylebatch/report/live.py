@@ -35,7 +35,8 @@ def report_every_s(job: Job) -> float:
 
 
 def _report_command(output_dir: Path, live_every: float) -> list[str]:
-    return [sys.executable, "-m", "stylebatch", "report", str(output_dir), "--live-every", f"{live_every:g}"]
+    # `--live-every` is in minutes, like report_every
+    return [sys.executable, "-m", "stylebatch", "report", str(output_dir), "--live-every", f"{live_every / 60:g}"]
 
 
 class LiveReport:

@@ -48,6 +48,36 @@ def template_version(*code: str) -> str:
     return _digest([sources, THUMB, CURVE_POINTS, [Path(f).stat().st_mtime_ns for f in (__file__, *code)]])
 
 
+LOSS_NOTE = (
+    "Losses: content is how far the result's VGG features are from the photo's, style how far its "
+    "Gram matrices (textures) are from the painting's; both are relative errors, lower means closer "
+    "(total = α·content + β·style)."
+)
+
+
+def relative_to_job(path: str, out_dir: Path, cwd: str | Path = "") -> str:
+    """A file the job names (manifest, weights) as a path relative to the job directory, so the
+    page shows no local directory; `imagenet` and `random` as they are."""
+    if not path or path in ("imagenet", "random"):
+        return path
+    full = Path(cwd or ".", path) if not os.path.isabs(path) else Path(path)
+    try:
+        relative = os.path.relpath(os.path.abspath(full), os.path.abspath(out_dir))
+    except ValueError:  # another drive (Windows): the file's name at least
+        return Path(path).name
+    # Far from the job (a shared weights file), the climb says nothing but the machine's layout.
+    return Path(path).name if relative.startswith(os.path.join("..", "..", "..")) else relative
+
+
+def _shown(key: str, defaults: dict[str, Any]) -> str:
+    """A shared setting as the page says it: an empty `lr` is the optimizer's own default."""
+    value = defaults.get(key)
+    if key == "lr" and value is None:
+        optimizer = defaults.get("optimizer", "adam")
+        return f"{1.0 if optimizer == 'lbfgs' else 0.1:g} ({optimizer}'s default)"
+    return fmt(value)
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -82,10 +112,11 @@ class Pages:
             else [(f"page-{p.number:04d}.html", f"sheet-{p.number:04d}.jpg") for p in pages]
         )
         active = any(v.status == "running" for v in views) or (live_every and any(v.status in ACTIVE for v in views))
-        common = [(k, fmt(job.defaults[k])) for k in SHOWN if k in job.defaults and k not in layout.varied]
+        common = [(k, _shown(k, job.defaults)) for k in SHOWN if k in job.defaults and k not in layout.varied]
         self.base_ctx = {
-            "manifest": job.manifest,
-            "weights": job.weights,
+            "manifest": relative_to_job(job.manifest, out_dir, job.cwd),
+            "weights": relative_to_job(job.weights, out_dir, job.cwd),
+            "loss_note": LOSS_NOTE,
             "row_axis": layout.row_axis,
             "column_axis": layout.column_axis,
             "section_axes": layout.section_axes,

@@ -31,7 +31,9 @@ CELL_MIN = 8
 CAPTION_MIN_CELL = 64  # cells smaller than this get no caption line
 CAPTION = 16  # caption line height, px
 GAP = 8  # px between blocks
-STATUS_COLOURS = {"done": (34, 34, 34), "failed": (110, 30, 30), "invalid": (110, 30, 30), "header": (228, 228, 228)}
+# One letterbox colour for every image (results and the heads' inputs, as on the pages); failed red.
+LETTERBOX = (236, 236, 236)
+STATUS_COLOURS = {"done": LETTERBOX, "failed": (110, 30, 30), "invalid": (110, 30, 30), "header": LETTERBOX}
 
 
 @dataclass
@@ -96,12 +98,23 @@ def label_font(size: int) -> ImageFont.ImageFont:
 
 
 def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.ImageFont) -> str:
+    """`text` on one line within `width` px, shortened in the middle (`clock_gray…man_with_hat`): a
+    pair's name keeps both its content's and its style's part."""
     text = " ".join(text.split())  # one line: a name with a newline cannot be measured
     if draw.textlength(text, font=font) <= width:
         return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
+    keep = len(text)
+    while keep > 2 and draw.textlength(shorten_middle(text, keep), font=font) > width:
+        keep -= 1
+    return shorten_middle(text, keep)
+
+
+def shorten_middle(text: str, limit: int) -> str:
+    """`text` within `limit` characters, its middle replaced by an ellipsis: both ends stay readable."""
+    if len(text) <= limit:
+        return text
+    keep = limit - 1
+    return text[: (keep + 1) // 2] + "…" + text[len(text) - keep // 2 :]
 
 
 def _wrapped_lines(page: Page) -> tuple[list[tuple[Block, int]], SheetGeometry]:

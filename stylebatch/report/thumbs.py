@@ -22,6 +22,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from stylebatch.atomic import temp_path
+from stylebatch.icc import shown_as_srgb
 
 THUMB = 256  # longest side of a thumbnail, px
 OWN_THUMB = re.compile(r"([0-9a-f]{20})_(\d+)x(\d+)\.jpg")  # <key>_<w>x<h>.jpg, as _make names it
@@ -107,7 +108,7 @@ class Thumbs:
                 if im.format != "PNG" or "exif" in im.info:  # outputs are PNG without EXIF: skip the parse
                     im = ImageOps.exif_transpose(im)
                 im.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
-                rgb = flatten(im)
+                rgb = flatten(shown_as_srgb(im))  # a wide-gamut image in its colours: thumbnails carry no profile
         except Exception:  # noqa: BLE001 (a broken or half-written input shows as missing)
             return None
         buf = io.BytesIO()

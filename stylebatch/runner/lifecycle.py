@@ -15,6 +15,9 @@ from stylebatch.jobdir.state import INVALID_PREFIX, JobState, begin_attempt, eff
 from stylebatch.runner.options import Reporter, StopFlag
 
 log = logging.getLogger("stylebatch")
+# How stale a running pair's evaluation count in its record (what `status` shows) may get between
+# checkpoints; also its heartbeat. One small atomic write every few seconds costs nothing beside a fit.
+PROGRESS_EVERY_S = 5.0
 
 
 def summarize_job(job: Job, state: JobState) -> dict[str, int]:
@@ -42,11 +45,15 @@ def begin_pair(
     batch: list[str] | None,
     resume_at: int = 0,
 ) -> tuple[PairHooks, float]:
-    """Mark a pair running (owner, attempt, batch membership) and make the hooks that watch it.
-    `resume_at`: the evaluations of the checkpoint it resumes from (not the record's count, which
-    heartbeats move past the checkpoint), the only resume point ever shown."""
+    """Mark a pair running (owner, attempt, batch membership) and make the hooks that watch it;
+    returns them and the time the pair would have started had it run in one go (now, less the
+    seconds it spent in earlier runs), so its recorded `seconds` is its total. `resume_at`: the
+    evaluations of the checkpoint it resumes from (not the record's count, which heartbeats move
+    past the checkpoint), the only resume point ever shown."""
     record = state.read(pair.name) or {}
-    started = time.time()
+    # `seconds` is the pair's time over all its runs: a resumed pair carries what it had spent so far.
+    spent = float(record.get("seconds") or 0) if resume_at > 0 else 0.0  # from the checkpoint it resumes
+    started = time.time() - spent
     state.write(
         pair.name,
         {
@@ -69,12 +76,12 @@ def begin_pair(
 
     def on_progress(n: int, losses: dict[str, float]) -> None:
         reporter.pair_progress(pair, n, losses)
-        if time.monotonic() - last_beat[0] > 30:
-            state.update(pair.name, steps_done=n, heartbeat=time.time())
+        if time.monotonic() - last_beat[0] >= PROGRESS_EVERY_S:
+            state.update(pair.name, steps_done=n, heartbeat=time.time(), seconds=round(time.time() - started, 3))
             last_beat[0] = time.monotonic()
 
     def on_checkpoint(n: int) -> None:
-        state.update(pair.name, steps_done=n, heartbeat=time.time())
+        state.update(pair.name, steps_done=n, heartbeat=time.time(), seconds=round(time.time() - started, 3))
 
     stop_file = state.stop_file
     hooks = PairHooks(
@@ -90,7 +97,13 @@ def conclude_pair(
     job: Job, pair: Pair, state: JobState, reporter: Reporter, result: PairResult, started: float
 ) -> None:
     if result.interrupted:  # a signal or a pre-emption: not an attempt of the pair's
-        state.undo_attempt(pair.name, status="interrupted", steps_done=result.evaluations, heartbeat=time.time())
+        state.undo_attempt(
+            pair.name,
+            status="interrupted",
+            steps_done=result.evaluations,
+            heartbeat=time.time(),
+            seconds=round(time.time() - started, 3),
+        )
         reporter.pair_end(pair, "interrupted")
         return
     if not pair.config.keep_checkpoints:

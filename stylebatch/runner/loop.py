@@ -50,7 +50,7 @@ from stylebatch.runner.lifecycle import (
     recorded_batches,
     summarize_job,
 )
-from stylebatch.runner.options import Reporter, RunOptions, StopFlag, needs_work
+from stylebatch.runner.options import Reporter, RunOptions, StopFlag, check_redo, needs_work, plainly_done
 from stylebatch.runner.plan import plan as make_plan
 
 log = logging.getLogger("stylebatch")
@@ -79,6 +79,15 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
     reporter = reporter or Reporter()
     claims.new_job()
     state = JobState(job.output_dir)
+    try:
+        # Before anything is written: weights that cannot be had (offline ImageNet) leave no job
+        # directory behind for `status` to find.
+        vgg = load_vgg(job.weights, job.layers_used)
+    except BaseException as e:
+        if fabric is not None:
+            with contextlib.suppress(WorkerLostError):  # the problem itself is what to report
+                workers.broadcast(fabric, {"abort": str(e)})  # let the workers exit 0 instead of hanging
+        raise
     job.output_dir.mkdir(parents=True, exist_ok=True)
     world = fabric.world_size if fabric is not None else 1
     stop = StopFlag(on_signal=lambda signum: _forward_stop(fabric, state, signum))
@@ -88,6 +97,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
         try:
             _open_log(state, rank=0)
             _log_rank(fabric)
+            check_redo(job, state, opts, reporter)  # before anything in the directory changes
             if opts.fresh and state.pairs_dir.exists():
                 # Never under a live process's claim: the claims are taken (waited for) first, and
                 # a new generation tells any worker of an earlier run to stop without writing.
@@ -106,11 +116,13 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
                 shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
             write_job_file(job, state.job_file)  # compact: the config once, a line per pair
             record_invalid(job, state)
-            vgg = load_vgg(job.weights, job.layers_used)  # WeightsError here stops before any pair runs
             # Under each pair's claim: a pair a live process works on is planned, its record untouched.
+            # A pair whose record and output stamp say done is passed over without a claim (read-only:
+            # a restart of a large finished job is one record read and one stat per pair).
+            unsettled = [p for p in job.valid_pairs if not plainly_done(job, state, p, opts)]
             pending = [
                 p
-                for p, held in claims.one_by_one(state, job.valid_pairs)
+                for p, held in claims.one_by_one(state, unsettled)
                 if not held or needs_work(job, state, p, opts, reporter)
             ]
             pending = [oom.with_fallback(p, state.read(p.name)) for p in pending]  # earlier rungs
@@ -122,7 +134,10 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             raise
         if fabric is not None:
             workers.broadcast(fabric, {"shares": shares, "generation": generation})
-        reporter.start(len(job.pairs), len(job.valid_pairs) - len(pending), pending)
+        planned = {p.name for p in pending}
+        before = {p.name: int((state.read(p.name) or {}).get("steps_done") or 0) for p in pending}
+        settled = [p for p in job.valid_pairs if p.name not in planned]  # done, or failed for good
+        reporter.start(len(job.pairs), len(job.valid_pairs) - len(pending), pending, before, settled)
         log.info("plan: %s", dict(enumerate(shares)))
         stop.install()
         live = LiveReport(job.output_dir, report_every_s(job)).start()  # rank 0's live report
@@ -131,6 +146,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             if world > 1:
                 _wait_for_workers(state, world, opts.sync_timeout, reporter, job)
             live.stop(final=True)  # the report once more at the end
+            measure.record_job(_rank_device(fabric, opts))  # the run's time besides its batches
         finally:
             live.stop(final=False)  # no-op after the final one
             stop.restore()

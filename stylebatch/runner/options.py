@@ -4,13 +4,14 @@ through, and which pairs need work (a record whose id changed is reset, a done o
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from dataclasses import dataclass
 from typing import Any
 
-from stylebatch.errors import StopNow
+from stylebatch.errors import StopNow, StylebatchError
 from stylebatch.job.pairs import Job, Pair
-from stylebatch.jobdir.state import JobState, output_intact, record_count
+from stylebatch.jobdir.state import REDO_UNASKED, JobState, output_intact, output_stamp, record_count
 from stylebatch.runner.redo_notes import redo_note, stale_output_note
 
 log = logging.getLogger("stylebatch")
@@ -25,12 +26,20 @@ class RunOptions:
     device: str = "cpu"
     sync_timeout: float = 600.0  # seconds a rank waits for rank 0's plan (or for a worker to start)
     verify: bool = False  # re-hash every done output (sha256) instead of trusting size+mtime+inode
+    redo: bool = False  # go ahead although more than REDO_UNASKED finished pairs would be made again
 
 
 class Reporter:
     """What the runner tells the user; the CLI draws it with rich. This one stays silent."""
 
-    def start(self, total: int, done: int, pending: list[Pair]) -> None: ...
+    def start(
+        self,
+        total: int,
+        done: int,
+        pending: list[Pair],
+        before: dict[str, int] | None = None,  # evaluations each pending pair had done before this run
+        settled: list[Pair] | None = None,  # the valid pairs with nothing left to do (done, failed for good)
+    ) -> None: ...
     def pair_start(self, pair: Pair, steps_done: int, batch: list[str] | None) -> None: ...
     def pair_progress(self, pair: Pair, evaluations: int, losses: dict[str, float]) -> None: ...
     def pair_end(self, pair: Pair, status: str, detail: str = "") -> None: ...
@@ -71,6 +80,23 @@ class StopFlag:
         self._previous.clear()
 
 
+def plainly_done(job: Job, state: JobState, pair: Pair, opts: RunOptions) -> bool:
+    """Read-only: the pair's record says done for this id and encoding, and its output has the size,
+    mtime and inode recorded when it was written. Such a pair needs no claim to be planned (nothing
+    is written for it); anything else goes through `needs_work` under the pair's claim."""
+    if getattr(opts, "verify", False):
+        return False
+    record = state.read(pair.name)
+    if record is None or record.get("id") != pair.id or record.get("status") != "done":
+        return False
+    stamp = record.get("output_stat")
+    return (
+        stamp is not None
+        and record.get("encoding", {"format": "png"}) == pair.config.encoding()
+        and output_stamp(job.output_path(pair)) == stamp
+    )
+
+
 def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter: Reporter | None = None) -> bool:
     """Whether a pair is to run now; resets a record whose id no longer matches."""
     record = state.read(pair.name)
@@ -78,7 +104,14 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter
         return True
     if record.get("id") != pair.id:
         # Inputs, weights or pixel-changing settings changed: the old checkpoint means nothing.
-        note = redo_note(pair, record, job.output_path(pair), job.weights)  # say what changed
+        out = job.output_path(pair)
+        kept = None
+        if record.get("status") == "done" and os.path.lexists(out):
+            kept = state.replaced_dir / f"{pair.name}.{record.get('id') or 'unknown'}{out.suffix}"
+        where = f"the previous output is kept as {kept.relative_to(job.output_dir)}" if kept else None
+        note = redo_note(pair, record, out, job.weights, *([where] if where else []))  # say what changed
+        if kept:
+            state.keep_replaced(pair.name, str(record.get("id") or "unknown"), out)
         if note:
             log.info("%s", note)
             (reporter or Reporter()).note(note)
@@ -105,3 +138,38 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter
     ):
         return False
     return True
+
+
+def finished_to_redo(job: Job, state: JobState) -> list[Pair]:
+    """The finished pairs this run would make again because their inputs, weights or settings
+    changed (their record's id no longer matches), read before anything is touched."""
+    redo = []
+    for pair in job.valid_pairs:
+        record = state.read(pair.name)
+        if record is not None and record.get("status") == "done" and record.get("id") != pair.id:
+            redo.append(pair)
+    return redo
+
+
+def check_redo(job: Job, state: JobState, opts: RunOptions, reporter: Reporter) -> None:
+    """Say how many finished pairs this run makes again before it starts; refuse (one line, nothing
+    run) when that is more than REDO_UNASKED and `--redo` was not given."""
+    if opts.fresh:
+        return  # --fresh asks for everything to be made again
+    redo = finished_to_redo(job, state)
+    if not redo:
+        return
+    first = redo[0]
+    why = redo_note(first, state.read(first.name) or {}, job.output_path(first), job.weights, "")
+    example = f" (e.g. {why.removeprefix('redoing ').removesuffix(' ()')})" if why else ""
+    where = state.replaced_dir
+    if len(redo) > REDO_UNASKED and not opts.redo:
+        raise StylebatchError(
+            f"{job.output_dir}: this run would make {len(redo)} finished pairs again, their inputs, weights or "
+            f"settings changed{example}; add --redo to go ahead (each previous output is kept in {where}), "
+            "or undo the change; nothing was run"
+        )
+    reporter.note(
+        f"{len(redo)} finished pair(s) will be made again (inputs, weights or settings changed); "
+        f"each previous output is kept in {where}"
+    )

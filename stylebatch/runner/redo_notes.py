@@ -25,10 +25,12 @@ def _as_json(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def redo_note(pair: Pair, record: dict[str, Any], output: Path, weights: str) -> str | None:
+def redo_note(
+    pair: Pair, record: dict[str, Any], output: Path, weights: str, kept: str = "the previous output is replaced"
+) -> str | None:
     """What changed since a pair was made, for a pair whose id no longer matches its record:
-    "redoing X: style_weight 1.5 → 3 (the previous output is replaced)", from the settings the
-    previous output carries; for a pair stopped part way, that its checkpoint is dropped."""
+    "redoing X: style_weight 1.5 → 3 (<kept>)", from the settings the previous output carries;
+    for a pair stopped part way, that its checkpoint is dropped."""
     from stylebatch.fit.provenance import read_metadata  # only for a changed pair (it reads the output's text chunk)
 
     try:
@@ -65,7 +67,7 @@ def redo_note(pair: Pair, record: dict[str, Any], output: Path, weights: str) ->
     source = weights if weights in ("imagenet", "random") else str(Path(weights).resolve())
     if meta.get("weights_source") != source:
         changes.append(f"weights {meta.get('weights_source')} → {source}")
-    return f"redoing {pair.name}: {', '.join(changes) or 'the weights file changed'} (the previous output is replaced)"
+    return f"redoing {pair.name}: {', '.join(changes) or 'the weights file changed'} ({kept})"
 
 
 def stale_output_note(name: str, record: dict[str, Any], encoding: dict[str, Any], output: Path) -> str:
