@@ -3,6 +3,7 @@ outputs must equal a clean run's byte for byte.
 
     python scripts/soak.py                 # 10 kills with 1 worker, 10 with 2
     python scripts/soak.py --kills 50 --seed 3 --keep /tmp/soak
+    python scripts/soak.py --kills 50 --busy 2   # under CPU contention: a busy loop per core beside it
 
 Each round starts `stylebatch run` (CPU, random weights, 32 px) and, at a random moment of what
 is left of the job (estimated from the clean run's time and the records), SIGKILLs one process of
@@ -203,7 +204,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="work here (kept) instead of a temporary directory")
+    parser.add_argument("--busy", type=int, default=0, help="busy-loop processes running beside it (CPU contention)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to soak")
     args = parser.parse_args()
+    busy = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdout=subprocess.DEVNULL)
+        for _ in range(args.busy)
+    ]
+    try:
+        run(args)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+
+
+def run(args: argparse.Namespace) -> None:
     root = args.keep or Path(tempfile.mkdtemp(prefix="stylebatch-soak-"))
     manifest = make_job(root, args.steps)
     rng = random.Random(args.seed)
@@ -218,7 +234,8 @@ def main() -> None:
     print(f"clean run: 6 pairs, {args.steps} evaluations each, {duration:.1f}s wall ({startup:.1f}s start-up)")
     reference = {name: (root / "clean" / f"{name}.png").read_bytes() for name in NAMES}
 
-    for workers in (1, 2):
+    print(f"busy loops beside it: {args.busy}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    for workers in args.workers:
         out = root / f"soak-{workers}"
         stats = soak(manifest, out, workers, args.kills, duration, startup, args.steps, rng)
         mismatches = sum(

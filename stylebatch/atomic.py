@@ -209,7 +209,7 @@ def fault_point(name: str) -> None:
     reaches the point it writes STYLEBATCH_FAULT_MARKER (so a test can tell the fault really fired)
     and SIGKILLs itself: no cleanup, no finally blocks, as a power cut or OOM kill would.
     With a trailing `!raise` it raises OSError there instead (a failure the run must isolate);
-    with `!enospc`, OSError(ENOSPC): the disk is full."""
+    with `!enospc`, OSError(ENOSPC): the disk is full; with `!stop`, SIGSTOP (a process that hangs)."""
     spec = os.environ.get("STYLEBATCH_FAULT")
     if not spec:
         return
@@ -227,4 +227,4 @@ def fault_point(name: str) -> None:
         raise OSError(f"injected fault at {name}")
     if action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)

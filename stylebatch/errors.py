@@ -66,6 +66,13 @@ class UnsafePathError(StylebatchError):
     never followed, so the job's writes cannot be redirected outside the output directory."""
 
 
+class JobGoneError(StylebatchError):
+    """The job directory was started afresh (`run --fresh`) under a worker of an earlier run: the
+    worker stops without writing anything more there."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
 class WorkerLostError(StylebatchError):
     """A worker process died on its own; the others checkpointed and stopped: resumable."""
 

@@ -93,16 +93,38 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
     return img
 
 
+def _wide_grey_to_l(img: Image.Image, path: Path) -> Image.Image:
+    """32-bit integer or float greyscale → 8 bits, by the range its values use: a float image in
+    [0, 1] (the usual convention) would otherwise decode as black, and 8- or 16-bit data stored in
+    32-bit integers as black or white. The range chosen is logged."""
+    low, high = img.getextrema()
+    if img.mode == "F" and high <= 1.0:
+        scale, what = 255.0, "floats in [0, 1]"
+    elif high <= 255:
+        scale, what = 1.0, "values in [0, 255]"
+    elif high <= 65535:
+        scale, what = 255.0 / 65535, "values in [0, 65535]"
+    else:
+        scale, what = 255.0 / high, f"values up to {high:g}, scaled to that maximum"
+    if low < 0:
+        log.warning("%s: negative values (down to %g) are shown as black", path, low)
+    log.info("%s: %d-bit %s greyscale read as %s", path, 32, "float" if img.mode == "F" else "integer", what)
+    return img.convert("F").point(lambda v: v * scale).convert("L")  # "L" clamps to [0, 255]
+
+
 def _to_rgb_alpha(img: Image.Image, path: Path) -> LoadedImage:
+    fmt = img.format  # before exif_transpose, whose copy has none
     try:
         img = ImageOps.exif_transpose(img)  # honour the camera's orientation tag
     except Exception as e:  # noqa: BLE001 (a malformed EXIF block: keep the pixels as stored)
         log.warning("%s: unreadable EXIF orientation (%s); using the image as stored", path, _first_line(e))
     mode = img.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N") or (mode == "I" and fmt == "PNG"):  # PNG: 16 bits at most
         # 16-bit greyscale: convert("L") would clip everything above 255 to white; scale instead.
         img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
         mode = "L"
+    elif mode in ("I", "F"):
+        img, mode = _wide_grey_to_l(img, path), "L"
     alpha = None
     if mode == "P" and "transparency" in img.info:
         img, mode = img.convert("RGBA"), "RGBA"

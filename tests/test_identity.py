@@ -44,12 +44,15 @@ def test_reruns_follow_identity(tmp_path: Path) -> None:
     now = _started(out)
     assert now["a__s1"] == first["a__s1"] and now["b__s2"] != first["b__s2"]
 
-    # A deleted output and a truncated output are redone.
+    # A deleted output is redone; a truncated one (other bytes than the job wrote) is left as it
+    # is until --overwrite says the job may replace it.
     before = _started(out)
     (out / "a__s1.png").unlink()
     data = (out / "b__s2.png").read_bytes()
     (out / "b__s2.png").write_bytes(data[: len(data) // 2])
-    assert _run(manifest, "--weights", "random") == 0
+    assert _run(manifest, "--weights", "random") == 2
+    assert (out / "b__s2.png").read_bytes() == data[: len(data) // 2] and not (out / "a__s1.png").exists()
+    assert _run(manifest, "--weights", "random", "--overwrite") == 0
     now = _started(out)
     assert now["a__s1"] != before["a__s1"] and now["b__s2"] != before["b__s2"]
     assert (out / "a__s1.png").is_file() and len((out / "b__s2.png").read_bytes()) > len(data) // 2

@@ -300,3 +300,75 @@ def test_orphaned_worker_stops_and_no_pair_is_worked_on_by_two_processes(tmp_pat
         assert (out / f"p{i}.png").read_bytes() == (tmp_path / "clean" / f"p{i}.png").read_bytes(), f"p{i}"
     assert all(r["status"] == "done" for r in records(out).values())
     _wait(lambda: not any(_alive(pid) for pid in _all_pids(out)), 30, "every process to be gone")
+
+
+# --- --fresh never deletes what a live process holds; a worker of the earlier run writes nothing ---
+
+
+def test_fresh_waits_for_a_live_claim_then_refuses_naming_its_holder(tmp_path: Path, capsys, monkeypatch) -> None:
+    from stylebatch.jobdir import claims
+
+    monkeypatch.setattr(claims, "WAIT_S", 0.5)
+    manifest = tiny_job(tmp_path, pairs=[dict(p) for p in PAIRS], defaults={"steps": 2})
+    out = tmp_path / "out"
+    assert main(["run", str(manifest), *ARGS]) == 0
+    state = JobState(out)
+    fd = claims.try_claim(state, "a__s1", rank=1, purpose="work")  # a live worker of an earlier run
+    try:
+        capsys.readouterr()
+        assert main(["run", str(manifest), *ARGS, "--fresh"]) == 4
+        err = capsys.readouterr().err
+        (line,) = _error_lines(err)
+        assert "--fresh refused" in line and "a__s1" in line and f"pid {os.getpid()}" in line, line
+        assert "Traceback" not in err
+        assert records(out)["a__s1"]["status"] == "done"  # nothing was deleted
+    finally:
+        claims.release(state, "a__s1", fd)
+    assert main(["run", str(manifest), *ARGS, "--fresh"]) == 0  # let go: --fresh goes ahead
+
+
+def test_a_worker_of_a_run_started_afresh_writes_nothing(tmp_path: Path) -> None:
+    from stylebatch.errors import JobGoneError
+    from stylebatch.jobdir import claims
+
+    out = tmp_path / "out"
+    planner, worker = JobState(out), JobState(out)
+    planner.write("a__s1", {"status": "running"})
+    worker.expected_generation = planner.generation()  # as the plan gave it
+    worker.update("a__s1", steps_done=5)  # the same generation: writes
+    planner.new_generation()  # `run --fresh` by another process
+    before = (out / ".stylebatch" / "pairs" / "a__s1" / "state.json").read_bytes()
+    with pytest.raises(JobGoneError, match="started afresh"):
+        worker.update("a__s1", steps_done=10)
+    with pytest.raises(JobGoneError):
+        claims.try_claim(worker, "b__s2", rank=1, purpose="work")
+    assert (out / ".stylebatch" / "pairs" / "a__s1" / "state.json").read_bytes() == before
+    assert not (out / ".stylebatch" / "pairs" / "b__s2").exists()
+
+
+@pytest.mark.slow
+def test_fresh_at_once_after_rank0_is_killed_never_shares_a_pair_with_the_orphan(tmp_path: Path) -> None:
+    """--devices 2, SIGKILL of rank 0 alone, then `run --fresh` at once: it waits for the orphan's
+    claims (the orphan checkpoints and stops), and the two never work on one pair at once."""
+    manifest = _job(tmp_path, steps=120)
+    out = tmp_path / "out"
+    first = _popen(manifest, tmp_path)
+    try:
+        _wait(lambda: _checkpointed_on_both_ranks(out) or first.poll() is not None, 180, "both ranks to checkpoint")
+        assert first.poll() is None
+        orphan = _rank_pids(out)[1]
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        second = _popen(manifest, tmp_path, "--fresh")
+        stdout, stderr = second.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert second.returncode == 0, stdout + stderr
+    assert not _alive(orphan)
+    from stylebatch.jobdir import claims
+
+    state = JobState(out)
+    for i in range(6):  # the fresh directory's claims: only the second run's processes, one at a time
+        entries = claims.history(state, f"p{i}")
+        assert orphan not in {e["pid"] for e in entries}, (f"p{i}", entries)
+        assert all(r["status"] == "done" for r in records(out).values())

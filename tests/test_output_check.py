@@ -52,7 +52,7 @@ def test_an_untouched_output_is_not_read_again(done: Path, monkeypatch) -> None:
     out = done.parent / "out"
     stamp = records(out)["a__s1"]["output_stat"]
     st = os.stat(out / "a__s1.png")
-    assert stamp == {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    assert stamp == {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
     code, hashed = _run_counting_hashes(done, monkeypatch)
     assert code == 0 and hashed == []
     code, hashed = _run_counting_hashes(done, monkeypatch, "--verify")
@@ -71,7 +71,9 @@ def test_a_touched_output_is_hashed_once_and_kept(done: Path, monkeypatch) -> No
     assert code == 0 and hashed == []
 
 
-def test_a_replaced_output_is_hashed_and_redone(done: Path, monkeypatch, capsys: pytest.CaptureFixture) -> None:
+def test_a_replaced_output_is_the_users_and_redone_only_with_overwrite(
+    done: Path, monkeypatch, capsys: pytest.CaptureFixture
+) -> None:
     out = done.parent / "out"
     good = (out / "b__s2.png").read_bytes()
     # Same size, other bytes, written as a new file (a new inode), then given the old mtime back.
@@ -82,9 +84,27 @@ def test_a_replaced_output_is_hashed_and_redone(done: Path, monkeypatch, capsys:
     os.replace(tampered, out / "b__s2.png")
     capsys.readouterr()
     code, hashed = _run_counting_hashes(done, monkeypatch)
+    assert code == 2  # not what the job wrote: the user's, refused
+    assert "b__s2.png exists and differs from what this job wrote there" in capsys.readouterr().err
+    code, hashed = _run_counting_hashes(done, monkeypatch, "--overwrite")
     assert code == 0 and hashed == ["b__s2.png"]
     assert "redoing b__s2: its output b__s2.png changed since it was written" in capsys.readouterr().out
     assert (out / "b__s2.png").read_bytes() == good  # made again: the same bytes as the first time
+
+
+def test_an_output_edited_in_place_with_its_mtime_set_back_is_noticed(done: Path, capsys) -> None:
+    """Same inode, size and mtime: the ctime (which no program can set back) tells it, unread."""
+    out = done.parent / "out"
+    path = out / "a__s1.png"
+    st = os.stat(path)
+    with open(path, "r+b") as fh:
+        fh.seek(st.st_size - 20)
+        fh.write(bytes(8))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_ino == st.st_ino and os.stat(path).st_mtime_ns == st.st_mtime_ns
+    capsys.readouterr()
+    assert main(["run", str(done), "--weights", "random"]) == 2
+    assert "a__s1.png exists and differs" in capsys.readouterr().err
 
 
 def test_a_changed_setting_says_what_changed(done: Path, capsys: pytest.CaptureFixture) -> None:

@@ -245,3 +245,58 @@ def test_a_stale_pair_temp_is_removed_only_by_the_pairs_claimer(tmp_path: Path, 
         claims.release(state, "a__s1", fd)
     assert cli(["run", str(manifest), *ARGS], capsys)[0] == 0  # free now: run, and its stale temp gone
     assert not writing.exists()
+
+
+# --- report: never through a link, never deleting what it did not write ------------------------
+
+
+@pytest.fixture
+def done_job(tmp_path: Path) -> Path:
+    manifest = tiny_job(tmp_path, pairs=[dict(p) for p in PAIRS], defaults={"steps": 2})
+    assert main(["run", str(manifest), *ARGS]) == 0
+    return tmp_path / "out"
+
+
+@pytest.mark.parametrize("planted", [".stylebatch", ".stylebatch/report", ".stylebatch/report/thumbs"])
+def test_report_refuses_a_planted_link_and_leaves_its_target(planted: str, done_job: Path, capsys) -> None:
+    victim = done_job.parent / "victim"
+    victim.mkdir()
+    files = {"page-notes.txt": b"notes", "sheet-music.pdf": b"%PDF", "report.html": b"<p>mine</p>"}
+    files |= {"pages.json": b"{}", "contact_sheet.jpg": b"mine", "thumbs/ab/holiday_800x600.jpg": b"photo"}
+    for rel, data in files.items():
+        (victim / rel).parent.mkdir(parents=True, exist_ok=True)
+        (victim / rel).write_bytes(data)
+    link = done_job / planted
+    if link.exists():
+        real = link.with_name(link.name + ".real")
+        link.rename(real)
+    link.symlink_to(victim)
+    before = snapshot(victim, skip_outputs=False)
+    code, out, err = cli(["report", str(done_job)], capsys)
+    assert code == 2, out + err
+    one_error_line(err, out, str(link), "symbolic link")
+    assert snapshot(victim, skip_outputs=False) == before
+
+
+def test_report_deletes_only_files_it_wrote(done_job: Path, capsys) -> None:
+    assert cli(["report", str(done_job)], capsys)[0] == 0
+    report = done_job / ".stylebatch" / "report"
+    theirs = {
+        "page-notes.txt": b"notes",
+        "sheet-music.pdf": b"%PDF",
+        "thumbs/ab/holiday_800x600.jpg": b"photo",
+        "thumbs/notes.txt": b"x",
+    }
+    for rel, data in theirs.items():
+        (report / rel).parent.mkdir(parents=True, exist_ok=True)
+        (report / rel).write_bytes(data)
+    stale = [
+        report / "page-0007.html",
+        report / "sheet-0007.jpg",
+        report / "thumbs" / "ab" / ("ab" + "0" * 18 + "_8x8.jpg"),
+    ]
+    for path in stale:  # named as the report names its own: an earlier, larger report's
+        path.write_bytes(b"old")
+    assert cli(["report", str(done_job)], capsys)[0] == 0
+    assert all((report / rel).read_bytes() == data for rel, data in theirs.items())
+    assert not any(path.exists() for path in stale)

@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from stylebatch import __version__
+from stylebatch.atomic import fault_point
 from stylebatch.cli.flags import check_devices, check_paths, cpu_workers_note, seconds, whole_number
 from stylebatch.errors import (
     EXIT_CODES,
@@ -65,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--weights", help="imagenet (default), random, or a path to VGG19 weights")
         p.add_argument("--out", help="output directory (overrides the manifest's output_dir; relative to cwd)")
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="let the job replace files at its output paths that it did not write",
+        )
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
     run = sub.add_parser(
@@ -218,7 +224,10 @@ def _plan_line(job: Job) -> str:
 
 
 def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from stylebatch.runner.user_files import check_user_files
+
     job = _load(args)
+    check_user_files(job, args.overwrite)  # a file at an output path that the job did not write
     problems = job.all_problems
     if problems:  # the plan line only for a job that would run: never just above a refusal
         _print_problems(err, problems)
@@ -248,6 +257,7 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from stylebatch.runner import workers
     from stylebatch.runner.loop import RunOptions, run_job
     from stylebatch.runner.workers import launch
 
@@ -269,13 +279,17 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     fabric = launch(args.accelerator, devices, num_nodes, sync_timeout)
     if fabric is not None and fabric.global_rank != 0:
         # Fabric re-executed this command for another device: rank 0 validates and plans, once.
+        fault_point("worker_joined")
         job = fabric.broadcast(None, src=0)
         return run_job(job, opts, fabric=fabric) if job is not None else 0
     # `auto` sizes are measured for the device this run uses (None: the first GPU if any, else the CPU).
     job = _load_from_image(args) if args.from_image else _load(args, "cpu" if args.accelerator == "cpu" else None)
+    from stylebatch.runner.user_files import check_user_files
+
+    check_user_files(job, args.overwrite)  # before --fresh forgets the records that make an output ours
     refuse = bool(job.problems or (job.all_problems and not args.skip_invalid) or not job.valid_pairs)
     if fabric is not None:
-        fabric.broadcast(None if refuse else job, src=0)
+        workers.broadcast(fabric, None if refuse else job)  # a worker lost here: one line, exit 3
     if job.all_problems:
         _print_problems(err, job.all_problems)
     if refuse:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from stylebatch.jobdir.state import STATUSES
 
@@ -70,7 +71,7 @@ class Summary:
                 ratio=2 if col == "error" else (1 if col == "pair" else None),
             )
         for c in listed:
-            table.add_row(*c)
+            table.add_row(*(Text(v) for v in c))  # names and errors as they are, never read as rich markup
         return table
 
     def more(self) -> str | None:

@@ -29,7 +29,7 @@ from stylebatch.fit.module import LBFGS_MAX_ITER, OptimizerSpec, StyleTransferMo
 from stylebatch.fit.provenance import write_output
 from stylebatch.fit.targets import LossTargets, compute_targets
 from stylebatch.fit.vgg import VGGFeatures
-from stylebatch.images import save_image
+from stylebatch.images import fit_size, save_image
 from stylebatch.job.config import Config
 from stylebatch.jobdir.curves import CURVE_FILE, CurveWriter
 
@@ -61,6 +61,10 @@ class PairHooks:
     should_stop: Callable[[], bool] = lambda: False  # a signal arrived: checkpoint and stop
     on_progress: Callable[[int, dict[str, float]], None] = lambda n, losses: None  # at each log interval
     on_checkpoint: Callable[[int], None] = lambda n: None  # after each checkpoint is safely on disk
+    check_job: Callable[[], None] = lambda: None  # raises when the job is gone (--fresh): before every write
+
+
+NOT_READ = "not read"  # a Member's checkpoint not read yet: the engine reads and checks it
 
 
 @dataclass
@@ -74,6 +78,24 @@ class Member:
     output: Path
     metadata: dict[str, Any]
     hooks: PairHooks
+    # Its checkpoint as the runner already read and checked it (vet_checkpoint), or NOT_READ.
+    checkpoint: Any = NOT_READ
+
+    @property
+    def pair_id(self) -> str:
+        return str(self.metadata.get("id", ""))
+
+
+def shape_at(content_size: tuple[int, int], cfg: Config) -> Callable[[int], tuple[int, int] | None]:
+    """(height, width) of a pair's image in pass k (as pass_inputs sizes it); no pass k: no size."""
+
+    def at(k: int) -> tuple[int, int] | None:
+        if not 0 <= k < len(cfg.scale_sizes):
+            return (-1, -1)  # no such pass: matches no checkpoint
+        w, h = fit_size(*content_size, cfg.scale_sizes[k])
+        return h, w
+
+    return at
 
 
 @dataclass
@@ -193,6 +215,8 @@ class _BudgetCallback(L.Callback):
             m.hooks.on_checkpoint(module.evaluations)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: StyleTransferModule, *args: Any) -> None:
+        for m in self.members:
+            m.hooks.check_job()  # before any curve row or checkpoint is written
         n, every = module.evaluations, self.cfg.log_every
         if n // every > self.last_logged // every or n >= module.scale_end:
             for m, curve, losses in zip(self.members, self.curves, self._check_finite(module)):
@@ -235,11 +259,12 @@ def _trainer(
     device: torch.device,
     cfg: Config,
     callbacks: list[L.Callback],
-    ckpt_paths: list[Path],
+    members: list[Member],
     resumed: dict[str, Any] | None = None,
 ) -> L.Trainer:
-    """One-device Trainer for a batch: checkpoints written atomically, one file per member; `resumed`:
-    the joined checkpoint already read (Lightning restores from it instead of reading the files again)."""
+    """One-device Trainer for a batch: checkpoints written atomically, one file per member, each
+    stamped with its pair's id; `resumed`: the joined checkpoint already read (Lightning restores
+    from it instead of reading the files again)."""
     on_gpu = device.type == "cuda"
     return L.Trainer(
         accelerator="gpu" if on_gpu else "cpu",
@@ -253,15 +278,21 @@ def _trainer(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=callbacks,
-        plugins=[MemberCheckpointIO(ckpt_paths, resumed)],
+        plugins=[MemberCheckpointIO([m.ckpt_path for m in members], [m.pair_id for m in members], resumed)],
     )
 
 
-def _resume_point(members: list[Member]) -> tuple[dict[str, Any] | None, int, int]:
+def _resume_point(members: list[Member], images: list[Any]) -> tuple[dict[str, Any] | None, int, int]:
     """(joined checkpoint, pass, evaluations) the batch resumes from, or (None, 0, 0). Members
-    resume together only when every one has a checkpoint at the same pass and count; otherwise the
-    batch starts over (its partial checkpoints and snapshots are dropped)."""
-    ckpts = [read_checkpoint(m.ckpt_path) for m in members]
+    resume together only when every one has a checkpoint of its own (its pair's id, its image's
+    shape, its checksum) at the same pass and count; otherwise the batch starts over (its partial
+    checkpoints and snapshots are dropped)."""
+    ckpts = [
+        m.checkpoint
+        if m.checkpoint is not NOT_READ
+        else read_checkpoint(m.ckpt_path, m.pair_id, shape_at(im.content.size, m.cfg))
+        for m, im in zip(members, images)
+    ]
     positions = {position(c) for c in ckpts}
     if len(positions) == 1 and None not in positions:
         ((scale, done),) = positions
@@ -283,7 +314,7 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
     start = time.perf_counter()
     cfg, n = members[0].cfg, len(members)
     images = [pair_inputs.load_images(m.content, m.styles, m.cfg) for m in members]
-    ckpt, first, done = _resume_point(members)
+    ckpt, first, done = _resume_point(members, images)
     curves = [CurveWriter(m.ckpt_path.with_name(CURVE_FILE)) for m in members]  # follows the checkpoint
     if done < cfg.steps:
         for curve in curves:
@@ -312,9 +343,7 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
                 snapshots = [
                     _SnapshotCallback(i, m, p) for i, (m, p) in enumerate(zip(members, passes)) if m.cfg.save_every
                 ]
-                trainer = _trainer(
-                    device, cfg, [callback, *snapshots], [m.ckpt_path for m in members], ckpt if resume else None
-                )
+                trainer = _trainer(device, cfg, [callback, *snapshots], members, ckpt if resume else None)
                 try:
                     trainer.fit(module, ckpt_path=str(members[0].ckpt_path) if resume else None)
                 except SIGTERMException:
@@ -335,6 +364,8 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
     losses = [module.member_losses(i) for i in range(n)]
     if interrupted or module.evaluations < cfg.steps:
         return [PairResult(module.evaluations, losses[i], seconds, True, batch_size=n) for i in range(n)]
+    for m in members:
+        m.hooks.check_job()  # never an output into a job started afresh meanwhile
     results, names = [], [Path(m.output).stem for m in members]
     final = module.result()
     for i, (m, p) in enumerate(zip(members, passes)):

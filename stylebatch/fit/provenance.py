@@ -30,6 +30,7 @@ from stylebatch.job.config import Config
 from stylebatch.job.pairs import Job, Pair
 from stylebatch.job.values import text_problem
 from stylebatch.job.weights import check_weights_path, weights_identity
+from stylebatch.job.yamlfiles import MAX_DEPTH, nesting_depth
 from stylebatch.jobdir.state import sha256_file
 
 KEY = "stylebatch"
@@ -132,6 +133,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         meta = json.loads(text[KEY])
     except ValueError as e:
         raise StylebatchError(f"{path}: its stylebatch settings are not valid JSON ({e})") from None
+    except RecursionError:
+        raise StylebatchError(f"{path}: its stylebatch settings are malformed (nested too deeply)") from None
+    if nesting_depth(meta) > MAX_DEPTH:  # inspect prints it, run --from rebuilds a job from it
+        raise StylebatchError(f"{path}: its stylebatch settings are malformed (nested too deeply)")
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise StylebatchError(f"{path}: its stylebatch settings are incomplete")
     if problem := _shape_problem(meta):

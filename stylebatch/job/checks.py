@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,13 +57,40 @@ SYSTEM_TREES = (
     "/sbin",
     "/sys",
     "/usr",
+    # The system's own data under /var and /run: the package manager's database and lists, the
+    # journal and logs, caches, spools, and the per-user runtime folders (/run/user/<uid>).
+    "/var/lib",
+    "/var/cache",
+    "/var/log",
+    "/var/spool",
+    "/var/mail",
+    "/run",
 )
+PRIVATE_DIRS = (".ssh", ".gnupg")  # a user's keys: never an output directory, nor anything inside one
+
+
+def _name_char_problem(name: str) -> str | None:
+    """A character an output name must not hold, though a path may: one that breaks or hides in a
+    line (U+2028, U+2029), looks like a space but is not one (NBSP and the other spaces), or has
+    no meaning of its own (private use, unassigned)."""
+    if name.isascii():
+        return None
+    for ch in name:
+        category = unicodedata.category(ch)
+        if category in ("Zl", "Zp") or (category == "Zs" and ch != " "):
+            return (
+                f"contains U+{ord(ch):04X} ({unicodedata.name(ch, 'a separator')}), which shows as a space or a break"
+            )
+        if category in ("Co", "Cn"):
+            kind = "a private-use character" if category == "Co" else "an unassigned code point"
+            return f"contains U+{ord(ch):04X}, {kind}"
+    return None
 
 
 def check_name(name: Any) -> str | None:
     if not isinstance(name, str) or not name.strip():
         return f"'name' must be non-empty text, got {shown(name)}"
-    if problem := text_problem(name):
+    if problem := text_problem(name) or _name_char_problem(name):
         return f"'name' {shown(name)} {problem}"
     if "/" in name or "\\" in name or "\0" in name or name in (".", "..") or ".." in name.split(os.sep):
         return f"'name' {shown(name)} must not contain '/', '\\' or '..' (outputs stay inside output_dir)"
@@ -140,9 +168,11 @@ def _output_dir_problem(path: Path) -> str | None:
     if "\0" in str(path):
         return f"output_dir {str(path)!r}: unusable (contains a NUL byte)"
     real = str(Path(os.path.abspath(path)).resolve())
-    if real in SYSTEM_DIRS or any(real.startswith(tree + "/") for tree in SYSTEM_TREES):
+    private = any(part in PRIVATE_DIRS for part in Path(real).parts)
+    if real in SYSTEM_DIRS or private or any(real.startswith(tree + "/") for tree in SYSTEM_TREES):
         shown_as = f"{path} (that is {real})" if str(path) != real else str(path)
-        return f"output_dir {shown_as}: the file system's root or a system directory; use a directory of your own"
+        what = "a folder of your keys" if private else "the file system's root or a system directory"
+        return f"output_dir {shown_as}: {what}; use a directory of your own"
     if path.exists() and not path.is_dir():
         return f"output_dir {path}: exists and is not a directory"
     parent = path
@@ -262,6 +292,18 @@ def _size_problems(
     for role, wh in smallest:
         if min(wh) < need:
             at = f"size {cfg.size}" if first == last else f"the first scale ({first})"
+            src = sizes["content"]
+            # The 'size' at which the output's short side reaches `need` in the first pass; when the
+            # output or a style is then past max_pixels, no 'size' helps (a 1x20000 strip): the
+            # content's shape is the problem, not the size.
+            target = -(-need * max(src) * last // (max(1, min(src)) * first))
+            at_target = [fit_size(*src, target)] + [fit_size(*sizes[r], cfg.style_side(target)) for r in style_roles]
+            if role == "output" and any(w * h > cfg.max_pixels for w, h in at_target):
+                return out_size, [
+                    f"the content is {src[0]}x{src[1]}: too narrow for layer "
+                    f"{max(cfg.layers_used, key=LAYER_INDEX.__getitem__)}, which needs at least {need} px on each "
+                    f"side, within max_pixels {cfg.max_pixels:,} at any 'size'; crop or pad the image"
+                ]
             return out_size, [
                 f"{at} makes the {role} {wh[0]}x{wh[1]}, but layer "
                 f"{max(cfg.layers_used, key=LAYER_INDEX.__getitem__)} needs at least {need} px on each side; "

@@ -10,6 +10,7 @@ import difflib
 import glob
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,10 @@ def is_url(value: Any) -> bool:
     return isinstance(value, str) and bool(_URL.match(value))
 
 
-def _expand_paths(base: Path, values: list[Any], where: str, problems: list[str]) -> list[Path]:
+def _expand_paths(
+    base: Path, values: list[Any], where: str, problems: list[str], skip: Callable[[Path], bool] | None = None
+) -> list[Path]:
+    """Files named or matched; `skip`: a match that is not an input (the job's own output)."""
     out = []
     for v in values:
         if not isinstance(v, str) or not v:
@@ -45,6 +49,7 @@ def _expand_paths(base: Path, values: list[Any], where: str, problems: list[str]
             problems.append(f"{where}: {shown(v)} {problem}")
         elif _is_glob(v):
             matches = sorted(Path(m) for m in glob.glob(str(base / v)))
+            matches = [m for m in matches if skip is None or not skip(m)]
             if not matches:
                 problems.append(f"{where}: pattern '{v}' matches no file")
             out += matches
@@ -71,9 +76,11 @@ def misspelt(raw: dict[str, Any], key: str) -> str | None:
 
 
 def raw_entries(
-    data: dict[str, Any], base: Path, src: str, problems: list[str]
+    data: dict[str, Any], base: Path, src: str, problems: list[str], skip: Callable[[Path], bool] | None = None
 ) -> list[tuple[str, dict[str, Any], list[str]]]:
-    """(entry label, raw mapping with content/style paths resolved, varied keys) for pairs and grid."""
+    """(entry label, raw mapping with content/style paths resolved, varied keys) for pairs and grid.
+    `skip`: files a pattern matches that are not inputs (the job's own outputs, when output_dir
+    lies inside a pattern: a rerun must not take them as new pairs)."""
     entries = []
     pairs = data.get("pairs") or []
     if not isinstance(pairs, list):
@@ -123,13 +130,13 @@ def raw_entries(
         if not grid:
             problems.append(f"{src}: 'grid' as a list must hold at least one grid")
         for i, one in enumerate(grid):
-            entries += _grid_entries(one, f"grid[{i}]", base, src, problems)
+            entries += _grid_entries(one, f"grid[{i}]", base, src, problems, skip)
         return entries
-    return entries + _grid_entries(grid, "grid", base, src, problems)
+    return entries + _grid_entries(grid, "grid", base, src, problems, skip)
 
 
 def _grid_entries(
-    grid: Any, label: str, base: Path, src: str, problems: list[str]
+    grid: Any, label: str, base: Path, src: str, problems: list[str], skip: Callable[[Path], bool] | None = None
 ) -> list[tuple[str, dict[str, Any], list[str]]]:
     """The entries of one grid (the cartesian product of its lists), labelled `<label>[n]`."""
     entries: list[tuple[str, dict[str, Any], list[str]]] = []
@@ -149,10 +156,10 @@ def _grid_entries(
                 axes[key] += (
                     [_grid_blend(base, v, f"{where}[{i}]", problems)]
                     if isinstance(v, dict)
-                    else _expand_paths(base, [v], where, problems)
+                    else _expand_paths(base, [v], where, problems, skip)
                 )
         elif key == "content":
-            axes[key] = _expand_paths(base, values, where, problems)
+            axes[key] = _expand_paths(base, values, where, problems, skip)
         elif key == "name":
             problems.append(f"{where}: grid outputs are named automatically; 'name' is not allowed here")
         elif key not in cfgmod.FIELDS:  # said once here, not once per grid entry

@@ -134,6 +134,8 @@ def read_job_file(path: Path) -> JobFile | None:
         return None
     except (OSError, ValueError) as e:
         raise StylebatchError(f"{path}: unreadable ({e})") from None
+    except RecursionError:
+        raise StylebatchError(f"{path}: unreadable (nested too deeply)") from None
     if not isinstance(data, dict) or not isinstance(data.get("pairs"), list):
         raise StylebatchError(f"{path}: not a stylebatch job file")
     job = JobFile(

@@ -42,8 +42,29 @@ from stylebatch.job.entries import PAIR_KEYS, URL_HINT, URLS, format_value, is_u
 from stylebatch.job.pairs import Job, Pair
 from stylebatch.job.values import path_problem, shown
 from stylebatch.job.weights import check_weights_path
+from stylebatch.jobdir.state import JobState, own_output
 
 TOP_KEYS = ("output_dir", "weights", "defaults", "pairs", "grid")
+
+
+def _own_outputs(output_dir: Path) -> Callable[[Path], bool]:
+    """Whether a file a pattern matched is this job's own output (output_dir inside a content or
+    style pattern): never an input, or each rerun would find its outputs as new pairs."""
+    state, parents = JobState(output_dir), {}
+    try:
+        real_out = os.path.realpath(output_dir)
+    except (OSError, ValueError):  # an unusable output_dir (reported as such): it holds no outputs
+        return lambda path: False
+
+    def skip(path: Path) -> bool:
+        try:
+            if path.parent not in parents:
+                parents[path.parent] = os.path.realpath(path.parent)
+            return parents[path.parent] == real_out and own_output(state, path)
+        except (OSError, ValueError):  # a name no output can have (a NUL byte, bytes not UTF-8)
+            return False
+
+    return skip
 
 
 def load_job(
@@ -140,7 +161,7 @@ def load_job(
 
     files = FileChecker(resolve_auto(job.output_dir) if resolve_auto else None)  # size/tile/batch_size auto
     resolved_configs: dict[str, cfgmod.Config] = {}
-    for entry, raw, varied in raw_entries(data, base, src, problems):
+    for entry, raw, varied in raw_entries(data, base, src, problems, _own_outputs(job.output_dir)):
         urls = raw.pop(URLS, [])
         pair_keys = {k: v for k, v in raw.items() if k not in PAIR_KEYS}
         unknown = [k for k in pair_keys if k not in cfgmod.FIELDS] if entry.startswith("pairs") else []

@@ -56,7 +56,9 @@ _NoAliasLoader.add_implicit_resolver(
 def load_yaml(text: str, source: str) -> Any:
     """Parse YAML safely; syntax errors become one line with the file and line number."""
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (safe loader subclass)
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (safe loader subclass)
+    except RecursionError:  # PyYAML's composer recurses once per level of nesting
+        raise ConfigError(f"{source}: not valid YAML: nested more than {MAX_DEPTH} levels deep") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -65,3 +67,23 @@ def load_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: not valid YAML: {e}") from None
     except ValueError as e:  # a number with more digits than Python converts (over 4,300)
         raise ConfigError(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if nesting_depth(data) > MAX_DEPTH:  # what reads it later (hashing, JSON, messages) recurses too
+        raise ConfigError(f"{source}: not valid YAML: nested more than {MAX_DEPTH} levels deep")
+    return data
+
+
+MAX_DEPTH = 50  # levels of lists and mappings in a manifest, a preset or a --set value: far above any real one
+
+
+def nesting_depth(data: Any) -> int:
+    """How deeply lists and mappings nest in `data` (without recursion: it may be very deep)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, depth)
+            stack += [(v, depth + 1) for v in item.values()] + [(k, depth + 1) for k in item]
+        elif isinstance(item, (list, tuple)):
+            deepest = max(deepest, depth)
+            stack += [(v, depth + 1) for v in item]
+    return deepest

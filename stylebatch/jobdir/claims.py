@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from stylebatch.atomic import open_nofollow, read_nofollow, remove_stale_temps, temp_targets
+from stylebatch.errors import LockedError
 from stylebatch.images import OUTPUT_FORMATS, output_extension  # an output's temps may be in any of them
 from stylebatch.jobdir.state import HOST, JobState
 
@@ -42,6 +43,8 @@ def try_claim(state: JobState, name: str, rank: int, purpose: str) -> int | None
     A "plan" claim is only the flock (planning touches records, never files, and runs once per pair
     at every start: 100,000 at scale); a "work" claim is logged and clears the temps a killed holder
     left in the pair's directory and of its outputs."""
+    if purpose != "plan":
+        state.check_generation()  # a worker of a run since started afresh claims nothing more
     directory = state.ensure_dir(state.pair_dir(name))
     fd = open_nofollow(directory / CLAIM_FILE, os.O_RDWR | os.O_CREAT)
     try:
@@ -105,6 +108,36 @@ def holder(state: JobState, name: str) -> str:
         return f"pid {info['pid']} on {info['host']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
+
+
+def hold_all(state: JobState, names: list[str], wait_s: float) -> list[tuple[str, int]]:
+    """Take every pair's claim (waiting up to `wait_s` for live holders to let go: a worker whose
+    parent died checkpoints and stops in a moment); LockedError naming the holders if some still
+    hold theirs. The caller releases the returned claims (`release(..., purpose="plan")`)."""
+    held: list[tuple[str, int]] = []
+    busy = list(names)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            for name in list(busy):
+                fd = try_claim(state, name, 0, "plan")
+                if fd is not None:
+                    held.append((name, fd))
+                    busy.remove(name)
+            if not busy:
+                return held
+            if time.monotonic() > deadline:
+                who = sorted({holder(state, name) for name in busy})
+                raise LockedError(
+                    f"{state.output_dir}: --fresh refused: {len(busy)} pair(s) ({', '.join(busy[:3])}"
+                    f"{', ...' if len(busy) > 3 else ''}) are still being worked on by {', '.join(who)} "
+                    f"after {wait_s:.0f} s; stop that process, or wait for it, then run again"
+                )
+            time.sleep(POLL_S)
+    except BaseException:
+        for name, fd in held:
+            release(state, name, fd, "plan")
+        raise
 
 
 def history(state: JobState, name: str) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import socket
 import stat
 import time
@@ -36,8 +37,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stylebatch.atomic import atomic_write, link_message, open_nofollow, pid_alive, remove_stale_temps
-from stylebatch.errors import LockedError, UnsafePathError
+from stylebatch.atomic import atomic_write, link_message, open_nofollow, pid_alive, read_nofollow, remove_stale_temps
+from stylebatch.errors import JobGoneError, LockedError, UnsafePathError
 from stylebatch.jobdir.curves import CURVE_FILE
 
 STATE_DIR = ".stylebatch"
@@ -68,6 +69,33 @@ class JobState:
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = Path(output_dir)
         self.root = self.output_dir / STATE_DIR
+        self.expected_generation: str | None = None  # set in a worker: every record write checks it
+
+    def generation(self) -> str:
+        """The job's current generation token ('' before any `--fresh`)."""
+        try:
+            return read_nofollow(self.generation_file).decode("ascii", "replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    def new_generation(self) -> str:
+        token = secrets.token_hex(8)
+        self.ensure_dir(self.root)
+        atomic_write(self.generation_file, token.encode())
+        return token
+
+    def check_generation(self) -> None:
+        """Raise JobGoneError when the job was started afresh since this worker's plan."""
+        if self.expected_generation is not None and self.generation() != self.expected_generation:
+            raise JobGoneError(
+                f"{self.output_dir}: the job was started afresh (--fresh) by another run; "
+                "this worker of the earlier run stops without writing"
+            )
+
+    @property
+    def generation_file(self) -> Path:
+        """A token `run --fresh` renews: a worker of an earlier run then writes nothing more."""
+        return self.root / "generation"
 
     @property
     def job_file(self) -> Path:
@@ -161,30 +189,44 @@ class JobState:
             while chunk := os.read(fd, 1 << 16):
                 chunks.append(chunk)
             record = json.loads(b"".join(chunks))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None  # an unreadable record is treated as absent: the pair is redone, never trusted
         finally:
             os.close(fd)
-        return record if isinstance(record, dict) else None
+        return record if isinstance(record, dict) and record_problem(record) is None else None
 
     def write(self, name: str, record: dict[str, Any]) -> None:
+        self.check_generation()
         directory = self.ensure_dir(self.pair_dir(name))
         record = {**record, "name": name, "updated": time.time()}
         atomic_write(directory / "state.json", json.dumps(record, indent=1, sort_keys=True).encode())
 
-    def undo_attempt(self, name: str) -> None:
-        """A pair stopped by something that is not its fault (a full disk): its attempt does not count."""
+    def undo_attempt(self, name: str, **changes: Any) -> dict[str, Any]:
+        """A pair stopped by something that is not its own failure (a signal, a full disk, out of
+        memory before a retry, a failed batch before its pairs run alone): the attempt its run
+        began (`attempt_open`) does not count. Once only: a closed attempt is not taken back twice."""
         record = self.read(name) or {}
-        self.update(
-            name, status="interrupted", attempts=max(0, int(record.get("attempts", 1)) - 1), heartbeat=time.time()
-        )
+        attempts = record_count(record.get("attempts"))
+        if record.get("attempt_open"):
+            attempts = max(0, attempts - 1)
+        return self.update(name, attempts=attempts, attempt_open=False, **changes)
 
-    def check_links(self) -> None:
-        """Refuse the job directory if a link was planted anywhere in it (one line naming it)."""
+    def stop_attempt(self, name: str) -> None:
+        """A full disk stopped the pair: not its failure, and it resumes on the next run."""
+        self.undo_attempt(name, status="interrupted", heartbeat=time.time())
+
+    def check_links(self, under: Path | None = None) -> None:
+        """Refuse the job directory if a link was planted anywhere in it, or in its subdirectory
+        `under` and on the way there (one line naming it)."""
         _check_dir(self.root)
         # scandir, not os.walk + islink: the entry's type comes with the listing (no lstat per file;
         # 100,000 pairs hold 400,000 entries, checked at every start).
-        stack = [str(self.root)]
+        top = Path(under) if under is not None else self.root
+        current = self.root
+        for part in top.relative_to(self.root).parts:
+            current = current / part
+            _check_dir(current)
+        stack = [str(top)] if os.path.isdir(top) else []
         while stack:
             with os.scandir(stack.pop()) as entries:
                 for entry in entries:
@@ -260,15 +302,16 @@ class JobState:
 
 
 def output_stamp(path: str | os.PathLike) -> dict[str, int] | None:
-    """Size, mtime (ns) and inode of a regular file, or None: recorded when an output is written, so
-    a resume can tell an untouched output without reading it."""
+    """Size, mtime, ctime (ns) and inode of a regular file, or None: recorded when an output is
+    written, so a resume can tell an untouched output without reading it. The ctime catches a file
+    edited in place whose mtime was set back (no program can set the ctime)."""
     try:
         st = os.stat(path)
     except (OSError, ValueError):
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
 
 
 def output_intact(state: JobState, name: str, record: dict[str, Any], path: Path, verify: bool = False) -> bool:
@@ -288,6 +331,93 @@ def output_intact(state: JobState, name: str, record: dict[str, Any], path: Path
     if record.get("output_stat") != stamp:
         state.update(name, output_stat=stamp)
     return True
+
+
+_TEXT = (str, type(None))
+_NUMBER = (int, float)
+RECORD_TYPES: dict[str, tuple[type, ...]] = {  # what the code reads of a record, and its type
+    "status": (str,),
+    "id": _TEXT,
+    "host": _TEXT,
+    "output": _TEXT,
+    "output_sha256": _TEXT,
+    "error": _TEXT,
+    "entry": _TEXT,
+    "name": _TEXT,
+    "attempts": (int,),
+    "steps_done": (int,),
+    "steps": (int,),
+    "pid": (int,),
+    "rank": (int, type(None)),
+    "heartbeat": _NUMBER,
+    "seconds": _NUMBER,
+    "started": _NUMBER,
+    "finished": _NUMBER,
+    "updated": _NUMBER,
+    "attempt_open": (bool,),
+    "output_stat": (dict, type(None)),
+    "encoding": (dict,),
+    "losses": (dict,),
+    "memory_fallback": (dict, type(None)),
+    "measured": (dict, type(None)),
+    "batch": (list, type(None)),
+}
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """What makes a record unusable (a field of the wrong type, a status that is none of ours),
+    or None. Such a record counts as absent: the pair is redone, never trusted, never a crash."""
+    for key, types in RECORD_TYPES.items():
+        if key in record:
+            value = record[key]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                return f"'{key}' is {type(value).__name__}"
+    if record.get("status", "pending") not in STATUSES:
+        return "unknown status"
+    if isinstance(record.get("heartbeat"), float) and record["heartbeat"] != record["heartbeat"]:
+        return "'heartbeat' is NaN"
+    losses = record.get("losses") or {}
+    if not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in losses.values()):
+        return "'losses' holds a non-number"
+    if not all(isinstance(n, str) for n in record.get("batch") or []):
+        return "'batch' holds a non-name"
+    fallback = record.get("memory_fallback")
+    if fallback is not None and not (
+        isinstance(fallback.get("rungs", []), list)
+        and isinstance(fallback.get("config", {}), dict)
+        and all(isinstance(r, dict) for r in fallback.get("rungs", []))
+    ):
+        return "'memory_fallback' is malformed"
+    return None
+
+
+def record_count(value: Any) -> int:
+    """A record's count as a non-negative int (a record edited by hand may hold anything)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def begin_attempt(record: dict[str, Any]) -> int:
+    """The attempts a pair has used once its run now begins: its earlier count, less an attempt
+    left open by a run that never ended it (killed, its worker lost), plus this one."""
+    attempts = record_count(record.get("attempts"))
+    if record.get("attempt_open"):
+        attempts = max(0, attempts - 1)
+    return attempts + 1
+
+
+def own_output(state: JobState, path: Path) -> bool:
+    """Whether `path`, a file directly in the output directory, is an output this job wrote: its
+    pair's record names it and holds its sha256 (checked by the recorded stamp first, unread)."""
+    path = Path(path)
+    record = state.read(path.stem) if path.stem and not path.stem.startswith(".") else None
+    if not record or record.get("output") != path.name or not isinstance(record.get("output_sha256"), str):
+        return False
+    if record.get("output_stat") == output_stamp(path):
+        return True
+    try:
+        return sha256_file(path) == record["output_sha256"]
+    except OSError:
+        return False
 
 
 def _try_flock(fd: int) -> bool:

@@ -150,7 +150,6 @@ def climb(
         fallback["config"] = {**fallback["config"], **changes}
         fallback["rungs"] = [*fallback["rungs"], {"rung": name, **changes, "error": error, **freed}]
         # The failed attempt does not count: the retry below is the pair's attempt.
-        attempts = max(0, int(record.get("attempts", 1)) - 1)
-        state.update(pair.name, memory_fallback=fallback, batch=None, attempts=attempts)
+        state.undo_attempt(pair.name, memory_fallback=fallback, batch=None)
         log.warning("%s: out of memory (%s); retrying %s %s", pair.name, error, name, changes or "")
     return ([[pair] for pair in pairs] if rung is not None else []), failed

@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from stylebatch.report.rows import job_records
 from stylebatch.report.sheet import SheetGeometry
 from stylebatch.report.thumbs import Thumbs, write_cache_file
 
+OWN_PAGE = re.compile(r"(page-\d{4,}\.html|sheet-\d{4,}\.(jpg|png)|contact_sheet\.(jpg|png))")  # names pages.py gives
 SHOWN_RECORD = ("steps_done", "steps", "losses", "seconds", "error", "updated")  # what a cell uses of a record
 
 
@@ -105,11 +107,11 @@ class ReportResult:
 
 
 @contextlib.contextmanager
-def _locked(report_dir: Path) -> Iterator[None]:
+def _locked(state: JobState, report_dir: Path) -> Iterator[None]:
     """One report writer at a time (the live report's child, a `stylebatch report` by hand): one
     could otherwise prune the thumbnails the other just linked."""
-    report_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(report_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    state.ensure_dir(report_dir)
+    fd = os.open(report_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -125,10 +127,14 @@ def write_report(
     interval; otherwise they reload only while a pair's owner is alive. `workers` > 1 makes the
     changed pages in that many forked processes (the CLI; never inside a run, which has threads)."""
     out_dir = Path(out_dir)
+    state = JobState(out_dir)
+    report_dir = state.report_dir
+    # Nothing read or written through a link: one planted at `.stylebatch/`, the report directory
+    # or anything in it is refused with one line naming it.
+    state.check_links(report_dir)
     job, views = load_views(out_dir)
     layout = build_layout(views, Axes(job.keys, job.defaults, job.bookkeeping), columns, rows)
-    report_dir = JobState(out_dir).report_dir
-    with _locked(report_dir):
+    with _locked(state, report_dir):
         run = Pages(job, views, layout, report_dir, out_dir, Thumbs(report_dir / "thumbs"), live_every)
         cache_file = report_dir / "pages.json"
         try:
@@ -172,8 +178,8 @@ def write_report(
 
 
 def _remove_stale(report_dir: Path, keep: set[str]) -> None:
-    """Pages and sheets of an earlier, larger report (and the PNG sheet of earlier versions)."""
+    """Pages and sheets of an earlier, larger report (and the PNG sheet of earlier versions): only
+    files named exactly as the report names them, never another file that happens to be there."""
     for f in report_dir.iterdir():
-        stale = f.name.startswith(("page-", "sheet-")) or f.name == "contact_sheet.png" or f.name == "contact_sheet.jpg"
-        if stale and f.name not in keep and f.is_file():
+        if f.name not in keep and OWN_PAGE.fullmatch(f.name) and f.is_file() and not f.is_symlink():
             f.unlink(missing_ok=True)

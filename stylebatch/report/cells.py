@@ -22,7 +22,8 @@ ERROR_CHARS = 400  # an error is cut to this length in its cell
 
 
 def href(target: Path, base: Path) -> str:
-    return quote(os.path.relpath(target, base).replace(os.sep, "/"))
+    # The file's own bytes, %-escaped: a name that is not UTF-8 still links to its file.
+    return quote(os.fsencode(os.path.relpath(target, base).replace(os.sep, "/")))
 
 
 # The curve's chart, in SVG user units (drawn at the cell's width, 0.55 as tall): the plot area
@@ -82,7 +83,7 @@ def curve_data(rows: list[dict[str, float]]) -> dict[str, Any] | None:
 
 
 def anchor(name: str) -> str:
-    return "pair-" + quote(name, safe="")
+    return "pair-" + quote(name.encode("utf-8", "surrogateescape"), safe="")
 
 
 def cell(v: PairView, base: Path, out_dir: Path, thumbs: Thumbs, steps: Any) -> dict[str, Any]:

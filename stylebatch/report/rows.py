@@ -3,6 +3,7 @@ pending and invalid ones included, read from the job's on-disk state (state.py) 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,13 +50,14 @@ def pair_rows(output_dir: Path) -> Iterator[dict[str, Any]]:
         if status == "invalid":
             yield {**_row(e.name, e.entry, record, None), "status": "invalid", "steps_done": 0, "steps": None}
         else:
-            yield _row(e.name, e.entry, record or None, job.value(e, "steps"))
+            yield {**_row(e.name, e.entry, record or None, job.value(e, "steps")), "status": status}
 
 
 def job_records(state: JobState, job: JobFile) -> Iterator[tuple[JobEntry, dict[str, Any], str]]:
     """(entry, record, status) for each pair of the job file, in manifest order, one record read at
     a time: `invalid` for an entry the run recorded as invalid (its record says why) or one without
-    a config, `pending` for one without a record (an empty record), else the record's own status."""
+    a config, `pending` for one without a record (an empty record) or a done one whose output is
+    gone (one stat per done pair), else the record's own status."""
     invalid = {}
     for name in state.names():
         if name.startswith(INVALID_PREFIX):
@@ -68,4 +70,10 @@ def job_records(state: JobState, job: JobFile) -> Iterator[tuple[JobEntry, dict[
             yield e, bad or {}, "invalid"
             continue
         record = state.read(e.name)
-        yield e, record or {}, effective_status(record, now) if record else "pending"
+        status = effective_status(record, now) if record else "pending"
+        output = record.get("output") if record else None
+        if status == "done" and isinstance(output, str) and not os.path.isfile(state.output_dir / output):
+            # Done once, but its picture is gone: the next run makes it again, so it is not done.
+            record = {**record, "error": f"output {output} is missing: the next run makes it again"}
+            status = "pending"
+        yield e, record or {}, status

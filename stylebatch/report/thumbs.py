@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from stylebatch.atomic import temp_path
 from stylebatch.icc import shown_as_srgb
 
 THUMB = 256  # longest side of a thumbnail, px
+OWN_THUMB = re.compile(r"([0-9a-f]{20})_(\d+)x(\d+)\.jpg")  # <key>_<w>x<h>.jpg, as _make names it
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,11 @@ class Thumbs:
                         self._known(Path(f.path))
 
     def _known(self, path: Path) -> None:
-        key, _, size = path.stem.partition("_")
-        w, _, h = size.partition("x")
-        if path.suffix == ".jpg" and w.isdigit() and h.isdigit():
-            self.existing[key] = Thumb(path, int(w), int(h))
+        # Only a file named as _make names it, in its key's subdirectory: anything else found here
+        # is not the report's, and prune must never delete it.
+        found = OWN_THUMB.fullmatch(path.name)
+        if found and path.parent.name == found[1][:2]:
+            self.existing[found[1]] = Thumb(path, int(found[2]), int(found[3]))
 
     def get(self, src: Path | None) -> Thumb | None:
         """The thumbnail of `src`, made if needed; None for a missing or unreadable file (shown as

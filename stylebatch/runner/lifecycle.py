@@ -11,7 +11,7 @@ import traceback
 from stylebatch.errors import EXIT_FAILED_PAIRS, EXIT_INTERRUPTED, EXIT_OK, StylebatchError
 from stylebatch.fit.engine import NonFiniteLossError, PairHooks, PairResult
 from stylebatch.job.pairs import Job, Pair
-from stylebatch.jobdir.state import INVALID_PREFIX, JobState, effective_status, output_stamp
+from stylebatch.jobdir.state import INVALID_PREFIX, JobState, begin_attempt, effective_status, output_stamp
 from stylebatch.runner.options import Reporter, StopFlag
 
 log = logging.getLogger("stylebatch")
@@ -36,14 +36,23 @@ def recorded_batches(state: JobState, pairs: list[Pair]) -> dict[str, list[str]]
 
 
 def begin_pair(
-    job: Job, pair: Pair, state: JobState, stop: StopFlag, reporter: Reporter, rank: int, batch: list[str] | None
+    job: Job,
+    pair: Pair,
+    state: JobState,
+    stop: StopFlag,
+    reporter: Reporter,
+    rank: int,
+    batch: list[str] | None,
+    resume_at: int = 0,
 ) -> tuple[PairHooks, float]:
     """Mark a pair running (owner, attempt, batch membership) and make the hooks that watch it;
     returns them and the time the pair would have started had it run in one go (now, less the
-    seconds it spent in earlier runs), so its recorded `seconds` is its total."""
+    seconds it spent in earlier runs), so its recorded `seconds` is its total. `resume_at`: the
+    evaluations of the checkpoint it resumes from (not the record's count, which heartbeats move
+    past the checkpoint), the only resume point ever shown."""
     record = state.read(pair.name) or {}
     # `seconds` is the pair's time over all its runs: a resumed pair carries what it had spent so far.
-    spent = float(record.get("seconds") or 0) if int(record.get("steps_done") or 0) > 0 else 0.0
+    spent = float(record.get("seconds") or 0) if resume_at > 0 else 0.0  # from the checkpoint it resumes
     started = time.time() - spent
     state.write(
         pair.name,
@@ -51,16 +60,18 @@ def begin_pair(
             **record,
             "id": pair.id,
             "status": "running",
-            "attempts": int(record.get("attempts", 0)) + 1,
+            "attempts": begin_attempt(record),  # an earlier run's attempt left open (killed) does not count
+            "attempt_open": True,
             "steps": pair.config.steps,
             "started": started,
             "error": None,
             "output": job.output_path(pair).name,
             "batch": batch,
+            "steps_done": resume_at,
             **state.owner(rank),
         },
     )
-    reporter.pair_start(pair, int(record.get("steps_done", 0)), batch)
+    reporter.pair_start(pair, resume_at, batch)
     last_beat = [time.monotonic()]
 
     def on_progress(n: int, losses: dict[str, float]) -> None:
@@ -74,7 +85,10 @@ def begin_pair(
 
     stop_file = state.stop_file
     hooks = PairHooks(
-        should_stop=lambda: bool(stop) or stop_file.exists(), on_progress=on_progress, on_checkpoint=on_checkpoint
+        should_stop=lambda: bool(stop) or stop_file.exists(),
+        on_progress=on_progress,
+        on_checkpoint=on_checkpoint,
+        check_job=state.check_generation,
     )
     return hooks, started
 
@@ -82,8 +96,8 @@ def begin_pair(
 def conclude_pair(
     job: Job, pair: Pair, state: JobState, reporter: Reporter, result: PairResult, started: float
 ) -> None:
-    if result.interrupted:
-        state.update(
+    if result.interrupted:  # a signal or a pre-emption: not an attempt of the pair's
+        state.undo_attempt(
             pair.name,
             status="interrupted",
             steps_done=result.evaluations,
@@ -98,6 +112,7 @@ def conclude_pair(
     state.update(
         pair.name,
         status="done",
+        attempt_open=False,
         steps_done=result.evaluations,
         output_sha256=result.output_sha256,
         encoding=pair.config.encoding(),
@@ -126,7 +141,7 @@ def failure_reason(pair: Pair, e: Exception) -> str:
 
 def fail_pair(state: JobState, pair: Pair, reporter: Reporter, message: str) -> None:
     log.error("%s: failed: %s", pair.name, message)
-    state.update(pair.name, status="failed", error=message, finished=time.time())
+    state.update(pair.name, status="failed", attempt_open=False, error=message, finished=time.time())
     reporter.pair_end(pair, "failed", message)
 
 

@@ -10,6 +10,7 @@ stop flag: run_setup.py; the pairs' records and the exit code: pair_records.py.
 from __future__ import annotations
 
 import collections
+import contextlib
 import gc
 import json
 import logging
@@ -25,8 +26,9 @@ from typing import Any
 import torch
 
 from stylebatch.atomic import atomic_write, fault_point
-from stylebatch.errors import StylebatchError, WorkerLostError, is_disk_full
-from stylebatch.fit.engine import Member, stylize
+from stylebatch.errors import JobGoneError, StylebatchError, WorkerLostError, is_disk_full
+from stylebatch.fit.checkpoint import position, vet_checkpoint
+from stylebatch.fit.engine import Member, shape_at, stylize
 from stylebatch.fit.provenance import pair_metadata
 from stylebatch.fit.vgg import VGGFeatures, load_vgg
 from stylebatch.job.jobfile import write_job_file
@@ -83,7 +85,8 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
         vgg = load_vgg(job.weights, job.layers_used)
     except BaseException as e:
         if fabric is not None:
-            fabric.broadcast({"abort": str(e)}, src=0)  # let the workers exit 0 instead of hanging
+            with contextlib.suppress(WorkerLostError):  # the problem itself is what to report
+                workers.broadcast(fabric, {"abort": str(e)})  # let the workers exit 0 instead of hanging
         raise
     job.output_dir.mkdir(parents=True, exist_ok=True)
     world = fabric.world_size if fabric is not None else 1
@@ -96,7 +99,16 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             _log_rank(fabric)
             check_redo(job, state, opts, reporter)  # before anything in the directory changes
             if opts.fresh and state.pairs_dir.exists():
-                shutil.rmtree(state.pairs_dir)
+                # Never under a live process's claim: the claims are taken (waited for) first, and
+                # a new generation tells any worker of an earlier run to stop without writing.
+                held = claims.hold_all(state, state.names(), claims.WAIT_S)
+                try:
+                    shutil.rmtree(state.pairs_dir)
+                    state.new_generation()
+                finally:
+                    for name, fd in held:
+                        claims.release(state, name, fd, "plan")
+            generation = state.generation()
             removed = state.remove_stale_temps()  # only .stylebatch/; pair temps under their claim
             if removed:
                 log.info("removed %d temp file(s) left by an interrupted run", removed)
@@ -117,10 +129,11 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             shares = make_plan(pending, world, recorded_batches(state, pending))  # batches of names, per rank
         except BaseException as e:
             if fabric is not None:
-                fabric.broadcast({"abort": str(e)}, src=0)  # let the workers exit 0 instead of hanging
+                with contextlib.suppress(WorkerLostError):  # the problem itself is what to report
+                    workers.broadcast(fabric, {"abort": str(e)})  # let the workers exit 0 instead of hanging
             raise
         if fabric is not None:
-            fabric.broadcast({"shares": shares}, src=0)
+            workers.broadcast(fabric, {"shares": shares, "generation": generation})
         planned = {p.name for p in pending}
         before = {p.name: int((state.read(p.name) or {}).get("steps_done") or 0) for p in pending}
         settled = [p for p in job.valid_pairs if p.name not in planned]  # done, or failed for good
@@ -160,19 +173,25 @@ def _worker(fabric: Any, job: Job, opts: RunOptions) -> int:
     _open_log(state, rank=rank)
     _log_rank(fabric)
     mine = msg["shares"][rank]
+    state.expected_generation = msg.get("generation", "")  # a later --fresh: stop without writing
     stop = StopFlag()
     rank_file = state.rank_file(rank)
     rank_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(rank_file, json.dumps({**state.owner(rank), "status": "running"}).encode())
     stop.install()
+    gone = False
     try:
         vgg = load_vgg(job.weights, job.layers_used)  # rank 0 already downloaded it: from the cache
         run_batches(job, mine, vgg, fabric.device, state, stop, Reporter(), rank=rank)
+    except JobGoneError as e:
+        gone = True
+        log.warning("rank %d: %s", rank, e)
     except StylebatchError as e:
         log.error("rank %d: %s", rank, e)
     finally:
         stop.restore()
-        atomic_write(rank_file, json.dumps({**state.owner(rank), "status": "finished"}).encode())
+        if not gone:
+            atomic_write(rank_file, json.dumps({**state.owner(rank), "status": "finished"}).encode())
     return 0  # always 0: Lightning's launcher kills every process when one exits non-zero
 
 
@@ -277,7 +296,11 @@ def _run_batch(
     unbatched. Out of memory, the ladder (memory/ladder.py) decides what comes back."""
     batch = [oom.with_fallback(p, state.read(p.name)) for p in batch]  # settings of earlier rungs
     names = [p.name for p in batch] if len(batch) > 1 else None
-    begun = [begin_pair(job, p, state, stop, reporter, rank, names) for p in batch]
+    loaded = [_own_checkpoint(state, p, reporter) for p in batch]
+    # Where the batch resumes, as the engine will decide it: every member's checkpoint at one place.
+    positions = {position(c) for c in loaded}
+    resume_at = positions.pop()[1] if len(positions) == 1 and None not in positions else 0
+    begun = [begin_pair(job, p, state, stop, reporter, rank, names, resume_at) for p in batch]
     members = [
         Member(
             p.content,
@@ -287,8 +310,9 @@ def _run_batch(
             job.output_path(p),
             pair_metadata(job, p, weights_id),
             hooks,
+            checkpoint,
         )
-        for p, (hooks, _) in zip(batch, begun)
+        for p, (hooks, _), checkpoint in zip(batch, begun, loaded)
     ]
     # The measured peak and rate, for the estimates (from where the checkpoints stand).
     before = measure.observe(device, [int((state.read(p.name) or {}).get("steps_done", 0)) for p in batch])
@@ -297,9 +321,11 @@ def _run_batch(
             fault_point(f"pair:{p.name}")
         results = stylize(members, vgg, device)
     except Exception as e:  # noqa: BLE001 (isolate the pair, or the faulty member from the rest of the batch)
+        if isinstance(e, JobGoneError):
+            raise  # started afresh by another run: nothing more is written, nobody is blamed
         if is_disk_full(e):  # the whole job stops; no member is blamed or charged an attempt
             for p in batch:
-                state.undo_attempt(p.name)
+                state.stop_attempt(p.name)
             raise
         out_of_memory = oom.is_oom(e)
         why = (
@@ -330,8 +356,22 @@ def _run_batch(
     log.warning("batch %s: %s; running its pairs one by one", names, why)
     for p in batch:
         # The batch's attempt does not count: each pair's own run is its attempt.
-        state.update(p.name, batch=None, attempts=max(0, int((state.read(p.name) or {}).get("attempts", 1)) - 1))
+        state.undo_attempt(p.name, batch=None)
     return [[p] for p in batch]
+
+
+def _own_checkpoint(state: JobState, pair: Pair, reporter: Reporter) -> dict[str, Any] | None:
+    """The pair's checkpoint when it is its own as saved (its id, its image's shape, its checksum);
+    any other is removed with one line, and the pair restarts from 0."""
+    size = pair.content_size
+    ckpt, why = vet_checkpoint(
+        state.checkpoint_path(pair.name), pair.id, shape_at(size, pair.config) if size else lambda k: None
+    )
+    if why:
+        note = f"{pair.name}: {why}; the pair restarts from 0"
+        log.warning("%s", note)
+        reporter.note(note)
+    return ckpt
 
 
 def _free_memory(device: torch.device) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from stylebatch.errors import StopNow, StylebatchError
 from stylebatch.job.pairs import Job, Pair
-from stylebatch.jobdir.state import REDO_UNASKED, JobState, output_intact, output_stamp
+from stylebatch.jobdir.state import REDO_UNASKED, JobState, output_intact, output_stamp, record_count
 from stylebatch.runner.redo_notes import redo_note, stale_output_note
 
 log = logging.getLogger("stylebatch")
@@ -116,7 +116,9 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter
             log.info("%s", note)
             (reporter or Reporter()).note(note)
         state.checkpoint_path(pair.name).unlink(missing_ok=True)
-        state.write(pair.name, {"id": pair.id, "status": "pending", "attempts": 0, "steps_done": 0})
+        # What was written at the output path stays known: that file is still the job's own to replace.
+        written = {k: record[k] for k in ("output_sha256", "output_stat") if k in record}
+        state.write(pair.name, {"id": pair.id, "status": "pending", "attempts": 0, "steps_done": 0, **written})
         return True
     status = record.get("status")
     if status == "done":
@@ -127,9 +129,13 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter
             return False
         log.info("%s: output missing or changed since it was written; redoing the pair", pair.name)
         (reporter or Reporter()).note(stale_output_note(pair.name, record, pair.config.encoding(), out))
-        state.update(pair.name, status="pending", steps_done=0, attempts=0)
+        state.update(pair.name, status="pending", steps_done=0, attempts=0, attempt_open=False)
         return True
-    if status == "failed" and record.get("attempts", 0) >= pair.config.max_attempts and not opts.retry_failed:
+    if (
+        status == "failed"
+        and record_count(record.get("attempts")) >= pair.config.max_attempts
+        and not opts.retry_failed
+    ):
         return False
     return True
 

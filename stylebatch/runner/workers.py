@@ -20,6 +20,7 @@ or a parent that died before the request was made).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -30,6 +31,9 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from stylebatch.atomic import fault_point
+from stylebatch.errors import StylebatchError, WorkerLostError
 
 log = logging.getLogger("stylebatch")
 
@@ -56,6 +60,12 @@ def launch(accelerator: str, devices: int | None, num_nodes: int, sync_timeout: 
     external_world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1)
     if devices == 1 and num_nodes == 1 and external_world == 1:
         return None
+    if num_nodes > 1 and external_world == 1:
+        # Nothing would start the other nodes' processes: rank 0 would wait for them until the timeout.
+        raise StylebatchError(
+            f"--num-nodes {num_nodes}: the processes of the other nodes are started by a launcher, not by "
+            "stylebatch: run under SLURM (srun, see scripts/slurm/) or torchrun --nnodes; nothing was run"
+        )
     if external_world > 1 and devices in (1, None):
         # torchrun / srun: one process per task is already running; take the layout from them.
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or external_world)
@@ -70,10 +80,87 @@ def launch(accelerator: str, devices: int | None, num_nodes: int, sync_timeout: 
     env = fabric.strategy.cluster_environment
     if os.environ.get(LAUNCHER_ENV, str(os.getpid())) != str(os.getpid()) and "LOCAL_RANK" in os.environ:
         stop_with_parent(int(os.environ[LAUNCHER_ENV]))  # a worker that rank 0 started
+        fault_point("worker_start")
     elif isinstance(env, LightningEnvironment) and not env.creates_processes_externally:
         _start_local_ranks(fabric.strategy.num_processes, fabric.strategy.num_nodes)  # instead of Fabric's launcher
-    fabric.launch()
+    watch = _StartWatch(min(sync_timeout, STARTUP_S)) if _children else None
+    try:
+        fabric.launch()
+    except Exception as e:  # noqa: BLE001 (the process group's errors: DistStoreError, RuntimeError...)
+        raise WorkerLostError(startup_failure(e, wait_s=3.0)) from None
+    finally:
+        if watch is not None:
+            watch.done.set()
     return fabric
+
+
+STARTUP_S = 120.0  # the longest rank 0 waits for the workers it started to join (or --sync-timeout, if shorter)
+EXIT_STARTUP = 3  # interrupted before any work: the same command, run again, starts the job
+
+
+def startup_failure(e: BaseException | None = None, wait_s: float = 0.0) -> str:
+    """One line for a worker that failed to start or to take the job: the worker that died if one
+    did (waiting up to `wait_s` for it: the connection drops a moment before the process is gone),
+    else the process group's own first sentence."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and all(proc.poll() in (None, 0) for proc in _children):
+        time.sleep(0.05)
+    for rank, proc in enumerate(_children, start=1):
+        code = proc.poll()
+        if code not in (None, 0):
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            return (
+                f"rank {rank} (pid {proc.pid}) {how} while the workers were starting; nothing was run: "
+                "run the same command again"
+            )
+    first = str(e).splitlines()[0].split(". ")[0] if e is not None and str(e) else ""
+    why = f" ({type(e).__name__}: {first})" if e is not None else ""
+    return f"the workers could not start or reach each other{why}; nothing was run: run the same command again"
+
+
+def broadcast(fabric: Any, obj: Any) -> Any:
+    """fabric.broadcast from rank 0, with a lost worker as one line (exit 3), never a traceback."""
+    try:
+        return fabric.broadcast(obj, src=0)
+    except Exception as e:  # noqa: BLE001 (gloo/NCCL: "Connection closed by peer", timeouts)
+        raise WorkerLostError(startup_failure(e, wait_s=3.0)) from None
+
+
+class _StartWatch:
+    """While rank 0 waits in the process group's start-up (a C++ wait that no signal interrupts),
+    watch the workers it started: one that dies, or none joining within `limit` seconds (a stopped
+    or stuck worker), ends the command with one line and exit 3 instead of a traceback after the
+    full --sync-timeout. Nothing is written before the process group is up, so ending is safe."""
+
+    def __init__(self, limit: float):
+        self.limit, self.done = limit, threading.Event()
+        threading.Thread(target=self._run, name="stylebatch-start-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.limit
+        while not self.done.wait(WATCH_S):
+            died = any(proc.poll() not in (None, 0) for proc in _children)
+            if died or time.monotonic() > deadline:
+                message = (
+                    startup_failure()
+                    if died
+                    else f"a worker did not join within {self.limit:.0f} s (stopped, stuck or unreachable); "
+                    "nothing was run: run the same command again"
+                )
+                self._end(message)
+
+    def _end(self, message: str) -> None:
+        if self.done.is_set():
+            return
+        log.error("%s", message)
+        for proc in _children:
+            if proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    proc.send_signal(signal.SIGCONT)  # a stopped worker cannot act on SIGTERM otherwise
+                    proc.kill()  # nothing of the job is running yet: nothing to checkpoint
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.flush()
+        os._exit(EXIT_STARTUP)
 
 
 def _start_local_ranks(devices: int, num_nodes: int) -> None:
