@@ -14,6 +14,7 @@ from PIL import Image
 import stylebatch
 from stylebatch.cli.main import main
 from stylebatch.errors import ConfigError, ManifestError, StylebatchError
+from stylebatch.job.config import Config
 from tests.jobkit import REPO, cli_env, make_image, records, run_with_sigterm_at, write_manifest
 
 # One pass, few evaluations: the CLI and the API must agree to the byte, not paint well.
@@ -71,7 +72,10 @@ def test_run_writes_the_cli_bytes_and_summarises(tmp_path: Path, capfd) -> None:
     again = stylebatch.run(manifest, out=tmp_path / "api", weights="random", style_weight=0.5, progress=True)
     assert again.exit_code == 0 and again.outputs["photo__paint"].read_bytes() != first
     shown = capfd.readouterr()
-    assert "redoing photo__paint: style_weight 0.03 → 0.5" in shown.err and "done photo__paint" in shown.err
+    assert (
+        f"redoing photo__paint: style_weight {Config().style_weight:g} → 0.5" in shown.err
+        and "done photo__paint" in shown.err
+    )
 
 
 @pytest.mark.slow

@@ -146,7 +146,16 @@ def test_adobe_rgb_content_keeps_its_profile_and_colours_in_every_format(tmp_pat
     pairs += [{"content": str(photo), "style": str(style), "name": "painted", "style_weight": 0.1}]
     # style_weight 0: the content loss is 0 at the content, so the fit leaves the pixels as they came
     # (unbatched: a batch's convolutions round differently from the targets', and Adam moves on that)
-    defaults = {"size": 40, "steps": 4, "scales": None, "style_weight": 0.0, "quality": 100, "batch_size": 1}
+    # and no TV, which would smooth them.
+    defaults = {
+        "size": 40,
+        "steps": 4,
+        "scales": None,
+        "style_weight": 0.0,
+        "tv_weight": 0.0,
+        "quality": 100,
+        "batch_size": 1,
+    }
     manifest = write_manifest(tmp_path / "job.yaml", {"output_dir": "out", "defaults": defaults, "pairs": pairs})
     assert main(["run", str(manifest), "--weights", "random"]) == 0
     capsys.readouterr()

@@ -196,7 +196,8 @@ def test_an_injected_enospc_in_any_process_stops_the_job(devices: str, tmp_path:
     )
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    # every line an error, but for the note that two CPU workers on 2 cores may be slower than one
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("note: --devices")]
     assert lines and all(line.startswith("error: ") for line in lines), proc.stderr
     assert any("No space left on device" in line and "last.ckpt" in line and "free space" in line for line in lines)
     recs = records(tmp_path / "out")

@@ -54,7 +54,7 @@ def test_validate_run_interrupt_resume_and_a_stray_set(tmp_path: Path) -> None:
 
     checked = _cli(["validate", "job.yaml"], project)
     assert checked.returncode == 0, checked.stderr
-    assert re.search(r"~\d+ s \(\d+-\d+ s\) in all", checked.stdout), checked.stdout
+    assert re.search(r"~[\d.]+ (?:s|min) \([\d.]+-[\d.]+ (?:s|min)\) in all", checked.stdout), checked.stdout
     assert not out.exists()  # validate writes nothing
 
     # Run, and press Ctrl-C once a pair is done and the next one has a checkpoint.

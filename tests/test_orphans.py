@@ -206,7 +206,7 @@ def _checkpointed_on_both_ranks(out: Path) -> bool:
 
 def _all_pids(out: Path) -> set[int]:
     """Every process that worked in this job directory (one log file each)."""
-    return {int(p.name.split("-")[-2]) for p in (out / ".stylebatch" / "logs").glob("*.log")}
+    return {int(p.name.split("-")[-2]) for p in (out / ".stylebatch" / "logs").glob("*-rank*.log")}  # not report.log
 
 
 @pytest.mark.slow

@@ -145,11 +145,13 @@ def test_a_restart_passes_done_pairs_without_claims_and_still_redoes_a_touched_o
     assert main(["run", str(manifest), "--weights", "random", "--accelerator", "cpu"]) == 0
     assert plans == []  # both done, outputs as recorded: no claim, nothing rerun
     assert {name: r["finished"] for name, r in records(tmp_path / "out").items()} == first
-    # An output changed since it was written: the full check under the pair's claim redoes it.
+    # An output changed since it was written: the full check under the pair's claim sees it. Its bytes
+    # are no longer the job's, so it is refused (exit 2) until --overwrite, which redoes it.
     output = next((tmp_path / "out").glob("a__s1*.png"))
     output.write_bytes(b"not the picture")
     os.utime(output, ns=(1, 1))
-    assert main(["run", str(manifest), "--weights", "random", "--accelerator", "cpu"]) == 0
+    assert main(["run", str(manifest), "--weights", "random", "--accelerator", "cpu"]) == 2
+    assert main(["run", str(manifest), "--weights", "random", "--accelerator", "cpu", "--overwrite"]) == 0
     assert ("a__s1", "plan") in plans
     after = {name: r["finished"] for name, r in records(tmp_path / "out").items()}
     assert after["a__s1"] > first["a__s1"] and after["b__s2"] == first["b__s2"]

@@ -17,10 +17,13 @@ from stylebatch.fit.targets import compute_targets
 from stylebatch.job.config import Config
 from tests.jobkit import ForwardCounter, final_target, module_for, records, run_with_sigterm_at, tiny_job
 
-SHALLOW = dict(content_layer="conv2_1", style_layers={"conv1_1": 1.0, "conv2_1": 0.5})
+# Tiling computes the Gram loss exactly tile by tile; the Wasserstein loss (the default) is refused
+# with a tile (config check), so every tiled case here is a Gram one.
+SHALLOW = dict(content_layer="conv2_1", style_layers={"conv1_1": 1.0, "conv2_1": 0.5}, style_loss="gram")
 DEEP = dict(
     content_layer="conv4_2",
     style_layers={"conv1_1": 1.0, "relu2_1": 1.0, "conv3_1": 1.0, "conv4_1": 1.0, "conv5_1": 1.0},
+    style_loss="gram",
 )
 TOLERANCE = 1e-5
 
@@ -54,7 +57,8 @@ def test_offsets_are_seeded_multiples_of_the_unit_that_move() -> None:
 
 def _module(vgg, layers: dict, hw: tuple[int, int], batch: int = 1, **cfg_kw):
     g = torch.Generator().manual_seed(0)
-    cfg = Config(optimizer="adam", **layers, **cfg_kw)
+    # No TV unless asked: the explicit-grid sum below holds the content and style terms only.
+    cfg = Config(**{"optimizer": "adam", "tv_weight": 0.0, **layers, **cfg_kw})
     content = torch.rand(batch, 3, *hw, generator=g)
     style = torch.rand(batch, 3, 64, 64, generator=g)
     return module_for(vgg, content, style, cfg, init=torch.rand(batch, 3, *hw, generator=g))
@@ -163,6 +167,7 @@ def test_fits_tiled_follow_the_untiled_fit(tmp_path: Path, make_image, optimizer
         log_every=10**6,
         keep_checkpoints=True,
         style_weight=2.0,
+        tv_weight=0.0,
         lr=0.02 if optimizer == "adam" else None,
         **SHALLOW,
     )  # a calm fit: round-off stays round-off
@@ -186,7 +191,7 @@ def test_tiled_pairs_never_batch(tmp_path: Path) -> None:
     manifest = tiny_job(
         tmp_path,
         pairs=[{"content": "images/a.png", "style": "images/s1.png", "optimizer": "adam"}],
-        defaults={"tile": 16},
+        defaults={"tile": 16, "style_loss": "gram"},
     )
     pair = load_job(manifest).valid_pairs[0]
     assert batch_key(pair) is None
@@ -226,7 +231,7 @@ def test_tile_values(value, layers, problem) -> None:
     from stylebatch.errors import ConfigError
     from stylebatch.job.config import resolve
 
-    overrides = {"tile": value, **({"style_layers": layers} if layers else {})}
+    overrides = {"tile": value, "style_loss": "gram", **({"style_layers": layers} if layers else {})}
     if problem is None:
         assert resolve([("test", overrides)]).tile == value
     else:

@@ -272,7 +272,8 @@ def _duration(seconds: float) -> str:
 
 def _span(seconds: float, spread: float) -> str:
     """'~4.0 min (3.0-5.0 min)': the estimate and its range, the range in the estimate's unit."""
-    low, high = seconds * (1 - spread), seconds * (1 + spread)
+    # The spread is the fit's relative scatter: never below nothing, however noisy the runs were.
+    low, high = seconds * max(0.0, 1 - spread), seconds * (1 + spread)
     unit, scale = ("s", 1) if seconds < 90 else ("min", 60) if seconds < 5400 else ("h", 3600)
     digits = 0 if unit == "s" else 1
     return f"~{_duration(seconds)} ({low / scale:.{digits}f}-{high / scale:.{digits}f} {unit})"

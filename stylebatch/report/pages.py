@@ -50,7 +50,7 @@ def template_version(*code: str) -> str:
 
 LOSS_NOTE = (
     "Losses: content is how far the result's VGG features are from the photo's, style how far its "
-    "Gram matrices (textures) are from the painting's; both are relative errors, lower means closer "
+    "feature statistics (textures and colours) are from the painting's; both are relative errors, lower means closer "
     "(total = α·content + β·style)."
 )
 
