@@ -33,7 +33,7 @@ def test_curve_has_log_axes_with_labels() -> None:
 def test_paths_relative_to_the_job() -> None:
     out = Path("/data/jobs/portraits")
     assert relative_to_job("/data/weights/vgg19.pth", out) == "../../weights/vgg19.pth"
-    assert relative_to_job("/work/shared/weights/vgg19.pth", out) == "vgg19.pth"  # far away: its name
+    assert relative_to_job("/srv/models/weights/vgg19.pth", out) == "vgg19.pth"  # far away: its name
     assert relative_to_job("manifests/m.yaml", out, "/data/jobs") == "../manifests/m.yaml"
     assert relative_to_job("imagenet", out) == "imagenet"
 
