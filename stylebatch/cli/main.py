@@ -473,7 +473,7 @@ def _kept_copies(image: Path) -> list[Path]:
     """The earlier outputs of an output's name that a changed setting replaced (kept by `run`)."""
     from stylebatch.jobdir.state import JobState
 
-    own = re.compile(re.escape(image.stem) + r"\.(?:[0-9a-f]{16}|unknown)\.\w+")
+    own = re.compile(re.escape(image.stem) + r"\.(?:[0-9a-f]{16}|unknown)(?:-\d+)?\.\w+")
     return [p for p in JobState(image.parent).replaced() if own.fullmatch(p.name)]
 
 

@@ -13,6 +13,7 @@ from stylebatch.errors import StopNow, StylebatchError
 from stylebatch.job.pairs import Job, Pair
 from stylebatch.jobdir.state import REDO_UNASKED, JobState, output_intact, output_stamp, record_count
 from stylebatch.runner.redo_notes import redo_note, stale_output_note
+from stylebatch.runner.reencode import describe, format_changed, format_reruns, recorded_encoding
 
 log = logging.getLogger("stylebatch")
 
@@ -92,7 +93,7 @@ def plainly_done(job: Job, state: JobState, pair: Pair, opts: RunOptions) -> boo
     stamp = record.get("output_stat")
     return (
         stamp is not None
-        and record.get("encoding", {"format": "png"}) == pair.config.encoding()
+        and recorded_encoding(record) == pair.config.encoding()
         and output_stamp(job.output_path(pair)) == stamp
     )
 
@@ -123,7 +124,12 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter
     status = record.get("status")
     if status == "done":
         out = job.output_path(pair)
-        same_encoding = record.get("encoding", {"format": "png"}) == pair.config.encoding()
+        same_encoding = recorded_encoding(record) == pair.config.encoding()
+        if not same_encoding and (handled := format_changed(job, state, pair, record, opts.verify)) is not None:
+            must_run, note = handled
+            log.info("%s", note)
+            (reporter or Reporter()).note(note)
+            return must_run
         # size + mtime + inode recorded at write time; the full sha256 on --verify or a changed stamp
         if same_encoding and output_intact(state, pair.name, record, out, getattr(opts, "verify", False)):
             return False
@@ -157,11 +163,20 @@ def check_redo(job: Job, state: JobState, opts: RunOptions, reporter: Reporter) 
     if opts.fresh:
         return  # --fresh asks for everything to be made again
     redo = finished_to_redo(job, state)
-    if not redo:
+    # A changed format whose pixels cannot be had from the previous file or a kept checkpoint is a
+    # full optimisation again too: counted alike.
+    reformat = format_reruns(job, state)  # their ids match: none is in `redo`
+    if not redo and not reformat:
         return
-    first = redo[0]
-    why = redo_note(first, state.read(first.name) or {}, job.output_path(first), job.weights, "")
-    example = f" (e.g. {why.removeprefix('redoing ').removesuffix(' ()')})" if why else ""
+    if redo:
+        first = redo[0]
+        why = redo_note(first, state.read(first.name) or {}, job.output_path(first), job.weights, "")
+        example = f" (e.g. {why.removeprefix('redoing ').removesuffix(' ()')})" if why else ""
+    else:
+        first = reformat[0]
+        old = recorded_encoding(state.read(first.name) or {})
+        example = f" (e.g. {first.name}: format {describe(old)} → {describe(first.config.encoding())})"
+    redo = redo + reformat
     where = state.replaced_dir
     if len(redo) > REDO_UNASKED and not opts.redo:
         raise StylebatchError(
