@@ -276,6 +276,9 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         verify=args.verify,
         redo=args.redo,
     )
+    if workers.launcher_missing(num_nodes):  # the exact commands, with this run's manifest
+        where = str(args.manifest) if getattr(args, "manifest", None) else "MANIFEST"
+        raise StylebatchError(workers.no_launcher_message(num_nodes, devices, where))
     fabric = launch(args.accelerator, devices, num_nodes, sync_timeout)
     if fabric is not None and fabric.global_rank != 0:
         # Fabric re-executed this command for another device: rank 0 validates and plans, once.
