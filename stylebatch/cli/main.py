@@ -399,12 +399,14 @@ def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
     )
     counts = ", ".join(f"{n} {s}" for s, n in result.counts.items())
     layout = result.layout
-    out.print(
-        f"{result.pairs} pairs ({counts}): rows {layout.row_axis}, columns {layout.column_axis}"
-        + (f", sections by {', '.join(layout.section_axes)}" if layout.section_axes else ""),
-        soft_wrap=True,
-        markup=False,
-    )
+    if layout.grouped:  # a manifest's list of grids: each its own matrix
+        groups = dict.fromkeys(s.group for s in layout.sections)
+        shape = "; ".join(groups)
+    else:
+        shape = f"rows {layout.row_axis}, columns {layout.column_axis}" + (
+            f", sections by {', '.join(layout.section_axes)}" if layout.section_axes else ""
+        )
+    out.print(f"{result.pairs} pairs ({counts}): {shape}", soft_wrap=True, markup=False)
     out.print(
         f"report: {result.html}" + (f" (index of {result.pages} pages)" if result.pages > 1 else ""),
         soft_wrap=True,
