@@ -376,6 +376,7 @@ RECORD_TYPES: dict[str, tuple[type, ...]] = {  # what the code reads of a record
     "heartbeat": _NUMBER,
     "seconds": _NUMBER,
     "started": _NUMBER,
+    "begun": _NUMBER,
     "finished": _NUMBER,
     "updated": _NUMBER,
     "attempt_open": (bool,),

@@ -346,6 +346,7 @@ def _run_batch(
         for p, result, (_, started) in zip(batch, results, begun):
             conclude_pair(job, p, state, reporter, result, started)
             state.update(p.name, measured=figures)
+            fault_point(f"concluded:{p.name}")  # a batch's members are recorded one by one
         return []
     if out_of_memory:  # the ladder: unbatched, smaller history, tiled, then failed
         del members
