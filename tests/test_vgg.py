@@ -149,3 +149,17 @@ def test_min_input_size_is_the_smallest_that_works(vgg, name):
         except RuntimeError:
             return  # "output size is too small": the layer has no position
         assert out.shape[-1] == 0 or out.shape[-2] == 0
+
+
+@pytest.mark.slow
+def test_random_weights_are_kept_in_the_cache_and_read_back_bit_for_bit(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    made = load_vgg("random").state_dict()  # torchvision's seeded init, then kept
+    (kept,) = (tmp_path / "stylebatch").glob("random-vgg19-seed*.pt")
+    assert f"torch{torch.__version__}" in kept.name and f"torchvision{torchvision.__version__}" in kept.name
+    read = load_vgg("random").state_dict()  # from the cache
+    assert made.keys() == read.keys() and all(torch.equal(made[k], read[k]) for k in made)
+    kept.write_bytes(kept.read_bytes()[:1000])  # a truncated cache: made again, the same tensors
+    again = load_vgg("random").state_dict()
+    assert all(torch.equal(made[k], again[k]) for k in made)
+    assert kept.stat().st_size > 1000  # and kept again

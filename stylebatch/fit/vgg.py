@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
 
+from stylebatch.atomic import atomic_write
 from stylebatch.errors import WeightsError
 from stylebatch.fit.losses import gram_matrix
 from stylebatch.geometry import LAYER_INDEX, LAYER_NAMES
@@ -173,6 +175,40 @@ def check_feature_scale(vgg: VGGFeatures) -> None:
             )
 
 
+def _random_cache_file(torchvision: ModuleType) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    name = f"random-vgg19-seed{RANDOM_WEIGHTS_SEED}-torch{torch.__version__}-torchvision{torchvision.__version__}.pt"
+    return Path(base) / "stylebatch" / name
+
+
+def _random_features(torchvision: ModuleType) -> nn.Sequential:
+    """torchvision's VGG19 `features` with its own (Kaiming) init, seeded: the same tensors on every
+    machine with these torch and torchvision versions. Making them means building and initialising
+    the whole VGG19, its ~120M-parameter classifier included (its draws come before the features'
+    final ones), seconds of CPU for every process that uses `random`; so the features are kept in
+    the cache directory after the first time, named by the seed and both versions, and read back
+    bit for bit. A cache that cannot be read or written is only slower."""
+    cache = _random_cache_file(torchvision)
+    with torch.device("meta"):
+        features = torchvision.models.vgg19().features
+    try:
+        state = torch.load(cache, map_location="cpu", weights_only=True)
+        features = features.to_empty(device="cpu")
+        features.load_state_dict(state)
+        return features
+    except Exception:  # noqa: BLE001 (absent, truncated, another layout: made again below)
+        pass
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        features = torchvision.models.vgg19().features
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache, lambda fh: torch.save(features.state_dict(), fh))
+    except OSError:
+        pass
+    return features
+
+
 def load_vgg(weights: str = "imagenet", layers: list[str] | None = None) -> VGGFeatures:
     """Build the frozen extractor, truncated after the deepest of `layers` (all of them if None)."""
     # Imported here: torchvision (with torch._dynamo, which its ops import) takes seconds, and
@@ -180,9 +216,7 @@ def load_vgg(weights: str = "imagenet", layers: list[str] | None = None) -> VGGF
     import torchvision
 
     if weights == "random":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            features = torchvision.models.vgg19().features  # torchvision's own (Kaiming) init, seeded
+        features = _random_features(torchvision)
     else:
         # Every parameter is overwritten by the loaded weights: build on the meta device instead of
         # allocating and randomly initialising a whole VGG19 (classifier included, ~550 MB) first.
