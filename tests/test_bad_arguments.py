@@ -176,6 +176,7 @@ def test_an_integer_too_long_to_read_is_one_line(root: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+@pytest.mark.slow
 def test_the_largest_accepted_lr_runs_without_an_internal_error(optimizer: str, root: Path, capsys) -> None:
     """At the edge of what is accepted the pair runs: done, or failed with its own reason (a
     non-finite loss), never torch's float32 overflow as an internal error."""
@@ -272,6 +273,7 @@ def test_a_zero_byte_weights_file_fails_validate(root: Path, capsys) -> None:
 # --- the L-BFGS hint ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_try_lbfgs_hint_is_never_given_to_an_lbfgs_pair(tmp_path: Path, capsys, monkeypatch) -> None:
     original = StyleTransferModule.losses
 

@@ -126,6 +126,7 @@ def one_disk_full_line(code: int, out: str, err: str, file: str) -> None:
 
 
 @pytest.mark.parametrize("what", ["checkpoint", "output"])
+@pytest.mark.slow
 def test_a_really_full_disk_stops_the_job_and_uses_no_attempt(
     what: str, small_disk: SmallDisk, tmp_path: Path, capsys, monkeypatch
 ) -> None:
