@@ -214,6 +214,47 @@ def torchvision_bare(vgg, cfg: Config, channels_last: bool) -> torch.nn.Module:
     return net.to(memory_format=torch.channels_last) if channels_last else net
 
 
+def plain_gatys(vgg, cfg: Config, content: torch.Tensor, style: torch.Tensor):
+    """One evaluation of the Gatys loss as users write it in plain PyTorch: torchvision's VGG19 (its
+    in-place ReLUs, channels_last) run once, its outputs at the used layers picked up on the way,
+    Grams by torch.bmm, MSEs and a total-variation term. The yardstick for what the engine adds
+    around the same arithmetic (its own Gram function, per-image losses, the Trainer aside)."""
+    net = torchvision_bare(vgg, cfg, channels_last=True)
+    wanted = {LAYER_INDEX[n]: n for n in cfg.layers_used}
+    mean, std = vgg.mean, vgg.std
+
+    def features(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, x = {}, ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        for i, layer in enumerate(net):
+            x = layer(x)
+            if i in wanted:
+                out[wanted[i]] = x.clone() if isinstance(layer, torch.nn.Conv2d) else x  # the next ReLU is in place
+        return out
+
+    def gram(f: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = f.shape
+        f = f.reshape(b, c, h * w)
+        return torch.bmm(f, f.transpose(1, 2)) / (h * w)
+
+    with torch.no_grad():
+        fc, fs = features(content), features(style)
+        content_t = fc[cfg.content_layer]
+        grams_t = {n: gram(fs[n]) for n in cfg.style_layers}
+    x = content.clone().requires_grad_()
+
+    def evaluation():
+        f = features(x)
+        loss = cfg.content_weight * torch.nn.functional.mse_loss(f[cfg.content_layer], content_t)
+        loss = loss + cfg.style_weight * sum(
+            torch.nn.functional.mse_loss(gram(f[n]), grams_t[n]) for n in cfg.style_layers
+        )
+        tv = (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean()
+        (loss + cfg.tv_weight * tv).backward()
+        x.grad = None
+
+    return evaluation
+
+
 def side_by_side(size: int, vgg, device: torch.device, cfg: Config, repeats: int) -> dict[str, list[float]]:
     """Seconds of one evaluation (forward + backward to the image) of: the engine, the engine with
     out-of-place ReLUs (the extractor before it ran them in place), and the bare torchvision VGG19
@@ -224,8 +265,11 @@ def side_by_side(size: int, vgg, device: torch.device, cfg: Config, repeats: int
     content = torch.rand(1, 3, h, w, generator=gen).to(device)
     style = torch.rand(1, 3, h, w, generator=gen).to(device)
     module = module_for(vgg, content, style, cfg).to(device)
+    # The same engine with the Gram loss: what the engine adds to the bare pass apart from the
+    # Wasserstein loss's own arithmetic (its float64 eigendecompositions and covariance products).
+    gram = module_for(vgg, content, style, Config(**{**cfg.to_dict(), "style_loss": "gram"})).to(device)
 
-    def engine(inplace: bool):
+    def engine(inplace: bool, module=module):
         def evaluation():
             vgg.inplace_relu = inplace
             try:
@@ -250,8 +294,10 @@ def side_by_side(size: int, vgg, device: torch.device, cfg: Config, repeats: int
     fns = {
         "engine": engine(True),
         "engine, out-of-place ReLUs": engine(False),
+        "engine, Gram loss": engine(True, gram),
         "bare NCHW": bare(False),
         "bare channels_last": bare(True),
+        "plain PyTorch Gatys (Gram loss)": plain_gatys(vgg, cfg, content, style),
     }
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
@@ -513,7 +559,9 @@ def report_vs_bare(sizes: list[int], vgg, device: torch.device, cfg: Config, rep
     """The side-by-side table: best seconds of each variant, and the ratios to the faster bare
     layout as the best-to-best ratio and the median of the per-repeat ratios (same repeat, same load)."""
     say(f"side by side with the bare torchvision VGG19 pass to {max(cfg.layers_used, key=LAYER_INDEX.__getitem__)}")
-    say(f"(forward + backward to the image, {repeats} interleaved repeats; load average before: {_load()})")
+    say(
+        f"(forward + backward to the image, {repeats} interleaved repeats; engine: the default {cfg.style_loss} loss; load average before: {_load()})"
+    )
     say("| size | HxW | variant | best s | ratio best/best | median ratio per repeat |")
     say("|---|---|---|---|---|---|")
     for size in sizes:
@@ -525,6 +573,12 @@ def report_vs_bare(sizes: list[int], vgg, device: torch.device, cfg: Config, rep
                 f"| {size} | {size * 3 // 4}x{size} | {name}{' (reference)' if name == base else ''} | {min(ts):.4f} | "
                 f"{min(ts) / min(times[base]):.3f} | {ratios[len(ratios) // 2]:.3f} |"
             )
+        plain, mine = times["plain PyTorch Gatys (Gram loss)"], times["engine, Gram loss"]
+        ratios = sorted(t / b for t, b in zip(mine, plain))
+        say(
+            f"| {size} | {size * 3 // 4}x{size} | engine, Gram loss vs plain PyTorch Gatys (same arithmetic) | "
+            f"{min(mine):.4f} | {min(mine) / min(plain):.3f} | {ratios[len(ratios) // 2]:.3f} |"
+        )
         step_s, bare_s = trainer_step_vs_bare(size, vgg, device, cfg, repeats)
         ratios = sorted(t / b for t, b in zip(step_s, bare_s))
         say(

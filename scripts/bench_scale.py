@@ -129,13 +129,29 @@ pid = os.fork()
 if pid == 0:
     os.execv(sys.argv[2], sys.argv[2:])
 _, status, usage = os.wait4(pid, 0)
-open(sys.argv[1], "w").write(json.dumps({"code": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}))
+cpu = usage.ru_utime + usage.ru_stime
+open(sys.argv[1], "w").write(json.dumps({"code": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss, "cpu": cpu}))
 """
+
+
+def _cpu_seconds(launcher: int) -> float | None:
+    """User + system CPU seconds so far of the launcher's child (the command), from /proc."""
+    try:
+        child = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()[0]
+        fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+CPU: dict[str, float | None] = {}  # the last measure()'s CPU seconds: "all" and "until"
 
 
 def measure(args: list[str], cwd: Path, until: str | None = None) -> tuple[float, float, float | None, int]:
     """(seconds, peak RSS MiB, seconds until a stdout line starting with `until`, exit code) of one
-    fresh `python -m stylebatch ...`."""
+    fresh `python -m stylebatch ...`; its CPU seconds (user + system: what a busy machine's other
+    jobs hardly change) are left in CPU."""
+    CPU.clear()
     with tempfile.NamedTemporaryFile(suffix=".json") as usage_file:
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -150,10 +166,12 @@ def measure(args: list[str], cwd: Path, until: str | None = None) -> tuple[float
         for line in proc.stdout:
             if until and first is None and line.startswith(until):
                 first = time.perf_counter() - start
+                CPU["until"] = _cpu_seconds(proc.pid)
             tail = (tail + [line])[-5:]
         proc.wait()
         seconds = time.perf_counter() - start
         usage = json.loads(Path(usage_file.name).read_text())
+    CPU["all"] = usage["cpu"]
     if usage["code"] not in (0, 1, 3):
         sys.exit(f"{args}: exit {usage['code']}\n{''.join(tail)}")
     return seconds, usage["maxrss_kb"] / 1024, first, usage["code"]
@@ -198,10 +216,14 @@ def main() -> None:
                 )
             row: dict[str, tuple[float, float]] = {}
 
-            def note(name: str, seconds: float, rss: float) -> None:
+            def note(name: str, seconds: float, rss: float, cpu: float | None = None) -> None:
                 row[name] = (seconds, rss)  # noqa: B023 (called inside the loop)
                 per_pair = 1e6 * seconds / n  # noqa: B023
-                print(f"  {name:<36} {seconds:8.2f} s  {per_pair:8.1f} us/pair  peak RSS {rss:7.0f} MiB", flush=True)
+                cpu = CPU.get("all") if cpu is None else cpu
+                used = f"  CPU {cpu:7.2f} s" if cpu is not None else ""
+                print(
+                    f"  {name:<36} {seconds:8.2f} s  {per_pair:8.1f} us/pair  peak RSS {rss:7.0f} MiB{used}", flush=True
+                )
 
             if "validate" in args.commands:
                 s, rss, _, _ = measure(["validate", str(manifest)], root)
@@ -229,10 +251,10 @@ def _time_run(manifest: Path, out: Path, pending: str, root: Path, note) -> None
     (out / f"{pending}.png").unlink(missing_ok=True)
     s, rss, first, code = measure(["run", str(manifest), "--weights", "random"], root, until="start ")
     assert first is not None, "run never reached its first pair"
-    note("run: start-up to 1st pair", first, rss)
+    note("run: start-up to 1st pair", first, rss, CPU.get("until"))
     note("run: whole (1 pair + final report)", s, rss)
     s, rss, first, _ = measure(["run", str(manifest), "--weights", "random"], root, until="exit ")
-    note("run: all done (start-up)", first or s, rss)
+    note("run: all done (start-up)", first or s, rss, CPU.get("until") if first else None)
 
 
 def _time_status(out: Path, root: Path, note) -> None:

@@ -2,6 +2,7 @@
 
     python scripts/estimate_check.py                 # the default sequence, on the CPU, 1 thread
     python scripts/estimate_check.py --code DIR      # run another checkout's stylebatch (before/after)
+    python scripts/estimate_check.py --fill 39       # the last two jobs estimated after 50 recorded runs
 
 Starts from an empty calibration (a fresh $XDG_CACHE_HOME) and runs a sequence of jobs of mixed
 sizes through the real CLI (`python -m stylebatch`), each one estimated by `validate` just before it
@@ -36,6 +37,10 @@ SEQUENCE = [
     ("192px x3 30ev (after mixed runs)", 3, 192, 30),
     ("320px x2 16ev", 2, 320, 16),
 ]
+# --fill: runs of mixed sizes (pairs, size, steps) recorded, not estimated, between the sequence's
+# first part and its last two jobs, so those are estimated from a calibration of many runs.
+FILL = [(1, 32, 5), (2, 64, 10), (1, 128, 12), (3, 48, 8), (1, 96, 15), (2, 160, 6)]
+LAST = 2
 UNITS = {"s": 1, "min": 60, "h": 3600}
 
 
@@ -73,13 +78,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--code", type=Path, default=REPO, help="the checkout whose stylebatch runs")
     parser.add_argument("--quick", action="store_true", help="only the first job and the tiny ones")
+    parser.add_argument(
+        "--fill", type=int, default=0, metavar="N", help="before the last two jobs, N more runs of mixed sizes"
+    )
     args = parser.parse_args()
     errors = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
-        for i, (label, pairs, size, steps) in enumerate(SEQUENCE[:7] if args.quick else SEQUENCE):
+        sequence = SEQUENCE[:7] if args.quick else SEQUENCE
+        fill = [(f"fill {k}", *FILL[k % len(FILL)]) for k in range(args.fill)]
+        if fill:
+            sequence = (
+                sequence[:-LAST]
+                + fill
+                + [
+                    (f"{label} (after {len(SEQUENCE) - LAST + args.fill} runs)", *rest)
+                    for label, *rest in sequence[-LAST:]
+                ]
+            )
+        for i, (label, pairs, size, steps) in enumerate(sequence):
             root = Path(tmp) / f"job{i}"
             root.mkdir()
+            if label.startswith("fill"):
+                manifest = write_manifest(root, pairs, size, steps)
+                ran, seconds = cli(
+                    args.code, cache, root, "run", str(manifest), "--weights", "random", "--accelerator", "cpu"
+                )
+                if ran.returncode:
+                    sys.exit(f"run failed:\n{ran.stdout}{ran.stderr}")
+                print(
+                    f"{label:<36} {pairs} x {size} px, {steps} evaluations: {seconds:.1f} s (recorded, not estimated)",
+                    flush=True,
+                )
+                continue
             manifest = write_manifest(root, pairs, size, steps)
             checked, _ = cli(args.code, cache, root, "validate", str(manifest), "--weights", "random")
             if checked.returncode:
@@ -91,7 +122,7 @@ def main() -> None:
             if ran.returncode:
                 sys.exit(f"run failed:\n{ran.stdout}{ran.stderr}")
             error = estimate / seconds - 1
-            if not label.startswith("tiny"):
+            if not label.startswith(("tiny", "fill")):
                 errors.append(error)
             print(f"{label:<36} estimate {estimate:7.1f} s  measured {seconds:7.1f} s  error {error:+6.0%}", flush=True)
     print(f"largest error over the jobs that are not tiny: {max(errors, key=abs):+.0%}")

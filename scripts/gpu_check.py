@@ -4,13 +4,15 @@
     python scripts/gpu_check.py --dry-run       # CPU, tiny sizes and budgets: every section, in seconds
 
 Sections, per size:
-  evaluation vs bare VGG    one evaluation (forward + backward to the image) of the engine next to the
-                            bare torchvision VGG19 pass, interleaved (scripts/bench.py's --vs-bare)
+  evaluation vs bare VGG    one evaluation (forward + backward to the image) of the engine (default
+                            Wasserstein loss, and with the Gram loss) and of a plain PyTorch Gatys
+                            loss next to the bare torchvision VGG19 pass, interleaved
+                            (scripts/bench.py's --vs-bare)
   pairs/hour by batch size  `stylebatch run` end to end at batch_size 1, 4, 8, 16 and auto
   peak memory vs estimate   each of those runs' measured peak (its state record) next to the estimate
   fp32 vs bf16              pairs/hour at precision 32 and bf16, and the pictures: mean |pixel
-                            difference| (0-255) and the neutral scorer's content/style numbers
-                            (stylebatch/fit/score.py) of each, bf16 / fp32
+                            difference| (0-255) and scripts/quality.py's yardstick (grain, colour,
+                            texture, structure, the Gram scorer) of each, and bf16's relative change
   bundled example           manifests/example.yaml with --devices N for every N the machine has
 
 Uses only torch APIs that torch 2.0 already had (the GPU machines may have another torch than here).
@@ -40,7 +42,6 @@ sys.path.insert(0, str(REPO / "scripts"))
 import bench  # noqa: E402  (scripts/bench.py: the side-by-side timing and the manifests)
 
 from stylebatch.cli.main import main as cli  # noqa: E402
-from stylebatch.fit.score import Scorer, load_output, load_pair  # noqa: E402
 from stylebatch.fit.vgg import load_vgg  # noqa: E402
 from stylebatch.job.config import Config  # noqa: E402
 from stylebatch.memory.autosize import load_job  # noqa: E402  (auto settings resolved, as validate and run do)
@@ -101,19 +102,30 @@ def records(out: Path) -> dict[str, dict]:
 
 
 def section_bare(rep: Report, sizes: list[int], vgg, device: torch.device, repeats: int) -> None:
+    """The default engine (Wasserstein loss), the engine with the Gram loss and a plain PyTorch Gatys
+    evaluation next to the bare pass: the Wasserstein loss's eigendecompositions are the part of an
+    evaluation that grows least with the pixels, so on a GPU they may weigh far more than on a CPU."""
     cfg = Config(optimizer="adam")
+    variants = ("engine", "engine, Gram loss", "plain PyTorch Gatys (Gram loss)")
     rep.say(
-        "| size | engine s | bare NCHW s | bare channels_last s | engine / faster bare (best) | median per repeat |"
+        "| size | bare NCHW s | bare channels_last s | "
+        + " | ".join(f"{v} s | / faster bare (best) | median per repeat" for v in variants)
+        + " |"
     )
-    rep.say("|---|---|---|---|---|---|")
+    rep.say("|---|---|---|" + "---|---|---|" * len(variants))
     for size in sizes:
         times = bench.side_by_side(size, vgg, device, cfg, repeats)
         base = min(("bare NCHW", "bare channels_last"), key=lambda k: min(times[k]))
-        ratios = sorted(e / b for e, b in zip(times["engine"], times[base]))
+        cells = []
+        for v in variants:
+            ratios = sorted(e / b for e, b in zip(times[v], times[base]))
+            cells.append(
+                f"{min(times[v]):.4f} | {min(times[v]) / min(times[base]):.3f} | {ratios[len(ratios) // 2]:.3f}"
+            )
         rep.say(
-            f"| {size} | {min(times['engine']):.4f} | {min(times['bare NCHW']):.4f} | "
-            f"{min(times['bare channels_last']):.4f} | {min(times['engine']) / min(times[base]):.3f} | "
-            f"{ratios[len(ratios) // 2]:.3f} |"
+            f"| {size} | {min(times['bare NCHW']):.4f} | {min(times['bare channels_last']):.4f} | "
+            + " | ".join(cells)
+            + " |"
         )
 
 
@@ -162,14 +174,15 @@ def section_peaks(rep: Report, peaks: list[tuple]) -> None:
         rep.say(f"| {size} | {bs} | {members} | {shown} | {est / 2**20:.0f} | {ratio} |")
 
 
-def section_precision(
-    rep: Report, sizes: list[int], pairs: int, steps: int, weights: str, accel: str, score_size: int
-) -> None:
-    rep.say(
-        "| size | precision | pairs/hour | mean abs pixel diff vs fp32 (0-255) | content score | style score "
-        "| content bf16/fp32 | style bf16/fp32 |"
-    )
-    rep.say("|---|---|---|---|---|---|---|---|")
+def section_precision(rep: Report, sizes: list[int], pairs: int, steps: int, weights: str, accel: str) -> None:
+    """fp32 against bf16: pairs/hour, how far apart the pictures are, and the pictures' quality on
+    scripts/quality.py's yardstick (measures no preset optimises), the mean over the pairs."""
+    import quality  # scripts/quality.py: grain, colour, texture, structure and the Gram scorer
+
+    stick = quality.Yardstick(weights)
+    shown = [m for m in quality.MEASURES if m != "tex_shared" or quality.SHARED_WEIGHTS.is_file()]
+    rep.say("| size | precision | pairs/hour | mean abs pixel diff vs fp32 (0-255) | " + " | ".join(shown) + " |")
+    rep.say("|---|---|---|---|" + "---|" * len(shown))
     for size in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             outs, pph = {}, {}
@@ -180,22 +193,22 @@ def section_precision(
                 seconds, done = run_cli(path, weights, accel)
                 pph[precision], outs[precision] = done / seconds * 3600, root / "out"
                 job = load_job(path, weights=weights)
-            scores: dict[str, list] = {"32": [], "bf16": []}
+            values: dict[str, list[dict[str, float]]] = {"32": [], "bf16": []}
             diffs = []
-            vgg = load_vgg(weights)
             for p in job.valid_pairs:
-                scorer = Scorer(vgg, *load_pair(p.content, p.styles[0], score_size))
                 files = {k: outs[k] / f"{p.name}.png" for k in outs}
-                for k, f in files.items():
-                    scores[k].append(scorer(load_output(f)))
+                measured = stick.measure(p.content, p.styles[0], {k: quality.load_output(f) for k, f in files.items()})
+                for k in files:
+                    values[k].append(measured[k])
                 a, b = (np.asarray(Image.open(files[k]).convert("RGB"), dtype=np.float64) for k in ("32", "bf16"))
                 diffs.append(float(np.abs(a - b).mean()))
-            mean = {k: (np.mean([s.content for s in v]), np.mean([s.style for s in v])) for k, v in scores.items()}
+            mean = {k: {m: float(np.mean([v[m] for v in vs])) for m in shown} for k, vs in values.items()}
             for k in ("32", "bf16"):
-                c, s = mean[k]
-                rel = f"{c / mean['32'][0]:.3f} | {s / mean['32'][1]:.3f}" if k == "bf16" else "1 | 1"  # bf16 / fp32
                 diff = f"{np.mean(diffs):.2f} (max pair {max(diffs):.2f})" if k == "bf16" else "0"
-                rep.say(f"| {size} | {k} | {pph[k]:.0f} | {diff} | {c:.4g} | {s:.4g} | {rel} |")
+                cells = " | ".join(f"{mean[k][m]:.4g}" for m in shown)
+                rep.say(f"| {size} | {k} | {pph[k]:.0f} | {diff} | {cells} |")
+            rel = " | ".join(f"{mean['bf16'][m] / mean['32'][m] - 1:+.1%}" if mean["32"][m] else "n/a" for m in shown)
+            rep.say(f"| {size} | bf16 vs fp32 | {pph['bf16'] / pph['32']:.2f}x | | {rel} |")
 
 
 def section_example(rep: Report, devices: list[int], weights: str, accel: str, sets: list[str]) -> None:
@@ -271,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             elif section == "peak memory vs estimate":
                 section_peaks(rep, peaks)
             elif section == "fp32 vs bf16":
-                rep.say(f"({q_pairs} pairs, {q_steps} Adam evaluations, batch_size 1; scores at {min(sizes)}+ px)")
-                section_precision(rep, sizes, q_pairs, q_steps, weights, accel, min(256, min(sizes)))
+                rep.say(f"({q_pairs} pairs, {q_steps} Adam evaluations, batch_size 1; scripts/quality.py's measures)")
+                section_precision(rep, sizes, q_pairs, q_steps, weights, accel)
             elif section == "bundled example":
                 section_example(rep, list(range(1, count + 1)), weights, accel, example_sets)
         except Exception as e:  # noqa: BLE001  (one failing section must not hide the others' figures)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU questions in one command, within 8 minutes on one GPU (scripts/gpu_check.py): per size
 # (256 and 512 px) the evaluation next to the bare VGG19 pass, pairs/hour at batch_size 1, 4, 8, 16
-# and auto, peak memory against the estimate, fp32 against bf16 (speed, pixel difference and the
-# neutral scorer's numbers), and the bundled example with --devices N for every N the machine has.
+# and auto, peak memory against the estimate, fp32 against bf16 (speed, pixel difference and
+# scripts/quality.py's measures), and the bundled example with --devices N for every N the machine has.
 # Uses the machine's own Python and torch (no network, no install; run from the source tree).
 # Writes the report to ${OUT:-.}/gpu_check.txt as it goes.
 #

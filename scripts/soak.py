@@ -4,6 +4,7 @@ outputs must equal a clean run's byte for byte.
     python scripts/soak.py                 # 10 kills with 1 worker, 10 with 2
     python scripts/soak.py --kills 50 --seed 3 --keep /tmp/soak
     python scripts/soak.py --kills 50 --busy 2   # under CPU contention: a busy loop per core beside it
+    python scripts/soak.py --scenario twice --tries 50 --busy 2   # the twice-killed resume, 50 times
 
 Each round starts `stylebatch run` (CPU, random weights, 32 px) and, at a random moment of what
 is left of the job (estimated from the clean run's time and the records), SIGKILLs one process of
@@ -15,6 +16,14 @@ one more run must finish (exit 0). Printed per worker count: kills (whom, and ho
 last fresh start: those the final comparison covers), rounds finished before their kill, outputs
 that differ from the clean run's, processes left behind, temp files left, and pairs whose claims
 record shows two processes at once. Every count but kills and rounds is expected 0.
+
+`--scenario twice` replays a fixed case instead, `--tries` times on a fresh output directory each:
+a 1-worker `run` SIGKILLed at 35 % of the clean run's wall time (from its start), the same command
+again SIGKILLed at 50 % of that time (from its own start), then the same command to the end (exit
+0); every output must equal the clean run's byte for byte. Printed per try: the exit codes, how
+far the records stood after each kill, and the pairs whose output differs (with the batch each
+was recorded in and where its last run resumed, from the logs); then the count of tries with a
+mismatch (expected 0).
 """
 
 from __future__ import annotations
@@ -198,6 +207,60 @@ def soak(
     return stats
 
 
+def killed_at(manifest: Path, out: Path, seconds: float) -> int | None:
+    """`run` with 1 worker, SIGKILLed `seconds` after its start; its exit code if it ended first."""
+    proc = start(manifest, out, 1)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        return proc.returncode
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    return None
+
+
+def resumes(out: Path) -> dict[str, list[str]]:
+    """Per pair, what each run's log says of it ("start"/"resume" lines, in run order)."""
+    found: dict[str, list[str]] = {}
+    for log in sorted((out / ".stylebatch" / "logs").glob("*.log"), key=lambda p: p.stat().st_mtime):
+        for line in log.read_text(errors="replace").splitlines():
+            for name in NAMES:
+                if f" {name}:" in line and (" starts at " in line or "restarts" in line or " done," in line):
+                    found.setdefault(name, []).append(line.split(": ", 1)[-1][:120])
+    return found
+
+
+def twice(root: Path, manifest: Path, duration: float, steps: int, tries: int, reference: dict[str, bytes]) -> int:
+    """The twice-killed resume (see the module doc), `tries` times; returns the tries with a mismatch."""
+    bad = 0
+    for k in range(tries):
+        out = root / f"twice-{k}"
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        codes, stood = [], []
+        for fraction in (0.35, 0.50):
+            codes.append(killed_at(manifest, out, fraction * duration))
+            stood.append(f"{done_fraction(out, steps):.0%}")
+        final = start(manifest, out, 1).wait(timeout=900)
+        differ = [
+            n for n in NAMES if not (out / f"{n}.png").exists() or (out / f"{n}.png").read_bytes() != reference[n]
+        ]
+        bad += bool(differ)
+        detail = ""
+        for name in differ:
+            try:
+                record = json.loads((out / ".stylebatch" / "pairs" / name / "state.json").read_text())
+            except (OSError, ValueError):
+                record = {}
+            detail += f"\n    {name}: batch {record.get('batch')}; log: {resumes(out).get(name)}"
+        print(
+            f"try {k + 1}: killed runs' exits {codes} (None: killed), records at {', '.join(stood)} after each kill, "
+            f"final exit {final}, outputs differing {differ or 0}{detail}",
+            flush=True,
+        )
+    return bad
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10, help="kills per worker count")
@@ -206,6 +269,10 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="work here (kept) instead of a temporary directory")
     parser.add_argument("--busy", type=int, default=0, help="busy-loop processes running beside it (CPU contention)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to soak")
+    parser.add_argument(
+        "--scenario", choices=["random", "twice"], default="random", help="random kills, or the twice-killed resume"
+    )
+    parser.add_argument("--tries", type=int, default=6, help="--scenario twice: how many times")
     args = parser.parse_args()
     busy = [
         subprocess.Popen([sys.executable, "-c", "while True: pass"], stdout=subprocess.DEVNULL)
@@ -235,6 +302,13 @@ def run(args: argparse.Namespace) -> None:
     reference = {name: (root / "clean" / f"{name}.png").read_bytes() for name in NAMES}
 
     print(f"busy loops beside it: {args.busy}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    if args.scenario == "twice":
+        bad = twice(root, manifest, duration, args.steps, args.tries, reference)
+        print(
+            f"tries with an output unlike the clean run's: {bad} of {args.tries}; load average {os.getloadavg()[0]:.1f}"
+        )
+        print(f"work directory: {root}")
+        return
     for workers in args.workers:
         out = root / f"soak-{workers}"
         stats = soak(manifest, out, workers, args.kills, duration, startup, args.steps, rng)

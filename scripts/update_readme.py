@@ -24,7 +24,7 @@ def reference_table() -> str:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = "empty" if default is None else yaml.safe_dump(default, default_flow_style=True).strip()
         shown = shown.removesuffix("...").strip()
-        doc = f.metadata["doc"] + ("" if f.metadata["identity"] else " *(bookkeeping: never reruns a pair)*")
+        doc = f.metadata["doc"] + ("" if f.metadata["identity"] else f" *(bookkeeping: {f.metadata['bookkeeping']})*")
         rows.append(f"| `{name}` | {type_name(HINTS[name])} | `{shown}` | {doc} |")
     return "\n".join(rows)
 

@@ -10,7 +10,8 @@ import errno
 EXIT_CODES: dict[int, str] = {
     0: "every pair done",
     1: "finished, but some pairs failed (see `stylebatch status`)",
-    2: "invalid input or usage, refused before any work",
+    2: "invalid input or usage, refused before any work (also `--num-nodes` above 1 with no SLURM or torchrun "
+    "to start the other nodes: its line gives the srun and torchrun commands)",
     3: "interrupted (signal); run the same command again to resume",
     4: "the output directory is locked by another running job",
     5: "validate: a pair does not fit the device's memory (its line says so; try tile: auto or a lower size)",

@@ -278,8 +278,10 @@ def test_the_try_lbfgs_hint_is_never_given_to_an_lbfgs_pair(tmp_path: Path, caps
     original = StyleTransferModule.losses
 
     def nan_after_two(self, image):
+        # A divergence: the iterate's loss turns NaN while the content image's own stays finite
+        # (the engine asks for that one before it blames lr rather than the weights).
         out = original(self, image)
-        return {k: v * float("nan") for k, v in out.items()} if self.evaluations >= 2 else out
+        return {k: v * float("nan") for k, v in out.items()} if self.evaluations >= 2 and image is self.target else out
 
     monkeypatch.setattr(StyleTransferModule, "losses", nan_after_two)
     pairs = [dict(GOOD), {"content": "images/b.png", "style": "images/s2.png", "optimizer": "lbfgs"}]

@@ -155,3 +155,30 @@ def test_a_restart_passes_done_pairs_without_claims_and_still_redoes_a_touched_o
     assert ("a__s1", "plan") in plans
     after = {name: r["finished"] for name, r in records(tmp_path / "out").items()}
     assert after["a__s1"] > first["a__s1"] and after["b__s2"] == first["b__s2"]
+
+
+def test_job_json_is_streamed_in_pieces_and_reads_back_whole(tmp_path: Path, monkeypatch) -> None:
+    from stylebatch.job import jobfile
+
+    manifest = _grid(tmp_path, 4, 3, style_weight=[1.0, 10.0])
+    job = load_job(manifest, weights="random")
+    writes = []
+    real_write = jobfile.atomic_write
+
+    def recording(path, write):
+        class Recorder:
+            def write(self, data: bytes) -> None:
+                writes.append(data)
+
+        write(Recorder())  # the pieces as written
+        real_write(path, write)
+
+    monkeypatch.setattr(jobfile, "STREAM_CHARS", 500)
+    monkeypatch.setattr(jobfile, "atomic_write", recording)
+    path = tmp_path / "job.json"
+    jobfile.write_job_file(job, path)
+    assert len(writes) >= 5 and all(len(w) < 1000 for w in writes[1:])  # the head, then pieces of lines
+    assert b"".join(writes) == path.read_bytes() == jobfile.job_file_bytes(job)
+    back = jobfile.read_job_file(path)
+    assert [e.name for e in back.entries] == [p.name for p in job.pairs]
+    assert {back.value(e, "style_weight") for e in back.entries} == {1.0, 10.0}

@@ -42,7 +42,15 @@ def test_num_nodes_without_a_launcher_is_refused_at_once(tmp_path: Path) -> None
     manifest = tiny_job(tmp_path, pairs=[dict(p) for p in PAIRS], defaults={"steps": 2})
     proc, took = _run(manifest, "--num-nodes", "2")
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    _one_line(proc, "--num-nodes 2", "srun", "torchrun")
+    # A usage mistake, not an interruption: the line says exactly what to run instead.
+    _one_line(
+        proc,
+        "--num-nodes 2",
+        f"srun --nodes 2 --ntasks-per-node 1 stylebatch run {manifest} --devices 1 --num-nodes 2",
+        f"python -m torch.distributed.run --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d "
+        f"--rdzv-endpoint HOST:29500 -m stylebatch run {manifest}",
+        "nothing was run",
+    )
     assert took < 60
     assert not (tmp_path / "out" / ".stylebatch" / "pairs").exists()
 

@@ -276,6 +276,9 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         verify=args.verify,
         redo=args.redo,
     )
+    if workers.launcher_missing(num_nodes):  # the exact commands, with this run's manifest
+        where = str(args.manifest) if getattr(args, "manifest", None) else "MANIFEST"
+        raise StylebatchError(workers.no_launcher_message(num_nodes, devices, where))
     fabric = launch(args.accelerator, devices, num_nodes, sync_timeout)
     if fabric is not None and fabric.global_rank != 0:
         # Fabric re-executed this command for another device: rank 0 validates and plans, once.
@@ -396,12 +399,14 @@ def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
     )
     counts = ", ".join(f"{n} {s}" for s, n in result.counts.items())
     layout = result.layout
-    out.print(
-        f"{result.pairs} pairs ({counts}): rows {layout.row_axis}, columns {layout.column_axis}"
-        + (f", sections by {', '.join(layout.section_axes)}" if layout.section_axes else ""),
-        soft_wrap=True,
-        markup=False,
-    )
+    if layout.grouped:  # a manifest's list of grids: each its own matrix
+        groups = dict.fromkeys(s.group for s in layout.sections)
+        shape = "; ".join(groups)
+    else:
+        shape = f"rows {layout.row_axis}, columns {layout.column_axis}" + (
+            f", sections by {', '.join(layout.section_axes)}" if layout.section_axes else ""
+        )
+    out.print(f"{result.pairs} pairs ({counts}): {shape}", soft_wrap=True, markup=False)
     out.print(
         f"report: {result.html}" + (f" (index of {result.pages} pages)" if result.pages > 1 else ""),
         soft_wrap=True,
@@ -473,7 +478,7 @@ def _kept_copies(image: Path) -> list[Path]:
     """The earlier outputs of an output's name that a changed setting replaced (kept by `run`)."""
     from stylebatch.jobdir.state import JobState
 
-    own = re.compile(re.escape(image.stem) + r"\.(?:[0-9a-f]{16}|unknown)\.\w+")
+    own = re.compile(re.escape(image.stem) + r"\.(?:[0-9a-f]{16}|unknown)(?:-\d+)?\.\w+")
     return [p for p in JobState(image.parent).replaced() if own.fullmatch(p.name)]
 
 

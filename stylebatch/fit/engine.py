@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from stylebatch.atomic import fault_point
+from stylebatch.errors import WeightsError
 from stylebatch.fit import inputs as pair_inputs
 from stylebatch.fit.checkpoint import MemberCheckpointIO, join_checkpoints, position, read_checkpoint
 from stylebatch.fit.module import LBFGS_MAX_ITER, OptimizerSpec, StyleTransferModule
@@ -282,6 +283,27 @@ def _trainer(
     )
 
 
+def _blame_start(vgg: VGGFeatures, module: StyleTransferModule, parts: list[tuple]) -> None:
+    """A loss that became NaN or infinite is a divergence (a lower lr helps) only if the loss of the
+    content images themselves (in [0, 1], where the optimisation starts by default) is finite. If it
+    is not, the network overflows on any picture (weights scaled by 1e30: every pair fails alike)
+    or the loss weights are too large for float32: say that once, without the lr hint."""
+    with torch.no_grad():
+        losses = module.losses(torch.cat([content for content, *_ in parts]))
+    terms = [v for k, v in losses.items() if k != "total"]
+    if not all(bool(torch.isfinite(v).all()) for v in terms):
+        raise WeightsError(
+            f"{getattr(vgg, 'source', 'the weights')}: the loss of the content image itself is not finite (the "
+            "network's features or their statistics overflow float32): the weights are the problem (wrongly "
+            "scaled?), not lr or the optimizer"
+        ) from None
+    if not bool(torch.isfinite(losses["total"]).all()):
+        raise NonFiniteLossError(
+            "the weighted loss of the content image itself overflows float32: lower content_weight, "
+            "style_weight or tv_weight (only their ratios matter)"
+        ) from None
+
+
 def _resume_point(members: list[Member], images: list[Any]) -> tuple[dict[str, Any] | None, int, int]:
     """(joined checkpoint, pass, evaluations) the batch resumes from, or (None, 0, 0). Members
     resume together only when every one has a checkpoint of its own (its pair's id, its image's
@@ -346,6 +368,9 @@ def stylize(members: list[Member], vgg: VGGFeatures, device: torch.device) -> li
                 trainer = _trainer(device, cfg, [callback, *snapshots], members, ckpt if resume else None)
                 try:
                     trainer.fit(module, ckpt_path=str(members[0].ckpt_path) if resume else None)
+                except NonFiniteLossError:
+                    _blame_start(vgg, module, parts)  # raises when no learning rate could have helped
+                    raise
                 except SIGTERMException:
                     # Lightning raises this after our callback has checkpointed on the same SIGTERM.
                     callback.interrupted = True

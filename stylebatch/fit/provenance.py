@@ -23,7 +23,7 @@ from PIL import Image
 
 from stylebatch import __version__
 from stylebatch.errors import ImageError, StylebatchError
-from stylebatch.images import EXIF_IFD, EXIF_USER_COMMENT, USER_COMMENT_ASCII, opened, save_output
+from stylebatch.images import EXIF_IFD, EXIF_USER_COMMENT, USER_COMMENT_ASCII, opened, save_image, save_output
 from stylebatch.job import config as cfgmod
 from stylebatch.job.checks import FileChecker, check_name, check_output_dir, check_pair_files
 from stylebatch.job.config import Config
@@ -104,6 +104,25 @@ def write_output(
         meta["cpu_threads"] = torch.get_num_threads()  # CPU float results depend on it (`run --from` uses it)
     text = {KEY: json.dumps(meta, sort_keys=True, default=str)}  # ASCII: json escapes the rest
     data = save_output(pixels, alpha, output, text=text, format=cfg.format, quality=cfg.quality, icc=icc)
+    return hashlib.sha256(data).hexdigest()
+
+
+def reencode_output(source: Path, output: Path, cfg: Config) -> str:
+    """Write a finished output again in `cfg`'s 8-bit format from a lossless 8-bit file of it (png,
+    tiff, webp at quality 100): its very pixels, alpha and ICC profile (which are what `write_output`
+    would encode from the float result: it rounds once, into the profile), and the settings it
+    carries with the new format. Returns the new file's sha256."""
+    meta = {**read_metadata(source), "config": cfg.to_dict(), "encoding": cfg.encoding()}
+    try:
+        with opened(source, cfg.max_pixels) as img:
+            img.load()
+            icc, picture = img.info.get("icc_profile"), img.copy()
+    except (ImageError, OSError, ValueError) as e:
+        raise StylebatchError(f"{source}: cannot be re-encoded ({e})") from None
+    if picture.mode not in ("RGB", "RGBA"):
+        raise StylebatchError(f"{source}: cannot be re-encoded (mode {picture.mode}, not an 8-bit output)")
+    text = {KEY: json.dumps(meta, sort_keys=True, default=str)}
+    data = save_image(picture, output, text, cfg.format, cfg.quality, icc)
     return hashlib.sha256(data).hexdigest()
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from stylebatch import geometry
+from stylebatch.errors import WeightsError
 from stylebatch.fit import tiling
 from stylebatch.fit.losses import feature_moments, gram_matrix
 from stylebatch.fit.vgg import VGGFeatures
@@ -122,6 +123,19 @@ def _relative_trace(g: torch.Tensor, on: bool) -> torch.Tensor:
     return 1.0 / g.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
 
 
+def _check_targets(vgg: VGGFeatures, targets: dict[str, torch.Tensor], scales: list[torch.Tensor]) -> None:
+    """The images are in [0, 1]: targets that are not finite, or a normaliser that overflowed (1 / inf
+    is 0, which would silence the term and then give 0 x inf = NaN), come from the network's weights,
+    not from the optimisation, so no learning rate can help. Checked once per pass, before any step."""
+    bad = [name for name, t in targets.items() if not torch.isfinite(t).all()]
+    if bad or not all(bool(torch.isfinite(s).all() and (s > 0).all()) for s in scales):
+        where = f"not finite at {', '.join(bad)}" if bad else "their mean square overflows"
+        raise WeightsError(
+            f"{getattr(vgg, 'source', 'the weights')}: the network's features of the images are out of "
+            f"float32's range ({where}): the weights are the problem (wrongly scaled?), not lr or the optimizer"
+        )
+
+
 @torch.no_grad()
 def compute_targets(
     vgg: VGGFeatures, content: torch.Tensor, styles: list[torch.Tensor], cfg: Config, tile: int | None = None
@@ -141,11 +155,13 @@ def compute_targets(
         scale = {name: _relative_trace(g, cfg.normalize_losses) for name, g in grams.items()}
     else:
         scale = {name: _relative(g, cfg.normalize_losses) for name, g in grams.items()}
+    content_scale = _relative(feats, cfg.normalize_losses)
+    _check_targets(vgg, {cfg.content_layer: feats, **grams, **means}, [content_scale, *scale.values()])
     return LossTargets(
         cfg.content_layer,
         feats,
         grams,
-        _relative(feats, cfg.normalize_losses),
+        content_scale,
         {name: cfg.style_layers[name] * scale[name] for name in grams},
         one(cfg.content_weight),
         one(cfg.style_weight),

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from stylebatch.errors import WeightsError
+from stylebatch.fit.losses import gram_matrix
 from stylebatch.geometry import LAYER_INDEX, LAYER_NAMES
 from stylebatch.job.weights import RANDOM_WEIGHTS_SEED, check_weights_path
 
@@ -40,9 +41,12 @@ class VGGFeatures(nn.Module):
     """VGG19 `features` truncated after the deepest layer it is asked for, frozen, with ImageNet
     normalisation inside. `forward(x, layers)` takes RGB in [0, 1] and returns {name: features}."""
 
-    def __init__(self, features: nn.Sequential, deepest: str = "pool5", channels_last: bool = True) -> None:
+    def __init__(
+        self, features: nn.Sequential, deepest: str = "pool5", channels_last: bool = True, source: str = "the weights"
+    ) -> None:
         super().__init__()
         self.channels_last = channels_last
+        self.source = source  # how messages name the weights ("weights file x.pth"): a problem of theirs says so
         stop = LAYER_INDEX[deepest] + 1
         self.layers = nn.Sequential(*list(features)[:stop])
         # Switched off by tests that compare the two kinds of ReLU; forward() never runs one in
@@ -136,6 +140,39 @@ def _load_imagenet() -> dict:
         ) from None
 
 
+# The test image the loaded weights are tried on: smooth colour ramps in [0, 1], the range every
+# input has. 32 px is the least that reaches pool5 (five 2x2 pools).
+PROBE_PX = 32
+
+
+def _probe_image() -> torch.Tensor:
+    ramp = torch.linspace(0.0, 1.0, PROBE_PX)
+    y, x = ramp.view(-1, 1).expand(PROBE_PX, PROBE_PX), ramp.view(1, -1).expand(PROBE_PX, PROBE_PX)
+    return torch.stack([x, y, (x + y) / 2]).unsqueeze(0)
+
+
+def check_feature_scale(vgg: VGGFeatures) -> None:
+    """Refuse weights whose network cannot be used for any picture: features or their Gram matrices
+    (what every style target is made of) that are not finite on a test image in [0, 1]. Finite
+    weights can still do it: scaled by 1e30, conv1_2's output is past float32's range. Each pair's
+    loss would then be NaN from its first evaluation, which no learning rate mends, so the job is
+    stopped here, once, naming the weights."""
+    names = LAYER_NAMES[: vgg.depth]
+    with torch.no_grad():
+        feats = vgg(_probe_image().to(vgg.mean.device), names)
+        for name in names:
+            x = feats[name].float()
+            what = name if not torch.isfinite(x).all() else f"{name}'s Gram matrix"
+            if what != name and torch.isfinite(gram_matrix(x)).all():
+                continue
+            largest = max(float(p.detach().abs().max()) for p in vgg.parameters())
+            raise WeightsError(
+                f"{vgg.source}: the network overflows float32 ({what} is not finite for a test image in "
+                f"[0, 1]; the largest weight is {largest:.3g}): these are not usable VGG19 weights "
+                "(wrongly scaled?); no setting (lr, optimizer) can help"
+            )
+
+
 def load_vgg(weights: str = "imagenet", layers: list[str] | None = None) -> VGGFeatures:
     """Build the frozen extractor, truncated after the deepest of `layers` (all of them if None)."""
     # Imported here: torchvision (with torch._dynamo, which its ops import) takes seconds, and
@@ -170,5 +207,13 @@ def load_vgg(weights: str = "imagenet", layers: list[str] | None = None) -> VGGF
         features = features.to_empty(device="cpu")
         features.load_state_dict(checked)
     deepest = max(layers, key=LAYER_INDEX.__getitem__) if layers else LAYER_NAMES[-1]
-    vgg = VGGFeatures(features, deepest)
-    return vgg.to(memory_format=torch.channels_last) if vgg.channels_last else vgg
+    vgg = VGGFeatures(features, deepest, source=_weights_name(weights))
+    vgg = vgg.to(memory_format=torch.channels_last) if vgg.channels_last else vgg
+    if weights != "random":  # torchvision's seeded init is known to be fine
+        check_feature_scale(vgg)
+    return vgg
+
+
+def _weights_name(weights: str) -> str:
+    """The weights as messages name them, wherever they were chosen (--weights or the manifest)."""
+    return f"{weights} weights" if weights in ("imagenet", "random") else f"weights file {weights}"

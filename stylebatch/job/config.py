@@ -54,10 +54,20 @@ def _field(
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
+    bookkeeping: str = "never reruns a pair",
 ):
     """A dataclass field with its doc and bounds. `identity=False` marks bookkeeping keys that never
-    change pixels, so changing them does not rerun finished pairs."""
-    meta = {"doc": doc, "identity": identity, "choices": choices, "ge": ge, "gt": gt, "le": le}
+    change pixels, so changing them does not rerun finished pairs (`bookkeeping`: what the README
+    says of such a key)."""
+    meta = {
+        "doc": doc,
+        "identity": identity,
+        "choices": choices,
+        "ge": ge,
+        "gt": gt,
+        "le": le,
+        "bookkeeping": bookkeeping,
+    }
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -263,12 +273,22 @@ class Config:
         "UserComment; jpg drops transparency), `tiff` (Deflate; settings in the ImageDescription), 8 bits per "
         "channel; `png16` or `tiff16`: 16 bits per channel from the float result (`.png`/`.tif` files). Every "
         "format carries the content's ICC profile; a content in another profile than sRGB (Adobe RGB, Display "
-        "P3) is converted to sRGB for the network and the output back into its profile.",
+        "P3) is converted to sRGB for the network and the output back into its profile. Changed on a finished "
+        "pair, the new file is written from the previous one when that is lossless at 8 bits (png, tiff, webp at "
+        "100) and the new format has 8 bits, or from the pair's kept final checkpoint (`keep_checkpoints`), "
+        "without optimising again; otherwise (from jpg or lossy webp, or from 8 to 16 bits) the pair is made "
+        "again and `run` says why. The previous file is kept in `.stylebatch/replaced/`.",
         identity=False,
         choices=OUTPUT_FORMATS,
+        bookkeeping="not part of the pair's identity; a change re-encodes the output, see `format`",
     )
     quality: int = _field(
-        95, "JPEG/WebP quality, 1-100 (webp at 100 is lossless); ignored for png.", identity=False, ge=1, le=100
+        95,
+        "JPEG/WebP quality, 1-100 (webp at 100 is lossless); ignored for png.",
+        identity=False,
+        ge=1,
+        le=100,
+        bookkeeping="not part of the pair's identity; a change re-encodes the output, see `format`",
     )
 
     @property

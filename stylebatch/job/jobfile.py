@@ -22,23 +22,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from stylebatch.atomic import atomic_write
 from stylebatch.errors import StylebatchError
 from stylebatch.job.pairs import Job
 
 FORMAT = 2
+STREAM_CHARS = 1 << 20  # written to the file in pieces of about this many characters
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=str)  # ASCII: \u escapes carry any name, even a lone surrogate
 
 
-def job_file_bytes(job: Job) -> bytes:
-    """The job.json of a loaded Job."""
+def job_file_chunks(job: Job) -> Iterator[str]:
+    """The job.json of a loaded Job, in pieces: the head, then a line per pair. Written as they are
+    made (`write_job_file`), a 100,000-pair job never holds its whole text in memory."""
     configs = [p.config for p in job.pairs if p.config is not None]
     fields = dataclasses.fields(configs[0]) if configs else ()
     defaults = configs[0].to_dict() if configs else {}
@@ -52,9 +55,9 @@ def job_file_bytes(job: Job) -> bytes:
         "bookkeeping": [f.name for f in fields if not f.metadata.get("identity", True)],
         "defaults": defaults,
     }
-    lines = []
+    yield _dumps(head)[:-1] + ',\n "pairs": [\n'
     overrides: dict[int, tuple[Any, str]] = {}  # per Config object (pairs of the same settings share one)
-    for p in job.pairs:
+    for i, p in enumerate(job.pairs):
         entry: dict[str, Any] = {
             "name": p.name,
             "id": p.id,
@@ -64,22 +67,38 @@ def job_file_bytes(job: Job) -> bytes:
         }
         if len(p.styles) > 1:
             entry["styles"] = [str(s) for s in p.styles]
+        sep = ",\n" if i else ""
         if p.config is None:
             entry["set"] = None
-            lines.append(_dumps(entry))
+            yield sep + _dumps(entry)
             continue
         if id(p.config) not in overrides:  # getattr, not to_dict(): a deep copy of every config is slow
             diff = {k: v for k in names if (v := getattr(p.config, k)) != defaults.get(k)}
             overrides[id(p.config)] = (p.config, _dumps(diff))  # the config kept: its id stays its own
         # The same text as _dumps(entry) with "set" last, its JSON made once per config.
-        lines.append(f'{_dumps(entry)[:-1]}, "set": {overrides[id(p.config)][1]}}}')
-    text = _dumps(head)[:-1] + ',\n "pairs": [\n' + ",\n".join(lines) + "\n]}\n"
-    return text.encode("ascii")
+        yield f'{sep}{_dumps(entry)[:-1]}, "set": {overrides[id(p.config)][1]}}}'
+    yield "\n]}\n"
+
+
+def job_file_bytes(job: Job) -> bytes:
+    """The job.json of a loaded Job, whole."""
+    return "".join(job_file_chunks(job)).encode("ascii")
 
 
 def write_job_file(job: Job, path: Path) -> None:
-    """Write `<root>/job.json` atomically (`root` is the job's `.stylebatch` directory)."""
-    atomic_write(Path(path), job_file_bytes(job))
+    """Write `<root>/job.json` atomically, streamed: pieces of about 1 MB as they are made."""
+
+    def write(fh: BinaryIO) -> None:
+        buffer, size = [], 0
+        for chunk in job_file_chunks(job):
+            buffer.append(chunk)
+            size += len(chunk)
+            if size >= STREAM_CHARS:
+                fh.write("".join(buffer).encode("ascii"))
+                buffer, size = [], 0
+        fh.write("".join(buffer).encode("ascii"))
+
+    atomic_write(Path(path), write)
 
 
 @dataclass

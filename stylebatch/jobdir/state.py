@@ -121,9 +121,26 @@ class JobState:
         replaced/<name>.<old id><suffix>; returns where it went (None: there was no file)."""
         if not os.path.lexists(output):
             return None
-        target = self.ensure_dir(self.replaced_dir) / f"{name}.{old_id or 'unknown'}{output.suffix}"
+        stem = f"{name}.{old_id or 'unknown'}"
+        target = self.ensure_dir(self.replaced_dir) / f"{stem}{output.suffix}"
+        n = 1
+        # The same id kept twice with other bytes (jpg quality 95, then 80, then 60): each copy stays.
+        while os.path.lexists(target) and not _same_bytes(target, output):
+            n += 1
+            target = self.replaced_dir / f"{stem}-{n}{output.suffix}"
         os.replace(output, target)  # same file system: the bytes are never copied, never half there
         return target
+
+    def kept_copy(self, name: str, pair_id: str, suffix: str, sha256: Any) -> Path | None:
+        """A kept copy of `name`'s output with these bytes (moved by a run that stopped before it
+        had written the output again), or None."""
+        if not isinstance(sha256, str):
+            return None
+        own = re.compile(re.escape(f"{name}.{pair_id}") + r"(?:-\d+)?" + re.escape(suffix))
+        for path in self.replaced():
+            if own.fullmatch(path.name) and sha256_file(path) == sha256:
+                return path
+        return None
 
     def replaced(self) -> list[Path]:
         """The kept copies of replaced outputs, sorted by name."""
@@ -314,6 +331,13 @@ def output_stamp(path: str | os.PathLike) -> dict[str, int] | None:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
 
 
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_size == b.stat().st_size and sha256_file(a) == sha256_file(b)
+    except OSError:
+        return False
+
+
 def output_intact(state: JobState, name: str, record: dict[str, Any], path: Path, verify: bool = False) -> bool:
     """Whether a done pair's output is still the file its record describes.
 
@@ -352,6 +376,7 @@ RECORD_TYPES: dict[str, tuple[type, ...]] = {  # what the code reads of a record
     "heartbeat": _NUMBER,
     "seconds": _NUMBER,
     "started": _NUMBER,
+    "begun": _NUMBER,
     "finished": _NUMBER,
     "updated": _NUMBER,
     "attempt_open": (bool,),

@@ -280,10 +280,10 @@ class _Gallery:
             img = f'<img src="{_link(image[0])}" alt="">' if image else ""
             parts.append(f"<h2>{img}{_e(fixed)}</h2>")
         parts.append('<table class="grid"><thead><tr><th class="row"></th>')
-        parts += [self.head(c, layout.column_axis) for c in block.columns]
+        parts += [self.head(c, section.column_axis or layout.column_axis) for c in block.columns]
         parts.append("</tr></thead><tbody>")
         for i, row in enumerate(block.rows):
-            parts.append("<tr>" + self.head(row, layout.row_axis, "row"))
+            parts.append("<tr>" + self.head(row, section.row_axis or layout.row_axis, "row"))
             parts += [self.cell(block.cells.get((i, j))) for j in range(len(block.columns))]
             parts.append("</tr>")
         parts.append("</tbody></table></section>")
@@ -318,10 +318,15 @@ class _Gallery:
             nav.append(f"<span>page {n} of {total}</span>")
             nav += [f'<a href="{_link(names[n])}">next →</a>'] if n < total else []
         nav.append(f'<a href="{_link(sheet)}">contact sheet</a>')
-        blocks, previous = [], None
+        blocks, previous, group = [], None, ""
         for b in page.blocks:
+            section = self.layout.sections[b.section]
+            if section.group and section.group != group:  # each grid of a manifest's list: its own matrix
+                blocks.append(f'<h2 class="grid">{_e(section.group)}</h2>')
+                previous = None
+            group = section.group
             blocks.append(self.block(b, previous))
-            previous = self.layout.sections[b.section].title
+            previous = section.title
         count = len([v for v in page.views if v.status == "done"])
         shared = self.shared(page)
         note = f"<p>{_e(LOSS_NOTE)}</p>" if self.losses else ""
@@ -411,11 +416,11 @@ def contact_sheet(gallery: _Gallery, page: Page, dest: Path) -> None:
         y += 40
         for j, col in enumerate(b.columns):
             src = gallery.dest / gallery.input(col.image)[0] if col.image and gallery.input(col.image) else None
-            put(pad + (1 + j) * (cell + pad), y, src, head_title(col, layout.column_axis))
+            put(pad + (1 + j) * (cell + pad), y, src, head_title(col, section.column_axis or layout.column_axis))
         y += box_h + label_h
         for i, row in enumerate(b.rows):
             src = gallery.dest / gallery.input(row.image)[0] if row.image and gallery.input(row.image) else None
-            put(pad, y, src, head_title(row, layout.row_axis))
+            put(pad, y, src, head_title(row, section.row_axis or layout.row_axis))
             for j in range(len(b.columns)):
                 v = b.cells.get((i, j))
                 if v is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
@@ -99,16 +100,21 @@ class Section:
     row_blocks: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each block of rows
     col_blocks: list[tuple[int, int]] = field(default_factory=list)
     blocks: list[list[Block]] = field(default_factory=list)  # blocks[row block][column block]
+    # Its own axes: a manifest's list of grids lays each grid out as its own matrix (build_layout).
+    row_axis: str = ""
+    column_axis: str = ""
+    group: str = ""  # the grid (or the listed pairs) it belongs to, as its heading says it; "": one layout
 
 
 @dataclass
 class Layout:
-    column_axis: str
+    column_axis: str  # the first group's, when there are several (each section has its own)
     row_axis: str
     section_axes: list[str]
     varied: list[str]
     sections: list[Section]
     pages: list[Page] = field(default_factory=list)
+    grouped: bool = False  # each grid of the manifest's list is its own matrix, the listed pairs another
 
     def page_of_block(self) -> dict[int, Page]:
         return {id(b): p for p in self.pages for b in p.blocks}
@@ -171,10 +177,14 @@ def _check_axis(axis: str, axes: Axes, flag: str) -> None:
 
 
 def choose_axes(
-    views: list[PairView], axes: Axes, columns: str = "auto", rows: str = "auto"
+    views: list[PairView], axes: Axes, columns: str = "auto", rows: str = "auto", within: bool = False
 ) -> tuple[str, str, list[str], list[str]]:
-    """(column axis, row axis, section axes, varied axes) for `--columns` / `--rows` (auto or a key)."""
+    """(column axis, row axis, section axes, varied axes) for `--columns` / `--rows` (auto or a key).
+    `within`: `views` are one grid of several, and a key varies only if it takes several values among
+    them (a key the whole grid sets differs from the job's defaults, yet is one value here)."""
     varied = axes.varied(views)
+    if within:
+        varied = [a for a in varied if len({axes.value(v, a).key for v in views}) > 1]
     picture = [a for a in varied if a not in IMAGE_AXES and a not in axes.bookkeeping]
     for flag, value in (("--columns", columns), ("--rows", rows)):
         if value != "auto":
@@ -207,23 +217,48 @@ def blocks(n: int, most: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def build_layout(views: list[PairView], axes: Axes, columns: str = "auto", rows: str = "auto") -> Layout:
-    col_axis, row_axis, section_axes, varied = choose_axes(views, axes, columns, rows)
-    sections: dict[str, tuple[Section, list[PairView]]] = {}
+# A pair of a manifest's list of grids (`grid: [{...}, {...}]`) is the entry `grid[i][n]`.
+GRID_OF_LIST = re.compile(r"(grid\[\d+\])\[\d+\]")
+LISTED = "pairs"  # the group of the pairs listed one by one (`pairs:`), beside a list of grids
+
+
+def groups(views: list[PairView]) -> dict[str, list[PairView]]:
+    """The views by the grid of a manifest's list of grids they come from (`grid[0]`, `grid[1]`,
+    ...), the listed pairs as LISTED; {} when the manifest has no list of grids (one layout)."""
+    found: dict[str, list[PairView]] = {}
     for v in views:
-        fixed = [axes.value(v, a) for a in section_axes]
-        key = "|".join(f.key for f in fixed)
-        if key not in sections:
-            title = " · ".join(
-                f"{a}: {f.label}" if a in IMAGE_AXES else f"{a} = {f.label}" for a, f in zip(section_axes, fixed)
-            )
-            sections[key] = (Section(title, list(zip(section_axes, fixed)), [], []), [])
-        sections[key][1].append(v)
-    out = []
-    for section, members in sections.values():
-        _fill(section, members, axes, row_axis, col_axis)
-        out.append(section)
-    layout = Layout(col_axis, row_axis, section_axes, varied, out)
+        m = GRID_OF_LIST.fullmatch(v.entry)
+        found.setdefault(m.group(1) if m else LISTED, []).append(v)
+    return found if any(name != LISTED for name in found) else {}
+
+
+def build_layout(views: list[PairView], axes: Axes, columns: str = "auto", rows: str = "auto") -> Layout:
+    """The job as matrices. A manifest's list of grids (a photos x paintings grid beside a
+    style_weight sweep on one pair, say) makes one matrix per grid, each with the axes its own pairs
+    vary (contents x styles; the swept key across), and the listed pairs another: laid out together,
+    the grid's pairs would be cut into sections by the sweep's key and the sweep by style."""
+    by_group = groups(views)
+    if not by_group:
+        col_axis, row_axis, section_axes, varied = choose_axes(views, axes, columns, rows)
+        layout = Layout(
+            col_axis, row_axis, section_axes, varied, _sections(views, axes, col_axis, row_axis, section_axes)
+        )
+    else:
+        sections, section_axes, first = [], [], None
+        for name, members in by_group.items():
+            col_axis, row_axis, own, _ = choose_axes(members, axes, columns, rows, within=True)
+            first = first or (col_axis, row_axis)
+            section_axes += [a for a in own if a not in section_axes]
+            # What the whole grid shares (the one photo and painting of a sweep) is named in its heading.
+            shared = [
+                f"{a} {next(iter(labels))}"
+                for a in IMAGE_AXES
+                if a not in (col_axis, row_axis, *own) and len(labels := {axes.value(v, a).label for v in members}) == 1
+            ]
+            heading = f"{name}: " + "".join(f"{x}; " for x in shared) + f"{row_axis} down, {col_axis} across"
+            heading += f", by {', '.join(own)}" if own else ""
+            sections += _sections(members, axes, col_axis, row_axis, own, heading)
+        layout = Layout(*first, section_axes, axes.varied(views), sections, grouped=True)
     cells = rows = 0
     for k, s in enumerate(layout.sections):
         for line in s.blocks:
@@ -236,6 +271,27 @@ def build_layout(views: list[PairView], axes: Axes, columns: str = "auto", rows:
                 layout.pages[-1].blocks.append(block)
                 cells, rows = cells + size, rows + len(block.rows)
     return layout
+
+
+def _sections(
+    views: list[PairView], axes: Axes, col_axis: str, row_axis: str, section_axes: list[str], group: str = ""
+) -> list[Section]:
+    """One section per combination of the section axes' values, each filled as a matrix."""
+    sections: dict[str, tuple[Section, list[PairView]]] = {}
+    for v in views:
+        fixed = [axes.value(v, a) for a in section_axes]
+        key = "|".join(f.key for f in fixed)
+        if key not in sections:
+            title = " · ".join(
+                f"{a}: {f.label}" if a in IMAGE_AXES else f"{a} = {f.label}" for a, f in zip(section_axes, fixed)
+            )
+            section = Section(title, list(zip(section_axes, fixed)), [], [])
+            section.row_axis, section.column_axis, section.group = row_axis, col_axis, group
+            sections[key] = (section, [])
+        sections[key][1].append(v)
+    for section, members in sections.values():
+        _fill(section, members, axes, row_axis, col_axis)
+    return [section for section, _ in sections.values()]
 
 
 def _fill(section: Section, members: list[PairView], axes: Axes, row_axis: str, col_axis: str) -> None:

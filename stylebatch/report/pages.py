@@ -121,6 +121,7 @@ class Pages:
             "column_axis": layout.column_axis,
             "section_axes": layout.section_axes,
             "varied": layout.varied,
+            "grouped": layout.grouped,
             "common": common,
             "series": list(SERIES.items()),
             "thumb": THUMB,
@@ -219,9 +220,10 @@ def render_all(run: Pages, pages: list[Page], workers: int) -> Iterator[tuple[Sh
 def _page_context(
     p: Page, layout: Layout, base_ctx: dict[str, Any], report_dir: Path, out_dir: Path, thumbs: Thumbs, job: JobFile
 ) -> dict[str, Any]:
-    col_axis, row_axis = base_ctx["column_axis"], base_ctx["row_axis"]
-    blocks, previous = [], None
+    blocks, previous, previous_group = [], None, None
     for k, b in enumerate(p.blocks):
+        section = layout.sections[b.section]
+        col_axis, row_axis = section.column_axis or layout.column_axis, section.row_axis or layout.row_axis
         rows = []
         for i, row in enumerate(b.rows):
             cells = []
@@ -230,12 +232,15 @@ def _page_context(
                 steps = v.values.get("steps", job.defaults.get("steps")) if v is not None else None
                 cells.append(cell(v, report_dir, out_dir, thumbs, steps) if v is not None else None)
             rows.append({"head": head(row, row_axis, report_dir, thumbs), "cells": cells})
-        section = layout.sections[b.section]
         image = thumbs.get(section.image)
+        new_group = section.group != previous_group
         blocks.append(
             {
                 "anchor": f"block-{k + 1}",
-                "title": section.title if section.title != previous else None,
+                "group": section.group if new_group and section.group else None,
+                "row_axis": row_axis,
+                "column_axis": col_axis,
+                "title": section.title if section.title != previous or new_group else None,
                 "image": {
                     "src": href(image.path, report_dir),
                     "w": image.width,
@@ -248,7 +253,7 @@ def _page_context(
                 "columns": [head(c, col_axis, report_dir, thumbs) for c in b.columns],
             }
         )
-        previous = section.title
+        previous, previous_group = section.title, section.group
     return {**base_ctx, "blocks": blocks, "problems": [], "problems_total": 0}
 
 
@@ -288,7 +293,13 @@ def _index_context(layout: Layout, names: list[tuple[str, str]], views: list[Pai
                 )
             lines.append({"head": _span(s.rows, a, b), "pages": cells})
         sections.append(
-            {"title": s.title, "col_heads": [_span(s.columns, a, b) for a, b in s.col_blocks], "lines": lines}
+            {
+                "title": " · ".join(t for t in (s.group, s.title) if t),
+                "row_axis": s.row_axis or layout.row_axis,
+                "column_axis": s.column_axis or layout.column_axis,
+                "col_heads": [_span(s.columns, a, b) for a, b in s.col_blocks],
+                "lines": lines,
+            }
         )
 
     def href(v: PairView) -> str | None:

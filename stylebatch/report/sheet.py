@@ -142,7 +142,6 @@ def _wrapped_lines(page: Page) -> tuple[list[tuple[Block, int]], SheetGeometry]:
 def render_sheet(page: Page, layout: Layout, thumbs: Thumbs) -> tuple[bytes, SheetGeometry]:
     """The page's contact sheet as JPEG bytes, and its geometry. Each block's corner shows what its
     section fixes (the style image of a sweep's section, say)."""
-    column_axis, row_axis = layout.column_axis, layout.row_axis
     lines, geo = _wrapped_lines(page)
     sheet = Image.new("RGB", (max(1, geo.width), max(1, geo.height)), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
@@ -167,13 +166,15 @@ def render_sheet(page: Page, layout: Layout, thumbs: Thumbs) -> tuple[bytes, She
             draw.text((x + 2, y + t + 1), _fit_text(draw, caption, t - 4, font), fill=(40, 40, 40), font=font)
 
     block_w = geo.cells_per_row * t + GAP
-    col_images, row_images = column_axis in IMAGE_AXES, row_axis in IMAGE_AXES
     for n, (block, i) in enumerate(lines):
         wrap, k = divmod(n, geo.block_rows)
         x, y = wrap * block_w, k * (t + cap)
+        section = layout.sections[block.section]  # its own axes: each grid of a list is its own matrix
+        column_axis, row_axis = section.column_axis or layout.column_axis, section.row_axis or layout.row_axis
+        col_images, row_images = column_axis in IMAGE_AXES, row_axis in IMAGE_AXES
         if i < 0:
-            section = layout.sections[block.section]
-            box(x, y, section.image, section.title or f"{row_axis} \\ {column_axis}", "header", text=section.title)
+            title = " · ".join(part for part in (section.group.split(":")[0], section.title) if part)
+            box(x, y, section.image, title or f"{row_axis} \\ {column_axis}", "header", text=title)
             for j, col in enumerate(block.columns):
                 label = col.label if col_images else f"{column_axis}={col.label}"
                 box(

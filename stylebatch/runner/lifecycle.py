@@ -64,6 +64,7 @@ def begin_pair(
             "attempt_open": True,
             "steps": pair.config.steps,
             "started": started,
+            "begun": time.time(),  # this run's start on the pair: an output written since is this run's
             "error": None,
             "output": job.output_path(pair).name,
             "batch": batch,
@@ -71,6 +72,8 @@ def begin_pair(
             **state.owner(rank),
         },
     )
+    # Where each run took the pair up, and with whom: what a resume mismatch is traced back to.
+    log.info("%s: starts at %d evaluations%s", pair.name, resume_at, f", batch {batch}" if batch else ", alone")
     reporter.pair_start(pair, resume_at, batch)
     last_beat = [time.monotonic()]
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from stylebatch.atomic import atomic_write, fault_point
-from stylebatch.errors import JobGoneError, StylebatchError, WorkerLostError, is_disk_full
+from stylebatch.errors import JobGoneError, StylebatchError, WeightsError, WorkerLostError, is_disk_full
 from stylebatch.fit.checkpoint import position, vet_checkpoint
 from stylebatch.fit.engine import Member, shape_at, stylize
 from stylebatch.fit.provenance import pair_metadata
@@ -323,9 +323,13 @@ def _run_batch(
     except Exception as e:  # noqa: BLE001 (isolate the pair, or the faulty member from the rest of the batch)
         if isinstance(e, JobGoneError):
             raise  # started afresh by another run: nothing more is written, nobody is blamed
-        if is_disk_full(e):  # the whole job stops; no member is blamed or charged an attempt
+        if is_disk_full(e) or isinstance(e, WeightsError):
+            # The whole job stops (a full disk; weights whose features overflow fail every pair alike,
+            # the one line names them); no member is blamed or charged an attempt.
             for p in batch:
                 state.stop_attempt(p.name)
+            if isinstance(e, WeightsError):
+                raise WeightsError(f"{', '.join(p.name for p in batch)}: {e}") from None
             raise
         out_of_memory = oom.is_oom(e)
         why = (
@@ -342,6 +346,7 @@ def _run_batch(
         for p, result, (_, started) in zip(batch, results, begun):
             conclude_pair(job, p, state, reporter, result, started)
             state.update(p.name, measured=figures)
+            fault_point(f"concluded:{p.name}")  # a batch's members are recorded one by one
         return []
     if out_of_memory:  # the ladder: unbatched, smaller history, tiled, then failed
         del members

@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from stylebatch.errors import StopNow, StylebatchError
 from stylebatch.job.pairs import Job, Pair
-from stylebatch.jobdir.state import REDO_UNASKED, JobState, output_intact, output_stamp, record_count
+from stylebatch.jobdir.state import REDO_UNASKED, JobState, output_intact, output_stamp, record_count, sha256_file
 from stylebatch.runner.redo_notes import redo_note, stale_output_note
+from stylebatch.runner.reencode import describe, format_changed, format_reruns, recorded_encoding
 
 log = logging.getLogger("stylebatch")
 
@@ -92,7 +94,7 @@ def plainly_done(job: Job, state: JobState, pair: Pair, opts: RunOptions) -> boo
     stamp = record.get("output_stat")
     return (
         stamp is not None
-        and record.get("encoding", {"format": "png"}) == pair.config.encoding()
+        and recorded_encoding(record) == pair.config.encoding()
         and output_stamp(job.output_path(pair)) == stamp
     )
 
@@ -123,7 +125,12 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter
     status = record.get("status")
     if status == "done":
         out = job.output_path(pair)
-        same_encoding = record.get("encoding", {"format": "png"}) == pair.config.encoding()
+        same_encoding = recorded_encoding(record) == pair.config.encoding()
+        if not same_encoding and (handled := format_changed(job, state, pair, record, opts.verify)) is not None:
+            must_run, note = handled
+            log.info("%s", note)
+            (reporter or Reporter()).note(note)
+            return must_run
         # size + mtime + inode recorded at write time; the full sha256 on --verify or a changed stamp
         if same_encoding and output_intact(state, pair.name, record, out, getattr(opts, "verify", False)):
             return False
@@ -137,7 +144,76 @@ def needs_work(job: Job, state: JobState, pair: Pair, opts: RunOptions, reporter
         and not opts.retry_failed
     ):
         return False
+    if status in ("running", "interrupted") and (note := adopt_finished(job, state, pair, record)):
+        log.info("%s", note)
+        return False
     return True
+
+
+def _finished_output(job: Job, pair: Pair, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The settings embedded in `pair`'s output when that file is the finished result of the run
+    its record describes: written since that run began on the pair (ctime: a rename sets it, and no
+    one can set it back), carrying the pair's id, its encoding and the full budget; else None."""
+    from stylebatch.errors import StylebatchError
+    from stylebatch.fit.provenance import read_metadata
+
+    out = job.output_path(pair)
+    begun = record.get("begun")
+    try:
+        if not isinstance(begun, (int, float)) or os.lstat(out).st_ctime < begun:
+            return None
+        meta = read_metadata(out)
+    except (OSError, StylebatchError):
+        return None
+    evaluations = meta.get("evaluations")
+    if (
+        meta.get("id") != pair.id
+        or meta.get("encoding") != pair.config.encoding()
+        or not isinstance(evaluations, int)
+        or evaluations < pair.config.steps
+    ):
+        return None
+    return meta
+
+
+def adopt_finished(job: Job, state: JobState, pair: Pair, record: dict[str, Any]) -> str | None:
+    """A pair whose run wrote its output and was killed before recording it done: recorded done now,
+    if every member of its batch has its output written too (the batch's fit finished: outputs are
+    written only then, all of them before any record). Made again instead, an unfinished member of
+    a batch whose first member is done would run alone, or with other companions, and give other
+    pixels than the batch did; a batch killed while writing its outputs resumes whole, as before.
+    Returns the note, or None when the pair is to run."""
+    meta = _finished_output(job, pair, record)
+    if meta is None:
+        return None
+    by_name = {p.name: p for p in job.valid_pairs}
+    for name in record.get("batch") or []:
+        other = by_name.get(name)
+        if other is None:
+            return None
+        if name == pair.name:
+            continue
+        theirs = state.read(name) or {}
+        if theirs.get("id") != other.id:
+            return None
+        if theirs.get("status") != "done" and _finished_output(job, other, theirs) is None:
+            return None
+    out = job.output_path(pair)
+    state.update(
+        pair.name,
+        status="done",
+        attempt_open=False,
+        steps_done=meta["evaluations"],
+        output=out.name,
+        output_sha256=sha256_file(out),
+        encoding=pair.config.encoding(),
+        output_stat=output_stamp(out),
+        losses=meta.get("losses") if isinstance(meta.get("losses"), dict) else record.get("losses"),
+        finished=time.time(),
+    )
+    if not pair.config.keep_checkpoints:
+        state.checkpoint_path(pair.name).unlink(missing_ok=True)
+    return f"{pair.name}: its output was written before the run stopped; recorded as done, not made again"
 
 
 def finished_to_redo(job: Job, state: JobState) -> list[Pair]:
@@ -157,11 +233,20 @@ def check_redo(job: Job, state: JobState, opts: RunOptions, reporter: Reporter) 
     if opts.fresh:
         return  # --fresh asks for everything to be made again
     redo = finished_to_redo(job, state)
-    if not redo:
+    # A changed format whose pixels cannot be had from the previous file or a kept checkpoint is a
+    # full optimisation again too: counted alike.
+    reformat = format_reruns(job, state)  # their ids match: none is in `redo`
+    if not redo and not reformat:
         return
-    first = redo[0]
-    why = redo_note(first, state.read(first.name) or {}, job.output_path(first), job.weights, "")
-    example = f" (e.g. {why.removeprefix('redoing ').removesuffix(' ()')})" if why else ""
+    if redo:
+        first = redo[0]
+        why = redo_note(first, state.read(first.name) or {}, job.output_path(first), job.weights, "")
+        example = f" (e.g. {why.removeprefix('redoing ').removesuffix(' ()')})" if why else ""
+    else:
+        first = reformat[0]
+        old = recorded_encoding(state.read(first.name) or {})
+        example = f" (e.g. {first.name}: format {describe(old)} → {describe(first.config.encoding())})"
+    redo = redo + reformat
     where = state.replaced_dir
     if len(redo) > REDO_UNASKED and not opts.redo:
         raise StylebatchError(

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from stylebatch.errors import StylebatchError
-from stylebatch.job.pairs import Pair
+from stylebatch.images import OUTPUT_FORMATS
+from stylebatch.job.pairs import Pair, output_name
 from stylebatch.jobdir.state import sha256_file
 
 
@@ -73,8 +74,14 @@ def redo_note(
 def stale_output_note(name: str, record: dict[str, Any], encoding: dict[str, Any], output: Path) -> str:
     """Why a done pair is made again although its id matches."""
     old = record.get("encoding", {"format": "png"})
-    if old != encoding:
-        return f"redoing {name}: output {_fmt(old)} → {_fmt(encoding)} (the previous output is replaced)"
+    if old != encoding and isinstance(old, dict):
+        # The previous file could not be kept and re-encoded (runner/reencode.py): missing, or
+        # changed since it was written, in which case it is someone's and stays where it is.
+        fmt = str(old.get("format"))
+        previous = output.with_name(output_name(name, fmt)) if fmt in OUTPUT_FORMATS else None
+        gone = previous is None or not os.path.lexists(previous)
+        what = "is missing" if gone else "changed since it was written (left as it is)"
+        return f"redoing {name}: format {fmt} → {encoding.get('format')}, and its previous {fmt} output {what}"
     if not os.path.lexists(output):
         return f"redoing {name}: its output {output.name} is missing"
     return f"redoing {name}: its output {output.name} changed since it was written (it is replaced)"

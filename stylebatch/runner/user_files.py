@@ -5,7 +5,9 @@ line naming it (`--overwrite` lets the job replace it).
 A file is the job's own when its pair's record holds its sha256 (checked by the recorded size,
 mtime, ctime and inode first, so an untouched output is not read); when a run was stopped between
 writing the output and recording it (the record is not done yet, and the file carries that pair's
-id in its embedded settings); or when it carries the very id of the pair that would replace it."""
+id in its embedded settings, or the record is of the pair's output in another format: a change of
+`format` stopped between writing the new file and recording it); or when it carries the very id of
+the pair that would replace it."""
 
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ def foreign_output(state: JobState, pair: Pair, path: Path) -> str | None:
             return None
     if record.get("status") != "done" and (_carries_id(path, record.get("id")) or _carries_id(path, pair.id)):
         return None  # written, then stopped before its record said so
+    if record.get("status") == "done" and record.get("output") != path.name and _carries_id(path, pair.id):
+        return None  # re-encoded into a new format (runner/reencode.py), then stopped before the record said so
     return "exists and differs from what this job wrote there"
 
 

@@ -43,6 +43,26 @@ WATCH_S = 0.5
 _children: list[subprocess.Popen] = []
 
 
+def no_launcher_message(num_nodes: int, devices: int | None, manifest: str = "MANIFEST") -> str:
+    """What to do when several nodes are asked for and nothing started their processes: the exact
+    commands, with this run's manifest and device count."""
+    d = devices if devices is not None else "N"
+    return (
+        f"--num-nodes {num_nodes}: stylebatch starts the workers of this machine only; the other nodes' "
+        f"processes must be started by a launcher, one per device on every node: under SLURM "
+        f"`srun --nodes {num_nodes} --ntasks-per-node {d} stylebatch run {manifest} --devices {d} --num-nodes "
+        f"{num_nodes}` (or `sbatch scripts/slurm/stylebatch.sbatch {manifest}`), or with torchrun, on each of "
+        f"the {num_nodes} nodes, `python -m torch.distributed.run --nnodes {num_nodes} --nproc-per-node {d} "
+        f"--rdzv-backend c10d --rdzv-endpoint HOST:29500 -m stylebatch run {manifest}`; nothing was run"
+    )
+
+
+def launcher_missing(num_nodes: int) -> bool:
+    """Several nodes asked for, but no launcher (torchrun's WORLD_SIZE, srun's SLURM_NTASKS) started
+    this process: nothing would start the other nodes' processes."""
+    return num_nodes > 1 and int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1) == 1
+
+
 def launch(accelerator: str, devices: int | None, num_nodes: int, sync_timeout: float) -> Any:
     """Start the workers and return the Fabric object, or None for a single process.
     `devices` None means auto (Lightning's: every GPU, or one process on the CPU).
@@ -60,12 +80,10 @@ def launch(accelerator: str, devices: int | None, num_nodes: int, sync_timeout: 
     external_world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1)
     if devices == 1 and num_nodes == 1 and external_world == 1:
         return None
-    if num_nodes > 1 and external_world == 1:
+    if launcher_missing(num_nodes):
         # Nothing would start the other nodes' processes: rank 0 would wait for them until the timeout.
-        raise StylebatchError(
-            f"--num-nodes {num_nodes}: the processes of the other nodes are started by a launcher, not by "
-            "stylebatch: run under SLURM (srun, see scripts/slurm/) or torchrun --nnodes; nothing was run"
-        )
+        # A usage mistake (exit 2), not an interrupted job (3): the same command again fails alike.
+        raise StylebatchError(no_launcher_message(num_nodes, devices))
     if external_world > 1 and devices in (1, None):
         # torchrun / srun: one process per task is already running; take the layout from them.
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or external_world)
