@@ -91,7 +91,12 @@ def test_report_with_a_file_name_that_is_not_utf8(tmp_path: Path, capsys) -> Non
     make_image(tmp_path / "styles" / "wave.png", seed=3, size=(32, 32))
     manifest = write_manifest(
         tmp_path / "job.yaml",
-        {"output_dir": "out", "defaults": FAST, "grid": {"content": ["pics/*.png"], "style": ["styles/*.png"]}},
+        # 32 px as tiny_job's: the default size (256 px) made the one pair that runs take most of a minute.
+        {
+            "output_dir": "out",
+            "defaults": {**FAST, "size": 32},
+            "grid": {"content": ["pics/*.png"], "style": ["styles/*.png"]},
+        },
     )
     code, out, err = cli(["run", str(manifest), *ARGS], capsys)
     assert code == 2 and "lone surrogate" in err, err

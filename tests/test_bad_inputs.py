@@ -650,6 +650,7 @@ def test_unicode_and_spaces_in_paths_run_end_to_end(tmp_path: Path, capsys) -> N
 # --- the real console script --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_console_script_one_line_error_and_debug_traceback(root: Path) -> None:
     manifest = one_pair(root, optimizer="adamw")
     result = run_subprocess(["validate", str(manifest), "--weights", "random"], cwd=root, timeout=120)

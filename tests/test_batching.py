@@ -119,6 +119,7 @@ def test_summed_not_mean_loss_keeps_each_gradient_its_own() -> None:
         assert rel < 1e-4, f"pair {i}: relative gradient difference {rel:.2e}"  # a mean would give 1/B
 
 
+@pytest.mark.slow
 def test_wasserstein_members_get_exactly_their_own_gradient_in_float64() -> None:
     """The Wasserstein loss (the default) per member: in float64, where rounding cannot hide a leak,
     a batch of two gives each member exactly the gradient it gets alone; in float32 they agree to

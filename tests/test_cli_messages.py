@@ -98,6 +98,7 @@ def test_every_argument_and_flag_has_help() -> None:
     assert missing == []
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_exits_3_as_it_says(tmp_path: Path, capsys) -> None:
     """Two SIGINTs inside a fit: Lightning turns a KeyboardInterrupt into exit 1; the second Ctrl-C
     must stop at once and exit 3 (resumable), saying so."""
@@ -134,6 +135,7 @@ def test_the_demo_points_at_the_directory_it_wrote() -> None:
     assert "runs/example-random" in readme
 
 
+@pytest.mark.slow
 def test_a_ctrl_c_after_the_exit_line_keeps_the_exit_code(tmp_path: Path) -> None:
     """The job is over once `exit N: ...` is printed: a Ctrl-C then (while torch and Lightning shut
     down) must not turn the printed 0 into Python's 130."""

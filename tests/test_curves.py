@@ -59,6 +59,7 @@ def test_writer_truncates_to_checkpoint_and_skips_torn_rows(tmp_path: Path) -> N
     assert read_curve(path) == []
 
 
+@pytest.mark.slow
 def test_uninterrupted_curve_has_a_row_per_log_interval(uninterrupted: dict[str, str]) -> None:
     adam = [line.split(",")[0] for line in uninterrupted["a__s1"].splitlines()]
     assert adam == ["evaluations", *map(str, range(4, 29, 4)), "30"]  # every 4, and the last

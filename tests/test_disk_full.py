@@ -126,6 +126,7 @@ def one_disk_full_line(code: int, out: str, err: str, file: str) -> None:
 
 
 @pytest.mark.parametrize("what", ["checkpoint", "output"])
+@pytest.mark.slow
 def test_a_really_full_disk_stops_the_job_and_uses_no_attempt(
     what: str, small_disk: SmallDisk, tmp_path: Path, capsys, monkeypatch
 ) -> None:
@@ -189,7 +190,11 @@ def test_an_injected_enospc_in_any_process_stops_the_job(devices: str, tmp_path:
         }
         for i in range(4)
     ]
-    manifest = tiny_job(tmp_path, pairs=six, defaults={"steps": 30, "checkpoint_every": 5, "batch_size": 1})
+    # The Gram loss and 15 steps: the fault fires at the second checkpoint (step 10) of each process's
+    # first pair; the rest is the rerun's, where the default loss's ~5x dearer steps would test nothing more.
+    manifest = tiny_job(
+        tmp_path, pairs=six, defaults={"steps": 15, "checkpoint_every": 5, "batch_size": 1, "style_loss": "gram"}
+    )
     env = cli_env(OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port()), STYLEBATCH_FAULT="tmp:ckpt@2!enospc")
     proc = subprocess.run(
         _cmd(manifest, "--devices", devices), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300

@@ -109,6 +109,7 @@ def _stopped_by_full_disk(code: int, stdout: str, stderr: str, file: str) -> Non
     assert "free space and run the same command again" in lines[0]
 
 
+@pytest.mark.slow
 def test_full_disk_while_saving_an_output_keeps_the_previous_one(tmp_path: Path, capsys, monkeypatch) -> None:
     manifest = job(tmp_path)
     out = tmp_path / "out"
@@ -146,6 +147,7 @@ def test_full_disk_while_saving_an_output_keeps_the_previous_one(tmp_path: Path,
     assert all((out / name).read_bytes() != previous[name] for name in previous)
 
 
+@pytest.mark.slow
 def test_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path: Path, capsys, monkeypatch) -> None:
     manifest = job(tmp_path, steps=6)
     out = tmp_path / "out"
@@ -187,6 +189,7 @@ def test_full_disk_for_the_job_state_stops_with_one_line_and_exit_3(tmp_path: Pa
 
 
 @pytest.mark.parametrize(("log_every", "caught_at"), [(1, 3), (100, 4)], ids=["at-log-interval", "before-checkpoint"])
+@pytest.mark.slow
 def test_nan_loss_fails_the_pair_and_is_never_checkpointed(
     tmp_path: Path, capsys, monkeypatch, log_every: int, caught_at: int
 ) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from stylebatch.cli import flags, progress
@@ -72,6 +73,7 @@ def test_more_cpu_workers_than_cores_can_feed_get_a_note(monkeypatch) -> None:
     assert flags.cpu_workers_note("cpu", 4) is None  # 4 cores each
 
 
+@pytest.mark.slow
 def test_status_during_a_run_shows_the_evaluations_of_the_moment(tmp_path: Path, monkeypatch) -> None:
     """Between checkpoints (none here before the end) the record follows the fit within
     PROGRESS_EVERY_S; made 0 here so every evaluation is written."""

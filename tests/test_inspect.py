@@ -73,6 +73,7 @@ def test_run_from_reproduces_the_same_png(done: Path, tmp_path: Path) -> None:
     assert again.read_bytes() == original.read_bytes()  # pixels and settings, byte for byte
 
 
+@pytest.mark.slow
 def test_run_from_a_batched_output_says_it_reruns_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pairs = [{**ONE_PAIR[0], "name": f"m{i}", "seed": i, "init": "noise"} for i in range(2)]
     manifest = tiny_job(tmp_path, pairs=pairs, defaults={**SMALL, "batch_size": 2})

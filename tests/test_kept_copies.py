@@ -31,6 +31,7 @@ def _snapshot(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.png"))}
 
 
+@pytest.mark.slow
 def test_more_than_a_handful_to_redo_needs_redo_and_runs_nothing_without(done: Path, capsys) -> None:
     assert REDO_UNASKED < len(FOUR)
     out = done.parent / "out"

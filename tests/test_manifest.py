@@ -97,6 +97,7 @@ def test_grid_expands_with_varied_keys_in_names(images: Path) -> None:
     assert all(p.config.steps == 7 for p in job.pairs)  # a single value is not "varied": not in names
 
 
+@pytest.mark.slow
 def test_ratio_sweep_expands_to_four_named_pairs_and_runs(tmp_path: Path) -> None:
     manifest = REPO / "manifests" / "ratio_sweep.yaml"
     job = load_job(manifest, weights="random")

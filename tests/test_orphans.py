@@ -22,7 +22,7 @@ import pytest
 from stylebatch.cli.main import main
 from stylebatch.jobdir.state import JobState
 from tests.jobkit import REPO, cli_env, records, tiny_job
-from tests.test_distributed import SIX, _cmd, _free_port, _logs, _rank_pids
+from tests.test_distributed import GRAM, SIX, _cmd, _free_port, _logs, _rank_pids
 
 ARGS = ["--weights", "random"]
 PAIRS = [
@@ -184,7 +184,7 @@ def test_break_lock_refuses_while_the_holder_is_alive_on_this_host(tmp_path: Pat
 
 
 def _job(root: Path, steps: int) -> Path:
-    return tiny_job(root, pairs=SIX, defaults={"steps": steps, "checkpoint_every": 5})
+    return tiny_job(root, pairs=SIX, defaults={"steps": steps, "checkpoint_every": 5, **GRAM})
 
 
 def _popen(manifest: Path, cwd: Path, *extra: str) -> subprocess.Popen:

@@ -107,6 +107,7 @@ def test_an_output_edited_in_place_with_its_mtime_set_back_is_noticed(done: Path
     assert "a__s1.png exists and differs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_changed_setting_says_what_changed(done: Path, capsys: pytest.CaptureFixture) -> None:
     out = done.parent / "out"
     capsys.readouterr()

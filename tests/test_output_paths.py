@@ -64,6 +64,7 @@ def test_a_users_file_at_an_output_path_is_refused_and_kept(kind: str, tmp_path:
     assert cli(["validate", str(manifest), *ARGS], capsys)[0] == 0
 
 
+@pytest.mark.slow
 def test_the_jobs_own_outputs_are_redone_and_resumed(tmp_path: Path, capsys) -> None:
     manifest = tiny_job(tmp_path, defaults=FAST)
     out = tmp_path / "out"

@@ -56,6 +56,7 @@ def _check(tmp_path: Path, preset: str, weights: str) -> None:
     assert score.content < 0.5 * refs["style image"].content, (preset, score, refs)
 
 
+@pytest.mark.slow  # a 60-step fit at 48 px per preset: several seconds each
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_paints_on_random_weights(tmp_path: Path, preset: str) -> None:
     _check(tmp_path, preset, "random")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from stylebatch.fit.vgg import load_vgg
@@ -35,6 +36,7 @@ def test_channels_last_matches_contiguous() -> None:
     assert grad_a.is_contiguous()  # the image parameter stays NCHW (L-BFGS views it flat)
 
 
+@pytest.mark.slow
 def test_in_place_relus_give_bit_identical_losses_gradients_and_pixels() -> None:
     """In-place and out-of-place ReLUs: the same loss and gradient bit for bit (autograd saves the
     ReLU's output either way), so the same pixels after Adam steps, for post-ReLU (the default) and
