@@ -38,7 +38,7 @@ def test_gpu_check_dry_run_prints_every_section(tmp_path: Path) -> None:
     body = {p.splitlines()[0]: p for p in parts}
     rows = lambda name: [l for l in body[name].splitlines() if re.match(r"\| \d", l)]  # noqa: E731, E741
     bare = rows("evaluation vs bare VGG")
-    assert len(bare) == 2 and all(len(r.split("|")) == 13 for r in bare)  # both sizes, three variants
+    assert len(bare) == 2 and all(len(r.split("|")) == 14 for r in bare)  # both sizes, three variants
     batches = [r.split("|")[2].strip() for r in rows("pairs/hour by batch size")]
     assert batches == ["1", "2", "auto"] * 2
     assert all(float(r.split("|")[5]) > 0 for r in rows("pairs/hour by batch size"))  # pairs/hour
