@@ -24,8 +24,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
 fi
 .venv/bin/python -c "import stylebatch, torch, torchvision, lightning; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'lightning', lightning.__version__)"
 # --durations (in pyproject's addopts) prints the slowest tests. Two pytest-xdist workers: every test
-# runs single-threaded (tests/conftest.py), so two cores run two tests at once (whole suite 4:37 vs
-# 8:20 in one process on the 2-core reference machine). STYLEBATCH_TEST_WORKERS=0 runs in-process.
+# runs single-threaded (tests/conftest.py), so two cores run two tests at once (whole suite 13:14 with
+# two workers on the 2-core reference machine). STYLEBATCH_TEST_WORKERS=0 runs in-process.
 # Lint and format first: a change that breaks either fails here, before the slower tests.
 .venv/bin/ruff check --quiet . && .venv/bin/ruff format --check --quiet . || { echo "ruff: fix the lines above (ruff check --fix; ruff format)"; exit 1; }
 # The package as a wheel (pip install ., not -e) in a fresh venv, used from outside the checkout.
