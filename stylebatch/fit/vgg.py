@@ -25,6 +25,7 @@ from stylebatch.errors import WeightsError
 from stylebatch.fit.losses import gram_matrix
 from stylebatch.geometry import LAYER_INDEX, LAYER_NAMES
 from stylebatch.job.weights import RANDOM_WEIGHTS_SEED, check_weights_path
+from stylebatch.memory.calibration import cache_dir
 
 # `pooling: avg` replaces each 2x2 max pool by a 2x2 average pool times this gain, so activations keep
 # roughly their magnitude (a window's mean is below its max). 2.0 is crowsonkb/style-transfer-pytorch's
@@ -176,9 +177,8 @@ def check_feature_scale(vgg: VGGFeatures) -> None:
 
 
 def _random_cache_file(torchvision: ModuleType) -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     name = f"random-vgg19-seed{RANDOM_WEIGHTS_SEED}-torch{torch.__version__}-torchvision{torchvision.__version__}.pt"
-    return Path(base) / "stylebatch" / name
+    return cache_dir() / name
 
 
 def _random_features(torchvision: ModuleType) -> nn.Sequential:

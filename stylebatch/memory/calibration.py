@@ -124,9 +124,14 @@ def fit_time(runs: list[list[float]], default_overhead: float) -> tuple[float, f
     return rate, overhead, max(spread, MIN_SPREAD)
 
 
-def cache_file() -> Path:
+def cache_dir() -> Path:
+    """stylebatch's per-user cache: `$XDG_CACHE_HOME/stylebatch`, default `~/.cache/stylebatch`."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "stylebatch" / "calibration.json"
+    return Path(base) / "stylebatch"
+
+
+def cache_file() -> Path:
+    return cache_dir() / "calibration.json"
 
 
 def device_key(device: torch.device) -> str:
