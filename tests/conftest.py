@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,35 +19,10 @@ from stylebatch.fit.vgg import VGGFeatures, load_vgg
 # compare a subprocess run against an in-process one.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
-# Runs record their memory and rate in a per-machine calibration file (calibration.py): tests keep
-# theirs in a temporary cache, here and in the CLI subprocesses, never in the user's.
+# Runs record their memory and rate in a per-machine calibration file (calibration.py), and the seeded
+# random weights are kept there after their first build (fit/vgg.py): tests keep theirs in a temporary
+# cache, shared by this process and its CLI subprocesses, never in the user's.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="stylebatch-test-cache-")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _random_vgg_built_once_per_process() -> Iterator[None]:
-    """`run` in process (main, the API) builds VGG19 with the seeded random weights every time, and
-    torchvision constructs and initialises the whole network for that, its ~120M-parameter classifier
-    included, only to keep the features: 2.5-5 s per run, hundreds of runs in the suite. The runner
-    gets a deep copy of the one built per deepest layer instead: the same seeded tensors bit for bit
-    (as a fresh build, as the CLI subprocesses build), a fresh module each run. load_vgg itself is
-    untouched (test_vgg, test_weights, and the tests that call it directly build their own)."""
-    from stylebatch.geometry import LAYER_INDEX
-    from stylebatch.runner import loop
-
-    real, built = loop.load_vgg, {}
-
-    def load(weights: str = "imagenet", layers: list[str] | None = None) -> VGGFeatures:
-        if weights != "random":
-            return real(weights, layers)
-        deepest = max(layers, key=LAYER_INDEX.__getitem__) if layers else None
-        if deepest not in built:
-            built[deepest] = real(weights, layers)
-        return copy.deepcopy(built[deepest])
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "load_vgg", load)
-        yield
 
 
 @pytest.fixture(scope="session")
