@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -144,14 +145,21 @@ def _cpu_seconds(launcher: int) -> float | None:
         return None
 
 
-CPU: dict[str, float | None] = {}  # the last measure()'s CPU seconds: "all" and "until"
+class Measured(NamedTuple):
+    """One fresh `python -m stylebatch ...`: wall seconds, peak RSS MiB, seconds until a stdout line
+    starting with `until`, exit code, and CPU seconds (user + system: what a busy machine's other
+    jobs hardly change) in all and until that line."""
+
+    seconds: float
+    rss: float
+    first: float | None
+    code: int
+    cpu: float
+    cpu_first: float | None
 
 
-def measure(args: list[str], cwd: Path, until: str | None = None) -> tuple[float, float, float | None, int]:
-    """(seconds, peak RSS MiB, seconds until a stdout line starting with `until`, exit code) of one
-    fresh `python -m stylebatch ...`; its CPU seconds (user + system: what a busy machine's other
-    jobs hardly change) are left in CPU."""
-    CPU.clear()
+def measure(args: list[str], cwd: Path, until: str | None = None) -> Measured:
+    cpu_first = None
     with tempfile.NamedTemporaryFile(suffix=".json") as usage_file:
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -166,15 +174,14 @@ def measure(args: list[str], cwd: Path, until: str | None = None) -> tuple[float
         for line in proc.stdout:
             if until and first is None and line.startswith(until):
                 first = time.perf_counter() - start
-                CPU["until"] = _cpu_seconds(proc.pid)
+                cpu_first = _cpu_seconds(proc.pid)
             tail = (tail + [line])[-5:]
         proc.wait()
         seconds = time.perf_counter() - start
         usage = json.loads(Path(usage_file.name).read_text())
-    CPU["all"] = usage["cpu"]
     if usage["code"] not in (0, 1, 3):
         sys.exit(f"{args}: exit {usage['code']}\n{''.join(tail)}")
-    return seconds, usage["maxrss_kb"] / 1024, first, usage["code"]
+    return Measured(seconds, usage["maxrss_kb"] / 1024, first, usage["code"], usage["cpu"], cpu_first)
 
 
 def main() -> None:
@@ -216,18 +223,17 @@ def main() -> None:
                 )
             row: dict[str, tuple[float, float]] = {}
 
-            def note(name: str, seconds: float, rss: float, cpu: float | None = None) -> None:
+            def note(name: str, seconds: float, rss: float, cpu: float | None) -> None:
                 row[name] = (seconds, rss)  # noqa: B023 (called inside the loop)
                 per_pair = 1e6 * seconds / n  # noqa: B023
-                cpu = CPU.get("all") if cpu is None else cpu
                 used = f"  CPU {cpu:7.2f} s" if cpu is not None else ""
                 print(
                     f"  {name:<36} {seconds:8.2f} s  {per_pair:8.1f} us/pair  peak RSS {rss:7.0f} MiB{used}", flush=True
                 )
 
             if "validate" in args.commands:
-                s, rss, _, _ = measure(["validate", str(manifest)], root)
-                note("validate", s, rss)
+                m = measure(["validate", str(manifest)], root)
+                note("validate", m.seconds, m.rss, m.cpu)
             if "run" in args.commands:
                 _time_run(manifest, out, pending, root, note)
             if "status" in args.commands:
@@ -249,12 +255,12 @@ def main() -> None:
 def _time_run(manifest: Path, out: Path, pending: str, root: Path, note) -> None:
     shutil.rmtree(out / ".stylebatch" / "pairs" / pending, ignore_errors=True)  # one pair to run
     (out / f"{pending}.png").unlink(missing_ok=True)
-    s, rss, first, code = measure(["run", str(manifest), "--weights", "random"], root, until="start ")
-    assert first is not None, "run never reached its first pair"
-    note("run: start-up to 1st pair", first, rss, CPU.get("until"))
-    note("run: whole (1 pair + final report)", s, rss)
-    s, rss, first, _ = measure(["run", str(manifest), "--weights", "random"], root, until="exit ")
-    note("run: all done (start-up)", first or s, rss, CPU.get("until") if first else None)
+    m = measure(["run", str(manifest), "--weights", "random"], root, until="start ")
+    assert m.first is not None, "run never reached its first pair"
+    note("run: start-up to 1st pair", m.first, m.rss, m.cpu_first)
+    note("run: whole (1 pair + final report)", m.seconds, m.rss, m.cpu)
+    m = measure(["run", str(manifest), "--weights", "random"], root, until="exit ")
+    note("run: all done (start-up)", m.first or m.seconds, m.rss, m.cpu_first if m.first else m.cpu)
 
 
 def _time_status(out: Path, root: Path, note) -> None:
@@ -263,8 +269,8 @@ def _time_status(out: Path, root: Path, note) -> None:
         ("status --json", ["status", str(out), "--json"]),
         ("status --all", ["status", str(out), "--all"]),
     ):
-        s, rss, _, _ = measure(cmd, root)
-        note(name, s, rss)
+        m = measure(cmd, root)
+        note(name, m.seconds, m.rss, m.cpu)
 
 
 def _time_report(base: Path, n: int, out: Path, root: Path, note) -> None:
@@ -272,10 +278,10 @@ def _time_report(base: Path, n: int, out: Path, root: Path, note) -> None:
     report = out / ".stylebatch" / "report"
     if report.exists():
         report.rename(base / f"old-report-{n}-{time.time_ns()}")
-    s, rss, _, _ = measure(["report", str(out)], root)
-    note("report (cold: thumbnails made)", s, rss)
-    s, rss, _, _ = measure(["report", str(out)], root)
-    note("report (warm: nothing changed)", s, rss)
+    m = measure(["report", str(out)], root)
+    note("report (cold: thumbnails made)", m.seconds, m.rss, m.cpu)
+    m = measure(["report", str(out)], root)
+    note("report (warm: nothing changed)", m.seconds, m.rss, m.cpu)
     pages = len(list(report.glob("page-*.html"))) or 1
     biggest = max(f.stat().st_size for f in report.glob("*.html"))
     job_json = (out / ".stylebatch" / "job.json").stat().st_size
