@@ -106,6 +106,33 @@ def test_external_sigkill_then_status_then_resume(tmp_path: Path, baseline: dict
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("late", ["poll_not_due", "after_the_stop_check"])
+def test_sigterm_checkpoints_at_its_own_step_whatever_the_stop_poll(
+    tmp_path: Path, monkeypatch, late: str, baseline: dict[str, torch.Tensor]
+) -> None:
+    """Lightning raises SIGTERMException right after the step a SIGTERM lands in, so neither the
+    stop poll's interval (here: the first poll is the only one) nor a signal landing just after the
+    step's stop check may cost the evaluations since the last periodic checkpoint: the pair stops
+    at 13 evaluations, with its checkpoint at 13, not 10."""
+    from stylebatch.fit import engine
+
+    if late == "poll_not_due":
+        monkeypatch.setattr(engine, "STOP_POLL_S", 1e9)
+    else:
+        monkeypatch.setattr(engine._BudgetCallback, "_stop_requested", lambda self, trainer: False)
+    manifest = tiny_job(tmp_path)
+    code, fired = run_with_sigterm_at(manifest, 13, "--weights", "random")
+    assert code == 3 and fired
+    record = records(tmp_path / "out")["a__s1"]
+    assert record["status"] == "interrupted" and record["steps_done"] == 13, record
+    ckpt = torch.load(tmp_path / "out" / ".stylebatch" / "pairs" / "a__s1" / "last.ckpt", weights_only=True)
+    assert ckpt["stylebatch"]["evaluations"] == 13
+    monkeypatch.undo()
+    assert main(["run", str(manifest), "--weights", "random"]) == 0
+    _assert_complete(tmp_path / "out", baseline)
+
+
+@pytest.mark.slow
 def test_sigterm_in_process_checkpoints_and_exits_3(tmp_path: Path, baseline: dict[str, torch.Tensor]) -> None:
     """SIGTERM: the current pair checkpoints, is marked interrupted, the job exits 3, and the
     rerun ends bit-identical to the uninterrupted run."""

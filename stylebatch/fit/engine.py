@@ -182,9 +182,15 @@ class _BudgetCallback(L.Callback):
         self.last_saved = self.last_logged = module.evaluations
         self.last_poll = -math.inf
 
-    def _stop_requested(self) -> bool:
+    def _stop_requested(self, trainer: L.Trainer) -> bool:
         """The members' stop hooks (a signal flag and a stop file's stat each), asked at most every
-        STOP_POLL_S seconds: per step the cost stays one clock read whatever the batch size."""
+        STOP_POLL_S seconds: per step the cost stays one clock read whatever the batch size.
+
+        A SIGTERM is answered at once, never after the poll interval: Lightning raises
+        SIGTERMException right after this step's callbacks, so a checkpoint not written now would
+        lose every evaluation since the last periodic one."""
+        if getattr(trainer, "received_sigterm", False):
+            return True
         now = time.monotonic()
         if now - self.last_poll < STOP_POLL_S:
             return False
@@ -215,6 +221,13 @@ class _BudgetCallback(L.Callback):
         for m in self.members:
             m.hooks.on_checkpoint(module.evaluations)
 
+    def on_exception(self, trainer: L.Trainer, module: StyleTransferModule, exception: BaseException) -> None:
+        # A SIGTERM that lands after this step's stop check: Lightning raises before the next
+        # step, so checkpoint here (before its teardown) the step the record will report.
+        if isinstance(exception, SIGTERMException) and module.evaluations > self.last_saved:
+            self._save(trainer, module)
+            self.interrupted = True
+
     def on_train_batch_end(self, trainer: L.Trainer, module: StyleTransferModule, *args: Any) -> None:
         for m in self.members:
             m.hooks.check_job()  # before any curve row or checkpoint is written
@@ -226,7 +239,7 @@ class _BudgetCallback(L.Callback):
             self.last_logged = n
         if n >= module.scale_end:
             trainer.should_stop = True
-        elif self._stop_requested():
+        elif self._stop_requested(trainer):
             self._save(trainer, module)
             self.interrupted = True
             trainer.should_stop = True
