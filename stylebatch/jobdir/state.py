@@ -389,22 +389,30 @@ RECORD_TYPES: dict[str, tuple[type, ...]] = {  # what the code reads of a record
 }
 
 
+_RECORD_TYPE_SETS = {key: frozenset(types) for key, types in RECORD_TYPES.items()}
+_NUMBER_TYPES = frozenset(_NUMBER)
+
+
 def record_problem(record: dict[str, Any]) -> str | None:
     """What makes a record unusable (a field of the wrong type, a status that is none of ours),
-    or None. Such a record counts as absent: the pair is redone, never trusted, never a crash."""
-    for key, types in RECORD_TYPES.items():
-        if key in record:
-            value = record[key]
-            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-                return f"'{key}' is {type(value).__name__}"
+    or None. Such a record counts as absent: the pair is redone, never trusted, never a crash.
+
+    Exact types, not isinstance: a record is parsed JSON, whose values are exactly dict, list,
+    str, int, float, bool or None (so a bool is never taken for an int), and start-up checks
+    100,000 records this way, where a set lookup per field costs a third of isinstance chains."""
+    for key, value in record.items():
+        allowed = _RECORD_TYPE_SETS.get(key)
+        if allowed is not None and type(value) not in allowed:
+            return f"'{key}' is {type(value).__name__}"
     if record.get("status", "pending") not in STATUSES:
         return "unknown status"
-    if isinstance(record.get("heartbeat"), float) and record["heartbeat"] != record["heartbeat"]:
+    heartbeat = record.get("heartbeat")
+    if type(heartbeat) is float and heartbeat != heartbeat:
         return "'heartbeat' is NaN"
     losses = record.get("losses") or {}
-    if not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in losses.values()):
+    if not all(type(v) in _NUMBER_TYPES for v in losses.values()):
         return "'losses' holds a non-number"
-    if not all(isinstance(n, str) for n in record.get("batch") or []):
+    if not all(type(n) is str for n in record.get("batch") or []):
         return "'batch' holds a non-name"
     fallback = record.get("memory_fallback")
     if fallback is not None and not (

@@ -50,7 +50,7 @@ from stylebatch.runner.lifecycle import (
     recorded_batches,
     summarize_job,
 )
-from stylebatch.runner.options import Reporter, RunOptions, StopFlag, check_redo, needs_work, plainly_done
+from stylebatch.runner.options import Reporter, RunOptions, StopFlag, check_redo, needs_work
 from stylebatch.runner.plan import plan as make_plan
 
 log = logging.getLogger("stylebatch")
@@ -97,7 +97,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
         try:
             _open_log(state, rank=0)
             _log_rank(fabric)
-            check_redo(job, state, opts, reporter)  # before anything in the directory changes
+            plain = check_redo(job, state, opts, reporter)  # before anything in the directory changes
             if opts.fresh and state.pairs_dir.exists():
                 # Never under a live process's claim: the claims are taken (waited for) first, and
                 # a new generation tells any worker of an earlier run to stop without writing.
@@ -118,8 +118,9 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter | None = None, fabric
             record_invalid(job, state)
             # Under each pair's claim: a pair a live process works on is planned, its record untouched.
             # A pair whose record and output stamp say done is passed over without a claim (read-only:
-            # a restart of a large finished job is one record read and one stat per pair).
-            unsettled = [p for p in job.valid_pairs if not plainly_done(job, state, p, opts)]
+            # a restart of a large finished job is one record read and one stat per pair, the read
+            # check_redo made under this lock: nothing since has written a valid pair's record).
+            unsettled = [p for p in job.valid_pairs if p.name not in plain]
             pending = [
                 p
                 for p, held in claims.one_by_one(state, unsettled)

@@ -7,14 +7,14 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from stylebatch.errors import StopNow, StylebatchError
 from stylebatch.job.pairs import Job, Pair
 from stylebatch.jobdir.state import REDO_UNASKED, JobState, output_intact, output_stamp, record_count, sha256_file
 from stylebatch.runner.redo_notes import redo_note, stale_output_note
-from stylebatch.runner.reencode import describe, format_changed, format_reruns, recorded_encoding
+from stylebatch.runner.reencode import describe, format_changed, format_rerun, recorded_encoding
 
 log = logging.getLogger("stylebatch")
 
@@ -82,13 +82,12 @@ class StopFlag:
         self._previous.clear()
 
 
-def plainly_done(job: Job, state: JobState, pair: Pair, opts: RunOptions) -> bool:
+def plainly_done(job: Job, pair: Pair, record: dict[str, Any] | None, opts: RunOptions) -> bool:
     """Read-only: the pair's record says done for this id and encoding, and its output has the size,
     mtime and inode recorded when it was written. Such a pair needs no claim to be planned (nothing
     is written for it); anything else goes through `needs_work` under the pair's claim."""
     if getattr(opts, "verify", False):
         return False
-    record = state.read(pair.name)
     if record is None or record.get("id") != pair.id or record.get("status") != "done":
         return False
     stamp = record.get("output_stat")
@@ -216,28 +215,43 @@ def adopt_finished(job: Job, state: JobState, pair: Pair, record: dict[str, Any]
     return f"{pair.name}: its output was written before the run stopped; recorded as done, not made again"
 
 
-def finished_to_redo(job: Job, state: JobState) -> list[Pair]:
-    """The finished pairs this run would make again because their inputs, weights or settings
-    changed (their record's id no longer matches), read before anything is touched."""
-    redo = []
+@dataclass
+class Survey:
+    """What the records say of the valid pairs before a run touches anything, from one read each."""
+
+    redo: list[Pair] = field(default_factory=list)  # finished, but inputs, weights or settings changed
+    reformat: list[Pair] = field(default_factory=list)  # finished, but the new format means optimising again
+    plainly_done: set[str] = field(default_factory=set)  # names needing nothing: see `plainly_done`
+
+
+def survey(job: Job, state: JobState, opts: RunOptions) -> Survey:
+    """One pass over the records (a start-up at 100,000 pairs pays a record read per pair per pass)."""
+    found = Survey()
     for pair in job.valid_pairs:
         record = state.read(pair.name)
-        if record is not None and record.get("status") == "done" and record.get("id") != pair.id:
-            redo.append(pair)
-    return redo
+        if record is None or record.get("status") != "done":
+            continue
+        if record.get("id") != pair.id:
+            found.redo.append(pair)
+        elif plainly_done(job, pair, record, opts):
+            found.plainly_done.add(pair.name)
+        elif format_rerun(state, pair, record):
+            found.reformat.append(pair)
+    return found
 
 
-def check_redo(job: Job, state: JobState, opts: RunOptions, reporter: Reporter) -> None:
+def check_redo(job: Job, state: JobState, opts: RunOptions, reporter: Reporter) -> set[str]:
     """Say how many finished pairs this run makes again before it starts; refuse (one line, nothing
-    run) when that is more than REDO_UNASKED and `--redo` was not given."""
+    run) when that is more than REDO_UNASKED and `--redo` was not given. Returns the names of the
+    pairs that are plainly done (none with --fresh, which makes everything again)."""
     if opts.fresh:
-        return  # --fresh asks for everything to be made again
-    redo = finished_to_redo(job, state)
+        return set()
     # A changed format whose pixels cannot be had from the previous file or a kept checkpoint is a
-    # full optimisation again too: counted alike.
-    reformat = format_reruns(job, state)  # their ids match: none is in `redo`
+    # full optimisation again too: counted alike (their ids match: none is in `redo`).
+    found = survey(job, state, opts)
+    redo, reformat = found.redo, found.reformat
     if not redo and not reformat:
-        return
+        return found.plainly_done
     if redo:
         first = redo[0]
         why = redo_note(first, state.read(first.name) or {}, job.output_path(first), job.weights, "")
@@ -258,3 +272,4 @@ def check_redo(job: Job, state: JobState, opts: RunOptions, reporter: Reporter) 
         f"{len(redo)} finished pair(s) will be made again (inputs, weights or settings changed); "
         f"each previous output is kept in {where}"
     )
+    return found.plainly_done

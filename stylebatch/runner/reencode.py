@@ -58,18 +58,11 @@ def why_optimised_again(old: dict[str, Any], new: dict[str, Any]) -> str:
     return f"a {old.get('format')} file is not converted here"
 
 
-def format_reruns(job: Job, state: JobState) -> list[Pair]:
-    """The finished pairs whose changed format makes them optimised again (no lossless 8-bit file and
-    no kept checkpoint to write the new one from), read before anything is touched."""
-    found = []
-    for pair in job.valid_pairs:
-        record = state.read(pair.name)
-        if record is None or record.get("status") != "done" or record.get("id") != pair.id:
-            continue
-        old, new = recorded_encoding(record), pair.config.encoding()
-        if old != new and not convertible(old, new) and not state.checkpoint_path(pair.name).exists():
-            found.append(pair)
-    return found
+def format_rerun(state: JobState, pair: Pair, record: dict[str, Any]) -> bool:
+    """Whether a finished pair (its record's id matching) is optimised again because its format
+    changed: no lossless 8-bit file and no kept checkpoint to write the new one from."""
+    old, new = recorded_encoding(record), pair.config.encoding()
+    return old != new and not convertible(old, new) and not state.checkpoint_path(pair.name).exists()
 
 
 def format_changed(
