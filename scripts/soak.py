@@ -118,7 +118,17 @@ def start(manifest: Path, out: Path, workers: int) -> subprocess.Popen:
         "--sync-timeout",
         "120",
     ]
-    return subprocess.Popen(cmd, cwd=manifest.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Each run's output, kept beside its output directory: a run that ends in an error is shown.
+    runs = sorted(out.parent.glob(f"{out.name}.run*.txt"))
+    with open(out.parent / f"{out.name}.run{len(runs):03d}.txt", "wb") as sink:
+        return subprocess.Popen(cmd, cwd=manifest.parent, env=env, stdout=sink, stderr=subprocess.STDOUT)
+
+
+def last_output(out: Path, lines: int = 25) -> str:
+    """The end of the newest run's output for `out`, indented (what an unexpected exit printed)."""
+    runs = sorted(out.parent.glob(f"{out.name}.run*.txt"))
+    text = runs[-1].read_text(errors="replace").splitlines()[-lines:] if runs else ["(no output kept)"]
+    return "\n".join("      | " + line for line in text)
 
 
 def worker_pid(out: Path) -> int | None:
@@ -209,6 +219,8 @@ def soak(
             time.sleep(0.1)
     final = start(manifest, out, workers)
     stats["final exit"] = final.wait(timeout=900)
+    if stats["final exit"] != 0:
+        print(f"  the final run exited {stats['final exit']}:\n{last_output(out)}", flush=True)
     time.sleep(1)
     stats["processes left"] = sum(alive(p) for p in job_pids(out))
     stats["temp files left"] = sum(1 for p in out.rglob("*") if TMP_MARK in p.name)
@@ -223,6 +235,8 @@ def killed_at(manifest: Path, out: Path, seconds: float) -> int | None:
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.01)
     if proc.poll() is not None:
+        if proc.returncode != 0:
+            print(f"  a run to be killed exited {proc.returncode} first:\n{last_output(out)}", flush=True)
         return proc.returncode
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
@@ -251,6 +265,8 @@ def twice(root: Path, manifest: Path, duration: float, steps: int, tries: int, r
             codes.append(killed_at(manifest, out, fraction * duration))
             stood.append(f"{done_fraction(out, steps):.0%}")
         final = start(manifest, out, 1).wait(timeout=900)
+        if final != 0:
+            print(f"  try {k + 1}: the final run exited {final}:\n{last_output(out)}", flush=True)
         differ = [
             n for n in NAMES if not (out / f"{n}.png").exists() or (out / f"{n}.png").read_bytes() != reference[n]
         ]

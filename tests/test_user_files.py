@@ -12,6 +12,7 @@ file outside stylebatch's own (its outputs and `.stylebatch/`) is byte-identical
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,7 @@ LINKS = {  # planted at (relative to the output directory) -> what it points to
     ".stylebatch/pairs/a__s1/state.json": "file",
     ".stylebatch/pairs/a__s1/last.ckpt": "file",
     ".stylebatch/pairs/a__s1/claim": "file",
+    ".stylebatch/pairs/a__s1/losses.csv": "file",
     ".stylebatch/logs": "dir",
 }
 
@@ -205,6 +207,7 @@ def test_a_planted_link_is_refused_with_one_line_and_its_target_untouched(plante
             ".stylebatch/logs",
             ".stylebatch/pairs/a__s1/claim",
             ".stylebatch/pairs/a__s1/last.ckpt",
+            ".stylebatch/pairs/a__s1/losses.csv",
         ):
             continue  # status reads only the records
         assert code == 2, (argv[0], stdout, err)
@@ -276,6 +279,24 @@ def test_report_refuses_a_planted_link_and_leaves_its_target(planted: str, done_
     assert code == 2, out + err
     one_error_line(err, out, str(link), "symbolic link")
     assert snapshot(victim, skip_outputs=False) == before
+
+
+def test_a_link_inside_a_finished_pairs_directory_is_never_followed(done_job: Path, capsys) -> None:
+    """A run's start lists the pairs' directories but not their insides (a process that claims a pair
+    for work checks its inside): a finished pair's curve replaced by a link is refused by `report`,
+    which reads it, and a rerun that has nothing to write there finishes without touching it."""
+    victim = done_job.parent / "victim.csv"
+    victim.write_bytes(b"evaluations,total\n1,2\n")
+    curve = done_job / ".stylebatch" / "pairs" / "a__s1" / "losses.csv"
+    curve.unlink()
+    curve.symlink_to(victim)
+    shutil.rmtree(done_job / ".stylebatch" / "report")  # so that the report is made again, curves read
+    code, out, err = cli(["report", str(done_job)], capsys)
+    assert code == 2, out + err
+    one_error_line(err, out, str(curve), "symbolic link")
+    manifest = done_job.parent / "job.yaml"
+    assert cli(["run", str(manifest), *ARGS], capsys)[0] == 0
+    assert curve.is_symlink() and victim.read_bytes() == b"evaluations,total\n1,2\n"
 
 
 def test_report_deletes_only_files_it_wrote(done_job: Path, capsys) -> None:

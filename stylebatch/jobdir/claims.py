@@ -58,6 +58,7 @@ def try_claim(state: JobState, name: str, rank: int, purpose: str) -> int | None
     if purpose == "plan":
         return fd
     try:
+        state.check_links(directory)  # before anything is written there (the run's start did not look inside)
         entry = {"pid": os.getpid(), "host": HOST, "rank": rank, "claimed": time.time(), "for": purpose}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(entry).encode(), 0)

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-from stylebatch.atomic import atomic_write
+from stylebatch.atomic import atomic_write, read_nofollow
 
 CURVE_FILE = "losses.csv"
 X_COLUMN = "evaluations"
@@ -27,7 +27,9 @@ def read_curve(path: Path) -> list[dict[str, float]]:
     """The rows of a curve file ({column: value}), skipping any row that does not parse (a kill can
     leave a half-written last line); [] when the file is missing."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # Never through a link (a planted one is refused): a finished pair's directory is not
+        # walked at a run's start, and the report reads the curves of finished pairs.
+        text = read_nofollow(path).decode("utf-8")
     except (FileNotFoundError, UnicodeDecodeError):
         return []
     reader = csv.reader(io.StringIO(text))

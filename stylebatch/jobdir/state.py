@@ -232,24 +232,30 @@ class JobState:
         """A full disk stopped the pair: not its failure, and it resumes on the next run."""
         self.undo_attempt(name, status="interrupted", heartbeat=time.time())
 
-    def check_links(self, under: Path | None = None) -> None:
+    def check_links(self, under: Path | None = None, into_pairs: bool = True) -> None:
         """Refuse the job directory if a link was planted anywhere in it, or in its subdirectory
-        `under` and on the way there (one line naming it)."""
+        `under` and on the way there (one line naming it).
+
+        `into_pairs=False` checks the pairs' directories themselves but not what is inside them:
+        the start of a run, which would otherwise list 100,000 directories, leaves each pair's
+        inside to the process that claims the pair for work (claims.try_claim checks it before
+        writing anything there), and reads records without following links."""
         _check_dir(self.root)
-        # scandir, not os.walk + islink: the entry's type comes with the listing (no lstat per file;
-        # 100,000 pairs hold 400,000 entries, checked at every start).
+        # scandir, not os.walk + islink: the entry's type comes with the listing (no lstat per file).
         top = Path(under) if under is not None else self.root
         current = self.root
         for part in top.relative_to(self.root).parts:
             current = current / part
             _check_dir(current)
+        pairs = str(self.pairs_dir)
         stack = [str(top)] if os.path.isdir(top) else []
         while stack:
-            with os.scandir(stack.pop()) as entries:
+            directory = stack.pop()
+            with os.scandir(directory) as entries:
                 for entry in entries:
                     if entry.is_symlink():
                         raise UnsafePathError(link_message(Path(entry.path)))
-                    if entry.is_dir(follow_symlinks=False):
+                    if entry.is_dir(follow_symlinks=False) and (into_pairs or directory != pairs):
                         stack.append(entry.path)
 
     def remove_stale_temps(self) -> int:
@@ -312,7 +318,7 @@ class JobState:
                     raise LockedError(f"{self.output_dir}: another job took the lock while it was broken")
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {HOST}".encode(), 0)
-            self.check_links()
+            self.check_links(into_pairs=False)
             yield
         finally:
             os.close(fd)
