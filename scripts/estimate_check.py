@@ -3,6 +3,7 @@
     python scripts/estimate_check.py                 # the default sequence, on the CPU, 1 thread
     python scripts/estimate_check.py --code DIR      # run another checkout's stylebatch (before/after)
     python scripts/estimate_check.py --fill 39       # the last two jobs estimated after 50 recorded runs
+    python scripts/estimate_check.py --fill 39 --cache /tmp/cal   # keep the calibration it leaves
 
 Starts from an empty calibration (a fresh $XDG_CACHE_HOME) and runs a sequence of jobs of mixed
 sizes through the real CLI (`python -m stylebatch`), each one estimated by `validate` just before it
@@ -81,10 +82,15 @@ def main() -> None:
     parser.add_argument(
         "--fill", type=int, default=0, metavar="N", help="before the last two jobs, N more runs of mixed sizes"
     )
+    parser.add_argument(
+        "--cache", type=Path, help="keep the calibration here ($XDG_CACHE_HOME; must not exist yet) to study the fit"
+    )
     args = parser.parse_args()
+    if args.cache is not None and args.cache.exists():
+        sys.exit(f"{args.cache} exists: the check starts from an empty calibration")
     errors = []
     with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(tmp) / "cache"
+        cache = args.cache or Path(tmp) / "cache"
         sequence = SEQUENCE[:7] if args.quick else SEQUENCE
         fill = [(f"fill {k}", *FILL[k % len(FILL)]) for k in range(args.fill)]
         if fill:

@@ -223,6 +223,7 @@ def test_each_run_records_its_figures_in_the_state_and_the_machine_file(tmp_path
     assert seen["rate"][0][0] == measured["flops"] and seen["rate"][0][1] == pytest.approx(
         measured["seconds"], abs=1e-3
     )
+    assert seen["rate"][0][2] == 6  # the member-evaluations: one member, 6 evaluations
 
 
 def test_time_fit_separates_overhead_from_rate_and_tiny_runs_do_not_set_the_rate() -> None:
@@ -231,7 +232,8 @@ def test_time_fit_separates_overhead_from_rate_and_tiny_runs_do_not_set_the_rate
     overhead, rate = 3.0, 50e9
     big = [[f, overhead + f / rate] for f in (2e11, 8e11, 3e12, 1e13)]
     tiny = [[f, overhead + f / rate + 0.4] for f in [1e8] * 20]  # noisy, slower than the model: all overhead
-    fitted_rate, fitted_overhead, spread = calibration.fit_time(big + tiny, default_overhead=1.0)
+    fit = calibration.fit_time(big + tiny, default_overhead=1.0)
+    fitted_rate, fitted_overhead, spread = fit.flop_rate, fit.pair_overhead, fit.spread
     assert fitted_overhead == pytest.approx(overhead, rel=0.2)
     assert fitted_rate == pytest.approx(rate, rel=0.1)
     job = 5e13
@@ -242,9 +244,26 @@ def test_time_fit_separates_overhead_from_rate_and_tiny_runs_do_not_set_the_rate
     assert calibration.MIN_SPREAD <= spread < 0.5
     # Runs of one size cannot tell overhead from rate: the default overhead, the rate from the rest.
     same = [[1e12, 23.0]] * 5
-    r, o, _ = calibration.fit_time(same, default_overhead=3.0)
-    assert o == 3.0 and r == pytest.approx(1e12 / 20.0)
+    fit = calibration.fit_time(same, default_overhead=3.0)
+    assert fit.pair_overhead == 3.0 and fit.flop_rate == pytest.approx(1e12 / 20.0)
     assert calibration.fit_time([], default_overhead=1.0) is None
+
+
+def test_time_fit_charges_the_per_step_cost_of_small_runs_to_steps_not_to_flops() -> None:
+    """Runs as this project's CPU records them (0.5 s a batch, 0.14 s per member's evaluation that
+    does not grow with the image, 110 GFLOP/s): fitted against FLOPs alone, the small runs' per-step
+    cost is charged to the FLOPs and a large image's estimate is 50-100 % too long; with each run's
+    member-evaluations recorded, jobs up to 5x larger than any run are estimated within 10 %."""
+    per_batch, per_step, rate = 0.5, 0.14, 110e9
+    mix = [(4.5e9, 5)] * 6 + [(7.8e10, 20), (1.9e11, 12), (1.28e12, 80), (1.12e12, 120), (3.1e10, 8), (2.4e11, 12)]
+    runs = [[f, per_batch + n * per_step + f / rate * (1.03 if k % 2 else 0.97), n] for k, (f, n) in enumerate(mix)]
+    fit = calibration.fit_time(runs, default_overhead=1.0)
+    old = calibration.fit_time([r[:2] for r in runs], default_overhead=1.0)  # a file without steps
+    assert fit.step_overhead == pytest.approx(per_step, rel=0.15) and old.step_overhead == 0.0
+    for flops, steps in ((1.57e12, 24), (3.35e12, 90), (6.3e12, 32)):  # 256 px alone, 192 px x 3, 512 px
+        truth = per_batch + steps * per_step + flops / rate
+        assert fit.pair_overhead + steps * fit.step_overhead + flops / fit.flop_rate == pytest.approx(truth, rel=0.1)
+        assert old.pair_overhead + flops / old.flop_rate > truth * 1.3
 
 
 def test_validate_shows_the_total_with_a_range_and_batches_share_their_overhead(

@@ -16,10 +16,11 @@ next `validate`, `size: auto` or out-of-memory message on this machine use its o
     job_overhead   seconds a `run` takes besides its batches: start-up (Python, torch, the network),
                    planning, the final report
 
-Time is modelled as job_overhead + per batch (pair_overhead + FLOPs / flop_rate), fitted to the
-runs recorded here (`fit_time`): the overhead from how a run's seconds grow with its FLOPs (small
-runs say most about it), the rate as total FLOPs over total seconds less overheads, so each run
-counts by its work and a tiny run, all overhead, never sets the rate. Without observations the
+Time is modelled as job_overhead + per batch (pair_overhead + steps x step_overhead + FLOPs /
+flop_rate), fitted to the runs recorded here (`fit_time`): the overheads from how a run's seconds
+grow with its steps and FLOPs (small runs say most about them), the rate from how they grow with
+FLOPs alone, so a tiny run, all overhead, never sets the rate, and the per-step cost that makes a
+small image slower per FLOP is not charged to a large one's FLOPs. Without observations the
 defaults below are used (measured on the project's 2-core CPU; a GPU's rate is a guess until its
 first run).
 
@@ -98,30 +99,75 @@ def probe_rate(device: torch.device, seconds: float = 0.3) -> float:
 MIN_SPREAD = 0.15  # the least range shown: runs on a shared machine vary by this much
 
 
-def fit_time(runs: list[list[float]], default_overhead: float) -> tuple[float, float, float] | None:
-    """(flop_rate, pair_overhead, spread) from runs' [FLOPs, seconds], or None without usable runs.
-    The overhead is the intercept of seconds against FLOPs by least squares where the runs' FLOPs
-    differ enough to tell it (at least 4x), else the default, never more than the shortest run; the
-    rate is total FLOPs over total seconds less the overheads (work-weighted: a run counts by its
-    FLOPs, so runs that are mostly overhead barely move it); `spread` is the work-weighted RMS of the
-    runs' relative errors under that fit, at least MIN_SPREAD."""
-    pts = [(float(f), float(s)) for f, s in runs if f > 0 and s > 0]
+@dataclass(frozen=True)
+class TimeFit:
+    """Seconds of a batch = pair_overhead + steps x step_overhead + FLOPs / flop_rate, where steps
+    counts each member's evaluations (a batch of 3 for 30 evaluations: 90): the Wasserstein loss's
+    eigendecompositions and the step's Python cost do not grow with the image, so a 96 px image
+    runs at half the FLOP rate of a 256 px one (measured on the project's CPU: 46 and 83 GFLOP/s)."""
+
+    flop_rate: float
+    pair_overhead: float
+    step_overhead: float
+    spread: float  # relative range of an estimate from this fit
+
+
+def fit_time(runs: list[list[float]], default_overhead: float) -> TimeFit | None:
+    """The time model fitted to runs' [FLOPs, seconds] or [FLOPs, seconds, steps], or None without
+    usable runs.
+
+    With steps recorded and enough variety (`_fit_steps`), seconds are fitted as a fixed cost per
+    batch, a cost per member's evaluation (what makes a small image slower per FLOP than a large
+    one) and FLOPs at the rate, each run weighted by its relative
+    error, so that many small runs cannot set the rate: only runs whose FLOPs differ tell it.
+    Otherwise the overhead is the intercept of seconds against FLOPs by least squares where the
+    runs' FLOPs differ enough to tell it (at least 4x), else the default, never more than the
+    shortest run; the rate is total FLOPs over total seconds less the overheads (work-weighted).
+    `spread` is the work-weighted RMS of the runs' relative errors under the fit, at least MIN_SPREAD."""
+    pts = [(float(r[0]), float(r[1]), float(r[2]) if len(r) > 2 else 0.0) for r in runs if r[0] > 0 and r[1] > 0]
     if not pts:
         return None
-    fs, ss = [f for f, _ in pts], [s for _, s in pts]
-    overhead = default_overhead
-    if len(pts) >= 3 and max(fs) >= 4 * min(fs):
-        mf, ms = statistics.fmean(fs), statistics.fmean(ss)
-        sxx = sum((f - mf) ** 2 for f in fs)
-        slope = sum((f - mf) * (s - ms) for f, s in pts) / sxx
-        if slope > 0:
-            overhead = ms - slope * mf
-    overhead = min(max(overhead, 0.0), min(ss))
-    busy = sum(max(s - overhead, s / 10) for s in ss)
-    rate = sum(fs) / busy
-    errors = [(overhead + f / rate) / s - 1 for f, s in pts]
-    spread = (sum(f * e * e for f, e in zip(fs, errors)) / sum(fs)) ** 0.5
-    return rate, overhead, max(spread, MIN_SPREAD)
+    fitted = _fit_steps(pts)
+    if fitted is None:
+        fs, ss = [f for f, _, _ in pts], [s for _, s, _ in pts]
+        overhead = default_overhead
+        if len(pts) >= 3 and max(fs) >= 4 * min(fs):
+            mf, ms = statistics.fmean(fs), statistics.fmean(ss)
+            sxx = sum((f - mf) ** 2 for f in fs)
+            slope = sum((f - mf) * (s - ms) for f, s, _ in pts) / sxx
+            if slope > 0:
+                overhead = ms - slope * mf
+        overhead = min(max(overhead, 0.0), min(ss))
+        busy = sum(max(s - overhead, s / 10) for s in ss)
+        fitted = (overhead, 0.0, sum(fs) / busy)
+    overhead, per_step, rate = fitted
+    errors = [(overhead + n * per_step + f / rate) / s - 1 for f, s, n in pts]
+    spread = (sum(f * e * e for (f, _, _), e in zip(pts, errors)) / sum(f for f, _, _ in pts)) ** 0.5
+    return TimeFit(rate, overhead, per_step, max(spread, MIN_SPREAD))
+
+
+def _fit_steps(pts: list[tuple[float, float, float]]) -> tuple[float, float, float] | None:
+    """(pair_overhead, step_overhead, flop_rate) by least squares on relative error, or None when
+    fewer than 4 runs recorded their steps, their FLOPs differ by less than 4x, or the rate comes
+    out negative. A negative overhead term is dropped (0) and the rest fitted again."""
+    with_steps = [(f, s, n) for f, s, n in pts if n > 0]
+    if len(with_steps) < 4 or max(f for f, _, _ in with_steps) < 4 * min(f for f, _, _ in with_steps):
+        return None
+    scale = max(f for f, _, _ in with_steps)  # FLOPs in units of the largest run: a well-scaled system
+    terms = [0, 1, 2]  # constant, steps, FLOPs
+    while True:
+        rows = torch.tensor(
+            [[(1.0, n, f / scale)[t] / s for t in terms] for f, s, n in with_steps], dtype=torch.float64
+        )
+        target = torch.ones(len(with_steps), 1, dtype=torch.float64)  # seconds / seconds: relative error
+        coef = torch.linalg.lstsq(rows, target).solution.flatten().tolist()
+        found = dict(zip(terms, coef))
+        if found.get(2, 0.0) <= 0:
+            return None
+        negative = [t for t in terms if t != 2 and found[t] < 0]
+        if not negative:
+            return found.get(0, 0.0), found.get(1, 0.0), scale / found[2]
+        terms.remove(negative[0])
 
 
 def cache_dir() -> Path:
@@ -181,6 +227,7 @@ class Device:
     job_overhead: float = 10.0
     spread: float = UNCALIBRATED_SPREAD  # relative range of a time estimate (+/-)
     probed: bool = False  # the rate is a probe's of this device now, not its recorded runs
+    step_overhead: float = 0.0  # seconds each member's evaluation takes besides its FLOPs (see TimeFit)
 
     @staticmethod
     def current(device: torch.device | str, path: Path | None = None, probe: bool = False) -> Device:
@@ -193,7 +240,10 @@ class Device:
         ratios = [m / p for p, m in seen.get("memory", []) if p >= MIN_OBSERVED]
         runs = seen.get("rate", [])
         timed = fit_time(runs, d["pair_overhead"])
-        rate, overhead, spread = timed or (d["flop_rate"], d["pair_overhead"], UNCALIBRATED_SPREAD)
+        if timed is not None:
+            rate, overhead, per_step, spread = timed.flop_rate, timed.pair_overhead, timed.step_overhead, timed.spread
+        else:
+            rate, overhead, per_step, spread = d["flop_rate"], d["pair_overhead"], 0.0, UNCALIBRATED_SPREAD
         if timed is None and probe:
             rate, spread = probe_rate(device) * PROBE_EFFICIENCY, PROBED_SPREAD
         jobs = [float(x) for x in seen.get("job", []) if x >= 0]
@@ -210,4 +260,5 @@ class Device:
             statistics.median(jobs) if jobs else d["job_overhead"],
             spread,
             timed is None and probe,
+            per_step,
         )

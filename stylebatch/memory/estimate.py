@@ -256,7 +256,11 @@ def estimate(cfg: Any, content_wh: tuple[int, int], memory: Any, batch: int = 1,
     `tile`: the resolved tile size, None for untiled."""
     plans = pass_plans(cfg, content_wh, tile)
     peak = max(memory.floor, memory.baseline + int(own_bytes(cfg, content_wh, batch, tile) * memory.memory_scale))
-    seconds = work(cfg, content_wh, 0, cfg.steps, batch, tile) / memory.flop_rate + memory.pair_overhead
+    seconds = (
+        work(cfg, content_wh, 0, cfg.steps, batch, tile) / memory.flop_rate
+        + memory.pair_overhead
+        + cfg.steps * batch * memory.step_overhead
+    )
     return Estimate(peak, seconds, int(memory.free * cfg.memory_fraction), memory.free, plans)
 
 
@@ -293,7 +297,7 @@ def job_seconds(batches: list[list[Any]], memory: Any) -> float:
             if key not in flops:
                 flops[key] = work(p.config, p.content_size, 0, p.config.steps, 1, tile)
             flop += flops[key]
-        total += memory.pair_overhead + flop / memory.flop_rate
+        total += memory.pair_overhead + cfg.steps * len(batch) * memory.step_overhead + flop / memory.flop_rate
     return total
 
 
@@ -324,6 +328,7 @@ def describe_job(pairs: list[Pair], memory: Device, batches: list[list[Pair]] | 
         calibrated = (
             f"calibrated from {memory.observations} run(s): {memory.flop_rate / 1e9:.0f} GFLOP/s, "
             f"{memory.pair_overhead:.1f} s a pair"
+            + (f", {memory.step_overhead * 1e3:.0f} ms an evaluation" if memory.step_overhead > 0 else "")
         )
     elif getattr(memory, "probed", False):
         calibrated = f"not yet calibrated here: {memory.flop_rate / 1e9:.0f} GFLOP/s from a probe of its speed now"

@@ -93,11 +93,17 @@ def measured_peak(device: torch.device, before: dict[str, Any]) -> int | None:
 
 
 def record(
-    device: torch.device, before: dict[str, Any], predicted_own: int, work_flops: float, path: Path | None = None
+    device: torch.device,
+    before: dict[str, Any],
+    predicted_own: int,
+    work_flops: float,
+    path: Path | None = None,
+    steps: int = 0,
 ) -> dict[str, Any]:
     """Add one run's figures to the machine's calibration file; returns them for the pair's state
     record. `predicted_own`: the model's bytes for the pair without baseline or scale;
-    `work_flops`: the FLOPs of the evaluations this run did."""
+    `work_flops`: the FLOPs of the evaluations this run did; `steps`: how many evaluations those
+    were, summed over the batch's members (the time model's per-step cost; 0 where unknown)."""
     seconds = time.perf_counter() - before["time"]
     _batch_seconds.append(seconds)
     peak = measured_peak(device, before)
@@ -121,7 +127,9 @@ def record(
         if before.get("first") and before.get("hwm") is not None:  # the process's first pair: its floor
             seen["floor"] = (seen.get("floor", []) + [before["hwm"]])[-KEEP:]
         if work_flops > 0 and seconds > 0:
-            seen["rate"] = (seen.get("rate", []) + [[work_flops, seconds]])[-KEEP:]
+            seen["rate"] = (
+                seen.get("rate", []) + [[work_flops, seconds, steps] if steps > 0 else [work_flops, seconds]]
+            )[-KEEP:]
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(data, indent=1).encode())
     except OSError as e:  # a read-only home must not fail the pair
@@ -139,7 +147,9 @@ def record_batch(device: torch.device, before: dict[str, Any], pairs: list[Pair]
         own = estimate.own_bytes(cfg, wh, len(pairs), tile)
         start = min(before.get("done") or [0])
         work = estimate.work(cfg, wh, start, results[0].evaluations, len(pairs), tile)
-        return record(device, before, own, work)
+        # Steps as member-evaluations: the per-step cost that does not grow with the image (the
+        # Wasserstein loss's eigendecompositions) is paid once per member.
+        return record(device, before, own, work, steps=max(0, results[0].evaluations - start) * len(pairs))
     except Exception as e:  # noqa: BLE001
         log.warning("could not record this run's memory and rate: %s", e)
         return {}
