@@ -14,7 +14,16 @@ import pytest
 import torch
 
 from stylebatch.cli.main import main
-from tests.jobkit import cli_env, final_target, records, run_subprocess, run_with_sigterm_at, temp_files, tiny_job
+from tests.jobkit import (
+    DEFAULT_LOSS,
+    cli_env,
+    final_target,
+    records,
+    run_subprocess,
+    run_with_sigterm_at,
+    temp_files,
+    tiny_job,
+)
 
 NAMES = ("a__s1", "b__s2")
 
@@ -23,7 +32,7 @@ NAMES = ("a__s1", "b__s2")
 def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
     """One uninterrupted run, shared by every kill test."""
     root = tmp_path_factory.mktemp("baseline")
-    manifest = tiny_job(root)
+    manifest = tiny_job(root, defaults=DEFAULT_LOSS)
     assert main(["run", str(manifest), "--weights", "random"]) == 0
     return {name: final_target(root / "out", name) for name in NAMES}
 
@@ -49,7 +58,7 @@ def _assert_complete(out: Path, baseline: dict[str, torch.Tensor]) -> None:
     ],
 )
 def test_kill_at_fault_point_then_resume(point: str, tmp_path: Path, baseline: dict[str, torch.Tensor]) -> None:
-    manifest = tiny_job(tmp_path)
+    manifest = tiny_job(tmp_path, defaults=DEFAULT_LOSS)
     marker = tmp_path / "fault-fired"
     proc = run_subprocess(
         ["run", str(manifest), "--weights", "random"],
@@ -68,7 +77,7 @@ def test_kill_at_fault_point_then_resume(point: str, tmp_path: Path, baseline: d
 def test_external_sigkill_then_status_then_resume(tmp_path: Path, baseline: dict[str, torch.Tensor], capsys) -> None:
     # The baseline's job: there is time to kill it once a pair shows progress (the second pair, or
     # the rest of the first, is still to come), and the resumed result is compared with the baseline.
-    manifest = tiny_job(tmp_path)
+    manifest = tiny_job(tmp_path, defaults=DEFAULT_LOSS)
     proc = subprocess.Popen(
         [sys.executable, "-m", "stylebatch", "run", str(manifest), "--weights", "random"],
         cwd=tmp_path,
@@ -120,7 +129,7 @@ def test_sigterm_checkpoints_at_its_own_step_whatever_the_stop_poll(
         monkeypatch.setattr(engine, "STOP_POLL_S", 1e9)
     else:
         monkeypatch.setattr(engine._BudgetCallback, "_stop_requested", lambda self, trainer: False)
-    manifest = tiny_job(tmp_path)
+    manifest = tiny_job(tmp_path, defaults=DEFAULT_LOSS)
     code, fired = run_with_sigterm_at(manifest, 13, "--weights", "random")
     assert code == 3 and fired
     record = records(tmp_path / "out")["a__s1"]
@@ -136,7 +145,7 @@ def test_sigterm_checkpoints_at_its_own_step_whatever_the_stop_poll(
 def test_sigterm_in_process_checkpoints_and_exits_3(tmp_path: Path, baseline: dict[str, torch.Tensor]) -> None:
     """SIGTERM: the current pair checkpoints, is marked interrupted, the job exits 3, and the
     rerun ends bit-identical to the uninterrupted run."""
-    manifest = tiny_job(tmp_path)
+    manifest = tiny_job(tmp_path, defaults=DEFAULT_LOSS)
     code, fired = run_with_sigterm_at(manifest, 13, "--weights", "random")
     assert code == 3
     assert fired
