@@ -157,6 +157,46 @@ def test_a_restart_passes_done_pairs_without_claims_and_still_redoes_a_touched_o
     assert after["a__s1"] > first["a__s1"] and after["b__s2"] == first["b__s2"]
 
 
+def test_a_restart_reads_each_done_record_once_and_sees_a_record_changed_since(tmp_path: Path, monkeypatch) -> None:
+    """`run` on a finished job: the user-files check reads each record; the plan's survey, under the
+    lock, re-stats the record and the output instead of reading the record again. A record changed
+    between the two (another id: the pair's inputs changed) is read again, and the pair is redone."""
+    from stylebatch.jobdir.state import JobState
+    from stylebatch.runner import options
+    from stylebatch.runner.user_files import check_user_files
+    from tests.jobkit import records, tiny_job
+
+    manifest = tiny_job(tmp_path, defaults={"steps": 2, "checkpoint_every": 2, "keep_checkpoints": False})
+    assert main(["run", str(manifest), "--weights", "random", "--accelerator", "cpu"]) == 0
+    reads: list[str] = []
+    real = JobState.read_stamped
+    monkeypatch.setattr(JobState, "read_stamped", lambda self, name: reads.append(name) or real(self, name))
+    surveyed: list[list[str]] = []  # the reads before the survey, and the survey's own
+    real_survey = options.survey
+
+    def survey(*args):
+        surveyed.append(list(reads))
+        found = real_survey(*args)
+        surveyed.append(reads[len(surveyed[0]) :])
+        return found
+
+    monkeypatch.setattr(options, "survey", survey)
+    first = {name: r["finished"] for name, r in records(tmp_path / "out").items()}
+    assert main(["run", str(manifest), "--weights", "random", "--accelerator", "cpu"]) == 0
+    assert sorted(surveyed[0]) == ["a__s1", "b__s2"] and surveyed[1] == []  # the user-files check's reads only
+    assert {name: r["finished"] for name, r in records(tmp_path / "out").items()} == first
+    monkeypatch.setattr(options, "survey", real_survey)
+
+    job = load_job(manifest, weights="random")
+    check_user_files(job, overwrite=False)
+    assert all(p.settled is not None for p in job.pairs)
+    state = JobState(job.output_dir)
+    state.update("a__s1", id="0" * 16)  # written after the check: as if its inputs had changed meanwhile
+    reads.clear()
+    found = options.survey(job, state, options.RunOptions())
+    assert reads == ["a__s1"] and [p.name for p in found.redo] == ["a__s1"] and found.plainly_done == {"b__s2"}
+
+
 def test_job_json_is_streamed_in_pieces_and_reads_back_whole(tmp_path: Path, monkeypatch) -> None:
     from stylebatch.job import jobfile
 

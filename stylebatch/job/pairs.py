@@ -30,6 +30,10 @@ class Pair:
     out_size: tuple[int, int] | None = None  # (w, h)
     content_size: tuple[int, int] | None = None  # (w, h) of the content file: fixes every pass's size
     id: str = ""
+    # What the check for the user's files saw when the record said done for this id and encoding and
+    # the output had its recorded stamp: (the record file's stamp, the output's stamp). The run's
+    # start takes the pair as done when both stamps are unchanged, without reading the record again.
+    settled: tuple | None = None
 
     @property
     def label(self) -> str:

@@ -189,6 +189,20 @@ class JobState:
         return Path(path)
 
     def read(self, name: str) -> dict[str, Any] | None:
+        return self.read_stamped(name)[0]
+
+    def record_stamp(self, name: str) -> tuple[int, int, int, int] | None:
+        """(inode, size, mtime, ctime in ns) of the pair's record file, None when there is none (or
+        a link): records are replaced whole (atomic_write), so an unchanged stamp is an unchanged
+        record, and a stat tells a start-up that what it read before is still what is there."""
+        try:
+            st = os.lstat(f"{self.root}/pairs/{name}/state.json")
+        except (OSError, ValueError):
+            return None
+        return None if stat.S_ISLNK(st.st_mode) else (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def read_stamped(self, name: str) -> tuple[dict[str, Any] | None, tuple[int, int, int, int] | None]:
+        """The record (as `read`) and the stamp (as `record_stamp`) of the very file it was read from."""
         # os-level, not pathlib: start-up and `status` read one record per pair, 100,000 at scale,
         # and this is about twice as fast (measured: 1.2 s against 2.7 s for 100k records). Never
         # through a link: a planted one is refused (writes refuse linked directories: ensure_dir).
@@ -198,19 +212,22 @@ class JobState:
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise UnsafePathError(link_message(Path(path))) from None
-            return None
+            return None, None
         except ValueError:
-            return None
+            return None, None
         try:
+            st = os.fstat(fd)  # before reading: a change while it is read shows as another stamp later
             chunks = []
             while chunk := os.read(fd, 1 << 16):
                 chunks.append(chunk)
             record = json.loads(b"".join(chunks))
         except (OSError, ValueError, RecursionError):
-            return None  # an unreadable record is treated as absent: the pair is redone, never trusted
+            return None, None  # an unreadable record is treated as absent: the pair is redone, never trusted
         finally:
             os.close(fd)
-        return record if isinstance(record, dict) and record_problem(record) is None else None
+        if not isinstance(record, dict) or record_problem(record) is not None:
+            return None, None
+        return record, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def write(self, name: str, record: dict[str, Any]) -> None:
         self.check_generation()
@@ -332,8 +349,11 @@ def output_stamp(path: str | os.PathLike) -> dict[str, int] | None:
         st = os.stat(path)
     except (OSError, ValueError):
         return None
-    if not stat.S_ISREG(st.st_mode):
-        return None
+    return stamp_of(st) if stat.S_ISREG(st.st_mode) else None
+
+
+def stamp_of(st: os.stat_result) -> dict[str, int]:
+    """`output_stamp` of a file already stat'ed."""
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
 
 

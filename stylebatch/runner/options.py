@@ -227,7 +227,14 @@ class Survey:
 def survey(job: Job, state: JobState, opts: RunOptions) -> Survey:
     """One pass over the records (a start-up at 100,000 pairs pays a record read per pair per pass)."""
     found = Survey()
+    verify = getattr(opts, "verify", False)
     for pair in job.valid_pairs:
+        if pair.settled is not None and not verify:
+            # Seen done by the user-files check: unchanged since (a stat of each) means still done.
+            record_stamp, stamp = pair.settled
+            if state.record_stamp(pair.name) == record_stamp and output_stamp(job.output_path(pair)) == stamp:
+                found.plainly_done.add(pair.name)
+                continue
         record = state.read(pair.name)
         if record is None or record.get("status") != "done":
             continue

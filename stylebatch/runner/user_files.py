@@ -19,7 +19,8 @@ from typing import Any
 from stylebatch.errors import StylebatchError
 from stylebatch.fit.provenance import read_metadata
 from stylebatch.job.pairs import Job, Pair
-from stylebatch.jobdir.state import JobState, output_stamp, sha256_file
+from stylebatch.jobdir.state import JobState, sha256_file, stamp_of
+from stylebatch.runner.reencode import recorded_encoding
 
 OVERWRITE_HINT = "move it away, or use --overwrite to let the job replace it"
 
@@ -38,14 +39,23 @@ def foreign_output(state: JobState, pair: Pair, path: Path) -> str | None:
         return "is a symbolic link this job did not make"
     if not stat.S_ISREG(st.st_mode):
         return "is not a regular file"
-    record = state.read(pair.name)
+    record, record_stamp = state.read_stamped(pair.name)
     if record is None:
         # No record (or an unreadable one, which counts as absent): only a file that carries this
         # very pair's id (same inputs, weights and settings) is the job's; made again, it is the same.
         return None if _carries_id(path, pair.id) else "exists, and this job has no record of writing it"
     recorded = record.get("output_sha256")
     if isinstance(recorded, str):
-        if record.get("output_stat") == output_stamp(path) or _sha256(path) == recorded:
+        stamp = stamp_of(st)  # a regular file, not a link: lstat's figures are stat's
+        if record.get("output_stat") == stamp:
+            if (
+                record.get("status") == "done"
+                and record.get("id") == pair.id
+                and recorded_encoding(record) == pair.config.encoding()
+            ):
+                pair.settled = (record_stamp, stamp)  # the run's start re-stats both instead of reading
+            return None
+        if _sha256(path) == recorded:
             return None
     if record.get("status") != "done" and (_carries_id(path, record.get("id")) or _carries_id(path, pair.id)):
         return None  # written, then stopped before its record said so
