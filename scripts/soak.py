@@ -19,9 +19,9 @@ that differ from the clean run's, processes left behind, temp files left, and pa
 record shows two processes at once. Every count but kills and rounds is expected 0.
 
 `--scenario twice` replays a fixed case instead, `--tries` times on a fresh output directory each:
-a 1-worker `run` SIGKILLed at 35 % of the clean run's wall time (from its start), the same command
-again SIGKILLed at 50 % of that time (from its own start), then the same command to the end (exit
-0); every output must equal the clean run's byte for byte. Printed per try: the exit codes, how
+a 1-worker `run` SIGKILLed at 35 % of the clean run's working time (its wall time less its
+start-up), counted from the moment the run logs its plan, the same command again SIGKILLed at 50 %
+of that time (from its own plan), then the same command to the end (exit 0); every output must equal the clean run's byte for byte. Printed per try: the exit codes, how
 far the records stood after each kill, and the pairs whose output differs (with the batch each
 was recorded in and where its last run resumed, from the logs); then the count of tries with a
 mismatch (expected 0).
@@ -228,9 +228,21 @@ def soak(
     return stats
 
 
-def killed_at(manifest: Path, out: Path, seconds: float) -> int | None:
-    """`run` with 1 worker, SIGKILLed `seconds` after its start; its exit code if it ended first."""
+def planned(out: Path, pid: int) -> bool:
+    """Whether the run with this pid has logged its plan (its start-up is over, its work begins)."""
+    for log in (out / ".stylebatch" / "logs").glob(f"*-{pid}-rank0.log"):
+        if "plan:" in log.read_text(errors="replace"):
+            return True
+    return False
+
+
+def killed_at(manifest: Path, out: Path, seconds: float, from_plan: bool = False) -> int | None:
+    """`run` with 1 worker, SIGKILLed `seconds` after its start (`from_plan`: after it logged its
+    plan, so that a slow start-up under contention does not move the kill out of the work); its
+    exit code if it ended first."""
     proc = start(manifest, out, 1)
+    while from_plan and proc.poll() is None and not planned(out, proc.pid):
+        time.sleep(0.01)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.01)
@@ -254,7 +266,9 @@ def resumes(out: Path) -> dict[str, list[str]]:
     return found
 
 
-def twice(root: Path, manifest: Path, duration: float, steps: int, tries: int, reference: dict[str, bytes]) -> int:
+def twice(
+    root: Path, manifest: Path, duration: float, startup: float, steps: int, tries: int, reference: dict[str, bytes]
+) -> int:
     """The twice-killed resume (see the module doc), `tries` times; returns the tries with a mismatch."""
     bad = 0
     for k in range(tries):
@@ -262,7 +276,10 @@ def twice(root: Path, manifest: Path, duration: float, steps: int, tries: int, r
         subprocess.run(["rm", "-rf", str(out)], check=True)
         codes, stood = [], []
         for fraction in (0.35, 0.50):
-            codes.append(killed_at(manifest, out, fraction * duration))
+            # The clean run's work (its time after start-up), from each run's own plan: under
+            # contention a start-up takes longer, and a kill timed from the process start would
+            # land in it, before any pair has begun.
+            codes.append(killed_at(manifest, out, fraction * (duration - startup), from_plan=True))
             stood.append(f"{done_fraction(out, steps):.0%}")
         final = start(manifest, out, 1).wait(timeout=900)
         if final != 0:
@@ -329,7 +346,7 @@ def run(args: argparse.Namespace) -> None:
 
     print(f"busy loops beside it: {args.busy}; load average {os.getloadavg()[0]:.1f}", flush=True)
     if args.scenario == "twice":
-        bad = twice(root, manifest, duration, args.steps, args.tries, reference)
+        bad = twice(root, manifest, duration, startup, args.steps, args.tries, reference)
         print(
             f"tries with an output unlike the clean run's: {bad} of {args.tries}; load average {os.getloadavg()[0]:.1f}"
         )
