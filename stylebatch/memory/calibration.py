@@ -148,11 +148,13 @@ def fit_time(runs: list[list[float]], default_overhead: float) -> TimeFit | None
 
 def _fit_steps(pts: list[tuple[float, float, float]]) -> tuple[float, float, float] | None:
     """(pair_overhead, step_overhead, flop_rate) by least squares on relative error, or None when
-    fewer than 4 runs recorded their steps, their FLOPs differ by less than 4x, or the rate comes
-    out negative. A negative overhead term is dropped (0) and the rest fitted again."""
+    fewer than 4 runs recorded their steps, fewer than 3 of them differ, their FLOPs differ by less
+    than 4x, or the rate comes out negative. A negative overhead term is dropped (0) and the rest fitted again."""
     with_steps = [(f, s, n) for f, s, n in pts if n > 0]
     if len(with_steps) < 4 or max(f for f, _, _ in with_steps) < 4 * min(f for f, _, _ in with_steps):
         return None
+    if len({(f, n) for f, _, n in with_steps}) < 3:
+        return None  # repeats of two jobs cannot tell three costs apart
     scale = max(f for f, _, _ in with_steps)  # FLOPs in units of the largest run: a well-scaled system
     terms = [0, 1, 2]  # constant, steps, FLOPs
     while True:
