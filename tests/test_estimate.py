@@ -264,6 +264,13 @@ def test_time_fit_charges_the_per_step_cost_of_small_runs_to_steps_not_to_flops(
         truth = per_batch + steps * per_step + flops / rate
         assert fit.pair_overhead + steps * fit.step_overhead + flops / fit.flop_rate == pytest.approx(truth, rel=0.1)
         assert old.pair_overhead + flops / old.flop_rate > truth * 1.3
+    # One large run and repeats of a tiny one cannot tell the three costs apart: the per-evaluation
+    # cost is the device's default, and the rate what the runs leave after it.
+    few = [runs[9], *[runs[0]] * 5]
+    prior = calibration.fit_time(few, default_overhead=1.0, default_step=0.1)
+    f, s, n = runs[9]
+    assert prior.step_overhead == 0.1
+    assert prior.pair_overhead + n * 0.1 + f / prior.flop_rate == pytest.approx(s, rel=0.05)
 
 
 def test_validate_shows_the_total_with_a_range_and_batches_share_their_overhead(
