@@ -199,7 +199,7 @@ class JobState:
             st = os.lstat(f"{self.root}/pairs/{name}/state.json")
         except (OSError, ValueError):
             return None
-        return None if stat.S_ISLNK(st.st_mode) else (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return None if stat.S_ISLNK(st.st_mode) else _record_stamp_of(st)
 
     def read_stamped(self, name: str) -> tuple[dict[str, Any] | None, tuple[int, int, int, int] | None]:
         """The record (as `read`) and the stamp (as `record_stamp`) of the very file it was read from."""
@@ -227,7 +227,7 @@ class JobState:
             os.close(fd)
         if not isinstance(record, dict) or record_problem(record) is not None:
             return None, None
-        return record, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return record, _record_stamp_of(st)
 
     def write(self, name: str, record: dict[str, Any]) -> None:
         self.check_generation()
@@ -350,6 +350,11 @@ def output_stamp(path: str | os.PathLike) -> dict[str, int] | None:
     except (OSError, ValueError):
         return None
     return stamp_of(st) if stat.S_ISREG(st.st_mode) else None
+
+
+def _record_stamp_of(st: os.stat_result) -> tuple[int, int, int, int]:
+    """`JobState.record_stamp` of a record file already stat'ed."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def stamp_of(st: os.stat_result) -> dict[str, int]:

@@ -251,16 +251,17 @@ def work(cfg: Any, content_wh: tuple[int, int], start: int, end: int, batch: int
     return total
 
 
+def batch_seconds(memory: Any, flops: float, member_evaluations: int) -> float:
+    """A batch's time under the device's time model (calibration.TimeFit)."""
+    return memory.pair_overhead + member_evaluations * memory.step_overhead + flops / memory.flop_rate
+
+
 def estimate(cfg: Any, content_wh: tuple[int, int], memory: Any, batch: int = 1, tile: int | None = None) -> Estimate:
     """A pair's (or a batch's) peak and time on the device `memory` describes (calibration.Device).
     `tile`: the resolved tile size, None for untiled."""
     plans = pass_plans(cfg, content_wh, tile)
     peak = max(memory.floor, memory.baseline + int(own_bytes(cfg, content_wh, batch, tile) * memory.memory_scale))
-    seconds = (
-        work(cfg, content_wh, 0, cfg.steps, batch, tile) / memory.flop_rate
-        + memory.pair_overhead
-        + cfg.steps * batch * memory.step_overhead
-    )
+    seconds = batch_seconds(memory, work(cfg, content_wh, 0, cfg.steps, batch, tile), cfg.steps * batch)
     return Estimate(peak, seconds, int(memory.free * cfg.memory_fraction), memory.free, plans)
 
 
@@ -297,7 +298,7 @@ def job_seconds(batches: list[list[Any]], memory: Any) -> float:
             if key not in flops:
                 flops[key] = work(p.config, p.content_size, 0, p.config.steps, 1, tile)
             flop += flops[key]
-        total += memory.pair_overhead + cfg.steps * len(batch) * memory.step_overhead + flop / memory.flop_rate
+        total += batch_seconds(memory, flop, cfg.steps * len(batch))
     return total
 
 

@@ -86,15 +86,18 @@ def plainly_done(job: Job, pair: Pair, record: dict[str, Any] | None, opts: RunO
     """Read-only: the pair's record says done for this id and encoding, and its output has the size,
     mtime and inode recorded when it was written. Such a pair needs no claim to be planned (nothing
     is written for it); anything else goes through `needs_work` under the pair's claim."""
-    if getattr(opts, "verify", False):
-        return False
-    if record is None or record.get("id") != pair.id or record.get("status") != "done":
+    if getattr(opts, "verify", False) or record is None or not done_as_now(record, pair):
         return False
     stamp = record.get("output_stat")
+    return stamp is not None and output_stamp(job.output_path(pair)) == stamp
+
+
+def done_as_now(record: dict[str, Any], pair: Pair) -> bool:
+    """The record says done for the pair's id and its output's encoding as they are now."""
     return (
-        stamp is not None
+        record.get("status") == "done"
+        and record.get("id") == pair.id
         and recorded_encoding(record) == pair.config.encoding()
-        and output_stamp(job.output_path(pair)) == stamp
     )
 
 

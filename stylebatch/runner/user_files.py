@@ -20,7 +20,7 @@ from stylebatch.errors import StylebatchError
 from stylebatch.fit.provenance import read_metadata
 from stylebatch.job.pairs import Job, Pair
 from stylebatch.jobdir.state import JobState, sha256_file, stamp_of
-from stylebatch.runner.reencode import recorded_encoding
+from stylebatch.runner.options import done_as_now
 
 OVERWRITE_HINT = "move it away, or use --overwrite to let the job replace it"
 
@@ -48,11 +48,7 @@ def foreign_output(state: JobState, pair: Pair, path: Path) -> str | None:
     if isinstance(recorded, str):
         stamp = stamp_of(st)  # a regular file, not a link: lstat's figures are stat's
         if record.get("output_stat") == stamp:
-            if (
-                record.get("status") == "done"
-                and record.get("id") == pair.id
-                and recorded_encoding(record) == pair.config.encoding()
-            ):
+            if done_as_now(record, pair):
                 pair.settled = (record_stamp, stamp)  # the run's start re-stats both instead of reading
             return None
         if _sha256(path) == recorded:
