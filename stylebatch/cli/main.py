@@ -5,6 +5,7 @@ call in process."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -585,4 +586,22 @@ _WHOLE_PROCESS = False  # True when main() is the process (entry_point), not a c
 def entry_point() -> None:
     global _WHOLE_PROCESS
     _WHOLE_PROCESS = True
-    sys.exit(main())
+    code = main()
+    _leave_past_the_process_group(code)
+    sys.exit(code)
+
+
+def _leave_past_the_process_group(code: int) -> None:
+    """In a process group whose peer is gone (a worker killed after joining), the group's C++
+    threads are still joinable when the interpreter destroys it, and the process ends on
+    std::terminate (SIGABRT, "terminate called without an active exception") instead of the exit
+    code just printed. Everything of the job is on disk by now (every write atomic, every record
+    written before its claim is released), so a process in a group leaves without the destructors."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    logging.shutdown()  # the rank's log file, flushed and closed
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
